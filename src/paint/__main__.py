@@ -1,0 +1,5 @@
+import sys
+
+from paint.cli import main
+
+sys.exit(main())

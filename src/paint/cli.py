@@ -1,0 +1,56 @@
+"""The ``paint`` command line: a thin shell over the Python API.
+
+Each sub-command lives in ``paint.commands.<name>`` with two functions,
+``register(parser)`` (arguments only, cheap imports) and ``run(args) -> int``. The table
+below is the one explicit list of commands. User errors (:class:`PaintError`) become one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Modules import heavy libraries only inside run().
+COMMANDS: dict[str, tuple[str, str]] = {
+    "patch": ("paint.commands.patch", "fine-tune with the head frozen, sweep alpha, choose it, write the patched model"),
+    "eval": ("paint.commands.evaluate", "zero-shot accuracy of a model on tasks"),
+    "interpolate": ("paint.commands.interpolate", "write theta_alpha from a zero-shot and a fine-tuned checkpoint"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from paint import __version__
+
+    parser = argparse.ArgumentParser(prog="paint", description="Patch open-vocabulary image models in weight space.")
+    parser.add_argument("--version", action="version", version=f"paint {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).register(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from paint.errors import PaintError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except PaintError as e:
+        print(f"paint {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"paint {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training: the shared loop (Accelerate, schedule, atomic checkpoints, resume) and its users."""

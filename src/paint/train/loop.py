@@ -1,0 +1,240 @@
+"""The one training loop that fine-tuning and pretraining share.
+
+It runs through Accelerate, so the same code trains on a CPU, one GPU, or many GPUs and
+machines (``accelerate launch`` with DDP or FSDP). AdamW, linear warmup then cosine decay,
+gradient-norm clipping, a progress bar, and an atomic safetensors checkpoint at the end of
+every epoch that ``resume=True`` continues from.
+
+Checkpoint layout (a directory, replaced atomically)::
+
+    trainable.safetensors   the trained tensors only (frozen ones are never written)
+    optimizer.safetensors   AdamW state tensors, flattened as state.<param>.<name>
+    state.json              epoch, step, history, param groups, scheduler state, fingerprint
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from paint.errors import PaintError
+from paint.utils import atomic_path
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Optimisation settings shared by fine-tuning and pretraining."""
+
+    epochs: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.1
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    cpu: bool = False  # force CPU even when a GPU is present
+    max_steps: int | None = None  # stop early (tests, budgets); None = all epochs
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    resumed_from_epoch: int | None = None
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to 0 at ``total_steps``."""
+    warmup_steps = max(0, min(warmup_steps, total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def make_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases, norms, embeddings' scales)."""
+    decay, no_decay = [], []
+    for name, p in named_params:
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def _flatten_optimizer_state(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, scalars = {}, {}
+    for pid, pstate in state["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    for key, value in meta.get("scalars", {}).items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: Path,
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: dict[str, Any],
+) -> None:
+    """Write the checkpoint directory atomically (a crash keeps the previous one)."""
+    opt_tensors, opt_meta = _flatten_optimizer_state(optimizer.state_dict())
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        full = dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict())
+        (tmp / "state.json").write_text(json.dumps(full, indent=1, default=float))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Return (trainable tensors, optimizer tensors, state)."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        trainable = load_file(str(path / "trainable.safetensors"))
+        opt = load_file(str(path / "optimizer.safetensors"))
+    except (OSError, ValueError) as e:
+        raise PaintError(f"cannot read checkpoint {path}: {e}; delete it to start over") from e
+    return trainable, opt, state
+
+
+def fit(
+    model: nn.Module,
+    trainable_names: list[str],
+    make_loader: Callable[[int], Iterable],
+    loss_fn: LossFn,
+    cfg: LoopConfig,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+    desc: str = "train",
+    on_epoch_end: Callable[[int, nn.Module], dict[str, float]] | None = None,
+) -> FitResult:
+    """Train the parameters named in ``trainable_names``; every other one is frozen.
+
+    Args:
+        model: the module; parameters not in ``trainable_names`` get ``requires_grad=False``.
+        trainable_names: names from ``model.named_parameters()`` to train.
+        make_loader: epoch -> iterable of batches (seed the shuffle with the epoch so
+            a resumed run sees the same order).
+        loss_fn: (model, batch) -> scalar loss.
+        cfg: optimisation settings.
+        checkpoint_dir: where the epoch-end checkpoint goes (None: no checkpoint).
+        resume: continue from ``checkpoint_dir`` if it holds a checkpoint.
+        fingerprint: identifies the run's inputs; resuming a different run is refused.
+        desc: progress-bar label.
+        on_epoch_end: optional (epoch, unwrapped model) -> metrics added to the history.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    names = set(trainable_names)
+    params = [(n, p) for n, p in model.named_parameters()]
+    unknown = names - {n for n, _ in params}
+    if unknown:
+        raise PaintError(f"unknown trainable parameter {sorted(unknown)[0]!r}")
+    for n, p in params:
+        p.requires_grad_(n in names)
+    set_seed(cfg.seed)
+    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+    optimizer = make_optimizer([(n, p) for n, p in params if n in names], cfg.lr, cfg.weight_decay)
+
+    steps_per_epoch = len(make_loader(0))  # type: ignore[arg-type]
+    if steps_per_epoch == 0:
+        raise PaintError(f"{desc}: the training set yields no batch")
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
+
+    result = FitResult()
+    start_epoch, step = 0, 0
+    ckpt = checkpoint_dir / "checkpoint" if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / "state.json").exists():
+        if not resume:
+            raise PaintError(f"{ckpt} already holds a checkpoint; pass --resume to continue it or use a new output directory")
+        tensors, opt_tensors, state = load_checkpoint(ckpt)
+        if state.get("fingerprint") != fingerprint:
+            raise PaintError(f"the checkpoint in {ckpt} was made by a different run (config or data changed); use a new output directory")
+        model.load_state_dict(tensors, strict=False)
+        optimizer.load_state_dict(_unflatten_optimizer_state(opt_tensors, state["optimizer"]))
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, step = state["epoch"] + 1, state["step"]
+        result.history = state["history"]
+        result.resumed_from_epoch = state["epoch"]
+
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    for epoch in range(start_epoch, cfg.epochs):
+        if step >= total:
+            break
+        loader = accelerator.prepare_data_loader(make_loader(epoch))
+        running, count = 0.0, 0
+        for batch in loader:
+            loss = loss_fn(model, batch)
+            accelerator.backward(loss)
+            if cfg.grad_clip and cfg.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            running += float(loss.detach())
+            count += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}")
+            if step >= total:
+                break
+        record = {"epoch": epoch, "step": step, "loss": running / max(1, count)}
+        unwrapped = accelerator.unwrap_model(model)
+        if on_epoch_end is not None:
+            unwrapped.eval()
+            record.update(on_epoch_end(epoch, unwrapped))
+            unwrapped.train()
+        result.history.append(record)
+        if ckpt is not None and accelerator.is_main_process:
+            full = accelerator.get_state_dict(model)
+            save_checkpoint(
+                ckpt,
+                {k: v for k, v in full.items() if k in names},
+                optimizer,
+                scheduler,
+                {"epoch": epoch, "step": step, "history": result.history, "fingerprint": fingerprint, "done": step >= total or epoch == cfg.epochs - 1},
+            )
+        accelerator.wait_for_everyone()
+    bar.close()
+    result.steps = step
+    model = accelerator.unwrap_model(model)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return result

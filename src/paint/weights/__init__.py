@@ -1,0 +1,1 @@
+"""Weight-space operations: pure functions on state dicts."""

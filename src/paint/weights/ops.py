@@ -1,0 +1,114 @@
+"""Pure functions on state dicts: compatibility checks and interpolation.
+
+PAINT and WiSE-FT ship ``theta = (1 - alpha) * theta_zs + alpha * theta_ft``; only
+floating-point tensors are mixed, integer and boolean buffers are copied from the first
+state dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from paint.errors import PaintError
+
+StateDict = Mapping[str, torch.Tensor]
+KeyFilter = Callable[[str], bool]
+
+IMAGE_TOWER_PREFIXES = ("vision_model.", "visual_projection.")
+
+
+def is_image_tower_key(key: str) -> bool:
+    """Keys of a transformers CLIPModel that belong to the image tower."""
+    return key.startswith(IMAGE_TOWER_PREFIXES)
+
+
+def check_compatible(sd0: StateDict, sd1: StateDict, names: tuple[str, str] = ("first", "second")) -> None:
+    """Raise :class:`PaintError` naming the first key, shape or dtype that differs."""
+    missing = sorted(set(sd0) - set(sd1))
+    extra = sorted(set(sd1) - set(sd0))
+    if missing:
+        raise PaintError(
+            f"checkpoints differ: tensor {missing[0]!r} is in the {names[0]} but not in the {names[1]} "
+            f"({len(missing)} such keys); are they the same architecture?"
+        )
+    if extra:
+        raise PaintError(
+            f"checkpoints differ: tensor {extra[0]!r} is in the {names[1]} but not in the {names[0]} "
+            f"({len(extra)} such keys); are they the same architecture?"
+        )
+    for key in sd0:
+        a, b = sd0[key], sd1[key]
+        if a.shape != b.shape:
+            raise PaintError(
+                f"checkpoints differ: tensor {key!r} has shape {tuple(a.shape)} in the {names[0]} "
+                f"and {tuple(b.shape)} in the {names[1]}"
+            )
+        if a.dtype != b.dtype:
+            raise PaintError(
+                f"checkpoints differ: tensor {key!r} has dtype {a.dtype} in the {names[0]} "
+                f"and {b.dtype} in the {names[1]}"
+            )
+
+
+def lerp_tensor(t0: torch.Tensor, t1: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 - alpha) * t0 + alpha * t1, exact at alpha 0 and 1, computed in float32 or wider."""
+    if not t0.is_floating_point():
+        return t0.clone()
+    work = torch.promote_types(t0.dtype, torch.float32)
+    out = torch.lerp(t0.to(work), t1.to(work), float(alpha))
+    return out.to(t0.dtype)
+
+
+def interpolate(
+    sd0: StateDict,
+    sd1: StateDict,
+    alpha: float,
+    keys: KeyFilter | None = None,
+    allow_extrapolation: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * sd0 + alpha * sd1`` over floating-point tensors selected by ``keys``.
+
+    Tensors not selected, and integer or boolean tensors, are copied from ``sd0``.
+
+    Args:
+        sd0: theta_zs, the zero-shot weights.
+        sd1: theta_ft, the fine-tuned weights (same keys, shapes, dtypes).
+        alpha: mixing coefficient; outside [0, 1] only with ``allow_extrapolation``.
+        keys: which keys to mix (default: all).
+        allow_extrapolation: permit alpha < 0 or alpha > 1.
+    """
+    if not allow_extrapolation and not 0.0 <= alpha <= 1.0:
+        raise PaintError(f"alpha {alpha} is outside [0, 1]; set allow_extrapolation to extrapolate")
+    check_compatible(sd0, sd1, ("zero-shot model", "fine-tuned model"))
+    out: dict[str, torch.Tensor] = {}
+    for key, t0 in sd0.items():
+        if keys is not None and not keys(key):
+            out[key] = t0.clone()
+        else:
+            out[key] = lerp_tensor(t0, sd1[key], alpha)
+    return out
+
+
+def task_vector(base: StateDict, finetuned: StateDict, keys: KeyFilter | None = None) -> dict[str, torch.Tensor]:
+    """``finetuned - base`` over floating-point tensors selected by ``keys``."""
+    check_compatible(base, finetuned, ("base model", "fine-tuned model"))
+    return {
+        k: finetuned[k] - base[k]
+        for k in base
+        if base[k].is_floating_point() and (keys is None or keys(k))
+    }
+
+
+def add_task_vectors(
+    base: StateDict, vectors: list[StateDict], coefficients: list[float]
+) -> dict[str, torch.Tensor]:
+    """``base + sum_i c_i * tau_i``; keys absent from every vector are copied from ``base``."""
+    if len(vectors) != len(coefficients):
+        raise PaintError(f"{len(vectors)} task vectors but {len(coefficients)} coefficients")
+    out = {k: v.clone() for k, v in base.items()}
+    for tau, c in zip(vectors, coefficients):
+        for k, d in tau.items():
+            out[k] = (out[k].to(torch.promote_types(out[k].dtype, torch.float32)) + float(c) * d).to(base[k].dtype)
+    return out
