@@ -1,0 +1,1 @@
+"""One module per ``paint`` sub-command: ``register(parser)`` and ``run(args)``."""

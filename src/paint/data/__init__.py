@@ -1,0 +1,1 @@
+"""Tasks, readers and preprocessing."""

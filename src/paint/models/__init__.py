@@ -1,0 +1,1 @@
+"""CLIP models through transformers: loading, saving, zero-shot heads."""

@@ -1,0 +1,61 @@
+"""Zero-shot classification heads from class names and prompt templates.
+
+head[c] = normalize(mean_t normalize(text_embedding(template_t(class_c)))) * exp(logit_scale)
+
+so ``logits = normalize(image_embedding) @ head.T`` are exactly CLIP's logits_per_image
+(and, for a single template, transformers' zero-shot pipeline). Heads are cached on disk under
+a key made of the model's text-side identity, the class names and the templates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from paint.models.clip import ClipBundle, text_features
+from paint.utils import atomic_path, sha256_strings
+
+
+def head_cache_key(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    return sha256_strings(["head-v1", bundle.text_identity, *classnames, "\x1e", *templates])
+
+
+@torch.inference_mode()
+def build_head(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """The zero-shot head (C, D), computed in one batched pass over all class x template texts."""
+    model, tok = bundle.model, bundle.tokenizer
+    texts = [t.format(c) for c in classnames for t in templates]  # class-major: (C*T,)
+    max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
+    device = next(model.parameters()).device
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        enc = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+        emb = text_features(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        chunks.append(F.normalize(emb.float(), dim=-1))
+    emb = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (C, T, D)
+    head = F.normalize(emb.mean(dim=1), dim=-1)  # (C, D)
+    return head * model.logit_scale.exp().float()
+
+
+def zeroshot_head(
+    bundle: ClipBundle,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    cache_dir: str | Path | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The zero-shot head (C, D), from the cache when the same model, classes and templates were seen."""
+    if cache_dir is None:
+        return build_head(bundle, classnames, templates, batch_size)
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / "heads" / f"{head_cache_key(bundle, classnames, templates)}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["head"]
+    head = build_head(bundle, classnames, templates, batch_size)
+    with atomic_path(path) as tmp:
+        save_file({"head": head.contiguous()}, str(tmp))
+    return head

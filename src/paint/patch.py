@@ -1,0 +1,308 @@
+"""``paint patch``: PAINT end to end on any Hugging Face CLIP checkpoint.
+
+fine-tune the image tower on the patching task(s) with the zero-shot heads frozen
+-> sweep alpha on validation splits -> choose alpha -> evaluate test splits at the chosen
+alpha (and at 0 and 1) -> write the patched HF checkpoint, results, resolved config,
+Markdown summary, ``summary.json`` and the trade-off plot.
+
+Only theta_zs (the base model) and theta_ft (``finetune/checkpoint/trainable.safetensors``)
+are kept on disk; any theta_alpha is rebuilt from them (``paint interpolate``).
+Every evaluation goes to ``results.jsonl``; with ``--resume`` a run continues where it
+stopped (training from its last epoch checkpoint, the sweep from its last result).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from paint.config import StrictModel, dump_config
+from paint.data.preprocess import ImageSpec, preprocess_split
+from paint.data.spec import TaskSpec
+from paint.errors import PaintError
+from paint.evaluate import ResultKey, ResultsStore, evaluate_split
+from paint.models.clip import DEFAULT_MODEL, ClipBundle, load_clip, save_clip
+from paint.select import select_alpha
+from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
+from paint.utils import hash_tensors, sha256_strings, write_json_atomic
+from paint.weights.ops import interpolate
+
+DEFAULT_ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
+SUMMARY = "summary.json"
+
+
+class SweepConfig(StrictModel):
+    """Alphas evaluated on the validation splits (0 and 1 are always included)."""
+
+    alphas: list[float] = Field(default_factory=lambda: list(DEFAULT_ALPHAS), min_length=1)
+    allow_extrapolation: bool = False
+
+    @model_validator(mode="after")
+    def _range(self):
+        if not self.allow_extrapolation:
+            bad = [a for a in self.alphas if not 0.0 <= a <= 1.0]
+            if bad:
+                raise ValueError(f"alpha {bad[0]} is outside [0, 1]; set sweep.allow_extrapolation: true to extrapolate")
+        return self
+
+    def points(self) -> list[float]:
+        return sorted({0.0, 1.0, *(float(a) for a in self.alphas)})
+
+
+class SelectionConfig(StrictModel):
+    rule: Literal["mean", "constrained"] = "mean"
+    epsilon: float = Field(1.0, ge=0, description="allowed support drop, accuracy points (constrained rule)")
+
+
+class PatchConfig(StrictModel):
+    """Everything ``paint patch`` needs; written back resolved as ``config.yaml``."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    output_dir: str
+    patch_tasks: list[TaskSpec] = Field(min_length=1)
+    support_tasks: list[TaskSpec] = Field(default_factory=list)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("patch_tasks")
+    @classmethod
+    def _single(cls, v):
+        if len(v) != 1:
+            raise ValueError("paint patch takes one patching task; use paint multitask for several")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [t.name for t in self.patch_tasks + self.support_tasks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice")
+        return self
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
+
+
+@dataclass
+class PreparedTask:
+    """A task ready to evaluate: preprocessed images per split, labels, frozen head."""
+
+    name: str
+    role: str  # "patch" | "support"
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    images: dict[str, torch.Tensor]  # split -> uint8 (N, 3, S, S)
+    labels: dict[str, np.ndarray]
+    identities: dict[str, str]
+    head: torch.Tensor  # (C, D)
+    split_info: dict[str, Any]
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PaintError("device: cuda was asked for but no CUDA GPU is visible")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dict]]:
+    """Build every task and check its splits before any output is written."""
+    from paint.data.registry import load_task
+
+    out = []
+    for spec in specs:
+        task, info = load_task(spec)
+        for split in (("train", "val", "test") if role == "patch" else ("val", "test")):
+            task.split(split)  # raises on a missing or empty split, or labels outside the classes
+        out.append((role, task, info))
+    return out
+
+
+def prepare(
+    bundle: ClipBundle, loaded: Sequence[tuple[str, Any, dict]], cache_dir: Path, batch_size: int
+) -> list[PreparedTask]:
+    """Preprocess (cached) and build heads (cached) for every task."""
+    from paint.models.heads import zeroshot_head
+
+    prepared = []
+    for role, task, info in loaded:
+        splits = ("train", "val", "test") if role == "patch" else ("val", "test")
+        images, labels, ids = {}, {}, {}
+        for s in splits:
+            split = task.split(s)
+            images[s] = preprocess_split(split, bundle.spec, cache_dir=cache_dir / "images", progress=True)
+            labels[s] = np.asarray(split.labels)
+            ids[s] = split.identity
+        head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cache_dir, batch_size=batch_size)
+        prepared.append(PreparedTask(task.name, role, task.classnames, task.templates, images, labels, ids, head, info))
+    return prepared
+
+
+def check_output_dir(out: Path, resume: bool) -> None:
+    """Refuse to overwrite a finished run, or to silently restart an unfinished one."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if resume:
+        return
+    if (out / SUMMARY).exists():
+        raise PaintError(f"{out} already holds a finished run; choose a new output_dir (or pass --resume to redo its reports)")
+    raise PaintError(f"{out} holds an unfinished run; pass --resume to continue it, or choose a new output_dir")
+
+
+def evaluate_at(
+    model: torch.nn.Module,
+    theta_zs: dict[str, torch.Tensor],
+    theta_ft: dict[str, torch.Tensor],
+    alpha: float,
+    tasks: Sequence[PreparedTask],
+    split: str,
+    store: ResultsStore,
+    model_id: str,
+    spec: ImageSpec,
+    batch_size: int,
+    allow_extrapolation: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Metrics per task at theta_alpha; results already in ``store`` are not recomputed."""
+    out, loaded = {}, False
+    for t in tasks:
+        key = ResultKey(model_id, alpha, t.name, split)
+        rec = store.get(key)
+        if rec is None:
+            if not loaded:
+                state = interpolate(theta_zs, theta_ft, alpha, allow_extrapolation=allow_extrapolation)
+                model.load_state_dict(state, strict=False)
+                loaded = True
+            rec = store.put(key, evaluate_split(model, t.head, t.images[split], t.labels[split], spec, batch_size))
+        out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
+    return out
+
+
+def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PreparedTask]) -> str:
+    patch = [t for t in tasks if t.role == "patch"]
+    parts = [bundle.text_identity, hash_tensors(bundle.image_tower_state()), cfg.finetune.model_dump_json()]
+    for t in patch:
+        parts += [t.name, t.identities["train"], *t.classnames, *t.templates]
+    return sha256_strings(parts)
+
+
+def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
+    """Run PAINT as configured; return the summary (also written to ``summary.json``)."""
+    t_start = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
+    # Everything a user can get wrong is checked before the output directory is created.
+    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
+    loaded = load_tasks(cfg.patch_tasks, "patch") + load_tasks(cfg.support_tasks, "support")
+
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    tasks = prepare(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
+    patch = [t for t in tasks if t.role == "patch"]
+    support = [t for t in tasks if t.role == "support"]
+    model, spec = bundle.model, bundle.spec
+
+    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    fp = run_fingerprint(cfg, bundle, tasks)
+    t_ft = time.time()
+    sets = [TrainingSet(t.name, t.images["train"], t.labels["train"], t.head) for t in patch]
+    fit_result = finetune(model, sets, spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fp)
+    t_ft = time.time() - t_ft
+    theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
+
+    store = ResultsStore(out / "results.jsonl")
+    t_sweep = time.time()
+    sweep = []
+    from tqdm.auto import tqdm
+
+    for alpha in tqdm(cfg.sweep.points(), desc="alpha sweep (val)", dynamic_ncols=True):
+        metrics = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "val", store, model_id, spec, cfg.eval_batch_size, cfg.sweep.allow_extrapolation)
+        sweep.append(
+            {
+                "alpha": alpha,
+                "val": {n: m["accuracy"] for n, m in metrics.items()},
+                "val_loss": {n: m["loss"] for n, m in metrics.items()},
+            }
+        )
+    t_sweep = time.time() - t_sweep
+    names_p, names_s = [t.name for t in patch], [t.name for t in support]
+    selections = {
+        rule: select_alpha(sweep, names_p, names_s, rule, cfg.selection.epsilon) for rule in ("mean", "constrained")
+    }
+    chosen = selections[cfg.selection.rule]["alpha"]
+
+    test_at = {}
+    for label, alpha in (("zeroshot", 0.0), ("finetuned", 1.0), ("patched", chosen)):
+        test_at[label] = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "test", store, model_id, spec, cfg.eval_batch_size, True)
+    test = {
+        t.name: {"role": t.role, **{label: test_at[label][t.name]["accuracy"] for label in test_at}} for t in tasks
+    }
+
+    # The patched checkpoint: the base model's tensors with the image tower at theta_chosen.
+    patched = interpolate(theta_zs, theta_ft, chosen, allow_extrapolation=True)
+    full_state = dict(model.state_dict())
+    full_state.update(patched)
+    model.load_state_dict(patched, strict=False)
+
+    summary: dict[str, Any] = {
+        "alpha": chosen,
+        "sweep": sweep,
+        "test": test,
+        "selection": {"rule": cfg.selection.rule, "epsilon": cfg.selection.epsilon, "candidates": selections},
+        "model": cfg.model,
+        "patch_tasks": names_p,
+        "support_tasks": names_s,
+        "splits": {t.name: t.split_info for t in tasks},
+        "finetune": {"history": fit_result.history, "steps": fit_result.steps, "resumed_from_epoch": fit_result.resumed_from_epoch},
+        "timing_s": {"finetune": round(t_ft, 2), "sweep": round(t_sweep, 2), "total": round(time.time() - t_start, 2)},
+        "outputs": {"model": "model", "results": "results.jsonl", "config": "config.yaml", "plot": "tradeoff.png", "report": "summary.md"},
+    }
+    write_reports(out, summary, bundle, full_state)
+    return summary
+
+
+def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state: dict[str, torch.Tensor]) -> None:
+    """Checkpoint with model card, plot, Markdown summary; ``summary.json`` last (it marks a finished run)."""
+    from paint.report import model_card, plot_tradeoff, sweep_table, test_table, write_markdown
+
+    config_yaml = (out / "config.yaml").read_text()
+    save_clip(bundle, out / "model", state_dict=state)
+    write_markdown(out / "model" / "README.md", model_card(summary, config_yaml))
+    patch, support = summary["patch_tasks"], summary["support_tasks"]
+    plot_tradeoff(summary["sweep"], patch, support, out / "tradeoff.png", chosen=summary["alpha"])
+    cands = summary["selection"]["candidates"]
+    text = "\n".join(
+        [
+            f"# PAINT: patching {', '.join(patch)}",
+            "",
+            f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
+            f"(mean rule: {cands['mean']['alpha']:.3g}; constrained rule, support within {summary['selection']['epsilon']:g} "
+            f"points: {cands['constrained']['alpha']:.3g}).",
+            "",
+            "## Test accuracy (%)",
+            "",
+            test_table(summary["test"]),
+            "",
+            "## Validation sweep (accuracy %)",
+            "",
+            sweep_table(summary["sweep"], patch + support, summary["alpha"]),
+            "",
+            "![trade-off](tradeoff.png)",
+            "",
+        ]
+    )
+    write_markdown(out / "summary.md", text)
+    write_json_atomic(out / SUMMARY, json.loads(json.dumps(summary, default=float)))

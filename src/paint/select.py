@@ -1,0 +1,74 @@
+"""Choosing alpha from a grid sweep on validation splits.
+
+Two rules, both reported in every run:
+
+- ``mean``: the highest mean of (mean patching-task accuracy, mean support-task accuracy):
+  the two groups weigh the same, whatever their number of tasks.
+- ``constrained``: the highest mean patching accuracy subject to every support task staying
+  within ``epsilon`` points of its zero-shot (alpha = 0) accuracy: the paper's intent
+  ("improve the patching task, keep the supported tasks within about one point").
+
+Ties go to the smaller alpha (closer to the zero-shot model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+
+from paint.errors import PaintError
+
+Rule = Literal["mean", "constrained"]
+SweepPoint = Mapping[str, object]  # {"alpha": float, "val": {task: accuracy}}
+
+
+def _group_mean(accs: Mapping[str, float], tasks: Sequence[str]) -> float:
+    return float(np.mean([accs[t] for t in tasks])) if tasks else float("nan")
+
+
+def mean_score(accs: Mapping[str, float], patch: Sequence[str], support: Sequence[str]) -> float:
+    """Mean of the patching group's and the support group's mean accuracy."""
+    if not support:
+        return _group_mean(accs, patch)
+    return 0.5 * (_group_mean(accs, patch) + _group_mean(accs, support))
+
+
+def feasible(accs: Mapping[str, float], zeroshot: Mapping[str, float], support: Sequence[str], epsilon: float) -> bool:
+    """Every support task within ``epsilon`` points (accuracies are fractions) of zero-shot."""
+    return all(accs[t] >= zeroshot[t] - epsilon / 100.0 - 1e-12 for t in support)
+
+
+def select_alpha(
+    sweep: Sequence[SweepPoint],
+    patch: Sequence[str],
+    support: Sequence[str],
+    rule: Rule = "mean",
+    epsilon: float = 1.0,
+) -> dict[str, object]:
+    """Pick alpha from sweep points; return ``{"alpha", "rule", "score", "feasible"}``.
+
+    Args:
+        sweep: points with ``alpha`` and ``val`` accuracies (fractions) per task; must include alpha 0
+            for the constrained rule.
+        patch: patching task names.
+        support: support task names.
+        rule: ``mean`` or ``constrained``.
+        epsilon: allowed support drop in accuracy points, for ``constrained``.
+    """
+    if not sweep:
+        raise PaintError("the sweep is empty: give at least one alpha")
+    points = sorted(sweep, key=lambda p: float(p["alpha"]))
+    if rule == "mean":
+        scored = [(mean_score(p["val"], patch, support), -float(p["alpha"]), p) for p in points]
+        score, _, best = max(scored, key=lambda x: (x[0], x[1]))
+        return {"alpha": float(best["alpha"]), "rule": rule, "score": score, "feasible": True}
+    if rule == "constrained":
+        zs = next((p for p in points if float(p["alpha"]) == 0.0), None)
+        if zs is None:
+            raise PaintError("the constrained rule needs alpha 0 in the sweep (the zero-shot reference)")
+        ok = [p for p in points if feasible(p["val"], zs["val"], support, epsilon)]
+        score, _, best = max(((_group_mean(p["val"], patch), -float(p["alpha"]), p) for p in ok), key=lambda x: (x[0], x[1]))
+        return {"alpha": float(best["alpha"]), "rule": rule, "score": score, "feasible": True, "epsilon": epsilon}
+    raise PaintError(f"unknown selection rule {rule!r}; use 'mean' or 'constrained'")
