@@ -40,7 +40,9 @@ def make_tokenizer(words=TINY_WORDS, max_length: int = 16):
 def make_tiny_clip(out: Path, seed: int = 0, hidden: int = 32, image_size: int = 16, layers: int = 2) -> Path:
     """Write a random CLIP checkpoint (model, tokenizer, image processor) to ``out``."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
+
+    from paint.models.clip import pil_image_processor_class
 
     tok = make_tokenizer()
     torch.manual_seed(seed)
@@ -59,7 +61,7 @@ def make_tiny_clip(out: Path, seed: int = 0, hidden: int = 32, image_size: int =
     model = CLIPModel(cfg).eval()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    CLIPImageProcessor(
+    pil_image_processor_class()(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(out)
     return out

@@ -204,8 +204,8 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     check_output_dir(out, resume)
     # Everything a user can get wrong is checked before the output directory is created.
-    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
     loaded = load_tasks(cfg.patch_tasks, "patch") + load_tasks(cfg.support_tasks, "support")
+    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
 
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")

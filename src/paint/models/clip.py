@@ -70,7 +70,7 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
         revision: hub revision (branch, tag or commit).
         device: where the model goes.
     """
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+    from transformers import AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
     src = resolve_model_source(source)
@@ -80,21 +80,30 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
         raise PaintError(f"model directory {path} has no config.json; point to a Hugging Face CLIP checkpoint directory")
     if not is_local and (src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1)):
         raise PaintError(f"model path {src} does not exist")
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a checkpoint load is quick; its bar is noise in paint's output
     try:
         model = CLIPModel.from_pretrained(src, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
-        # The slow (PIL) processor: the fast one needs torchvision, which is absent here.
-        processor = CLIPImageProcessor.from_pretrained(src, revision=revision)
+        processor = pil_image_processor_class().from_pretrained(src, revision=revision)
     except (OSError, ValueError) as e:
         where = "directory" if is_local else "hub id (offline, or not in the local cache?)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PaintError(f"cannot load CLIP model from {where} {src!r}: {first}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     model.to(device).eval()
     return ClipBundle(model=model, tokenizer=tokenizer, processor=processor, source=src)
+
+
+def pil_image_processor_class() -> type:
+    """CLIP's PIL-backed image processor: the default one needs torchvision, absent here."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 def image_features(model: "torch.nn.Module", pixel_values: torch.Tensor) -> torch.Tensor:

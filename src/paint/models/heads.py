@@ -23,7 +23,7 @@ def head_cache_key(bundle: ClipBundle, classnames: Sequence[str], templates: Seq
     return sha256_strings(["head-v1", bundle.text_identity, *classnames, "\x1e", *templates])
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the head is used in autograd graphs when fine-tuning
 def build_head(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """The zero-shot head (C, D), computed in one batched pass over all class x template texts."""
     model, tok = bundle.model, bundle.tokenizer

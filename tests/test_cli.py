@@ -1,0 +1,103 @@
+"""The command line end to end, in-process, on a tiny model; and every bad input -> one line, exit 2."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import CLIPModel
+
+from paint.cli import main
+
+
+def _config(tmp_path: Path, model: Path, **extra) -> Path:
+    cfg = {
+        "model": str(model),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits"],
+        "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64, "warmup_steps": 2, "max_steps": 4},
+        "sweep": {"alphas": [0.0, 0.5, 1.0]},
+        "eval_batch_size": 512,
+    }
+    cfg.update(extra)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _looks_finished(run: Path) -> bool:
+    return (run / "summary.json").exists()
+
+
+def test_patch_end_to_end(tiny_clip_dir, tmp_path, capsys):
+    cfg = _config(tmp_path, tiny_clip_dir)
+    assert main(["patch", str(cfg)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["alpha"] in (0.0, 0.5, 1.0)
+    assert [p["alpha"] for p in summary["sweep"]] == [0.0, 0.5, 1.0]
+    assert set(summary["test"]["digits"]) == {"role", "zeroshot", "finetuned", "patched"}
+    assert summary["test"]["digits"]["role"] == "patch"
+    assert all(0.0 <= summary["test"]["digits"][k] <= 1.0 for k in ("zeroshot", "finetuned", "patched"))
+    for name in ("config.yaml", "results.jsonl", "summary.md", "tradeoff.png", "model/README.md"):
+        assert (run / name).is_file(), name
+    # The patched checkpoint is a standard HF checkpoint, and no checkpoint per alpha was written.
+    CLIPModel.from_pretrained(run / "model")
+    weights = sorted(str(p.relative_to(run)) for p in run.rglob("*.safetensors") if "cache" not in p.parts)
+    assert weights == ["finetune/checkpoint/optimizer.safetensors", "finetune/checkpoint/trainable.safetensors", "model/model.safetensors"]
+    # The resolved config round-trips.
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["finetune"]["max_steps"] == 4 and resolved["selection"]["rule"] == "mean"
+    # A second run without --resume is refused; with --resume it re-evaluates nothing.
+    n_results = len((run / "results.jsonl").read_text().splitlines())
+    assert main(["patch", str(cfg)]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert main(["patch", str(cfg), "--resume"]) == 0
+    assert len((run / "results.jsonl").read_text().splitlines()) == n_results
+
+
+def _bad(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("paint "), err
+    assert message in errors[0], err
+    assert "Traceback" not in err
+
+
+def test_bad_inputs_give_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, tmp_path / "missing" / "model")
+    _bad(capsys, ["patch", str(cfg)], "does not exist")
+    cfg = _config(tmp_path, tiny_clip_dir, learning_rate=0.1)
+    _bad(capsys, ["patch", str(cfg)], "learning_rate: unknown field")
+    cfg = _config(tmp_path, tiny_clip_dir, eval_batch_size="big")
+    _bad(capsys, ["patch", str(cfg)], "eval_batch_size")
+    cfg = _config(tmp_path, tiny_clip_dir, sweep={"alphas": [0.0, 1.5]})
+    _bad(capsys, ["patch", str(cfg)], "outside [0, 1]")
+    cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["no-such-task"])
+    _bad(capsys, ["patch", str(cfg)], "no-such-task")
+    cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=[{"name": "digits", "classnames": ["a", "b"]}])
+    _bad(capsys, ["patch", str(cfg)], "class names")
+    _bad(capsys, ["patch", str(tmp_path / "nope.yaml")], "does not exist")
+    assert not _looks_finished(run)
+
+
+def test_interpolate_refuses_different_architectures(tiny_clip_dir, tmp_path, capsys):
+    from tests.conftest import make_tiny_clip
+
+    other = make_tiny_clip(tmp_path / "wide", hidden=48)
+    _bad(capsys, ["interpolate", "--zeroshot", str(tiny_clip_dir), "--finetuned", str(other), "--alpha", "0.5", "--out", str(tmp_path / "o")], "shape")
+    assert not (tmp_path / "o").exists()
+
+
+def test_interpolate_writes_a_loadable_checkpoint(tiny_clip_dir, tiny_clip_dir_b, tmp_path):
+    import torch
+
+    out = tmp_path / "mid"
+    assert main(["interpolate", "--zeroshot", str(tiny_clip_dir), "--finetuned", str(tiny_clip_dir_b), "--alpha", "0.25", "--out", str(out)]) == 0
+    a, b, m = (CLIPModel.from_pretrained(p).state_dict() for p in (tiny_clip_dir, tiny_clip_dir_b, out))
+    k = "vision_model.encoder.layers.0.mlp.fc1.weight"
+    torch.testing.assert_close(m[k], 0.75 * a[k] + 0.25 * b[k])
+    t = "text_model.encoder.layers.0.mlp.fc1.weight"
+    assert torch.equal(m[t], a[t])
