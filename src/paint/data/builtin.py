@@ -6,8 +6,6 @@ import numpy as np
 
 from paint.data.task import ArraySplit, Task, holdout_split
 
-DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-DIGIT_TEMPLATES = ('a photo of the number: "{}".',)
 DIGITS_TEST_SIZE = 600  # of 1,797; fixed, so every run tests on the same images
 
 
@@ -19,6 +17,10 @@ def digits_task(val_fraction: float = 0.1, val_max: int = 5000, split_seed: int 
     """
     from sklearn.datasets import load_digits
 
+    # The same class names and prompts as the world's rendered digits (CLIP's MNIST prompt
+    # among them), so the digits head is the one the model already has for digits.
+    from paint.world.tasks import DIGIT_CLASSNAMES, DIGIT_TEMPLATES
+
     data = load_digits()
     images = np.round(data.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # (N, 8, 8)
     labels = data.target.astype(np.int64)
@@ -29,7 +31,7 @@ def digits_task(val_fraction: float = 0.1, val_max: int = 5000, split_seed: int 
     train, val, info = holdout_split(rest, val_fraction, val_max, split_seed)
     task = Task(
         name="digits",
-        classnames=DIGIT_NAMES,
+        classnames=DIGIT_CLASSNAMES,
         templates=DIGIT_TEMPLATES,
         splits={"train": train, "val": val, "test": test},
         description="scikit-learn handwritten digits (8x8 scans, 10 classes)",
