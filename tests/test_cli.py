@@ -101,3 +101,39 @@ def test_interpolate_writes_a_loadable_checkpoint(tiny_clip_dir, tiny_clip_dir_b
     torch.testing.assert_close(m[k], 0.75 * a[k] + 0.25 * b[k])
     t = "text_model.encoder.layers.0.mlp.fc1.weight"
     assert torch.equal(m[t], a[t])
+
+
+def _folder(root: Path, counts: dict[str, int]) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, n in counts.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_bad_data_gives_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
+    empty = _folder(tmp_path / "empty", {"cat": 0, "dog": 0})
+    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[{"name": "pets", "source": "folder", "path": str(empty)}])
+    _bad(capsys, ["patch", str(cfg)], "pets")
+    three = _folder(tmp_path / "three", {"cat": 6, "dog": 6, "red": 6})
+    spec = {"name": "pets", "source": "folder", "path": str(three), "classnames": ["cat", "dog"]}
+    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[spec])
+    _bad(capsys, ["patch", str(cfg)], "class")
+    assert not _looks_finished(tmp_path / "run")
+
+
+def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
+    pets = _folder(tmp_path / "pets", {"cat": 10, "dog": 10})
+    spec = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
+    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[spec], selection={"rule": "constrained", "epsilon": 1.0})
+    assert main(["patch", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test"]["pets"]["role"] == "support"
+    # The constrained rule never ships an alpha whose support accuracy broke the bound on validation.
+    chosen = next(p for p in summary["sweep"] if p["alpha"] == summary["alpha"])
+    zero = next(p for p in summary["sweep"] if p["alpha"] == 0.0)
+    assert chosen["val"]["pets"] >= zero["val"]["pets"] - 0.01 - 1e-9

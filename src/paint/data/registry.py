@@ -16,7 +16,12 @@ def load_task(spec: TaskSpec) -> tuple[Task, dict]:
     else:
         from paint.data.sources import load_external_task
 
-        task, info = load_external_task(spec)
+        try:
+            task, info = load_external_task(spec)
+        except PaintError as e:
+            if repr(spec.name) in str(e):
+                raise
+            raise PaintError(f"task {spec.name!r}: {e}") from None
     if spec.templates:
         task = replace(task, templates=tuple(spec.templates))
     if spec.classnames and spec.source == "builtin":
