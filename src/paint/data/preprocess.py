@@ -1,20 +1,32 @@
-"""CLIP preprocessing in plain PIL + torch (no torchvision).
+"""CLIP preprocessing in plain PIL + torch (no torchvision), with an on-disk cache.
 
 Images go through CLIP's transform once (shortest side resized bicubic, centre crop) and
 are kept as uint8 ``(N, 3, S, S)``; normalisation with the checkpoint's mean and std
 happens on the fly per batch, so one decoded copy serves every alpha of a sweep.
+
+With ``cache_dir`` the uint8 array is stored as a ``.npy`` file keyed by the split's
+``identity``, the resize and the crop, and later calls memory-map it instead of decoding
+again. Changing the resolution changes the key, so a stale array is never reused.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from paint.data.task import ImageSplit
+from paint.errors import PaintError
+from paint.utils import atomic_path, write_json_atomic
+
+CACHE_FORMAT = 1  # bump when the transform changes, so old arrays are not reused
 
 
 @dataclass(frozen=True)
@@ -30,36 +42,127 @@ class ImageSpec:
     def from_processor(cls, processor) -> "ImageSpec":
         """Read size, crop, mean and std from a transformers CLIPImageProcessor."""
         size = processor.size
-        resize = size.get("shortest_edge") or size.get("height") if isinstance(size, dict) else size
+        if isinstance(size, dict) or hasattr(size, "get"):
+            resize = size.get("shortest_edge") or size.get("height")
+        else:
+            resize = size
         crop = processor.crop_size
-        crop = crop.get("height") if isinstance(crop, dict) else crop
+        crop = crop.get("height") if isinstance(crop, dict) or hasattr(crop, "get") else crop
         if not getattr(processor, "do_center_crop", True):
             crop = resize
         return cls(int(resize), int(crop), tuple(processor.image_mean), tuple(processor.image_std))
 
 
+def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
+    """(width, height) with the shortest side at ``resize``, long side truncated as transformers does."""
+    if width <= height:
+        return resize, max(1, int(resize * height / width))
+    return max(1, int(resize * width / height)), resize
+
+
 def clip_transform(img: Image.Image, resize: int, crop: int) -> np.ndarray:
-    """CLIP's transform: shortest side -> ``resize`` (bicubic), centre crop; (3, crop, crop) uint8."""
+    """CLIP's transform: shortest side -> ``resize`` (bicubic), centre crop; (3, crop, crop) uint8.
+
+    Matches transformers' ``CLIPImageProcessor`` (PIL backend) before rescaling: the crop
+    offset is floored like its ``center_crop``, and an image smaller than the crop is
+    zero-padded around the centre the same way.
+    """
     img = img.convert("RGB")
     w, h = img.size
-    if w <= h:
-        nw, nh = resize, max(1, int(resize * h / w))
-    else:
-        nw, nh = max(1, int(resize * w / h)), resize
+    nw, nh = resized_size(w, h, resize)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.BICUBIC)
-    left = int(round((nw - crop) / 2.0))
-    top = int(round((nh - crop) / 2.0))
-    img = img.crop((left, top, left + crop, top + crop))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+    arr = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
+    if nw < crop or nh < crop:
+        # transformers pads with zeros, centring with ceil; rare (resize < crop)
+        ph, pw = max(crop, nh), max(crop, nw)
+        padded = np.zeros((ph, pw, 3), dtype=np.uint8)
+        top, left = -(-(ph - nh) // 2), -(-(pw - nw) // 2)
+        padded[top : top + nh, left : left + nw] = arr
+        arr, nh, nw = padded, ph, pw
+    top, left = (nh - crop) // 2, (nw - crop) // 2
+    return np.ascontiguousarray(arr[top : top + crop, left : left + crop].transpose(2, 0, 1))
 
 
-def preprocess_split(split: ImageSplit, spec: ImageSpec, cache_dir=None, progress: bool = False) -> torch.Tensor:
-    """All images of a split through :func:`clip_transform`: uint8 ``(N, 3, crop, crop)``."""
-    out = np.empty((len(split), 3, spec.crop, spec.crop), dtype=np.uint8)
-    for i in range(len(split)):
-        out[i] = clip_transform(split.image(i), spec.resize, spec.crop)
-    return torch.from_numpy(out)
+def cache_key(identity: str, resize: int, crop: int) -> str:
+    """Cache key of one split at one resolution: a hash of identity, resize, crop and format."""
+    text = f"{identity}\0{resize}\0{crop}\0{CACHE_FORMAT}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def cache_path(cache_dir: str | Path, identity: str, resize: int, crop: int) -> Path:
+    """Where the cached uint8 array of a split lives (a readable prefix + the key)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", identity)[-60:].strip("_") or "split"
+    return Path(cache_dir) / f"{stem}-{crop}px-{cache_key(identity, resize, crop)}.npy"
+
+
+def _decode_all(split: ImageSplit, out: np.ndarray, spec: ImageSpec, progress: bool) -> None:
+    """Fill ``out`` (N, 3, crop, crop) with every image of the split through :func:`clip_transform`."""
+    from tqdm.auto import tqdm
+
+    n = len(split)
+    for i in tqdm(range(n), desc=f"preprocess {split.identity}", disable=not progress, unit="img", leave=False):
+        try:
+            img = split.image(i)
+        except PaintError:
+            raise
+        except Exception as e:  # a file that passed the header check but does not decode
+            raise PaintError(
+                f"split {split.identity}: image {i} could not be decoded ({type(e).__name__}: {e}); "
+                "remove or replace the file and run again"
+            ) from None
+        out[i] = clip_transform(img, spec.resize, spec.crop)
+
+
+def load_cached(path: Path, n: int, crop: int) -> torch.Tensor | None:
+    """Memory-map a cached array if it exists and has the expected shape; else None."""
+    if not path.is_file():
+        return None
+    try:
+        # copy-on-write: pages come from disk lazily, and torch gets a writable buffer
+        arr = np.load(path, mmap_mode="c")
+    except (OSError, ValueError):
+        return None
+    if arr.dtype != np.uint8 or arr.shape != (n, 3, crop, crop):
+        return None
+    return torch.from_numpy(arr)
+
+
+def preprocess_split(
+    split: ImageSplit, spec: ImageSpec, cache_dir: str | Path | None = None, progress: bool = False
+) -> torch.Tensor:
+    """All images of a split through :func:`clip_transform`: uint8 ``(N, 3, crop, crop)``.
+
+    Args:
+        split: the images.
+        spec: resize, crop (mean and std are applied later, per batch, by :func:`normalize`).
+        cache_dir: if given, the array is cached there as ``.npy`` keyed by the split's
+            identity, resize and crop, written atomically, and memory-mapped on later calls.
+        progress: show a progress bar while decoding.
+    """
+    n = len(split)
+    if cache_dir is None:
+        out = np.empty((n, 3, spec.crop, spec.crop), dtype=np.uint8)
+        _decode_all(split, out, spec, progress)
+        return torch.from_numpy(out)
+    path = cache_path(cache_dir, split.identity, spec.resize, spec.crop)
+    cached = load_cached(path, n, spec.crop)
+    if cached is not None:
+        return cached
+    with atomic_path(path) as tmp:
+        # decode straight into a memory-mapped file: peak memory stays at one image
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, spec.crop, spec.crop))
+        _decode_all(split, mm, spec, progress)
+        mm.flush()
+        del mm
+    write_json_atomic(
+        path.with_suffix(".json"),
+        {"identity": split.identity, "resize": spec.resize, "crop": spec.crop, "n": n, "format": CACHE_FORMAT},
+    )
+    cached = load_cached(path, n, spec.crop)
+    if cached is None:  # pragma: no cover - the file was just written
+        raise PaintError(f"cache file {path} could not be read back; check free disk space")
+    return cached
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -67,3 +170,59 @@ def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) 
     m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     return (batch.float() / 255.0 - m) / s
+
+
+def augment_batch(
+    batch: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip: bool = True,
+) -> torch.Tensor:
+    """Training augmentation on uint8 ``(B, 3, S, S)``: random resized crop and optional flip.
+
+    Each image gets its own crop (area a fraction in ``scale`` of the image, aspect ratio
+    log-uniform in ``ratio``), resampled back to ``S x S`` bilinearly, and, if ``flip``, a
+    horizontal flip with probability 1/2. Everything is drawn from ``generator``, so the
+    same seed gives the same batch. Pass ``flip=False`` for digits, text and traffic signs
+    (a catalog entry's ``augment.flip`` says which).
+
+    Returns:
+        uint8 ``(B, 3, S, S)``.
+    """
+    import torch.nn.functional as F
+
+    b, _, h, w = batch.shape
+    if b == 0:
+        return batch
+    area = torch.empty(b).uniform_(scale[0], scale[1], generator=generator)  # (B,)
+    log_r = torch.empty(b).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])), generator=generator)
+    r = torch.exp(log_r)
+    # crop width/height as fractions of the image, clipped to fit
+    cw = torch.sqrt(area * r).clamp(max=1.0)
+    ch = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - cw)  # centre in [-1, 1] coordinates
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - ch)
+    sx = cw.clone()
+    if flip:
+        sx = torch.where(torch.rand(b, generator=generator) < 0.5, -sx, sx)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, cx
+    theta[:, 1, 1], theta[:, 1, 2] = ch, cy
+    grid = F.affine_grid(theta.to(batch.device), [b, 3, h, w], align_corners=False)  # (B, H, W, 2)
+    out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def cache_info(cache_dir: str | Path) -> list[dict]:
+    """The cached arrays in a directory (identity, resolution, size on disk)."""
+    out = []
+    for meta in sorted(Path(cache_dir).glob("*.json")):
+        npy = meta.with_suffix(".npy")
+        if npy.is_file():
+            try:
+                rec = json.loads(meta.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                continue
+            out.append({**rec, "path": str(npy), "bytes": npy.stat().st_size})
+    return out

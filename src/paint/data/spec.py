@@ -32,6 +32,8 @@ class TaskSpec(StrictModel):
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     val_max: int = Field(5000, ge=1)
     split_seed: int = 0
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # held out (seed 0) only when the data has no test split
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)  # unreadable images tolerated before an error
     seed: int = 0  # generator seed for synthetic built-ins
 
     @model_validator(mode="before")
