@@ -89,3 +89,10 @@ def test_joint_training_scores_each_task_against_its_own_head(tiny_clip_dir):
     finetune(bundle.model, [TrainingSet("a", xtr, ytr, head), TrainingSet("b", xtr, yb, head_b)], bundle.spec, cfg)
     assert evaluate_split(bundle.model, head, xte, yte, bundle.spec)["accuracy"] >= 0.85
     assert evaluate_split(bundle.model, head_b, xte, (yte > 0).astype(np.int64), bundle.spec)["accuracy"] >= 0.85
+
+
+def test_augmented_finetuning_still_learns(tiny_clip_dir):
+    bundle, head, (xtr, ytr), (xte, yte) = _setup(tiny_clip_dir)
+    cfg = CFG.model_copy(update={"augment": "crop-flip"})
+    finetune(bundle.model, [TrainingSet("colours", xtr, ytr, head)], bundle.spec, cfg)
+    assert evaluate_split(bundle.model, head, xte, yte, bundle.spec)["accuracy"] >= 0.85

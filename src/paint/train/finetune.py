@@ -42,6 +42,9 @@ class FinetuneConfig(StrictModel):
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     max_steps: int | None = Field(None, ge=1)
     cpu: bool = False
+    # Training augmentation on the cached uint8 images: random resized crop, optionally with a
+    # horizontal flip (not for digits, text or traffic signs, where a flip changes the class).
+    augment: Literal["none", "crop", "crop-flip"] = "none"
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,21 @@ def image_tower_names(model: torch.nn.Module) -> list[str]:
 
 
 def make_loss(
-    heads: list[torch.Tensor], spec: ImageSpec, label_smoothing: float
+    heads: list[torch.Tensor],
+    spec: ImageSpec,
+    label_smoothing: float,
+    augment: str = "none",
+    seed: int = 0,
 ) -> Callable[[torch.nn.Module, tuple], torch.Tensor]:
     """Mean cross-entropy of each sample against its own task's frozen head."""
+    generator = torch.Generator().manual_seed(seed)
 
     def loss_fn(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
         images, labels, task_ids = batch
+        if augment != "none":
+            from paint.data.preprocess import augment_batch
+
+            images = augment_batch(images, generator, flip=augment == "crop-flip")
         pixels = normalize(images, spec.mean, spec.std)
         if len(heads) == 1:
             logits = logits_for(model, heads[0], pixels)  # (B, C)
@@ -128,7 +140,7 @@ def finetune(
         model,
         image_tower_names(model),
         make_loader,
-        make_loss(heads, spec, cfg.label_smoothing),
+        make_loss(heads, spec, cfg.label_smoothing, cfg.augment, cfg.seed),
         loop,
         checkpoint_dir=out_dir,
         resume=resume,

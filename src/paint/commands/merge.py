@@ -1,0 +1,31 @@
+"""paint merge CONFIG.yaml: merge checkpoints (linear, task arithmetic, TIES, DARE, model stock), streamed."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="merge config YAML (base, models with weights, method, parameters, output)")
+    p.add_argument("--output", help="override the config's output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.config import load_config
+    from paint.merge import MergeConfig, run_merge
+
+    overrides: dict[str, object] = {}
+    if args.output:
+        overrides["output"] = args.output
+    if args.overwrite:
+        overrides["overwrite"] = True
+    cfg = load_config(MergeConfig, args.config, overrides)
+    summary = run_merge(cfg, progress=not args.no_progress)
+    stats = summary["stats"]
+    print(
+        f"merged {stats['merged']} tensors ({stats['copied']} copied from the base) with {cfg.method} "
+        f"into {cfg.output} ({', '.join(stats['files'])}) in {summary['seconds']:.1f}s"
+    )
+    return 0

@@ -1,0 +1,310 @@
+"""``paint merge``: a validated merge config -> a standard HF checkpoint with a model card.
+
+:func:`run_merge` checks everything before any tensor data is read (every file exists,
+keys, shapes and dtypes agree, the method and its parameters are valid), then streams the
+merge tensor by tensor into a temporary directory, adds the base's config, tokenizer and
+processor files, a model card (README.md) and the resolved config, and moves the directory
+into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import Field, field_validator
+
+from paint.config import StrictModel, dump_config
+from paint.errors import PaintError
+from paint.utils import atomic_path, write_json_atomic, write_text_atomic
+from paint.weights.io import CheckpointReader, file_sha256, parse_size, write_state_dict_into
+from paint.weights.methods import GREEDY_SOUP, GREEDY_SOUP_PAPERS, METHODS, get_method, greedy_soup
+from paint.weights.stream import DEFAULT_CHUNK_BYTES, check_layouts, resolve, stream_merge_into
+
+# Files of an HF model directory that describe the model rather than hold its weights.
+CARRIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+)
+CONFIG_NAME = "merge_config.yaml"
+SUMMARY_NAME = "merge_summary.json"
+
+Evaluate = Callable[[Mapping[str, torch.Tensor]], float]
+
+
+class ModelInput(StrictModel):
+    """One model to merge."""
+
+    path: str = Field(description="HF directory, .safetensors or legacy .bin/.pt file")
+    weight: float = Field(1.0, description="weight (linear) or coefficient (task arithmetic, TIES, DARE)")
+
+
+class MergeConfig(StrictModel):
+    """A merge: base, models with weights, method with parameters, output."""
+
+    base: str = Field(description="base (pre-trained / zero-shot) checkpoint; its config and tokenizer are copied")
+    models: list[ModelInput] = Field(min_length=1)
+    method: str = Field("linear", description="a registry name, or greedy_soup (Python API, with an evaluate callback)")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="the method's parameters")
+    output: str = Field(description="output directory (an HF checkpoint)")
+    include: list[str] | None = Field(None, description="fnmatch patterns of keys to merge; others are copied from base")
+    max_shard_size: int | str = Field("2GB", description="largest output shard, e.g. 500MB")
+    chunk_size: int | str = Field(DEFAULT_CHUNK_BYTES, description="row-chunk size for elementwise methods")
+    hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
+    overwrite: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS and v != GREEDY_SOUP:
+            raise ValueError(f"unknown method {v!r}; choose one of: {', '.join([*METHODS, GREEDY_SOUP])}")
+        return v
+
+    @field_validator("max_shard_size", "chunk_size")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        try:
+            parse_size(v)
+        except PaintError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+def accuracy_evaluator(
+    model: torch.nn.Module,
+    head: torch.Tensor,
+    images: torch.Tensor,
+    labels: Any,
+    spec: Any,
+    batch_size: int = 256,
+) -> Evaluate:
+    """An ``evaluate(state_dict) -> accuracy`` callback on one validation split, for greedy soup.
+
+    Each call loads the state dict into ``model`` (its weights are replaced) and runs
+    :func:`paint.evaluate.evaluate_split` with the given zero-shot ``head``.
+
+    Args:
+        model: a transformers CLIPModel of the merged architecture.
+        head: (C, D) zero-shot head, e.g. from :func:`paint.models.heads.zeroshot_head`.
+        images: (N, 3, H, W) uint8 validation images.
+        labels: (N,) class indices.
+        spec: the model's :class:`paint.data.preprocess.ImageSpec`.
+        batch_size: evaluation batch size.
+    """
+    from paint.evaluate import evaluate_split
+
+    def evaluate(state_dict: Mapping[str, torch.Tensor]) -> float:
+        model.load_state_dict(dict(state_dict), strict=True)
+        return float(evaluate_split(model, head, images, labels, spec, batch_size)["accuracy"])
+
+    return evaluate
+
+
+def _resolve_source(path: str) -> str:
+    """``paint:default`` and friends -> a path (the model module owns that mapping)."""
+    from paint.models.clip import resolve_model_source
+
+    return resolve_model_source(path)
+
+
+def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[list[CheckpointReader], Any]:
+    """Every check that needs no tensor data; return the opened inputs and the validated parameters."""
+    weights = [m.weight for m in cfg.models]
+    if cfg.method == GREEDY_SOUP:
+        if evaluate is None:
+            raise PaintError(
+                "greedy_soup needs an evaluation callback: call paint.merge.run_merge(cfg, evaluate=...) from Python"
+            )
+        if cfg.parameters:
+            raise PaintError(f"greedy_soup takes no parameters, got {sorted(cfg.parameters)}")
+        if cfg.include is not None or any(m.weight != 1.0 for m in cfg.models):
+            raise PaintError("greedy_soup averages whole models uniformly; remove include and per-model weights")
+        params = None
+    else:
+        _, _, params = resolve(cfg.method, len(weights), weights, cfg.parameters)
+    out = Path(cfg.output).resolve()
+    sources = [_resolve_source(cfg.base)] + [_resolve_source(m.path) for m in cfg.models]
+    for s in sources:
+        p = Path(s).resolve()
+        if p == out or out in p.parents:
+            raise PaintError(f"output {cfg.output} would overwrite input {s}; choose another output directory")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise PaintError(f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory")
+    readers = [CheckpointReader(s) for s in sources]
+    check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {m.path}" for m in cfg.models])
+    return readers, params
+
+
+def _carry_files(base: Path, dest: Path) -> list[str]:
+    """Copy config, tokenizer and processor files from a base directory; return their names."""
+    if not base.is_dir():
+        return []
+    copied = []
+    for name in CARRIED_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, dest / name)
+            copied.append(name)
+    return copied
+
+
+def _input_hashes(readers: list[CheckpointReader], labels: list[str]) -> list[dict[str, str]]:
+    return [
+        {"input": label, "file": str(f), "sha256": file_sha256(f)}
+        for label, r in zip(labels, readers)
+        for f in r.files
+    ]
+
+
+def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
+    """README.md for the merged checkpoint: method and papers, inputs with hashes, results, config."""
+    if cfg.method == GREEDY_SOUP:
+        papers, description = GREEDY_SOUP_PAPERS, "greedy soup: add models by validation accuracy while it does not fall"
+    else:
+        m = get_method(cfg.method)
+        papers, description = m.papers, m.description
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- paint",
+        "- merge",
+        f"- {cfg.method}",
+        "---",
+        "",
+        f"# Merged model ({cfg.method})",
+        "",
+        f"Made with `paint merge`: {description}.",
+        "",
+        "## Method",
+        "",
+        *[f"- {p.cite()}" for p in papers],
+        "",
+        f"Parameters: `{json.dumps(summary['parameters'], sort_keys=True)}`",
+        "",
+        "## Inputs",
+        "",
+        "| role | path | weight |",
+        "|---|---|---|",
+        f"| base | `{cfg.base}` | |",
+        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
+        "",
+    ]
+    if summary.get("input_hashes"):
+        lines += ["| input | file | sha256 |", "|---|---|---|"]
+        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
+        lines.append("")
+    lines += ["## Evaluation", ""]
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        lines.append("```json")
+        lines.append(json.dumps(evaluation, indent=2, sort_keys=True))
+        lines.append("```")
+    else:
+        lines.append("Not evaluated by the merge.")
+    stats = summary["stats"]
+    lines += [
+        "",
+        "## Output",
+        "",
+        f"{stats['tensors']} tensors ({stats['merged']} merged, {stats['copied']} copied from the base), "
+        f"{stats['bytes'] / 1e6:.1f} MB in {', '.join(stats['files'])}.",
+        "",
+        f"## Merge config (`{CONFIG_NAME}`)",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_merge(cfg: MergeConfig, evaluate: Evaluate | None = None, progress: bool = True) -> dict[str, Any]:
+    """Validate, stream the merge, and write an HF checkpoint with model card and resolved config.
+
+    Args:
+        cfg: the merge.
+        evaluate: ``evaluate(state_dict) -> validation accuracy``; required by greedy soup
+            (it picks the ingredients), otherwise applied to the merged weights and recorded.
+        progress: show a progress bar counting tensors.
+
+    Returns:
+        The summary also written to ``merge_summary.json``: stats, parameters, input hashes,
+        evaluation.
+    """
+    t0 = time.perf_counter()
+    readers, params = validate_merge(cfg, evaluate)
+    labels = ["base"] + [f"model {i}" for i in range(len(cfg.models))]
+    weights = [m.weight for m in cfg.models]
+    evaluation: dict[str, Any] | None = None
+    out = Path(cfg.output)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        if cfg.method == GREEDY_SOUP:
+            assert evaluate is not None  # checked in validate_merge
+            soup = greedy_soup([r.as_mapping() for r in readers[1:]], evaluate)
+            files = write_state_dict_into(soup.state_dict, tmp, parse_size(cfg.max_shard_size))
+            stats = {
+                "tensors": len(soup.state_dict),
+                "merged": sum(t.is_floating_point() for t in soup.state_dict.values()),
+                "copied": sum(not t.is_floating_point() for t in soup.state_dict.values()),
+                "bytes": sum(t.numel() * t.element_size() for t in soup.state_dict.values()),
+                "files": [f.name for f in files],
+            }
+            evaluation = {
+                "val_accuracy": soup.accuracy,
+                "ingredients": [cfg.models[i].path for i in soup.ingredients],
+                "individual": {cfg.models[i].path: a for i, a in enumerate(soup.individual)},
+                "history": soup.history,
+            }
+            param_dump: dict[str, Any] = {}
+        else:
+            method, w, p = resolve(cfg.method, len(weights), weights, params)
+            merged = stream_merge_into(
+                tmp,
+                readers,
+                method,
+                w,
+                p,
+                include=cfg.include,
+                max_shard_bytes=parse_size(cfg.max_shard_size),
+                chunk_bytes=parse_size(cfg.chunk_size),
+                progress=progress,
+            )
+            stats = merged.as_dict()
+            param_dump = p.model_dump(mode="json")
+            if evaluate is not None:
+                evaluation = {"val_accuracy": float(evaluate(CheckpointReader(tmp).as_mapping()))}
+        carried = _carry_files(Path(readers[0].path), tmp)
+        summary: dict[str, Any] = {
+            "method": cfg.method,
+            "parameters": param_dump,
+            "weights": weights,
+            "stats": stats,
+            "carried_files": carried,
+            "input_hashes": _input_hashes(readers, labels) if cfg.hash_inputs else [],
+            "evaluation": evaluation,
+            "output": str(out),
+        }
+        resolved = cfg.model_copy(update={"parameters": param_dump})  # every method default filled in
+        dump_config(resolved, tmp / CONFIG_NAME)
+        write_text_atomic(tmp / "README.md", model_card(resolved, summary))
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json_atomic(tmp / SUMMARY_NAME, summary)
+    return summary

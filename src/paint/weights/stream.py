@@ -1,0 +1,235 @@
+"""The streamed merge engine: one tensor at a time from every input, straight to sharded output.
+
+For each key of the base checkpoint, read that tensor from the base and from every model,
+apply the merge method, and hand the result to :class:`paint.weights.io.ShardedWriter`.
+Integer and boolean tensors, and keys not selected by ``include``, are copied from the
+base. Elementwise methods (linear, task arithmetic) process tensors larger than
+``chunk_bytes`` in row chunks, so even a 150 MB embedding never needs three full copies.
+
+:func:`merge_state_dicts` is the in-memory twin for state dicts already loaded; it runs the
+same per-key code (:func:`merge_key`), so its result is bit-identical to the streamed one.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from paint.errors import PaintError
+from paint.utils import atomic_path
+from paint.weights.io import DEFAULT_SHARD_BYTES, CheckpointReader, LazyStateDict, ShardedWriter, TensorInfo
+from paint.weights.methods import MergeMethod, check_weights, get_method
+from paint.weights.ops import check_compatible
+
+DEFAULT_CHUNK_BYTES = 16 * 1024**2
+
+# read(source index, key, start row, stop row); rows None means the whole tensor.
+RowReader = Callable[[int, str, "int | None", "int | None"], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeStats:
+    """What a streamed merge did."""
+
+    tensors: int
+    merged: int
+    copied: int
+    bytes: int
+    files: list[str]
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tensors": self.tensors,
+            "merged": self.merged,
+            "copied": self.copied,
+            "bytes": self.bytes,
+            "files": self.files,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def key_selector(include: Sequence[str] | None) -> Callable[[str], bool]:
+    """A predicate true for keys matching any of the fnmatch patterns (all keys when None)."""
+    if include is None:
+        return lambda key: True
+    patterns = list(include)
+    return lambda key: any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def resolve(
+    method: str | MergeMethod, n_models: int, weights: Sequence[float] | None, params: Any
+) -> tuple[MergeMethod, list[float], Any]:
+    """Method entry, one weight per model (default 1) and validated parameters."""
+    m = get_method(method) if isinstance(method, str) else method
+    w = [1.0] * n_models if weights is None else [float(x) for x in weights]
+    if len(w) != n_models:
+        raise PaintError(f"{n_models} models but {len(w)} weights")
+    check_weights(m, w)
+    p = params if isinstance(params, m.params) else m.parse_params(params)
+    return m, w, p
+
+
+def row_ranges(info: TensorInfo, chunk_bytes: int) -> list[tuple[int, int]] | None:
+    """Row chunks along dim 0 of at most ``chunk_bytes`` each, or None to take the tensor whole."""
+    if len(info.shape) == 0 or info.nbytes <= chunk_bytes or info.shape[0] < 2:
+        return None
+    row_bytes = info.nbytes // info.shape[0]
+    rows = max(1, chunk_bytes // max(1, row_bytes))
+    return [(a, min(a + rows, info.shape[0])) for a in range(0, info.shape[0], rows)]
+
+
+def merge_key(
+    key: str,
+    info: TensorInfo,
+    read: RowReader,
+    n_models: int,
+    method: MergeMethod,
+    weights: Sequence[float],
+    params: Any,
+    selected: bool,
+    chunk_bytes: int,
+) -> Iterator[torch.Tensor]:
+    """Yield the merged tensor ``key`` as consecutive row chunks (one chunk when taken whole).
+
+    Source 0 is the base, sources 1..n_models the models.
+    """
+    merge = selected and info.dtype.is_floating_point
+    ranges = row_ranges(info, chunk_bytes) if (not merge or method.elementwise) else None
+    for start, stop in ranges or [(None, None)]:
+        if not merge:
+            yield read(0, key, start, stop)
+            continue
+        models = [read(i + 1, key, start, stop) for i in range(n_models)]
+        # A method that ignores the base only needs its dtype, which models[0] shares: skip the read.
+        base = read(0, key, start, stop) if method.uses_base else models[0]
+        out = method.fn(base, models, weights, params, key)
+        del models, base  # free the inputs before the output is written
+        yield out
+
+
+def check_layouts(base: Mapping[str, Any], models: Sequence[Mapping[str, Any]], names: Sequence[str]) -> None:
+    """Keys, shapes and dtypes of every model agree with the base; the error names the first offender."""
+    for name, m in zip(names, models):
+        check_compatible(base, m, ("base model", name))  # TensorInfo has .shape and .dtype too
+
+
+def _layout(sd: Mapping[str, torch.Tensor]) -> Mapping[str, Any]:
+    """Shapes and dtypes to check: a lazy checkpoint answers from its header without reading data."""
+    return sd.reader.infos if isinstance(sd, LazyStateDict) else sd
+
+
+def merge_state_dicts(
+    base: Mapping[str, torch.Tensor],
+    models: Sequence[Mapping[str, torch.Tensor]],
+    method: str | MergeMethod = "linear",
+    weights: Sequence[float] | None = None,
+    params: Any = None,
+    include: Sequence[str] | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> dict[str, torch.Tensor]:
+    """Merge state dicts in memory; bit-identical to :func:`merge_checkpoints` on the same inputs.
+
+    Args:
+        base: the base (pre-trained / zero-shot) weights; integer tensors are taken from it.
+        models: the models to merge (same keys, shapes and dtypes as ``base``).
+        method: a registry name (see :data:`paint.weights.methods.METHODS`) or entry.
+        weights: one weight or coefficient per model (default 1 each).
+        params: the method's parameters (mapping or its params model).
+        include: fnmatch patterns of keys to merge; the others are copied from the base.
+        chunk_bytes: row-chunk size for elementwise methods (same default as streaming).
+    """
+    m, w, p = resolve(method, len(models), weights, params)
+    check_layouts(_layout(base), [_layout(x) for x in models], [f"model {i}" for i in range(len(models))])
+    sources = [base, *models]
+    selected = key_selector(include)
+
+    def read(i: int, key: str, start: int | None, stop: int | None) -> torch.Tensor:
+        t = sources[i][key]
+        return t if start is None else t[start:stop]
+
+    out: dict[str, torch.Tensor] = {}
+    for key, t0 in base.items():
+        chunks = list(merge_key(key, TensorInfo.of(t0), read, len(models), m, w, p, selected(key), chunk_bytes))
+        merged = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        out[key] = merged.clone() if merged.data_ptr() == t0.data_ptr() else merged  # never alias the inputs
+    return out
+
+
+def open_inputs(base: str | os.PathLike, models: Sequence[str | os.PathLike]) -> list[CheckpointReader]:
+    """Open base and models lazily and check their layouts agree (headers only, no tensor data)."""
+    readers = [CheckpointReader(base)] + [CheckpointReader(p) for p in models]
+    check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {p}" for p in models])
+    return readers
+
+
+def stream_merge_into(
+    out_dir: str | os.PathLike,
+    readers: Sequence[CheckpointReader],
+    method: MergeMethod,
+    weights: Sequence[float],
+    params: Any,
+    include: Sequence[str] | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = True,
+) -> MergeStats:
+    """Stream a merge of opened, checked inputs (``readers[0]`` the base) into an existing directory."""
+    t0 = time.perf_counter()
+    infos = readers[0].infos
+    selected = key_selector(include)
+
+    def read(i: int, key: str, start: int | None, stop: int | None) -> torch.Tensor:
+        return readers[i].get(key) if start is None else readers[i].get_rows(key, start, stop)
+
+    writer = ShardedWriter(out_dir, infos, max_shard_bytes)
+    merged = copied = 0
+    try:
+        for key, info in tqdm(infos.items(), total=len(infos), unit="tensor", desc="merge", disable=not progress):
+            sel = selected(key) and info.dtype.is_floating_point
+            writer.write(key, merge_key(key, info, read, len(readers) - 1, method, weights, params, sel, chunk_bytes))
+            merged += sel
+            copied += not sel
+    finally:
+        writer.abort()
+    files = writer.close()
+    return MergeStats(
+        tensors=len(infos),
+        merged=merged,
+        copied=copied,
+        bytes=sum(i.nbytes for i in infos.values()),
+        files=[f.name for f in files],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def merge_checkpoints(
+    base: str | os.PathLike,
+    models: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    method: str | MergeMethod = "linear",
+    weights: Sequence[float] | None = None,
+    params: Any = None,
+    include: Sequence[str] | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: bool = True,
+) -> MergeStats:
+    """Merge checkpoints on disk into an HF safetensors directory, streamed and atomic.
+
+    Only the weights are written; :func:`paint.merge.run_merge` adds config, tokenizer and
+    model card. Arguments as in :func:`merge_state_dicts`, plus the shard size.
+    """
+    m, w, p = resolve(method, len(models), weights, params)
+    readers = open_inputs(base, models)
+    with atomic_path(out_dir) as tmp:
+        Path(tmp).mkdir()
+        return stream_merge_into(tmp, readers, m, w, p, include, max_shard_bytes, chunk_bytes, progress)
