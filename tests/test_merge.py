@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -196,7 +197,7 @@ def test_greedy_soup_through_run_merge(clip_dirs, tmp_path):
         method="greedy_soup",
         output=str(tmp_path / "soup"),
     )
-    with pytest.raises(PaintError, match="needs an evaluation callback"):
+    with pytest.raises(PaintError, match="needs an evaluation"):
         run_merge(cfg, progress=False)
     target = io.load_state_dict(clip_dirs / "ft2")["logit_scale"]
 
@@ -266,3 +267,31 @@ def test_accuracy_evaluator_drives_greedy_soup_on_clip(clip_dirs, tmp_path):
     direct = evaluate_split(soup, head, images, labels, spec, batch_size=8)["accuracy"]
     assert summary["evaluation"]["val_accuracy"] == pytest.approx(direct)
     assert 0.0 <= direct <= 1.0 and len(summary["evaluation"]["history"]) == 2
+
+
+def test_cli_greedy_soup_scores_on_a_task(tiny_clip_dir, tmp_path, capsys):
+    """greedy_soup from YAML: each candidate soup is scored on the evaluate_on task's val split."""
+    from transformers import CLIPModel
+
+    for i in (1, 2):  # two "fine-tuned" variants of the base
+        model = CLIPModel.from_pretrained(tiny_clip_dir)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.startswith("vision_model."):
+                    p.add_(0.02 * i * torch.randn_like(p))
+        model.save_pretrained(tmp_path / f"ft{i}")
+    cfg = {
+        "base": str(tiny_clip_dir),
+        "models": [{"path": str(tmp_path / "ft1")}, {"path": str(tmp_path / "ft2")}],
+        "method": "greedy_soup",
+        "output": str(tmp_path / "soup"),
+        "evaluate_on": {"name": "digits"},
+    }
+    path = tmp_path / "soup.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["merge", str(path), "--no-progress"]) == 0
+    assert "validation accuracy of the merge on digits" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "soup" / "merge_summary.json").read_text())
+    assert len(summary["evaluation"]["individual"]) == 2
+    assert 0.0 <= summary["evaluation"]["val_accuracy"] <= 1.0
+    CLIPModel.from_pretrained(tmp_path / "soup")

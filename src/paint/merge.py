@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field, field_validator
 
 from paint.config import StrictModel, dump_config
+from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
 from paint.weights.io import CheckpointReader, file_sha256, parse_size, write_state_dict_into
@@ -68,6 +69,9 @@ class MergeConfig(StrictModel):
     chunk_size: int | str = Field(DEFAULT_CHUNK_BYTES, description="row-chunk size for elementwise methods")
     hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
     overwrite: bool = False
+    evaluate_on: TaskSpec | None = Field(
+        None, description="a task whose validation split scores the merge (required by greedy_soup); head from the base"
+    )
 
     @field_validator("method")
     @classmethod
@@ -116,6 +120,23 @@ def accuracy_evaluator(
     return evaluate
 
 
+def evaluator_for(cfg: MergeConfig, split: str = "val") -> Evaluate | None:
+    """The ``evaluate_on`` task as an accuracy callback: the base model's architecture and zero-shot head."""
+    if cfg.evaluate_on is None:
+        return None
+    from paint.data.preprocess import preprocess_split
+    from paint.data.registry import load_task
+    from paint.models.clip import load_clip
+    from paint.models.heads import zeroshot_head
+
+    task, _ = load_task(cfg.evaluate_on)
+    data = task.split(split)
+    bundle = load_clip(cfg.base)
+    head = zeroshot_head(bundle, task.classnames, task.templates)
+    images = preprocess_split(data, bundle.spec, progress=True)
+    return accuracy_evaluator(bundle.model, head, images, data.labels, bundle.spec)
+
+
 def _resolve_source(path: str) -> str:
     """``paint:default`` and friends -> a path (the model module owns that mapping)."""
     from paint.models.clip import resolve_model_source
@@ -129,7 +150,7 @@ def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[
     if cfg.method == GREEDY_SOUP:
         if evaluate is None:
             raise PaintError(
-                "greedy_soup needs an evaluation callback: call paint.merge.run_merge(cfg, evaluate=...) from Python"
+                "greedy_soup needs an evaluation: set evaluate_on to a task (its val split scores each soup)"
             )
         if cfg.parameters:
             raise PaintError(f"greedy_soup takes no parameters, got {sorted(cfg.parameters)}")

@@ -14,7 +14,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.config import load_config
-    from paint.merge import MergeConfig, run_merge
+    from paint.merge import MergeConfig, evaluator_for, run_merge
 
     overrides: dict[str, object] = {}
     if args.output:
@@ -22,10 +22,12 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         overrides["overwrite"] = True
     cfg = load_config(MergeConfig, args.config, overrides)
-    summary = run_merge(cfg, progress=not args.no_progress)
+    summary = run_merge(cfg, evaluate=evaluator_for(cfg), progress=not args.no_progress)
     stats = summary["stats"]
     print(
         f"merged {stats['merged']} tensors ({stats['copied']} copied from the base) with {cfg.method} "
         f"into {cfg.output} ({', '.join(stats['files'])}) in {summary['seconds']:.1f}s"
     )
+    if summary.get("evaluation"):
+        print(f"validation accuracy of the merge on {cfg.evaluate_on.name}: {100 * summary['evaluation']['val_accuracy']:.1f}%")
     return 0
