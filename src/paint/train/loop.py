@@ -1,20 +1,26 @@
 """The one training loop that fine-tuning and pretraining share.
 
 It runs through Accelerate, so the same code trains on a CPU, one GPU, or many GPUs and
-machines (``accelerate launch`` with DDP or FSDP). AdamW, linear warmup then cosine decay,
-gradient-norm clipping, a progress bar, and an atomic safetensors checkpoint at the end of
-every epoch that ``resume=True`` continues from.
+machines (``accelerate launch`` with DDP; FSDP is wired but unverified, see docs/scaling.md).
+AdamW, linear warmup then cosine decay, gradient-norm clipping, a progress bar, and an atomic
+safetensors checkpoint at the end of every epoch that ``resume=True`` continues from.
 
-Checkpoint layout (a directory, replaced atomically)::
+With N processes each rank sees its own shard of every epoch (``prepare_data_loader``), so a
+step consumes N * batch_size examples and an epoch has about N times fewer steps. ``step``,
+``warmup_steps`` and ``max_steps`` all count optimizer steps, which every rank takes together.
+
+Checkpoint layout (a directory, replaced atomically, written by rank 0 only)::
 
     trainable.safetensors   the trained tensors only (frozen ones are never written)
     optimizer.safetensors   AdamW state tensors, flattened as state.<param>.<name>
+                            (absent under FSDP: its sharded state is not saved, see ``fit``)
     state.json              epoch, step, history, param groups, scheduler state, fingerprint
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +36,8 @@ from paint.errors import PaintError
 from paint.utils import atomic_path
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -101,26 +109,31 @@ def _unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> 
 def save_checkpoint(
     path: Path,
     trainable: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | None,
     scheduler: Any,
     state: dict[str, Any],
 ) -> None:
-    """Write the checkpoint directory atomically (a crash keeps the previous one)."""
-    opt_tensors, opt_meta = _flatten_optimizer_state(optimizer.state_dict())
+    """Write the checkpoint directory atomically (a crash keeps the previous one).
+
+    ``optimizer=None`` writes no optimizer state (FSDP runs); a resume then restarts AdamW.
+    """
     with atomic_path(path) as tmp:
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        opt_meta = None
+        if optimizer is not None:
+            opt_tensors, opt_meta = _flatten_optimizer_state(optimizer.state_dict())
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         full = dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict())
         (tmp / "state.json").write_text(json.dumps(full, indent=1, default=float))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """Return (trainable tensors, optimizer tensors, state)."""
+    """Return (trainable tensors, optimizer tensors (empty if none were saved), state)."""
     try:
         state = json.loads((path / "state.json").read_text())
         trainable = load_file(str(path / "trainable.safetensors"))
-        opt = load_file(str(path / "optimizer.safetensors"))
+        opt = load_file(str(path / "optimizer.safetensors")) if state.get("optimizer") is not None else {}
     except (OSError, ValueError) as e:
         raise PaintError(f"cannot read checkpoint {path}: {e}; delete it to start over") from e
     return trainable, opt, state
@@ -154,7 +167,7 @@ def fit(
         on_epoch_end: optional (epoch, unwrapped model) -> metrics added to the history.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, broadcast_object_list, set_seed
 
     names = set(trainable_names)
     params = [(n, p) for n, p in model.named_parameters()]
@@ -165,14 +178,18 @@ def fit(
         p.requires_grad_(n in names)
     set_seed(cfg.seed)
     accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     optimizer = make_optimizer([(n, p) for n, p in params if n in names], cfg.lr, cfg.weight_decay)
 
-    steps_per_epoch = len(make_loader(0))  # type: ignore[arg-type]
+    # Count steps on the sharded loader: with N processes each rank gets ~1/N of the batches.
+    steps_per_epoch = len(accelerator.prepare_data_loader(make_loader(0)))  # type: ignore[arg-type]
     if steps_per_epoch == 0:
         raise PaintError(f"{desc}: the training set yields no batch")
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
+    # Not passed to accelerator.prepare: its wrapper steps the schedule num_processes times per
+    # call (it assumes a schedule sized for one process); ours is sized in optimizer steps.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
 
     result = FitResult()
@@ -181,18 +198,26 @@ def fit(
     if ckpt is not None and (ckpt / "state.json").exists():
         if not resume:
             raise PaintError(f"{ckpt} already holds a checkpoint; pass --resume to continue it or use a new output directory")
+        # Every rank reads the checkpoint before wrapping, so all start from the same weights.
         tensors, opt_tensors, state = load_checkpoint(ckpt)
         if state.get("fingerprint") != fingerprint:
             raise PaintError(f"the checkpoint in {ckpt} was made by a different run (config or data changed); use a new output directory")
         model.load_state_dict(tensors, strict=False)
-        optimizer.load_state_dict(_unflatten_optimizer_state(opt_tensors, state["optimizer"]))
+        if state.get("optimizer") is not None:
+            optimizer.load_state_dict(_unflatten_optimizer_state(opt_tensors, state["optimizer"]))
+        elif accelerator.is_main_process:
+            log.warning("%s: the checkpoint holds no optimizer state (FSDP run); AdamW restarts from zero moments", desc)
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         result.history = state["history"]
         result.resumed_from_epoch = state["epoch"]
+    if fsdp and ckpt is not None and accelerator.is_main_process:
+        log.warning("%s: FSDP run: checkpoints keep the weights but not the sharded optimizer state; a resume restarts AdamW", desc)
 
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
+    # The loss runs inside the wrapper's forward: DDP arms its gradient all-reduce (and FSDP
+    # gathers its shards) in forward, and loss_fn may call submodules (vision_model, ...) directly.
+    wrapped, optimizer = accelerator.prepare(_LossModule(model, loss_fn), optimizer)
+    wrapped.train()
     bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
@@ -200,12 +225,13 @@ def fit(
         loader = accelerator.prepare_data_loader(make_loader(epoch))
         running, count = 0.0, 0
         for batch in loader:
-            loss = loss_fn(model, batch)
+            loss = wrapped(batch)
             accelerator.backward(loss)
             if cfg.grad_clip and cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
             optimizer.step()
-            scheduler.step()
+            if not getattr(optimizer, "step_was_skipped", False):  # fp16 overflow: the step did not happen
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             running += float(loss.detach())
@@ -214,27 +240,54 @@ def fit(
             bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}")
             if step >= total:
                 break
-        record = {"epoch": epoch, "step": step, "loss": running / max(1, count)}
-        unwrapped = accelerator.unwrap_model(model)
+        # Mean loss over every rank's batches, so the history is the same on all of them.
+        sums = accelerator.reduce(torch.tensor([running, float(count)], device=accelerator.device), reduction="sum")
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(sums[0]) / max(1.0, float(sums[1]))}
         if on_epoch_end is not None:
-            unwrapped.eval()
-            record.update(on_epoch_end(epoch, unwrapped))
-            unwrapped.train()
+            # Rank 0 alone evaluates and writes (the callback may export files); the others
+            # receive its metrics so that every rank keeps the same history.
+            extra: list[Any] = [None]
+            if accelerator.is_main_process:
+                unwrapped = accelerator.unwrap_model(wrapped).model
+                unwrapped.eval()
+                extra[0] = on_epoch_end(epoch, unwrapped)
+                unwrapped.train()
+            if accelerator.num_processes > 1:
+                broadcast_object_list(extra, from_process=0)
+            record.update(extra[0] or {})
         result.history.append(record)
-        if ckpt is not None and accelerator.is_main_process:
-            full = accelerator.get_state_dict(model)
-            save_checkpoint(
-                ckpt,
-                {k: v for k, v in full.items() if k in names},
-                optimizer,
-                scheduler,
-                {"epoch": epoch, "step": step, "history": result.history, "fingerprint": fingerprint, "done": step >= total or epoch == cfg.epochs - 1},
-            )
+        if ckpt is not None:
+            full = accelerator.get_state_dict(wrapped)  # collective under FSDP: every rank calls it
+            if accelerator.is_main_process:
+                save_checkpoint(
+                    ckpt,
+                    {k: v for k, v in _strip_prefix(full, "model.").items() if k in names},
+                    None if fsdp else optimizer,
+                    scheduler,
+                    {"epoch": epoch, "step": step, "history": result.history, "fingerprint": fingerprint, "done": step >= total or epoch == cfg.epochs - 1},
+                )
         accelerator.wait_for_everyone()
     bar.close()
     result.steps = step
-    model = accelerator.unwrap_model(model)
+    model = accelerator.unwrap_model(wrapped).model
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    accelerator.free_memory()
     return result
+
+
+class _LossModule(nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``: the module that DDP/FSDP wrap."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
