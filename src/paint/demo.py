@@ -34,7 +34,9 @@ def demo_config(output_dir: str | Path, quick: bool = False, model: str = DEFAUL
         support_tasks=[TaskSpec(name=n) for n in DEMO_SUPPORT],
         finetune=finetune,
         sweep=sweep,
-        selection=SelectionConfig(rule="constrained", epsilon=1.0),
+        # The paper keeps ImageNet, one support number, within about a point: here the mean of
+        # the support tasks plays that role (the per-task bound is reported beside it).
+        selection=SelectionConfig(rule="constrained", epsilon=1.0, constraint="mean"),
     )
 
 

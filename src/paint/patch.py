@@ -58,8 +58,11 @@ class SweepConfig(StrictModel):
 
 
 class SelectionConfig(StrictModel):
+    """How alpha is chosen from the validation sweep (both rules are always reported)."""
+
     rule: Literal["mean", "constrained"] = "mean"
     epsilon: float = Field(1.0, ge=0, description="allowed support drop, accuracy points (constrained rule)")
+    constraint: Literal["each", "mean"] = Field("each", description="bound every support task, or their mean")
 
 
 class PatchConfig(StrictModel):
@@ -113,9 +116,14 @@ class PreparedTask:
 
 
 def pick_device(name: str) -> torch.device:
+    """The device for this process: under ``accelerate launch`` each rank gets its own GPU."""
     if name == "cuda" and not torch.cuda.is_available():
         raise PaintError("device: cuda was asked for but no CUDA GPU is visible")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    from accelerate import PartialState
+
+    return PartialState().device
 
 
 def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dict]]:
@@ -220,6 +228,12 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     sets = [TrainingSet(t.name, t.images["train"], t.labels["train"], t.head) for t in patch]
     fit_result = finetune(model, sets, spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fp)
     t_ft = time.time() - t_ft
+    from accelerate import PartialState
+
+    proc = PartialState()
+    if not proc.is_main_process:  # multi-process fine-tuning: rank 0 alone sweeps and writes
+        proc.wait_for_everyone()
+        return {}
     theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
     model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
 
@@ -239,10 +253,14 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         )
     t_sweep = time.time() - t_sweep
     names_p, names_s = [t.name for t in patch], [t.name for t in support]
+    eps = cfg.selection.epsilon
     selections = {
-        rule: select_alpha(sweep, names_p, names_s, rule, cfg.selection.epsilon) for rule in ("mean", "constrained")
+        "mean": select_alpha(sweep, names_p, names_s, "mean"),
+        "constrained-each": select_alpha(sweep, names_p, names_s, "constrained", eps, "each"),
+        "constrained-mean": select_alpha(sweep, names_p, names_s, "constrained", eps, "mean"),
     }
-    chosen = selections[cfg.selection.rule]["alpha"]
+    chosen_rule = "mean" if cfg.selection.rule == "mean" else f"constrained-{cfg.selection.constraint}"
+    chosen = selections[chosen_rule]["alpha"]
 
     test_at = {}
     for label, alpha in (("zeroshot", 0.0), ("finetuned", 1.0), ("patched", chosen)):
@@ -261,7 +279,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         "alpha": chosen,
         "sweep": sweep,
         "test": test,
-        "selection": {"rule": cfg.selection.rule, "epsilon": cfg.selection.epsilon, "candidates": selections},
+        "selection": {"rule": chosen_rule, "epsilon": eps, "candidates": selections},
         "model": cfg.model,
         "patch_tasks": names_p,
         "support_tasks": names_s,
@@ -271,6 +289,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         "outputs": {"model": "model", "results": "results.jsonl", "config": "config.yaml", "plot": "tradeoff.png", "report": "summary.md"},
     }
     write_reports(out, summary, bundle, full_state)
+    proc.wait_for_everyone()
     return summary
 
 
@@ -289,8 +308,9 @@ def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state:
             f"# PAINT: patching {', '.join(patch)}",
             "",
             f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
-            f"(mean rule: {cands['mean']['alpha']:.3g}; constrained rule, support within {summary['selection']['epsilon']:g} "
-            f"points: {cands['constrained']['alpha']:.3g}).",
+            f"on validation. All rules (support within {summary['selection']['epsilon']:g} points for the constrained ones): "
+            + ", ".join(f"`{name}` {c['alpha']:.3g}" for name, c in cands.items())
+            + ".",
             "",
             "## Test accuracy (%)",
             "",

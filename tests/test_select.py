@@ -1,0 +1,52 @@
+"""Alpha selection rules on sweep points (accuracies are fractions)."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paint.select import feasible, select_alpha
+
+SWEEP = [
+    {"alpha": 0.0, "val": {"p": 0.30, "a": 0.90, "b": 0.80}},
+    {"alpha": 0.3, "val": {"p": 0.60, "a": 0.895, "b": 0.795}},
+    {"alpha": 0.5, "val": {"p": 0.75, "a": 0.90, "b": 0.78}},  # b drops 2 points, mean drops 1
+    {"alpha": 1.0, "val": {"p": 0.95, "a": 0.70, "b": 0.60}},
+]
+
+
+def test_mean_rule_weighs_groups_equally():
+    # 0.5 * (p + mean(a, b)): alpha 1 -> 0.5 * (0.95 + 0.65) = 0.80 beats alpha 0.5 -> 0.795
+    assert select_alpha(SWEEP, ["p"], ["a", "b"], "mean")["alpha"] == 1.0
+
+
+def test_constrained_each_and_mean():
+    each = select_alpha(SWEEP, ["p"], ["a", "b"], "constrained", epsilon=1.0, constraint="each")
+    assert each["alpha"] == 0.3
+    mean = select_alpha(SWEEP, ["p"], ["a", "b"], "constrained", epsilon=1.0, constraint="mean")
+    assert mean["alpha"] == 0.5
+    assert select_alpha(SWEEP, ["p"], ["a", "b"], "constrained", epsilon=0.0)["alpha"] == 0.0
+
+
+def test_ties_go_to_the_smaller_alpha():
+    flat = [{"alpha": a, "val": {"p": 0.5, "s": 0.9}} for a in (0.0, 0.2, 0.4)]
+    assert select_alpha(flat, ["p"], ["s"], "mean")["alpha"] == 0.0
+    assert select_alpha(flat, ["p"], ["s"], "constrained")["alpha"] == 0.0
+
+
+accs = st.floats(0.0, 1.0, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(accs, accs, accs), min_size=1, max_size=8),
+    st.tuples(accs, accs, accs),
+    st.floats(0.0, 5.0),
+    st.sampled_from(["each", "mean"]),
+)
+def test_constrained_never_ships_an_infeasible_alpha(points, zero, eps, constraint):
+    sweep = [{"alpha": 0.0, "val": dict(zip("pab", zero))}]
+    sweep += [{"alpha": (i + 1) / 10, "val": dict(zip("pab", v))} for i, v in enumerate(points)]
+    got = select_alpha(sweep, ["p"], ["a", "b"], "constrained", eps, constraint)
+    chosen = next(p for p in sweep if p["alpha"] == got["alpha"])
+    assert feasible(chosen["val"], sweep[0]["val"], ["a", "b"], eps, constraint)
+    best = max(p["val"]["p"] for p in sweep if feasible(p["val"], sweep[0]["val"], ["a", "b"], eps, constraint))
+    assert chosen["val"]["p"] == best
