@@ -15,9 +15,20 @@ from collections.abc import Sequence
 
 # name -> (module, one-line help). Modules import heavy libraries only inside run().
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("paint.commands.demo", "PAINT end to end on the shipped model and synthetic world, offline"),
     "patch": ("paint.commands.patch", "fine-tune with the head frozen, sweep alpha, choose it, write the patched model"),
     "eval": ("paint.commands.evaluate", "zero-shot accuracy of a model on tasks"),
     "interpolate": ("paint.commands.interpolate", "write theta_alpha from a zero-shot and a fine-tuned checkpoint"),
+    "tasks": ("paint.commands.tasks", "list the task catalog and built-ins; tasks show NAME for classes, templates, layout"),
+    "merge": ("paint.commands.merge", "merge checkpoints (linear, task arithmetic, TIES, DARE, model stock), streamed"),
+    "convert": ("paint.commands.convert", "convert an OpenAI CLIP / open_clip state dict to a Hugging Face CLIP checkpoint"),
+    "pretrain": ("paint.commands.pretrain", "pretrain a small CLIP from scratch on the offline synthetic world"),
+    "typographic": ("paint.commands.typographic", "typographic attacks: render label=/text= datasets, measure them, patch them"),
+    "counting": ("paint.commands.counting", "patch counting and test on counts held out of fine-tuning (CLEVR-style)"),
+    "triage": ("paint.commands.triage", "linear probe vs zero-shot per task: which tasks need patching, k-shot curve"),
+    "multitask": ("paint.commands.multitask", "patch several tasks jointly, sequentially and in parallel; compare the modes"),
+    "transfer": ("paint.commands.transfer", "broad transfer: patch on each task of a list, evaluate on all (matrix + heatmap)"),
+    "metrics": ("paint.commands.metrics", "GradientSimilarity, BackwardKnowledgeTransfer and linear CKA of a patch run"),
 }
 
 

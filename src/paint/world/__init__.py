@@ -1,0 +1,1 @@
+"""The offline open-vocabulary world: synthetic images, captions, tasks and a tokenizer."""

@@ -1,0 +1,384 @@
+"""Drawing the offline world: shapes, backgrounds, digits, words and groups of objects.
+
+Every function takes a ``numpy.random.Generator`` (or explicit parameters) and returns a
+32x32 RGB PIL image, so an image is a pure function of its seed. Shapes are drawn on a
+4x supersampled mask and box-filtered down, which gives clean anti-aliased edges at 32 px.
+
+Fonts come from matplotlib's bundled TrueType files (DejaVu, STIX, Computer Modern), which
+exist wherever matplotlib is installed; system font folders are never used.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+SIZE = 32  # every world image is SIZE x SIZE RGB
+SUPER = 4  # supersampling factor for shape masks
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon")
+
+# Object colours: saturated hues, distinct from the greyish backgrounds.
+COLOURS: tuple[tuple[str, tuple[int, int, int]], ...] = (
+    ("red", (220, 30, 30)),
+    ("orange", (245, 140, 20)),
+    ("yellow", (240, 225, 30)),
+    ("green", (40, 170, 50)),
+    ("cyan", (30, 210, 220)),
+    ("blue", (35, 70, 225)),
+    ("purple", (140, 50, 200)),
+    ("pink", (250, 120, 190)),
+    ("brown", (130, 80, 35)),
+)
+COLOUR_NAMES: tuple[str, ...] = tuple(name for name, _ in COLOURS)
+
+BACKGROUNDS: tuple[str, ...] = ("plain", "striped", "checkered", "dotted", "grid", "noisy")
+
+DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+# Fonts seen in pretraining, and fonts held out of it (the novel-font-digits task uses the latter).
+PRETRAIN_FONTS: tuple[str, ...] = (
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "STIXGeneral.ttf",
+)
+HELDOUT_FONTS: tuple[str, ...] = (
+    "cmr10.ttf",
+    "cmss10.ttf",
+    "cmtt10.ttf",
+    "STIXGeneralBolIta.ttf",
+    "DejaVuSerif-Italic.ttf",
+)
+WORD_FONTS: tuple[str, ...] = ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf", "DejaVuSansMono-Bold.ttf")
+
+# Digit styles: crisp glyphs, thick glyphs, and "scans" (bright ink on dark, downsampled to
+# 8x8 with 17 grey levels and upsampled, like scikit-learn's handwritten digits).
+DIGIT_STYLES: tuple[str, ...] = ("crisp", "bold", "scan", "bold-scan")
+# Held out of pretraining (novel-font-digits): sheared, rotated, frame-filling scans.
+HELDOUT_DIGIT_STYLES: tuple[str, ...] = ("slanted-scan",)
+
+
+def font_dir() -> Path:
+    """matplotlib's folder of bundled TrueType fonts."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+
+def font_names() -> tuple[str, ...]:
+    """Every font the world may use (pretraining fonts first, then held-out ones)."""
+    return PRETRAIN_FONTS + HELDOUT_FONTS
+
+
+@functools.lru_cache(maxsize=256)
+def load_font(name: str, size: int) -> ImageFont.FreeTypeFont:
+    """A matplotlib-bundled font at a pixel size (cached: loading a TTF is slow)."""
+    return ImageFont.truetype(str(font_dir() / name), size)
+
+
+def colour_rgb(name: str) -> tuple[int, int, int]:
+    return dict(COLOURS)[name]
+
+
+def jitter_colour(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int = 18) -> tuple[int, int, int]:
+    """The colour with a small random shift per channel (so a colour name covers a region)."""
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in rgb)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- backgrounds
+
+
+def background_tones(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two greyish tones (slightly tinted) with clear contrast between them."""
+    base = rng.uniform(0.15, 0.85)
+    other = base + (0.28 if base < 0.5 else -0.28) * rng.uniform(0.8, 1.2)
+    tint = rng.uniform(-0.05, 0.05, size=3)
+    a = np.clip(base + tint, 0, 1) * 255
+    b = np.clip(other + tint, 0, 1) * 255
+    return a, b
+
+
+def render_background(kind: str, rng: np.random.Generator) -> Image.Image:
+    """A SIZE x SIZE background of one of :data:`BACKGROUNDS`."""
+    a, b = background_tones(rng)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    if kind == "plain":
+        mask = np.zeros((SIZE, SIZE), dtype=bool)
+    elif kind == "striped":
+        period = int(rng.integers(4, 7))
+        coord = xx if rng.random() < 0.5 else yy
+        if rng.random() < 0.3:
+            coord = xx + yy
+        mask = (coord % period) < period // 2
+    elif kind == "checkered":
+        cell = int(rng.integers(3, 6))
+        mask = ((xx // cell) + (yy // cell)) % 2 == 0
+    elif kind == "dotted":
+        period = int(rng.integers(5, 8))
+        off = rng.integers(0, period, size=2)
+        mask = (((xx + off[0]) % period) < 2) & (((yy + off[1]) % period) < 2)
+    elif kind == "grid":
+        period = int(rng.integers(5, 9))
+        off = rng.integers(0, period, size=2)
+        mask = (((xx + off[0]) % period) == 0) | (((yy + off[1]) % period) == 0)
+    elif kind == "noisy":
+        mask = rng.random((SIZE, SIZE)) < 0.5
+    else:
+        raise ValueError(f"unknown background {kind!r}")
+    arr = np.where(mask[..., None], b[None, None, :], a[None, None, :])  # (S, S, 3)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def _regular_polygon(n: int, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+    return [(cx + r * math.sin(rot + 2 * math.pi * k / n), cy - r * math.cos(rot + 2 * math.pi * k / n)) for k in range(n)]
+
+
+def _star(cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+    pts = []
+    for k in range(10):
+        rr = r if k % 2 == 0 else r * 0.42
+        ang = rot + math.pi * k / 5
+        pts.append((cx + rr * math.sin(ang), cy - rr * math.cos(ang)))
+    return pts
+
+
+def _cross(cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
+    w = r * 0.36
+    base = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
+    c, s = math.cos(rot), math.sin(rot)
+    return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in base]
+
+
+def draw_shape_mask(mask: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, rot: float = 0.0) -> None:
+    """Draw ``shape`` (filled, value 255) on a supersampled mask; coordinates in 32-px units."""
+    k = SUPER
+    cx, cy, r = cx * k, cy * k, r * k
+    if shape == "circle":
+        mask.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+    elif shape == "ring":
+        mask.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        ri = r * 0.55
+        mask.ellipse((cx - ri, cy - ri, cx + ri, cy + ri), fill=0)
+    elif shape == "square":
+        mask.polygon(_regular_polygon(4, cx, cy, r * 1.2, rot + math.pi / 4), fill=255)
+    elif shape == "diamond":
+        # A rhombus taller than wide, so it never looks like a rotated square.
+        pts = [(cx, cy - r * 1.1), (cx + r * 0.7, cy), (cx, cy + r * 1.1), (cx - r * 0.7, cy)]
+        c, s = math.cos(rot), math.sin(rot)
+        mask.polygon([(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in pts], fill=255)
+    elif shape == "triangle":
+        pts = _regular_polygon(3, cx, cy + r * 0.15, r * 1.15, rot)
+        mask.polygon(pts, fill=255)
+    elif shape == "hexagon":
+        mask.polygon(_regular_polygon(6, cx, cy, r * 1.05, rot + math.pi / 6), fill=255)
+    elif shape == "star":
+        mask.polygon(_star(cx, cy, r * 1.2, rot), fill=255)
+    elif shape == "cross":
+        mask.polygon(_cross(cx, cy, r * 1.1, rot), fill=255)
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+
+
+def composite_shapes(
+    background: Image.Image,
+    items: list[tuple[str, float, float, float, float, tuple[int, int, int]]],
+) -> Image.Image:
+    """Paint shapes (shape, cx, cy, r, rot, rgb) onto a background, anti-aliased."""
+    img = background.copy()
+    for shape, cx, cy, r, rot, rgb in items:
+        big = Image.new("L", (SIZE * SUPER, SIZE * SUPER), 0)
+        draw_shape_mask(ImageDraw.Draw(big), shape, cx, cy, r, rot)
+        mask = big.resize((SIZE, SIZE), Image.BOX)
+        img.paste(Image.new("RGB", (SIZE, SIZE), rgb), (0, 0), mask)
+    return img
+
+
+def render_shape(
+    shape: str,
+    colour: str,
+    background: str,
+    rng: np.random.Generator,
+    size: str | None = None,
+) -> Image.Image:
+    """One shape near the centre of the frame ("small": radius 5-7 px, "large": 9-11 px)."""
+    size = size or ("small" if rng.random() < 0.5 else "large")
+    r = rng.uniform(5.0, 7.0) if size == "small" else rng.uniform(8.5, 11.0)
+    # Mostly central positions: the small ViT learns several times faster that way.
+    spread = 1.5 if size == "large" else 3.5
+    cx = SIZE / 2 + float(np.clip(rng.normal(0, spread), -2 * spread, 2 * spread))
+    cy = SIZE / 2 + float(np.clip(rng.normal(0, spread), -2 * spread, 2 * spread))
+    rot = rng.uniform(-0.25, 0.25)
+    bg = render_background(background, rng)
+    return composite_shapes(bg, [(shape, cx, cy, r, rot, jitter_colour(colour_rgb(colour), rng))])
+
+
+def render_count(
+    count: int,
+    shape: str,
+    colour: str,
+    background: str,
+    rng: np.random.Generator,
+    layout: str = "grid",
+) -> Image.Image:
+    """``count`` (1-16) small, non-overlapping copies of a shape.
+
+    ``layout="grid"`` (the pretraining corpus) puts them in cells of a jittered 4x4 grid, which
+    line up with a patch-8 ViT's patches, so counting reduces to counting occupied patches;
+    ``"scatter"`` places them anywhere (at least one object-width apart), which a model that
+    learned the grid shortcut does not count well.
+    """
+    if not 1 <= count <= 16:
+        raise ValueError("count must be between 1 and 16")
+    rgb = colour_rgb(colour)
+    items = []
+    if layout == "grid":
+        # The order of random draws here defines the pretraining corpus: keep it.
+        for c in rng.choice(16, size=count, replace=False):
+            cx = 4 + 8 * int(c % 4) + rng.uniform(-0.8, 0.8)
+            cy = 4 + 8 * int(c // 4) + rng.uniform(-0.8, 0.8)
+            items.append((shape, cx, cy, rng.uniform(2.4, 3.2), rng.uniform(-0.2, 0.2), jitter_colour(rgb, rng)))
+    elif layout == "scatter":
+        centres, radii = _scatter(count, rng)
+        items = [(shape, cx, cy, r, rng.uniform(-0.2, 0.2), jitter_colour(rgb, rng)) for (cx, cy), r in zip(centres, radii)]
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return composite_shapes(render_background(background, rng), items)
+
+
+def _scatter(count: int, rng: np.random.Generator) -> tuple[list[tuple[float, float]], list[float]]:
+    """Random non-overlapping centres (rejection sampling; shrinks objects if the frame is full)."""
+    for r in (3.0, 2.6, 2.2, 1.8):
+        centres: list[tuple[float, float]] = []
+        for _ in range(400):
+            if len(centres) == count:
+                break
+            c = (rng.uniform(r + 0.5, SIZE - r - 0.5), rng.uniform(r + 0.5, SIZE - r - 0.5))
+            if all((c[0] - x) ** 2 + (c[1] - y) ** 2 >= (2 * r + 1.5) ** 2 for x, y in centres):
+                centres.append(c)
+        if len(centres) == count:
+            return centres, [r * rng.uniform(0.85, 1.0) for _ in centres]
+    raise ValueError(f"cannot place {count} objects")
+
+
+# --------------------------------------------------------------------------- text and digits
+
+
+def _glyph_mask(text: str, font: str, px: int, stroke: int = 0) -> Image.Image:
+    """A tight L-mode mask of ``text`` rendered at ``px`` pixels (with an optional stroke)."""
+    f = load_font(font, px)
+    l, t, r, b = f.getbbox(text, stroke_width=stroke)
+    img = Image.new("L", (max(1, r - l), max(1, b - t)), 0)
+    ImageDraw.Draw(img).text((-l, -t), text, font=f, fill=255, stroke_width=stroke, stroke_fill=255)
+    return img
+
+
+def render_word(
+    img: Image.Image,
+    word: str,
+    rgb: tuple[int, int, int],
+    rng: np.random.Generator | None = None,
+    font: str = "DejaVuSans-Bold.ttf",
+    height: int = 10,
+) -> Image.Image:
+    """Write ``word`` across an image (a typographic label), fitted to the width, near the centre.
+
+    Args:
+        img: the image to write on (not modified; a copy is returned).
+        word: the text.
+        rgb: ink colour.
+        rng: jitters the vertical position when given.
+        font: a file name from matplotlib's font folder.
+        height: target glyph height in pixels before fitting to the width.
+    """
+    w, h = img.size
+    mask = _glyph_mask(word, font, height * SUPER)
+    scale = min((w - 2) / mask.width, height / mask.height)
+    mw, mh = max(1, round(mask.width * scale)), max(1, round(mask.height * scale))
+    mask = mask.resize((mw, mh), Image.BOX)
+    x = (w - mw) // 2
+    y = (h - mh) // 2 + (int(rng.integers(-6, 7)) if rng is not None else 0)
+    y = int(np.clip(y, 0, h - mh))
+    out = img.copy()
+    out.paste(Image.new("RGB", (mw, mh), rgb), (x, y), mask)
+    return out
+
+
+def _scanify(grey: np.ndarray) -> Image.Image:
+    """A bright-on-dark grey 32x32 array -> 8x8 with 17 grey levels -> bicubic back to 32x32.
+
+    This mimics scikit-learn's digits (4x4 block counts, values 0-16) as paint's
+    preprocessing sees them after resizing 8x8 up to 32x32.
+    """
+    blocks = grey.reshape(8, 4, 8, 4).mean(axis=(1, 3)) / 255.0  # (8, 8) in [0, 1]
+    levels = np.round(blocks * 16.0) / 16.0
+    small = Image.fromarray((levels * 255).astype(np.uint8), "L")
+    return small.resize((SIZE, SIZE), Image.BICUBIC).convert("RGB")
+
+
+def render_digit(
+    digit: int,
+    font: str,
+    style: str,
+    rng: np.random.Generator,
+    colour: str | None = None,
+    background: str = "plain",
+) -> Image.Image:
+    """The digit ``digit`` in ``font`` and one of :data:`DIGIT_STYLES` or :data:`HELDOUT_DIGIT_STYLES`.
+
+    Crisp and bold digits are coloured ink on a background. Scans are grey ink on black,
+    reduced to 8x8 with 17 grey levels and scaled back up, like scikit-learn's digits;
+    pretraining scans are upright and smaller than the frame, while the held-out
+    "slanted-scan" style is sheared, rotated and fills the frame as the handwritten scans do.
+    """
+    text = str(digit)
+    scan = style in ("scan", "bold-scan", "slanted-scan")
+    bold = style in ("bold", "bold-scan")
+    stroke = int(rng.integers(2, 4)) * SUPER // 2 if bold else 0
+    mask = _glyph_mask(text, font, 26 * SUPER, stroke=stroke)
+    if style == "slanted-scan":
+        # Handwriting-like variation: a random shear and rotation before the box fit.
+        shear = rng.uniform(-0.3, 0.3)
+        mask = mask.transform(
+            (mask.width + int(abs(shear) * mask.height), mask.height),
+            Image.AFFINE,
+            (1, shear, -shear * mask.height if shear > 0 else 0, 0, 1, 0),
+            resample=Image.BILINEAR,
+        )
+        mask = mask.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, expand=True)
+        box_h = rng.uniform(26, 32)
+    elif scan:
+        box_h = rng.uniform(18, 25)
+    else:
+        box_h = rng.uniform(15, 24)
+    bbox = mask.getbbox() or (0, 0, mask.width, mask.height)
+    mask = mask.crop(bbox)
+    scale = min(box_h / mask.height, (SIZE - 2) / mask.width)
+    mw, mh = max(1, round(mask.width * scale)), max(1, round(mask.height * scale))
+    mask = mask.resize((mw, mh), Image.BOX)
+    spread = 0.8 if scan else 2.0
+    x = int(np.clip(round((SIZE - mw) / 2 + rng.normal(0, spread)), 0, SIZE - mw))
+    y = int(np.clip(round((SIZE - mh) / 2 + rng.normal(0, spread)), 0, SIZE - mh))
+    if scan:
+        canvas = Image.new("L", (SIZE, SIZE), 0)
+        canvas.paste(mask, (x, y))
+        if rng.random() < 0.5:
+            canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+        grey = np.asarray(canvas, dtype=np.float32) * rng.uniform(0.8, 1.0)
+        return _scanify(grey)
+    rgb = jitter_colour(colour_rgb(colour), rng) if colour else (255, 255, 255)
+    img = render_background(background, rng)
+    img.paste(Image.new("RGB", (mw, mh), rgb), (x, y), mask)
+    return img
