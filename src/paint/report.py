@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,8 @@ def plot_tradeoff(
             ax.plot([x], [y], "s", color=ends[a][0], markersize=8, label=ends[a][1])
         if chosen is not None and abs(a - chosen) < 1e-12:
             ax.plot([x], [y], "*", color="tab:green", markersize=15, label=f"chosen alpha={a:.2g}")
-    ax.set_xlabel(f"mean support accuracy (%) [{', '.join(support) or 'none'}]")
-    ax.set_ylabel(f"patching accuracy (%) [{', '.join(patch)}]")
+    ax.set_xlabel(f"mean support accuracy (%)\n{textwrap.fill(', '.join(support) or 'no support task', 70)}", fontsize=8)
+    ax.set_ylabel(f"patching accuracy (%): {textwrap.shorten(', '.join(patch), 50)}", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
