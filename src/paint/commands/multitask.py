@@ -1,0 +1,24 @@
+"""paint multitask CONFIG.yaml: patch several tasks jointly, sequentially and in parallel; compare."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (model, output_dir, patch_tasks, support_tasks, modes, finetune, search)")
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run in the same output_dir")
+    p.add_argument("--output-dir", help="override output_dir from the config")
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.config import load_config
+    from paint.multitask import MultitaskConfig, run_multitask
+
+    overrides = {"output_dir": args.output_dir} if args.output_dir else None
+    cfg = load_config(MultitaskConfig, args.config, overrides)
+    summary = run_multitask(cfg, resume=args.resume)
+    print("test accuracy (%) by multi-task patching mode")
+    print(summary["table"])
+    print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, <mode>/model/)")
+    return 0

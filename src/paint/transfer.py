@@ -1,0 +1,151 @@
+"""Broad transfer: patch on each task of a list, evaluate every patched model on all of them.
+
+Row i of the matrix is the model patched on task i (alpha chosen on task i's validation split,
+with the configured support tasks as the constraint); column j is test accuracy on task j
+minus the zero-shot model's, in points. The PAINT paper's examples: MNIST -> SVHN,
+EuroSAT -> RESISC45; in paint's offline world, digits -> novel-font-digits. Written as
+``transfer.md``, ``transfer.json`` and the heatmap ``transfer.png``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from paint.config import StrictModel
+from paint.data.spec import TaskSpec
+from paint.models.clip import DEFAULT_MODEL
+from paint.search import SearchConfig
+from paint.train.finetune import FinetuneConfig
+from paint.utils import atomic_path, write_json_atomic, write_text_atomic
+
+
+class TransferConfig(StrictModel):
+    """``paint transfer``: which tasks to patch one by one and evaluate across."""
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    output_dir: str
+    tasks: list[TaskSpec] = Field(min_length=2, description="each is patched in turn; all are evaluated")
+    support_tasks: list[TaskSpec] = Field(default_factory=list, description="kept within epsilon by the constrained objective")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [t.name for t in self.tasks + self.support_tasks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice")
+        return self
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
+
+
+def delta_matrix(zeroshot: dict[str, float], patched: dict[str, dict[str, float]], tasks: Sequence[str]) -> list[list[float]]:
+    """rows: patched-on task, columns: evaluated task; accuracy minus zero-shot, in points."""
+    return [[100.0 * (patched[src][dst] - zeroshot[dst]) for dst in tasks] for src in tasks]
+
+
+def matrix_markdown(matrix: Sequence[Sequence[float]], tasks: Sequence[str], alphas: Sequence[float]) -> str:
+    """Markdown table, one row per patched-on task, with its chosen alpha."""
+    lines = ["| patched on (alpha) | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for src, a, row in zip(tasks, alphas, matrix, strict=True):
+        lines.append(f"| {src} ({a:.3g}) | " + " | ".join(f"{v:+.1f}" for v in row) + " |")
+    return "\n".join(lines)
+
+
+def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Heatmap of the delta matrix (points), diverging colours centred on 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float)
+    lim = max(1.0, float(np.abs(m).max()))
+    n = len(tasks)
+    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 1.8), dpi=120)
+    im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(n), labels=tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels=tasks, fontsize=8)
+    ax.set_xlabel("evaluated on (test)")
+    ax.set_ylabel("patched on")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{m[i, j]:+.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if abs(m[i, j]) > 0.6 * lim else "black")
+    fig.colorbar(im, ax=ax, label="accuracy - zero-shot (points)")
+    ax.set_title(title or "Broad transfer: accuracy change after patching", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
+    """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
+    from paint.line import line_point
+    from paint.multitask import PatchContext, build_context, choose_on_line, evaluate_state, finetune_from
+
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    if (out / "transfer.json").exists() and not resume:
+        from paint.errors import PaintError
+
+        raise PaintError(f"{out} already holds a finished run; choose a new output_dir")
+    ctx, _ = build_context(cfg, out, resume, cfg.tasks, cfg.support_tasks)
+    names = [t.name for t in cfg.tasks]
+    zs = evaluate_state(ctx, ctx.theta_zs, "test")
+    patched, finetuned, alphas, searches = {}, {}, [], {}
+    for i, name in enumerate(names):
+        # The objective sees only task i as patching (plus the support tasks): the other tasks
+        # of the list must not influence the choice whose transfer to them is measured.
+        sub = PatchContext(ctx.model, ctx.spec, [t for t in ctx.tasks if t.name == name or t.role == "support"],
+                           ctx.theta_zs, ctx.search, ctx.finetune, ctx.store, ctx.batch_size, ctx.out_dir, ctx.resume,
+                           ctx.fingerprint)
+        theta_ft = finetune_from(sub, ctx.theta_zs, [name], f"{i}-{name}/finetune")
+        res = choose_on_line(sub, ctx.theta_zs, theta_ft, [name], f"transfer/{i}/")
+        theta = line_point(ctx.theta_zs, theta_ft, res.alpha)
+        patched[name] = {k: v["accuracy"] for k, v in evaluate_state(ctx, theta, "test").items()}
+        finetuned[name] = {k: v["accuracy"] for k, v in evaluate_state(ctx, theta_ft, "test").items()}
+        alphas.append(res.alpha)
+        searches[name] = res.to_dict()
+    zs_acc = {k: v["accuracy"] for k, v in zs.items()}
+    matrix = delta_matrix(zs_acc, patched, names)
+    matrix_ft = delta_matrix(zs_acc, finetuned, names)
+    table = matrix_markdown(matrix, names, alphas)
+    plot_heatmap(matrix, names, out / "transfer.png")
+    summary = {
+        "model": cfg.model,
+        "tasks": names,
+        "support_tasks": [t.name for t in cfg.support_tasks],
+        "zeroshot_test": zs_acc,
+        "alphas": dict(zip(names, alphas, strict=True)),
+        "delta_points": {"patched": matrix, "finetuned": matrix_ft},
+        "patched_test": patched,
+        "finetuned_test": finetuned,
+        "searches": searches,
+        "timing_s": {"total": round(time.time() - t0, 2)},
+    }
+    write_text_atomic(
+        out / "transfer.md",
+        "# Broad transfer\n\nTest accuracy change (points) of the model patched on each row's task, at the alpha "
+        f"chosen on its validation split (`{cfg.search.strategy}` on `{cfg.search.objective}`).\n\n{table}\n\n"
+        f"Fine-tuned end (alpha = 1):\n\n{matrix_markdown(matrix_ft, names, [1.0] * len(names))}\n\n![transfer](transfer.png)\n",
+    )
+    write_json_atomic(out / "transfer.json", summary)
+    summary["table"] = table
+    return summary
