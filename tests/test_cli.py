@@ -137,3 +137,30 @@ def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
     chosen = next(p for p in summary["sweep"] if p["alpha"] == summary["alpha"])
     zero = next(p for p in summary["sweep"] if p["alpha"] == 0.0)
     assert chosen["val"]["pets"] >= zero["val"]["pets"] - 0.01 - 1e-9
+
+
+def test_patch_with_a_search_strategy_evaluates_fewer_points(tiny_clip_dir, tmp_path):
+    search = {"strategy": "bounded", "objective": "mean_accuracy", "budget": 5}
+    cfg = _config(tmp_path, tiny_clip_dir, search=search)
+    assert main(["patch", str(cfg)]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    info = summary["selection"]["search"]
+    assert info["strategy"] == "bounded" and info["n_model_evals"] <= 5
+    assert summary["alpha"] == info["alpha"] and summary["selection"]["rule"] == "search:bounded/mean_accuracy"
+    assert {p["alpha"] for p in summary["sweep"]} == set(info["alphas_evaluated"]) | {0.0}
+    assert 0.0 <= summary["test"]["digits"]["patched"] <= 1.0
+
+
+def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
+    pets = _folder(tmp_path / "pets", {"cat": 12, "dog": 12})
+    second = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
+    cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["digits", second], modes=["joint", "parallel"],
+                  sweep={"alphas": [0.0, 0.5, 1.0]})
+    assert main(["patch", str(cfg)]) == 0
+    run = tmp_path / "run"
+    comparison = json.loads((run / "comparison.json").read_text())
+    modes = [r["mode"] for r in comparison["comparison"]]
+    assert modes == ["zero-shot", "joint", "parallel"]
+    assert (run / "comparison.md").is_file() and (run / "joint" / "model" / "config.json").is_file()
+    parallel = next(r for r in comparison["comparison"] if r["mode"] == "parallel")
+    assert len(parallel["alphas"]) == 2 and all(a in (0.0, 0.5, 1.0) for a in parallel["alphas"])

@@ -30,6 +30,7 @@ from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.evaluate import ResultKey, ResultsStore, evaluate_split
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, load_clip, save_clip
+from paint.search import SearchConfig
 from paint.select import select_alpha
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
@@ -66,26 +67,46 @@ class SelectionConfig(StrictModel):
 
 
 class PatchConfig(StrictModel):
-    """Everything ``paint patch`` needs; written back resolved as ``config.yaml``."""
+    """Everything ``paint patch`` needs; written back resolved as ``config.yaml``.
+
+    One patching task: fine-tune, sweep (or ``search``), choose, test. Several patching tasks:
+    the paper's multi-task modes (``modes``: joint, sequential, parallel), compared in a table
+    (see :mod:`paint.multitask`).
+    """
 
     model: str = DEFAULT_MODEL
     revision: str | None = None
     output_dir: str
     patch_tasks: list[TaskSpec] = Field(min_length=1)
     support_tasks: list[TaskSpec] = Field(default_factory=list)
+    modes: list[Literal["joint", "sequential", "parallel"]] = Field(
+        default_factory=lambda: ["joint"], min_length=1, description="multi-task modes, used with several patch_tasks"
+    )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    search: SearchConfig | None = Field(
+        None, description="choose alpha with a search strategy (fewer evaluations) instead of the full sweep"
+    )
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("patch_tasks")
+    @field_validator("modes")
     @classmethod
-    def _single(cls, v):
-        if len(v) != 1:
-            raise ValueError("paint patch takes one patching task; use paint multitask for several")
+    def _distinct_modes(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("a mode is listed twice")
         return v
+
+    def effective_search(self) -> SearchConfig:
+        """The search that several-task modes use: ``search``, or the sweep + selection as a grid."""
+        if self.search is not None:
+            return self.search
+        objective = "constrained" if self.selection.rule == "constrained" else "mean_accuracy"
+        grid = [a for a in self.sweep.points() if 0.0 <= a <= 1.0]
+        return SearchConfig(strategy="grid", objective=objective, budget=len(grid) + 1, epsilon=self.selection.epsilon,
+                            constraint=self.selection.constraint, grid=grid)
 
     @model_validator(mode="after")
     def _unique(self):
@@ -208,6 +229,8 @@ def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[Prepar
 
 def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     """Run PAINT as configured; return the summary (also written to ``summary.json``)."""
+    if len(cfg.patch_tasks) > 1:
+        return run_patch_multitask(cfg, resume)
     t_start = time.time()
     out = Path(cfg.output_dir)
     check_output_dir(out, resume)
@@ -238,29 +261,24 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
 
     store = ResultsStore(out / "results.jsonl")
-    t_sweep = time.time()
-    sweep = []
-    from tqdm.auto import tqdm
-
-    for alpha in tqdm(cfg.sweep.points(), desc="alpha sweep (val)", dynamic_ncols=True):
-        metrics = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "val", store, model_id, spec, cfg.eval_batch_size, cfg.sweep.allow_extrapolation)
-        sweep.append(
-            {
-                "alpha": alpha,
-                "val": {n: m["accuracy"] for n, m in metrics.items()},
-                "val_loss": {n: m["loss"] for n, m in metrics.items()},
-            }
-        )
-    t_sweep = time.time() - t_sweep
     names_p, names_s = [t.name for t in patch], [t.name for t in support]
+    t_sweep = time.time()
+    if cfg.search is None:
+        sweep, search_info = grid_sweep(cfg, model, theta_zs, theta_ft, tasks, store, model_id, spec), None
+    else:
+        sweep, search_info = searched_points(cfg.search, model, theta_zs, theta_ft, tasks, store, model_id, spec, cfg.eval_batch_size)
+    t_sweep = time.time() - t_sweep
     eps = cfg.selection.epsilon
     selections = {
         "mean": select_alpha(sweep, names_p, names_s, "mean"),
         "constrained-each": select_alpha(sweep, names_p, names_s, "constrained", eps, "each"),
         "constrained-mean": select_alpha(sweep, names_p, names_s, "constrained", eps, "mean"),
     }
-    chosen_rule = "mean" if cfg.selection.rule == "mean" else f"constrained-{cfg.selection.constraint}"
-    chosen = selections[chosen_rule]["alpha"]
+    if search_info is not None:
+        chosen_rule, chosen = f"search:{cfg.search.strategy}/{cfg.search.objective}", search_info["alpha"]
+    else:
+        chosen_rule = "mean" if cfg.selection.rule == "mean" else f"constrained-{cfg.selection.constraint}"
+        chosen = selections[chosen_rule]["alpha"]
 
     test_at = {}
     for label, alpha in (("zeroshot", 0.0), ("finetuned", 1.0), ("patched", chosen)):
@@ -279,7 +297,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         "alpha": chosen,
         "sweep": sweep,
         "test": test,
-        "selection": {"rule": chosen_rule, "epsilon": eps, "candidates": selections},
+        "selection": {"rule": chosen_rule, "epsilon": eps, "candidates": selections, "search": search_info},
         "model": cfg.model,
         "patch_tasks": names_p,
         "support_tasks": names_s,
@@ -291,6 +309,81 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     write_reports(out, summary, bundle, full_state)
     proc.wait_for_everyone()
     return summary
+
+
+def grid_sweep(
+    cfg: PatchConfig,
+    model: torch.nn.Module,
+    theta_zs: dict[str, torch.Tensor],
+    theta_ft: dict[str, torch.Tensor],
+    tasks: Sequence[PreparedTask],
+    store: ResultsStore,
+    model_id: str,
+    spec: ImageSpec,
+) -> list[dict[str, Any]]:
+    """Validation metrics at every alpha of the sweep (the paper's grid)."""
+    from tqdm.auto import tqdm
+
+    sweep = []
+    for alpha in tqdm(cfg.sweep.points(), desc="alpha sweep (val)", dynamic_ncols=True):
+        metrics = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "val", store, model_id, spec, cfg.eval_batch_size, cfg.sweep.allow_extrapolation)
+        sweep.append(sweep_point(alpha, metrics))
+    return sweep
+
+
+def sweep_point(alpha: float, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {
+        "alpha": float(alpha),
+        "val": {n: m["accuracy"] for n, m in metrics.items()},
+        "val_loss": {n: m["loss"] for n, m in metrics.items()},
+    }
+
+
+def searched_points(
+    search: SearchConfig,
+    model: torch.nn.Module,
+    theta_zs: dict[str, torch.Tensor],
+    theta_ft: dict[str, torch.Tensor],
+    tasks: Sequence[PreparedTask],
+    store: ResultsStore,
+    model_id: str,
+    spec: ImageSpec,
+    batch_size: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Choose alpha with a search strategy; return the evaluated points (sorted) and the search record."""
+    from paint.line import line_measure
+    from paint.search import evaluator_for, run_search
+
+    measure = line_measure(model, theta_zs, theta_ft, tasks, spec, "val", batch_size, store, model_id)
+    patch = [t.name for t in tasks if t.role == "patch"]
+    support = [t.name for t in tasks if t.role == "support"]
+    result = run_search(evaluator_for(search, measure, patch, support), search)
+    points = {e.alpha: sweep_point(e.alpha, e.metrics) for e in result.evaluations}
+    if 0.0 not in points:  # the zero-shot reference is always measured; keep it in the table
+        points[0.0] = sweep_point(0.0, measure(0.0, False))
+    info = {k: v for k, v in result.to_dict().items() if k != "evaluations"}
+    info["alphas_evaluated"] = [e.alpha for e in result.evaluations]
+    return [points[a] for a in sorted(points)], info
+
+
+def run_patch_multitask(cfg: PatchConfig, resume: bool) -> dict[str, Any]:
+    """Several patching tasks: run the configured modes of :mod:`paint.multitask`, compare them."""
+    from paint.multitask import MultitaskConfig, run_multitask
+
+    mt = MultitaskConfig(
+        model=cfg.model,
+        revision=cfg.revision,
+        output_dir=cfg.output_dir,
+        patch_tasks=cfg.patch_tasks,
+        support_tasks=cfg.support_tasks,
+        modes=cfg.modes,
+        finetune=cfg.finetune,
+        search=cfg.effective_search(),
+        eval_batch_size=cfg.eval_batch_size,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+    )
+    return run_multitask(mt, resume=resume)
 
 
 def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state: dict[str, torch.Tensor]) -> None:

@@ -19,6 +19,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"output_dir": args.output_dir} if args.output_dir else None
     cfg = load_config(PatchConfig, args.config, overrides)
     summary = run_patch(cfg, resume=args.resume)
+    if not summary:  # a non-zero rank of a multi-process run: rank 0 reports
+        return 0
+    if "comparison" in summary:  # several patching tasks: the modes compared
+        from paint.multitask import comparison_markdown
+
+        print(comparison_markdown(summary["comparison"], summary["patch_tasks"], summary["support_tasks"]))
+        print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, <mode>/model)")
+        return 0
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(test_table(summary["test"]))
     print(f"outputs: {cfg.output_dir}/ (summary.json, summary.md, tradeoff.png, model/)")
