@@ -322,17 +322,22 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
         desc="pretrain",
         on_epoch_end=on_epoch_end,
     )
-    export_hf(model, tokenizer, processor, out / "model")
+    from accelerate import PartialState
+
+    proc = PartialState()
     final = {
         "steps": result.steps,
-        "images_seen": result.steps * cfg.batch_size,
+        "images_seen": result.steps * cfg.batch_size * proc.num_processes,  # batch_size is per process
         "wall_s_this_session": round(time.time() - t0, 1),
         "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history,
         "fingerprint": fp,
         "model_dir": str(out / "model"),
     }
-    write_json_atomic(out / "results.json", final)
+    if proc.is_main_process:  # under accelerate launch, rank 0 alone writes
+        export_hf(model, tokenizer, processor, out / "model")
+        write_json_atomic(out / "results.json", final)
+    proc.wait_for_everyone()
     return final
 
 
