@@ -1,0 +1,369 @@
+"""Counting case study: patch on some counts, test on counts never seen in fine-tuning.
+
+PAINT's CLEVR study patches CLIP on counting and tests on counts held out of fine-tuning.
+Here the task is the offline world's ``counting`` (images with 1-10 small objects, class
+``i`` = ``i + 1`` objects, prompts like "a photo of {} objects"). Some counts are held out:
+
+- *interpolation*: held-out counts inside the range of the fine-tuned counts (a middle count);
+- *extrapolation*: held-out counts outside it (the largest count).
+
+Fine-tuning sees only images of the other ("seen") counts, with the frozen zero-shot head
+over *all* classes; alpha is chosen on validation images of seen counts and the support
+tasks only. Held-out counts appear only in the test report (and in a report-only
+validation curve). :func:`counting_splits` makes that guarantee and the tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from paint.config import StrictModel, dump_config
+from paint.data.spec import TaskSpec
+from paint.data.task import ImageSplit, SubsetSplit, Task
+from paint.errors import PaintError
+from paint.train.finetune import FinetuneConfig
+from paint.utils import atomic_path, sha256_strings, write_json_atomic, write_text_atomic
+
+
+def _demo_finetune() -> FinetuneConfig:
+    """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
+    return FinetuneConfig(epochs=15, lr=3e-4, batch_size=128, warmup_steps=20)
+
+
+def _default_support() -> list[TaskSpec]:
+    return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
+
+
+class CountingConfig(StrictModel):
+    """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
+
+    ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
+    counts kept out of fine-tuning and of alpha selection.
+    """
+
+    model: str = "paint:default"
+    output_dir: str
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="counting"))
+    counts: list[int] | None = None
+    heldout: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
+    support_tasks: list[TaskSpec] = Field(default_factory=_default_support)
+    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
+    rule: Literal["mean", "constrained"] = "constrained"
+    epsilon: float = Field(1.0, ge=0.0)
+    max_train: int | None = Field(None, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    seed: int = 0
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("alphas must lie in [0, 1]")
+        return sorted({0.0, 1.0, *map(float, v)})
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if len(set(self.heldout)) != len(self.heldout):
+            raise ValueError("heldout lists a count twice")
+        names = [self.task.name] + [t.name for t in self.support_tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("the counting task and the support tasks must all differ")
+        return self
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
+
+
+# --------------------------------------------------------------------------- splits (pure)
+
+
+def class_counts(task: Task, counts: Sequence[int] | None = None) -> list[int]:
+    """The number of objects of each class: ``counts`` if given, else 1..C."""
+    values = list(counts) if counts is not None else list(range(1, len(task.classnames) + 1))
+    if len(values) != len(task.classnames):
+        raise PaintError(f"counts lists {len(values)} values but task {task.name!r} has {len(task.classnames)} classes")
+    if len(set(values)) != len(values):
+        raise PaintError("counts must be distinct (one count per class)")
+    return values
+
+
+def heldout_kinds(counts: Sequence[int], heldout: Sequence[int]) -> dict[int, str]:
+    """Each held-out count -> "interpolation" (inside the seen range) or "extrapolation"."""
+    missing = [c for c in heldout if c not in counts]
+    if missing:
+        raise PaintError(f"held-out count {missing[0]} is not a class of the task (counts: {list(counts)})")
+    seen = [c for c in counts if c not in heldout]
+    if len(seen) < 2:
+        raise PaintError("hold out fewer counts: fine-tuning needs at least two seen counts")
+    lo, hi = min(seen), max(seen)
+    return {c: "interpolation" if lo < c < hi else "extrapolation" for c in heldout}
+
+
+def seen_mask(labels: np.ndarray, counts: Sequence[int], heldout: Sequence[int]) -> np.ndarray:
+    """True where an image's count is not held out."""
+    held_classes = [i for i, c in enumerate(counts) if c in set(heldout)]
+    return ~np.isin(np.asarray(labels), held_classes)
+
+
+def counting_splits(task: Task, counts: Sequence[int], heldout: Sequence[int]) -> dict[str, ImageSplit]:
+    """The splits of the study; held-out counts never reach "train" or "val".
+
+    Returns:
+        ``train`` and ``val``: seen counts only (fine-tuning and alpha selection);
+        ``test-seen``: test images of seen counts; ``test-<n>``: test images of held-out count n;
+        ``val-<n>``: validation images of held-out count n (report-only curve, never used to choose).
+    """
+    out: dict[str, ImageSplit] = {}
+    for name in ("train", "val"):
+        split = task.split(name)
+        keep = np.flatnonzero(seen_mask(split.labels, counts, heldout))
+        out[name] = SubsetSplit(split, keep, f"{split.identity}/seen-{_tag(heldout)}")
+    test = task.split("test")
+    keep = np.flatnonzero(seen_mask(test.labels, counts, heldout))
+    out["test-seen"] = SubsetSplit(test, keep, f"{test.identity}/seen-{_tag(heldout)}")
+    for c in heldout:
+        cls = list(counts).index(c)
+        for name, split in (("test", test), ("val", task.split("val"))):
+            idx = np.flatnonzero(np.asarray(split.labels) == cls)
+            if len(idx) == 0:
+                raise PaintError(f"task {task.name!r} split {name!r} has no image with {c} objects")
+            out[f"{name}-{c}"] = SubsetSplit(split, idx, f"{split.identity}/count{c}")
+    return out
+
+
+def _tag(heldout: Sequence[int]) -> str:
+    return "held" + "-".join(str(c) for c in sorted(heldout))
+
+
+def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
+    """At most ``n`` images (a seeded subset), for demo-sized runs."""
+    if n is None or len(split) <= n:
+        return split
+    idx = np.sort(np.random.default_rng([seed, 0xC0]).choice(len(split), size=n, replace=False))
+    return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
+
+
+def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequence[int]) -> dict[int, float]:
+    """Accuracy per count (over the classes present in ``labels``)."""
+    pred = logits.argmax(dim=1).numpy()
+    y = np.asarray(labels)
+    return {int(counts[c]): float((pred[y == c] == c).mean()) for c in np.unique(y)}
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the counting study; return the summary (also written to ``summary.json``).
+
+    Steps: split counting into seen and held-out counts; fine-tune the image tower on seen
+    counts (zero-shot head over all counts, frozen); sweep alpha on validation (seen counts +
+    support tasks); choose alpha; report test accuracy on seen counts, each held-out count
+    (interpolation / extrapolation) and the support tasks at alpha 0, the chosen alpha and 1.
+    """
+    from tqdm.auto import tqdm
+
+    from paint.data.preprocess import preprocess_split
+    from paint.data.registry import load_task
+    from paint.evaluate import ResultsStore, metrics_from_logits, predict
+    from paint.models.clip import load_clip
+    from paint.models.heads import zeroshot_head
+    from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
+    from paint.select import select_alpha
+    from paint.train.finetune import TrainingSet, finetune
+    from paint.utils import hash_tensors
+    from paint.weights.ops import interpolate
+
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
+    bundle = load_clip(cfg.model, device=pick_device(cfg.device))
+    task, _ = load_task(cfg.task)
+    counts = class_counts(task, cfg.counts)
+    kinds = heldout_kinds(counts, cfg.heldout)
+    splits = counting_splits(task, counts, cfg.heldout)
+    supports = []
+    for spec in cfg.support_tasks:
+        st, _ = load_task(spec)
+        for split in ("val", "test"):
+            st.split(split)  # fail before any output on a missing or empty split
+        supports.append(st)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    cache = cfg.cache_path / "images"
+    spec = bundle.spec
+
+    def images(split: ImageSplit, cap: int | None) -> tuple[torch.Tensor, np.ndarray]:
+        s = _cap(split, cap, cfg.seed)
+        return torch.as_tensor(preprocess_split(s, spec, cache_dir=cache, progress=True)), np.asarray(s.labels)
+
+    head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
+    x_train, y_train = images(splits["train"], cfg.max_train)
+    if np.isin(y_train, [counts.index(c) for c in cfg.heldout]).any():  # the guarantee, checked on the real data
+        raise PaintError("internal error: a held-out count reached the fine-tuning set")
+    val_imgs, val_labels = {}, {}
+    for key in ["val"] + [f"val-{c}" for c in cfg.heldout]:
+        val_imgs[key], val_labels[key] = images(splits[key], cfg.max_eval)
+    x_test, y_test = images(task.split("test"), cfg.max_eval)
+
+    prepared = [PreparedTask(f"{task.name}/seen", "patch", task.classnames, task.templates, {"val": val_imgs["val"]}, {"val": val_labels["val"]}, {}, head, {})]
+    for c in cfg.heldout:
+        key = f"val-{c}"
+        prepared.append(PreparedTask(f"{task.name}/{c} (report only)", "heldout", task.classnames, task.templates, {"val": val_imgs[key]}, {"val": val_labels[key]}, {}, head, {}))
+    support_test = {}
+    for st in tqdm(supports, desc="support tasks", dynamic_ncols=True):
+        h = zeroshot_head(bundle, st.classnames, st.templates, cache_dir=cfg.cache_path)
+        xv, yv = images(st.split("val"), cfg.max_eval)
+        xt, yt = images(st.split("test"), cfg.max_eval)
+        prepared.append(PreparedTask(st.name, "support", st.classnames, st.templates, {"val": xv}, {"val": yv}, {}, h, {}))
+        support_test[st.name] = (h, xt, yt)
+
+    model = bundle.model
+    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
+    t_ft = time.time()
+    fit = finetune(model, [TrainingSet(task.name, x_train, y_train, head)], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
+    t_ft = time.time() - t_ft
+    theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
+
+    store = ResultsStore(out / "results.jsonl")
+    sweep = []
+    for alpha in tqdm(cfg.alphas, desc="alpha sweep (val)", dynamic_ncols=True):
+        m = evaluate_at(model, theta_zs, theta_ft, alpha, prepared, "val", store, model_id, spec, cfg.eval_batch_size)
+        sweep.append({"alpha": alpha, "val": {n: r["accuracy"] for n, r in m.items()}})
+    patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
+    selections = {rule: select_alpha(sweep, patch_names, support_names, rule, cfg.epsilon) for rule in ("mean", "constrained")}
+    chosen = float(selections[cfg.rule]["alpha"])
+
+    seen_test = seen_mask(y_test, counts, cfg.heldout)
+    test: dict[str, Any] = {}
+    for label, alpha in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0)):
+        model.load_state_dict(interpolate(theta_zs, theta_ft, alpha), strict=False)
+        logits = predict(model, head, x_test, spec, cfg.eval_batch_size)
+        per_count = per_count_accuracy(logits, y_test, counts)
+        row = {
+            "alpha": alpha,
+            "all": metrics_from_logits(logits, y_test)["accuracy"],
+            "seen": metrics_from_logits(logits[torch.as_tensor(seen_test)], y_test[seen_test])["accuracy"],
+            "per_count": per_count,
+            "heldout": {str(c): per_count.get(c, float("nan")) for c in cfg.heldout},
+        }
+        for kind in ("interpolation", "extrapolation"):
+            cs = [c for c, k in kinds.items() if k == kind]
+            row[kind] = float(np.mean([per_count.get(c, float("nan")) for c in cs])) if cs else None
+        row["support"] = {}
+        for name, (h, xt, yt) in support_test.items():
+            row["support"][name] = metrics_from_logits(predict(model, h, xt, spec, cfg.eval_batch_size), yt)["accuracy"]
+        row["support_mean"] = float(np.mean(list(row["support"].values()))) if row["support"] else None
+        test[label] = row
+    model.load_state_dict(theta_zs, strict=False)
+
+    summary = {
+        "model": cfg.model,
+        "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
+        "task": task.name,
+        "counts": counts,
+        "heldout": {str(c): kinds[c] for c in cfg.heldout},
+        "seen_counts": [c for c in counts if c not in cfg.heldout],
+        "sizes": {"train": int(len(y_train)), "val_seen": int(len(val_labels["val"])), "test": int(len(y_test))},
+        "alpha": chosen,
+        "selection": {"rule": cfg.rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
+        "sweep": sweep,
+        "test": test,
+        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
+        "timing_s": {"finetune": round(t_ft, 2), "total": round(time.time() - t0, 2)},
+    }
+    _write_reports(out, summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def counting_table(summary: dict[str, Any]) -> str:
+    """Markdown: seen, each held-out count, support mean, per model (test, %)."""
+    held = list(summary["heldout"])
+    head = ["model", "alpha", "seen counts"] + [f"{c} ({summary['heldout'][c][:6]}.)" for c in held] + ["support mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in ("zeroshot", "patched", "finetuned"):
+        r = summary["test"][label]
+        sm = "-" if r["support_mean"] is None else f"{100 * r['support_mean']:.1f}"
+        cells = [label, f"{r['alpha']:.2g}", f"{100 * r['seen']:.1f}"] + [f"{100 * r['heldout'][c]:.1f}" for c in held] + [sm]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
+    """Left: test accuracy per count (held-out counts marked); right: validation sweep over alpha."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    counts = summary["counts"]
+    width = 0.27
+    for j, label in enumerate(("zeroshot", "patched", "finetuned")):
+        pc = {int(k): v for k, v in summary["test"][label]["per_count"].items()}
+        xs = np.arange(len(counts)) + (j - 1) * width
+        ax1.bar(xs, [100 * pc.get(c, np.nan) for c in counts], width, label=f"{label} (alpha={summary['test'][label]['alpha']:.2g})")
+    for i, c in enumerate(counts):
+        if str(c) in summary["heldout"]:
+            ax1.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.25, lw=0, zorder=0)
+    ax1.set_xticks(range(len(counts)), [str(c) for c in counts])
+    ax1.set_xlabel("number of objects (shaded: held out of fine-tuning)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_ylim(0, 105)
+    ax1.legend(fontsize=7)
+    alphas = [p["alpha"] for p in summary["sweep"]]
+    for name in summary["sweep"][0]["val"]:
+        ax2.plot(alphas, [100 * p["val"][name] for p in summary["sweep"]], "-o", markersize=3, label=name)
+    ax2.axvline(summary["alpha"], color="k", linestyle=":", alpha=0.5)
+    ax2.set_xlabel("alpha")
+    ax2.set_ylabel("validation accuracy (%)")
+    ax2.legend(fontsize=6)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"Counting: patched on counts {summary['seen_counts']}", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def _write_reports(out: Path, summary: dict[str, Any]) -> None:
+    plot_counting(summary, out / "counting.png")
+    kinds = ", ".join(f"{c} ({k})" for c, k in summary["heldout"].items())
+    text = "\n".join(
+        [
+            f"# Counting: patched on counts {summary['seen_counts']}",
+            "",
+            f"Model `{summary['model']}`; held out of fine-tuning and of alpha selection: {kinds}. "
+            f"Alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule on validation "
+            f"(seen counts + support tasks: {', '.join(summary['selection']['support']) or 'none'}).",
+            "",
+            "## Test accuracy (%)",
+            "",
+            counting_table(summary),
+            "",
+            "![counting](counting.png)",
+            "",
+        ]
+    )
+    write_text_atomic(out / "summary.md", text)
+    write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=float)))

@@ -1,0 +1,677 @@
+"""Typographic attacks: write a misleading class name on images, measure, and patch.
+
+A typographic attack writes another class's name on an image (a circle labelled "star");
+a model that reads text, as CLIP does, then predicts the written word. PAINT fine-tunes on
+attacked images with the *true* label and interpolates, which makes the model robust to the
+attack on other tasks too while clean accuracy holds.
+
+Pieces:
+
+- :class:`AttackStyle` and :func:`render_text`: the word on any image, with font, size,
+  colour, position and opacity; the pixels are a pure function of (image, word, style, seed).
+- :func:`attack_texts` and :class:`AttackedSplit`: a seeded choice of a *different* class
+  per image and a lazily rendered attacked view of any split.
+- :func:`write_attacked_dataset` / :func:`read_attacked_dir`: the file-name convention of the
+  paper's released typographic data, ``label=<true class>_text=<written class>.png`` (an
+  ``_<index>`` suffix is added when a pair repeats), read back as a split with labels from
+  ``label=`` and the written class kept as ``texts``.
+- :func:`attack_metrics`: clean and attacked accuracy and the attack success rate.
+- :func:`run_typographic`: the case study (patch on one task's attacked images, measure on
+  held-out attacked images of other tasks).
+
+Attack success rate (ASR) here = among attacked images whose *clean* version the model
+classifies correctly, the fraction it classifies as the written class. ``text_rate`` is the
+same fraction over all attacked images.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from pydantic import Field, field_validator, model_validator
+
+from paint.config import StrictModel, dump_config
+from paint.data.spec import TaskSpec
+from paint.data.task import ImageSplit, Task
+from paint.errors import PaintError
+from paint.train.finetune import FinetuneConfig
+from paint.utils import atomic_path, sha256_strings, write_json_atomic
+
+SUPERSAMPLE = 4  # text is drawn at 4x and box-filtered down: clean edges at 32 px
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+NAMED_INKS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
+
+# --------------------------------------------------------------------------- rendering
+
+
+class AttackStyle(StrictModel):
+    """How the misleading word is drawn.
+
+    ``font_size`` is the glyph height as a fraction of the image height (the word is shrunk
+    further if it would be wider than ``max_width`` of the image). ``colour`` is "contrast"
+    (black or white, whichever stands out more from the pixels under the word), "random"
+    (a seeded RGB), a named ink ("white", "black", or a colour of the offline world), or
+    ``[r, g, b]``. ``position`` is "center", "top", "bottom", "random" (seeded, anywhere the
+    word fits) or ``[x, y]``: the word's centre as fractions of width and height.
+    ``jitter`` moves the centre by up to that fraction of the image size (seeded).
+    The defaults resemble the labelled images of the offline world's corpus.
+    """
+
+    font: str = "DejaVuSans-Bold.ttf"
+    font_size: float = Field(0.31, gt=0.0, le=1.0)
+    max_width: float = Field(0.94, gt=0.0, le=1.0)
+    colour: str | tuple[int, int, int] = "contrast"
+    position: Literal["center", "top", "bottom", "random"] | tuple[float, float] = "center"
+    jitter: float = Field(0.15, ge=0.0, le=0.5)
+    opacity: float = Field(1.0, ge=0.0, le=1.0)
+
+    @field_validator("colour")
+    @classmethod
+    def _colour(cls, v):
+        if isinstance(v, str):
+            if v not in ("contrast", "random") and v not in NAMED_INKS and v not in _world_colours():
+                raise ValueError(f"unknown colour {v!r}; use contrast, random, white, black, a world colour or [r, g, b]")
+        elif any(not 0 <= c <= 255 for c in v):
+            raise ValueError("colour channels must be in 0..255")
+        return v
+
+    @field_validator("position")
+    @classmethod
+    def _position(cls, v):
+        if not isinstance(v, str) and any(not 0.0 <= c <= 1.0 for c in v):
+            raise ValueError("position [x, y] must be fractions in [0, 1]")
+        return v
+
+    def key(self) -> str:
+        """A short hash of the style (it enters split identities and cache keys)."""
+        return sha256_strings([self.model_dump_json()])[:12]
+
+
+def _world_colours() -> dict[str, tuple[int, int, int]]:
+    try:
+        from paint.world.render import COLOURS
+    except ImportError:  # the world is optional for this module
+        return {}
+    return dict(COLOURS)
+
+
+def font_path(font: str) -> Path:
+    """A font file: a path, or a name in matplotlib's bundled fonts (as the offline world uses)."""
+    p = Path(font)
+    if p.is_file():
+        return p
+    import matplotlib
+
+    bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / font
+    if bundled.is_file():
+        return bundled
+    raise PaintError(f"font {font!r} is neither a file nor one of matplotlib's bundled fonts (e.g. DejaVuSans-Bold.ttf)")
+
+
+def _load_font(font: str, px: int) -> ImageFont.FreeTypeFont:
+    try:  # reuse the world's cached loader for its bundled fonts
+        from paint.world.render import load_font
+
+        return load_font(font, px)
+    except (ImportError, OSError):
+        return ImageFont.truetype(str(font_path(font)), px)
+
+
+def text_mask(text: str, font: str, px: int) -> Image.Image:
+    """A tight "L" mask of ``text`` drawn at ``px`` pixels (255 = ink)."""
+    f = _load_font(font, px)
+    left, top, right, bottom = f.getbbox(text)
+    mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+    ImageDraw.Draw(mask).text((-left, -top), text, font=f, fill=255)
+    return mask
+
+
+def _ink(style: AttackStyle, region: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
+    """The text colour; ``region`` (h, w, 3) is what the text will cover (for "contrast")."""
+    c = style.colour
+    if not isinstance(c, str):
+        return tuple(int(x) for x in c)  # type: ignore[return-value]
+    if c == "contrast":
+        luminance = float((region.reshape(-1, 3) @ np.array([0.299, 0.587, 0.114])).mean()) if region.size else 0.0
+        return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+    if c == "random":
+        return tuple(int(x) for x in rng.integers(0, 256, size=3))  # type: ignore[return-value]
+    return NAMED_INKS.get(c) or _world_colours()[c]
+
+
+def render_text(img: Image.Image, text: str, style: AttackStyle, rng: np.random.Generator) -> Image.Image:
+    """``img`` with ``text`` written on it (a copy; the input is not modified).
+
+    Args:
+        img: any RGB image.
+        text: the word to write.
+        style: font, size, colour, position, opacity.
+        rng: the seeded generator for jitter, random positions and random colours.
+    """
+    img = img.convert("RGB")
+    w, h = img.size
+    target_h = max(1.0, style.font_size * h)
+    mask = text_mask(text, style.font, max(4, round(target_h * SUPERSAMPLE)))
+    scale = min(target_h / mask.height, style.max_width * w / mask.width)
+    mw, mh = max(1, round(mask.width * scale)), max(1, round(mask.height * scale))
+    mask = mask.resize((mw, mh), Image.BOX)  # (mh, mw) anti-aliased coverage
+    if style.position == "random":
+        cx = rng.uniform(mw / 2, max(mw / 2, w - mw / 2))
+        cy = rng.uniform(mh / 2, max(mh / 2, h - mh / 2))
+    else:
+        fx, fy = {"center": (0.5, 0.5), "top": (0.5, 0.2), "bottom": (0.5, 0.8)}.get(style.position, style.position)  # type: ignore[arg-type]
+        cx, cy = fx * w, fy * h
+        if style.jitter > 0:
+            cx += rng.uniform(-style.jitter, style.jitter) * w * 0.25  # sideways room is scarce: words fill the width
+            cy += rng.uniform(-style.jitter, style.jitter) * h
+    x = int(np.clip(round(cx - mw / 2), 0, max(0, w - mw)))
+    y = int(np.clip(round(cy - mh / 2), 0, max(0, h - mh)))
+    region = np.asarray(img)[y : y + mh, x : x + mw][np.asarray(mask) > 127]
+    ink = _ink(style, region, rng)
+    if style.opacity < 1.0:
+        mask = mask.point(lambda v: int(round(v * style.opacity)))
+    out = img.copy()
+    out.paste(Image.new("RGB", (mw, mh), ink), (x, y), mask)
+    return out
+
+
+def attack_texts(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """For each image, a class index different from its label, uniformly at random (seeded)."""
+    if n_classes < 2:
+        raise PaintError("a typographic attack needs at least two classes (the written word must be a wrong class)")
+    labels = np.asarray(labels, dtype=np.int64)
+    offsets = np.random.default_rng([seed, 0x7E47]).integers(1, n_classes, size=len(labels))
+    return (labels + offsets) % n_classes  # (N,), never equal to the label
+
+
+@dataclass(frozen=True)
+class AttackedSplit:
+    """An attacked view of a split: image i is ``base.image(i)`` with ``classnames[texts[i]]`` written on it."""
+
+    base: ImageSplit
+    classnames: tuple[str, ...]
+    style: AttackStyle
+    seed: int = 0
+    texts: np.ndarray = field(init=False)
+    identity: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        texts = attack_texts(np.asarray(self.base.labels), len(self.classnames), self.seed)
+        object.__setattr__(self, "texts", texts)
+        names = sha256_strings(self.classnames)[:8]
+        object.__setattr__(self, "identity", f"{self.base.identity}/typo-{self.style.key()}-{names}-s{self.seed}")
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.base.labels)
+
+    def image(self, index: int) -> Image.Image:
+        rng = np.random.default_rng([self.seed, 0x7E48, index])
+        return render_text(self.base.image(index), self.classnames[int(self.texts[index])], self.style, rng)
+
+
+# --------------------------------------------------------------------------- the file-name convention
+
+_NAME_RE = re.compile(r"^label=(?P<label>[^_]+)_text=(?P<text>[^_]+?)(?:_(?P<index>\d+))?$")
+
+
+def encode_name(name: str) -> str:
+    """A class name made safe for the convention: ``_`` separates fields, so it is escaped."""
+    return quote(name, safe=" ,'()+-.&!").replace("_", "%5F")
+
+
+def decode_name(text: str) -> str:
+    return unquote(text)
+
+
+def attacked_filename(label: str, text: str, index: int | None = None, suffix: str = ".png") -> str:
+    """``label=<label>_text=<text>[_<index>].png``: the paper's released typographic data."""
+    stem = f"label={encode_name(label)}_text={encode_name(text)}"
+    return f"{stem}_{index}{suffix}" if index is not None else f"{stem}{suffix}"
+
+
+def parse_attacked_filename(filename: str) -> tuple[str, str, int | None]:
+    """(label, text, index or None) from a file name in the convention.
+
+    Raises:
+        PaintError: when the name does not follow ``label=<a>_text=<b>[_<index>].<ext>``.
+    """
+    stem = Path(filename).stem
+    m = _NAME_RE.match(stem)
+    if not m:
+        raise PaintError(f"{filename!r} does not follow the typographic naming convention label=<class>_text=<class>.png")
+    index = m.group("index")
+    return decode_name(m.group("label")), decode_name(m.group("text")), int(index) if index is not None else None
+
+
+def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: bool = True) -> list[str]:
+    """Render every image of ``split`` into ``out_dir`` as PNG files in the paper's convention.
+
+    The index suffix (the image's position in the source split) is added only to (label, text)
+    pairs that occur more than once. A ``manifest.jsonl`` (file, index, label, text) and an
+    ``attack.json`` (style, seed, class names) are written too. The directory is replaced atomically.
+
+    Returns:
+        The file names, in source order.
+    """
+    from collections import Counter
+
+    from tqdm.auto import tqdm
+
+    labels, texts = split.labels, split.texts
+    pairs = Counter(zip(labels.tolist(), texts.tolist()))
+    names = []
+    for i, (y, t) in enumerate(zip(labels.tolist(), texts.tolist())):
+        names.append(attacked_filename(split.classnames[y], split.classnames[t], i if pairs[(y, t)] > 1 else None))
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for i in tqdm(range(len(split)), desc=f"write {Path(out_dir).name}", disable=not progress, leave=False, dynamic_ncols=True):
+            split.image(i).save(tmp / names[i], format="PNG")
+        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
+            for i, name in enumerate(names):
+                rec = {"file": name, "index": i, "label": split.classnames[labels[i]], "text": split.classnames[texts[i]]}
+                f.write(json.dumps(rec) + "\n")
+        meta = {"style": split.style.model_dump(mode="json"), "seed": split.seed, "classnames": list(split.classnames), "source": split.base.identity}
+        (tmp / "attack.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return names
+
+
+@dataclass(frozen=True)
+class TypographicSplit:
+    """Attacked images read from files in the convention: labels from ``label=``, texts from ``text=``.
+
+    ``source_index`` is the image's index in the split it was made from (-1 when unknown).
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    texts: np.ndarray
+    source_index: np.ndarray
+    identity: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> Image.Image:
+        with Image.open(self.paths[index]) as im:
+            return im.convert("RGB")
+
+
+def read_attacked_dir(path: str | Path, classnames: Sequence[str] | None = None) -> tuple[TypographicSplit, tuple[str, ...]]:
+    """Read a folder in the convention (ours or the paper's released data) as a split.
+
+    Args:
+        path: the folder of ``label=..._text=...`` images (other files are ignored).
+        classnames: the task's class names, in label order; default: every name seen in
+            ``label=`` or ``text=``, sorted.
+
+    Returns:
+        (the split, the class names its labels index).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise PaintError(f"typographic data folder {root} does not exist")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name.startswith("label="))
+    if not files:
+        raise PaintError(f"{root} has no images named label=<class>_text=<class>.png")
+    parsed = [parse_attacked_filename(p.name) for p in files]
+    manifest = {}
+    if (root / "manifest.jsonl").is_file():
+        for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                manifest[rec["file"]] = int(rec["index"])
+    names = tuple(classnames) if classnames is not None else tuple(sorted({n for lab, txt, _ in parsed for n in (lab, txt)}))
+    lookup = {n: i for i, n in enumerate(names)}
+    for p, (lab, txt, _) in zip(files, parsed):
+        for n in (lab, txt):
+            if n not in lookup:
+                raise PaintError(f"{p.name}: class {n!r} is not among the task's class names; pass the right task or class names")
+    source = [manifest.get(p.name, idx if idx is not None else -1) for p, (_, _, idx) in zip(files, parsed)]
+    order = sorted(range(len(files)), key=lambda k: (source[k] < 0, source[k], files[k].name))
+    files = [files[k] for k in order]
+    parsed = [parsed[k] for k in order]
+    identity = "typographic-dir/" + sha256_strings([str(root.resolve())] + [f"{p.name}:{p.stat().st_size}" for p in files])[:16]
+    split = TypographicSplit(
+        paths=tuple(str(p) for p in files),
+        labels=np.array([lookup[lab] for lab, _, _ in parsed], dtype=np.int64),
+        texts=np.array([lookup[txt] for _, txt, _ in parsed], dtype=np.int64),
+        source_index=np.array([source[k] for k in order], dtype=np.int64),
+        identity=identity,
+    )
+    return split, names
+
+
+def typographic_task(
+    path: str | Path, name: str = "typographic", classnames: Sequence[str] | None = None, templates: Sequence[str] = ("a photo of a {}.",)
+) -> Task:
+    """A :class:`Task` from a folder in the convention: its sub-folders train/val/test become splits
+    when present, else the whole folder is the "test" split."""
+    root = Path(path)
+    subs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    splits: dict[str, ImageSplit] = {}
+    names: tuple[str, ...] | None = tuple(classnames) if classnames is not None else None
+    if names is None and subs:
+        # One class list for every split: the union of names over all of them.
+        seen = set()
+        for s in subs:
+            seen.update(read_attacked_dir(root / s)[1])
+        names = tuple(sorted(seen))
+    for s in subs or ["."]:
+        split, names = read_attacked_dir(root / s, names)
+        splits[s if s != "." else "test"] = split
+    return Task(name=name, classnames=names, templates=tuple(templates), splits=splits, description=f"typographic attacks from {root}")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def attack_metrics(
+    clean_logits: torch.Tensor | None, attacked_logits: torch.Tensor, labels: np.ndarray, texts: np.ndarray
+) -> dict[str, float]:
+    """Clean and attacked accuracy, attack success rate and text rate (fractions).
+
+    Args:
+        clean_logits: (N, C) on the clean images, or None when only attacked images exist
+            (then the ASR is over all images).
+        attacked_logits: (N, C) on the same images with the word written on them.
+        labels: true classes (N,).
+        texts: written classes (N,).
+    """
+    y = np.asarray(labels)
+    t = np.asarray(texts)
+    pa = attacked_logits.argmax(dim=1).numpy()
+    out: dict[str, float] = {
+        "attacked_accuracy": float((pa == y).mean()),
+        "text_rate": float((pa == t).mean()),
+        "n": int(len(y)),
+    }
+    if clean_logits is not None:
+        pc = clean_logits.argmax(dim=1).numpy()
+        ok = pc == y
+        out["clean_accuracy"] = float(ok.mean())
+        out["n_clean_correct"] = int(ok.sum())
+        out["attack_success_rate"] = float((pa[ok] == t[ok]).mean()) if ok.any() else float("nan")
+    else:
+        out["attack_success_rate"] = out["text_rate"]
+    return out
+
+
+# --------------------------------------------------------------------------- the case study
+
+
+def _demo_finetune() -> FinetuneConfig:
+    """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
+    return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
+
+
+class TypographicConfig(StrictModel):
+    """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
+
+    The patched task is chosen by ``patch_task``; alpha is selected on validation using the
+    patch task's attacked images (the patching objective) and the clean validation images of
+    the patch task, of ``support_tasks`` and (``transfer_clean_in_selection``) of the transfer
+    tasks (the support constraint: clean accuracy must hold). ``transfer_tasks`` are never
+    trained on, and their *attacked* images are never used to choose alpha: their attacked
+    test images measure whether the patch transfers.
+    """
+
+    model: str = "paint:default"
+    output_dir: str
+    patch_task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="shapes"))
+    transfer_tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="colours"), TaskSpec(name="rendered-digits")])
+    support_tasks: list[TaskSpec] = Field(default_factory=list)
+    transfer_clean_in_selection: bool = True
+    attack: AttackStyle = Field(default_factory=AttackStyle)
+    seed: int = 0
+    train_on: Literal["attacked", "both"] = "attacked"
+    max_train: int | None = Field(None, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
+    rule: Literal["mean", "constrained"] = "constrained"
+    epsilon: float = Field(1.0, ge=0.0)
+    write_images: bool = True
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= a <= 1.0 for a in v):
+            raise ValueError("alphas must lie in [0, 1]")
+        return sorted({0.0, 1.0, *map(float, v)})
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        names = [self.patch_task.name] + [t.name for t in self.transfer_tasks + self.support_tasks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice (patch, transfer and support tasks must differ)")
+        return self
+
+    @property
+    def cache_path(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
+
+
+def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
+    """At most ``n`` images of a split (a seeded subset), for demo-sized runs."""
+    from paint.data.task import SubsetSplit
+
+    if n is None or len(split) <= n:
+        return split
+    idx = np.sort(np.random.default_rng([seed, 0xCA9]).choice(len(split), size=n, replace=False))
+    return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
+
+
+def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the typographic-attack case study; return the summary (also in ``summary.json``).
+
+    Steps: build attacked views of every task (the word = another class, seeded); write the
+    attacked test sets in the paper's file convention and read them back; fine-tune the image
+    tower on the patch task's attacked training images (true labels, head frozen); sweep alpha on
+    validation; choose alpha; report clean and attacked test accuracy and ASR at alpha 0, the
+    chosen alpha and 1, for the patch task and the held-out transfer tasks.
+    """
+    from tqdm.auto import tqdm
+
+    from paint.data.preprocess import preprocess_split
+    from paint.data.registry import load_task
+    from paint.evaluate import ResultsStore, predict
+    from paint.models.clip import load_clip
+    from paint.models.heads import zeroshot_head
+    from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
+    from paint.select import select_alpha
+    from paint.train.finetune import TrainingSet, finetune
+    from paint.utils import hash_tensors
+    from paint.weights.ops import interpolate
+
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
+    bundle = load_clip(cfg.model, device=pick_device(cfg.device))
+    specs = [("patch", cfg.patch_task)] + [("transfer", t) for t in cfg.transfer_tasks] + [("support", t) for t in cfg.support_tasks]
+    loaded = []
+    for role, spec in specs:
+        task, _ = load_task(spec)
+        for s in ("train", "val", "test") if role == "patch" else ("val", "test"):
+            task.split(s)
+        loaded.append((role, task))
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    cache = cfg.cache_path / "images"
+
+    prepared: list[PreparedTask] = []  # one entry per (task, clean|attacked) for the sweep
+    test_sets: dict[str, dict[str, Any]] = {}
+    train_set = None
+    for k, (role, task) in enumerate(tqdm(loaded, desc="prepare tasks", dynamic_ncols=True)):
+        head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
+        clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
+        attacked = {s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i) for i, s in enumerate(("val", "test"))}
+        imgs_c = {s: preprocess_split(clean[s], bundle.spec, cache_dir=cache, progress=True) for s in clean}
+        imgs_a = {"val": preprocess_split(attacked["val"], bundle.spec, cache_dir=cache, progress=True)}
+        if cfg.write_images and role != "support":
+            # The attacked test set goes to disk in the paper's convention and is read back from there.
+            folder = out / "data" / task.name / "test"
+            if not (resume and (folder / "attack.json").is_file()):
+                write_attacked_dataset(attacked["test"], folder)
+            back, _ = read_attacked_dir(folder, task.classnames)
+            if not (np.array_equal(back.labels, attacked["test"].labels) and np.array_equal(back.texts, attacked["test"].texts)):
+                raise PaintError(f"{folder}: the attacked images read back do not match what was written; delete the folder and rerun")
+            imgs_a["test"] = preprocess_split(back, bundle.spec, cache_dir=None, progress=True)
+            texts_test = back.texts
+        else:
+            imgs_a["test"] = preprocess_split(attacked["test"], bundle.spec, cache_dir=cache, progress=True)
+            texts_test = attacked["test"].texts
+        labels = {s: np.asarray(clean[s].labels) for s in clean}
+        for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a)):
+            prepared.append(PreparedTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {}))
+        test_sets[task.name] = {"role": role, "head": head, "clean": imgs_c["test"], "attacked": imgs_a["test"], "labels": labels["test"], "texts": texts_test}
+        if role == "patch":
+            base_train = _cap(task.split("train"), cfg.max_train, cfg.seed)
+            atk_train = AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7)
+            x = preprocess_split(atk_train, bundle.spec, cache_dir=cache, progress=True)
+            y = np.asarray(base_train.labels)
+            if cfg.train_on == "both":
+                x = torch.cat([torch.as_tensor(preprocess_split(base_train, bundle.spec, cache_dir=cache, progress=True)), torch.as_tensor(x)])
+                y = np.concatenate([y, y])
+            train_set = TrainingSet(task.name, torch.as_tensor(x), y, head)
+
+    model, spec = bundle.model, bundle.spec
+    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
+    t_ft = time.time()
+    fit = finetune(model, [train_set], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
+    t_ft = time.time() - t_ft
+    theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
+
+    store = ResultsStore(out / "results.jsonl")
+    sweep = []
+    for alpha in tqdm(cfg.alphas, desc="alpha sweep (val)", dynamic_ncols=True):
+        m = evaluate_at(model, theta_zs, theta_ft, alpha, prepared, "val", store, model_id, spec, cfg.eval_batch_size)
+        sweep.append({"alpha": alpha, "val": {n: r["accuracy"] for n, r in m.items()}})
+    p = cfg.patch_task.name
+    patch_names = [f"{p}/attacked"]
+    clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
+    support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
+    selections = {rule: select_alpha(sweep, patch_names, support_names, rule, cfg.epsilon) for rule in ("mean", "constrained")}
+    chosen = float(selections[cfg.rule]["alpha"])
+
+    test: dict[str, dict[str, Any]] = {}
+    for label, alpha in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0)):
+        model.load_state_dict(interpolate(theta_zs, theta_ft, alpha), strict=False)
+        for name, ts in test_sets.items():
+            lc = predict(model, ts["head"], ts["clean"], spec, cfg.eval_batch_size)
+            la = predict(model, ts["head"], ts["attacked"], spec, cfg.eval_batch_size)
+            test.setdefault(name, {"role": ts["role"]})[label] = {"alpha": alpha, **attack_metrics(lc, la, ts["labels"], ts["texts"])}
+    model.load_state_dict(theta_zs, strict=False)
+
+    summary = {
+        "model": cfg.model,
+        "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
+        "patch_task": p,
+        "transfer_tasks": [t.name for t in cfg.transfer_tasks],
+        "support_tasks": [t.name for t in cfg.support_tasks],
+        "alpha": chosen,
+        "selection": {"rule": cfg.rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
+        "sweep": sweep,
+        "test": test,
+        "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",
+        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
+        "timing_s": {"finetune": round(t_ft, 2), "total": round(time.time() - t0, 2)},
+    }
+    _write_typographic_reports(out, summary)
+    return summary
+
+
+def typographic_table(test: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per task and model, clean accuracy, attacked accuracy, ASR (test, %)."""
+    lines = [
+        "| task | role | model | alpha | clean acc | attacked acc | attack success rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in test.items():
+        for label in ("zeroshot", "patched", "finetuned"):
+            m = r[label]
+            lines.append(
+                f"| {name} | {r['role']} | {label} | {m['alpha']:.2g} | {100 * m['clean_accuracy']:.1f} | "
+                f"{100 * m['attacked_accuracy']:.1f} | {100 * m['attack_success_rate']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_typographic_sweep(
+    sweep: list[dict[str, Any]], path: str | Path, chosen: float | None = None, patch_task: str | None = None
+) -> Path:
+    """Validation accuracy against alpha: solid = clean, dashed = attacked, one colour per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    alphas = [pt["alpha"] for pt in sweep]
+    tasks = sorted({n.rsplit("/", 1)[0] for n in sweep[0]["val"]})
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for i, t in enumerate(tasks):
+        colour = f"C{i}"
+        for kind, ls in (("clean", "-"), ("attacked", "--")):
+            key = f"{t}/{kind}"
+            if key in sweep[0]["val"]:
+                role = " [patched]" if t == patch_task else ""
+                ax.plot(alphas, [100 * pt["val"][key] for pt in sweep], ls, marker="o", markersize=3, color=colour, label=f"{t}{role} ({kind})")
+    if chosen is not None:
+        ax.axvline(chosen, color="k", alpha=0.4, linestyle=":", label=f"chosen alpha={chosen:.2g}")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Typographic attack: clean (solid) vs attacked (dashed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def _write_typographic_reports(out: Path, summary: dict[str, Any]) -> None:
+    from paint.utils import write_text_atomic
+
+    plot_typographic_sweep(summary["sweep"], out / "sweep.png", summary["alpha"], summary["patch_task"])
+    text = "\n".join(
+        [
+            f"# Typographic attack: patched on {summary['patch_task']}",
+            "",
+            f"Model `{summary['model']}`; alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
+            f"(patching objective: {', '.join(summary['selection']['patching'])}; support: {', '.join(summary['selection']['support'])}). "
+            f"Held out (never trained on; their attacked images never used to choose alpha): "
+            f"{', '.join(summary['transfer_tasks']) or 'none'}.",
+            "",
+            "## Test (%)",
+            "",
+            typographic_table(summary["test"]),
+            "",
+            f"Attack success rate: {summary['asr_definition']}.",
+            "",
+            "![sweep](sweep.png)",
+            "",
+        ]
+    )
+    write_text_atomic(out / "summary.md", text)
+    write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=float)))
