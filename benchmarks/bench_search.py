@@ -31,7 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
-from paint.search import STRATEGIES, CurveValue, Evaluator, SearchConfig, compatible, function_evaluator, make_objective, run_search
+from paint.search import (
+    STRATEGIES,
+    CurveValue,
+    Evaluator,
+    SearchConfig,
+    compatible,
+    function_evaluator,
+    make_objective,
+    run_search,
+)
 
 TOL = 1e-3  # 0.1 %
 MAX_BUDGET = 30

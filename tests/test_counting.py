@@ -9,7 +9,13 @@ import pytest
 import torch
 import yaml
 
-from paint.counting import class_counts, counting_splits, heldout_kinds, per_count_accuracy, seen_mask
+from paint.counting import (
+    class_counts,
+    counting_splits,
+    heldout_kinds,
+    per_count_accuracy,
+    seen_mask,
+)
 from paint.errors import PaintError
 from paint.world.tasks import world_task
 

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from paint.errors import PaintError
-from paint.weights.ops import add_task_vectors, check_compatible, interpolate, is_image_tower_key, task_vector
+from paint.weights.ops import (
+    add_task_vectors,
+    check_compatible,
+    interpolate,
+    is_image_tower_key,
+    task_vector,
+)
 
 
 def _sd(seed: int) -> dict[str, torch.Tensor]:

@@ -25,6 +25,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def first_duplicate(names: list[str]) -> str | None:
+    """The first name (alphabetically) that appears more than once, or None."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    return dup[0] if dup else None
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     """One line naming the first offending field and why."""
     first = err.errors()[0]

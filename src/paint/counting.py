@@ -30,7 +30,11 @@ from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
 from paint.train.finetune import FinetuneConfig
-from paint.utils import atomic_path, sha256_strings, write_json_atomic, write_text_atomic
+from paint.utils import (
+    sha256_strings,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 
 def _demo_finetune() -> FinetuneConfig:
@@ -338,12 +342,9 @@ def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     ax2.legend(fontsize=6)
     ax2.grid(alpha=0.3)
     fig.suptitle(f"Counting: patched on counts {summary['seen_counts']}", fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    from paint.report import save_figure
+
+    return save_figure(fig, path)
 
 
 def _write_reports(out: Path, summary: dict[str, Any]) -> None:

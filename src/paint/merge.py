@@ -24,9 +24,25 @@ from paint.config import StrictModel, dump_config
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
-from paint.weights.io import CheckpointReader, file_sha256, parse_size, write_state_dict_into
-from paint.weights.methods import GREEDY_SOUP, GREEDY_SOUP_PAPERS, METHODS, get_method, greedy_soup
-from paint.weights.stream import DEFAULT_CHUNK_BYTES, check_layouts, resolve, stream_merge_into
+from paint.weights.io import (
+    CheckpointReader,
+    file_sha256,
+    parse_size,
+    write_state_dict_into,
+)
+from paint.weights.methods import (
+    GREEDY_SOUP,
+    GREEDY_SOUP_PAPERS,
+    METHODS,
+    get_method,
+    greedy_soup,
+)
+from paint.weights.stream import (
+    DEFAULT_CHUNK_BYTES,
+    check_layouts,
+    resolve,
+    stream_merge_into,
+)
 
 # Files of an HF model directory that describe the model rather than hold its weights.
 CARRIED_FILES = (

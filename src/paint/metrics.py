@@ -23,7 +23,13 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec
 from paint.errors import PaintError
-from paint.line import LossData, line_point, loss_and_gradient, set_image_tower, weighted_loss
+from paint.line import (
+    LossData,
+    line_point,
+    loss_and_gradient,
+    set_image_tower,
+    weighted_loss,
+)
 
 StateDict = Mapping[str, torch.Tensor]
 BKT_GRID: tuple[float, ...] = tuple(round(i / 10, 10) for i in range(1, 11))

@@ -26,12 +26,18 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import StrictModel, dump_config
+from paint.config import StrictModel, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec
 from paint.data.spec import TaskSpec
 from paint.evaluate import ResultsStore
 from paint.models.clip import DEFAULT_MODEL
-from paint.search import SearchConfig, SearchResult, TaskMetrics, evaluator_for, run_search
+from paint.search import (
+    SearchConfig,
+    SearchResult,
+    TaskMetrics,
+    evaluator_for,
+    run_search,
+)
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.utils import hash_tensors, write_json_atomic, write_text_atomic
 
@@ -295,9 +301,9 @@ class MultitaskConfig(StrictModel):
     @model_validator(mode="after")
     def _checks(self):
         names = [t.name for t in self.patch_tasks + self.support_tasks]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = first_duplicate(names)
         if dup:
-            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice")
+            raise ValueError(f"task {dup!r} is listed twice")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError("a mode is listed twice")
         return self

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import StrictModel, dump_config
+from paint.config import StrictModel, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
@@ -111,9 +111,9 @@ class PatchConfig(StrictModel):
     @model_validator(mode="after")
     def _unique(self):
         names = [t.name for t in self.patch_tasks + self.support_tasks]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = first_duplicate(names)
         if dup:
-            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice")
+            raise ValueError(f"task {dup!r} is listed twice")
         return self
 
     @property
@@ -388,7 +388,13 @@ def run_patch_multitask(cfg: PatchConfig, resume: bool) -> dict[str, Any]:
 
 def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state: dict[str, torch.Tensor]) -> None:
     """Checkpoint with model card, plot, Markdown summary; ``summary.json`` last (it marks a finished run)."""
-    from paint.report import model_card, plot_tradeoff, sweep_table, test_table, write_markdown
+    from paint.report import (
+        model_card,
+        plot_tradeoff,
+        sweep_table,
+        test_table,
+        write_markdown,
+    )
 
     config_yaml = (out / "config.yaml").read_text()
     save_clip(bundle, out / "model", state_dict=state)

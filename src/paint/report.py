@@ -64,6 +64,13 @@ def plot_tradeoff(
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay out, write atomically as PNG, close; every plot of paint goes through here."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     with atomic_path(out) as tmp:

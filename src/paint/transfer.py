@@ -16,12 +16,12 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from paint.config import StrictModel
+from paint.config import StrictModel, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
 from paint.search import SearchConfig
 from paint.train.finetune import FinetuneConfig
-from paint.utils import atomic_path, write_json_atomic, write_text_atomic
+from paint.utils import write_json_atomic, write_text_atomic
 
 
 class TransferConfig(StrictModel):
@@ -41,9 +41,9 @@ class TransferConfig(StrictModel):
     @model_validator(mode="after")
     def _unique(self):
         names = [t.name for t in self.tasks + self.support_tasks]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = first_duplicate(names)
         if dup:
-            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice")
+            raise ValueError(f"task {dup!r} is listed twice")
         return self
 
     @property
@@ -87,18 +87,21 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
                     color="white" if abs(m[i, j]) > 0.6 * lim else "black")
     fig.colorbar(im, ax=ax, label="accuracy - zero-shot (points)")
     ax.set_title(title or "Broad transfer: accuracy change after patching", fontsize=9)
-    fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    from paint.report import save_figure
+
+    return save_figure(fig, path)
 
 
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
     from paint.line import line_point
-    from paint.multitask import PatchContext, build_context, choose_on_line, evaluate_state, finetune_from
+    from paint.multitask import (
+        PatchContext,
+        build_context,
+        choose_on_line,
+        evaluate_state,
+        finetune_from,
+    )
 
     t0 = time.time()
     out = Path(cfg.output_dir)

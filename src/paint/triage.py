@@ -33,7 +33,13 @@ from paint.config import StrictModel, dump_config
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
-from paint.utils import append_jsonl, atomic_path, read_jsonl, sha256_strings, write_json_atomic, write_text_atomic
+from paint.utils import (
+    append_jsonl,
+    read_jsonl,
+    sha256_strings,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 Decision = Literal["patch", "support"]
 
@@ -306,12 +312,9 @@ def plot_kshot(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Linear-probe triage: few-shot probes vs zero-shot", fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    from paint.report import save_figure
+
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- the workflow

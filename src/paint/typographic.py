@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import StrictModel, dump_config
+from paint.config import StrictModel, dump_config, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
@@ -459,9 +459,9 @@ class TypographicConfig(StrictModel):
     @model_validator(mode="after")
     def _distinct(self):
         names = [self.patch_task.name] + [t.name for t in self.transfer_tasks + self.support_tasks]
-        dup = {n for n in names if names.count(n) > 1}
+        dup = first_duplicate(names)
         if dup:
-            raise ValueError(f"task {sorted(dup)[0]!r} is listed twice (patch, transfer and support tasks must differ)")
+            raise ValueError(f"task {dup!r} is listed twice (patch, transfer and support tasks must differ)")
         return self
 
     @property
@@ -642,12 +642,9 @@ def plot_typographic_sweep(
     ax.set_title("Typographic attack: clean (solid) vs attacked (dashed)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
+    from paint.report import save_figure
+
+    return save_figure(fig, path)
 
 
 def _write_typographic_reports(out: Path, summary: dict[str, Any]) -> None:

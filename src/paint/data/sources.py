@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from paint.data.readers import ReadResult, read_catalog_layout, read_csv_list, read_hf, read_image_folder
+from paint.data.readers import (
+    ReadResult,
+    read_catalog_layout,
+    read_csv_list,
+    read_hf,
+    read_image_folder,
+)
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task, holdout_split
 from paint.errors import PaintError

@@ -390,7 +390,9 @@ def greedy_soup(
             :func:`paint.evaluate.evaluate_split`.
         individual: the candidates' own accuracies when already known (skips evaluating them).
     """
-    from paint.weights.stream import merge_state_dicts  # the soup is the linear method; avoid an import cycle
+    from paint.weights.stream import (
+        merge_state_dicts,  # the soup is the linear method; avoid an import cycle
+    )
 
     if not candidates:
         raise PaintError("greedy soup needs at least one candidate model")

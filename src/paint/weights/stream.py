@@ -25,7 +25,13 @@ from tqdm.auto import tqdm
 
 from paint.errors import PaintError
 from paint.utils import atomic_path
-from paint.weights.io import DEFAULT_SHARD_BYTES, CheckpointReader, LazyStateDict, ShardedWriter, TensorInfo
+from paint.weights.io import (
+    DEFAULT_SHARD_BYTES,
+    CheckpointReader,
+    LazyStateDict,
+    ShardedWriter,
+    TensorInfo,
+)
 from paint.weights.methods import MergeMethod, check_weights, get_method
 from paint.weights.ops import check_compatible
 
