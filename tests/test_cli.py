@@ -163,3 +163,12 @@ def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
     assert (run / "comparison.md").is_file() and (run / "joint" / "model" / "config.json").is_file()
     parallel = next(r for r in comparison["comparison"] if r["mode"] == "parallel")
     assert len(parallel["alphas"]) == 2 and all(a in (0.0, 0.5, 1.0) for a in parallel["alphas"])
+
+
+def test_shipped_example_configs_validate():
+    from paint.config import load_config
+    from paint.patch import PatchConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(PatchConfig, root / "examples" / "patch-digits.yaml")
+    assert cfg.selection.constraint == "mean" and cfg.patch_tasks[0].name == "digits"
