@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/paint demo
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 clean:
 	rm -rf $(VENV) runs .paint-cache
