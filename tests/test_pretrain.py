@@ -11,7 +11,14 @@ import torch
 import yaml
 
 from paint.errors import PaintError
-from paint.pretrain import PretrainConfig, CorpusBatches, build_clip, clip_loss, pretrain, zero_shot
+from paint.pretrain import (
+    CorpusBatches,
+    PretrainConfig,
+    build_clip,
+    clip_loss,
+    pretrain,
+    zero_shot,
+)
 
 TINY_CLIP = {
     "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32},

@@ -28,9 +28,12 @@ def test_corpus_is_deterministic_by_seed_and_index():
     assert single.caption == caps_a[5]
 
 
-# md5 of corpus_batch(seed=0, start=0, size=64)'s pixels, and its first captions. The shipped default
-# model was pretrained on this corpus; a change here must bump GENERATOR_VERSION and rebuild it.
+# md5 of corpus_batch(seed=0, start=0, size=64)'s pixels and of its 64 captions (joined by newlines),
+# and its first captions. The shipped default model was pretrained on this corpus; a change here
+# must bump GENERATOR_VERSION and rebuild it. (The captions' md5 catches caption-only changes,
+# which leave the pixels and often the first captions as they were.)
 CORPUS_PIXELS_MD5 = "94e4e479d22915cf3cb52bded646a53e"
+CORPUS_CAPTIONS_MD5 = "d58504f1ded54af0116de5eb6b9d42f5"
 CORPUS_FIRST_CAPTIONS = [
     "a star",
     "a drawing of a diamond on a checkered background",
@@ -45,6 +48,7 @@ def test_corpus_is_pinned_to_the_one_the_default_model_saw():
     imgs, caps = corpus_batch(seed=0, start=0, size=64)
     assert GENERATOR_VERSION == "world-v2"
     assert hashlib.md5(imgs.tobytes()).hexdigest() == CORPUS_PIXELS_MD5
+    assert hashlib.md5("\n".join(caps).encode("utf-8")).hexdigest() == CORPUS_CAPTIONS_MD5
     assert caps[:4] == CORPUS_FIRST_CAPTIONS
 
 
