@@ -25,6 +25,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+def alpha_grid(alphas: list[float]) -> list[float]:
+    """Validate a list of mixing coefficients in [0, 1]; return it sorted with 0 and 1 added."""
+    if any(not 0.0 <= a <= 1.0 for a in alphas):
+        raise ValueError("alphas must lie in [0, 1]")
+    return sorted({0.0, 1.0, *map(float, alphas)})
+
+
 def first_duplicate(names: list[str]) -> str | None:
     """The first name (alphabetically) that appears more than once, or None."""
     dup = sorted({n for n in names if names.count(n) > 1})

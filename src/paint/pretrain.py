@@ -283,17 +283,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
     model = build_clip(cfg, tokenizer)
     processor = build_image_processor(cfg, model)
     max_len = int(model.config.text_config.max_position_embeddings)
-    loop_cfg = LoopConfig(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        grad_clip=cfg.grad_clip,
-        seed=cfg.seed,
-        mixed_precision=cfg.mixed_precision,
-        cpu=cfg.cpu,
-        max_steps=cfg.max_steps,
-    )
+    loop_cfg = LoopConfig.from_settings(cfg)
 
     def make_loader(epoch: int) -> torch.utils.data.DataLoader:
         ds = CorpusBatches(cfg, tokenizer, epoch, max_len)

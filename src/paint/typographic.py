@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import StrictModel, dump_config, first_duplicate
+from paint.config import StrictModel, alpha_grid, dump_config, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
@@ -452,9 +452,7 @@ class TypographicConfig(StrictModel):
     @field_validator("alphas")
     @classmethod
     def _alphas(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 <= a <= 1.0 for a in v):
-            raise ValueError("alphas must lie in [0, 1]")
-        return sorted({0.0, 1.0, *map(float, v)})
+        return alpha_grid(v)
 
     @model_validator(mode="after")
     def _distinct(self):

@@ -125,17 +125,7 @@ def finetune(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=False)
 
-    loop = LoopConfig(
-        epochs=cfg.epochs,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_steps=cfg.warmup_steps,
-        grad_clip=cfg.grad_clip,
-        seed=cfg.seed,
-        mixed_precision=cfg.mixed_precision,
-        cpu=cfg.cpu,
-        max_steps=cfg.max_steps,
-    )
+    loop = LoopConfig.from_settings(cfg)
     return fit(
         model,
         image_tower_names(model),

@@ -54,6 +54,11 @@ class LoopConfig:
     cpu: bool = False  # force CPU even when a GPU is present
     max_steps: int | None = None  # stop early (tests, budgets); None = all epochs
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> "LoopConfig":
+        """The loop settings of any config that has these fields by name (fine-tuning, pretraining)."""
+        return cls(**{f: getattr(settings, f) for f in cls.__dataclass_fields__})
+
 
 @dataclass
 class FitResult:
