@@ -124,12 +124,20 @@ def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, tor
     ``state_dict`` (e.g. the patched weights) replaces the model's own tensors in the file;
     the in-memory model is not modified.
     """
+    from transformers.utils import logging as hf_logging
+
     out = Path(out_dir)
-    with atomic_path(out) as tmp:
-        if state_dict is None:
-            bundle.model.save_pretrained(tmp, safe_serialization=True)
-        else:
-            bundle.model.save_pretrained(tmp, state_dict=dict(state_dict), safe_serialization=True)
-        bundle.tokenizer.save_pretrained(tmp)
-        bundle.processor.save_pretrained(tmp)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # one small file: transformers' shard bar is noise here
+    try:
+        with atomic_path(out) as tmp:
+            if state_dict is None:
+                bundle.model.save_pretrained(tmp, safe_serialization=True)
+            else:
+                bundle.model.save_pretrained(tmp, state_dict=dict(state_dict), safe_serialization=True)
+            bundle.tokenizer.save_pretrained(tmp)
+            bundle.processor.save_pretrained(tmp)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return out
