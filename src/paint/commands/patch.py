@@ -22,9 +22,7 @@ def run(args: argparse.Namespace) -> int:
     if not summary:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0
     if "comparison" in summary:  # several patching tasks: the modes compared
-        from paint.multitask import comparison_markdown
-
-        print(comparison_markdown(summary["comparison"], summary["patch_tasks"], summary["support_tasks"]))
+        print(summary["table"])
         print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, <mode>/model)")
         return 0
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
