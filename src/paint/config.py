@@ -25,6 +25,15 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class CachedRun:
+    """Mixin for run configs with ``output_dir`` and ``cache_dir`` fields."""
+
+    @property
+    def cache_path(self) -> Path:
+        """Preprocessed images and heads: ``cache_dir``, or ``<output_dir>/cache``."""
+        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
+
+
 def alpha_grid(alphas: list[float]) -> list[float]:
     """Validate a list of mixing coefficients in [0, 1]; return it sorted with 0 and 1 added."""
     if any(not 0.0 <= a <= 1.0 for a in alphas):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import StrictModel, alpha_grid, dump_config
+from paint.config import CachedRun, StrictModel, alpha_grid, dump_config
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
@@ -46,7 +46,7 @@ def _default_support() -> list[TaskSpec]:
     return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
 
 
-class CountingConfig(StrictModel):
+class CountingConfig(CachedRun, StrictModel):
     """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
 
     ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
@@ -83,10 +83,6 @@ class CountingConfig(StrictModel):
         if len(set(names)) != len(names):
             raise ValueError("the counting task and the support tasks must all differ")
         return self
-
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
 
 
 # --------------------------------------------------------------------------- splits (pure)

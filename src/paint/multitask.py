@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import StrictModel, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec
 from paint.data.spec import TaskSpec
 from paint.evaluate import ResultsStore
@@ -281,7 +281,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], su
 # ----------------------------------------------------------------------------- config and entry point
 
 
-class MultitaskConfig(StrictModel):
+class MultitaskConfig(CachedRun, StrictModel):
     """``paint multitask``: several patching tasks, one or more modes, a comparison table."""
 
     model: str = DEFAULT_MODEL
@@ -307,10 +307,6 @@ class MultitaskConfig(StrictModel):
         if len(set(self.modes)) != len(self.modes):
             raise ValueError("a mode is listed twice")
         return self
-
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
 
 
 def build_context(

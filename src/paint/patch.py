@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import StrictModel, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
@@ -66,7 +66,7 @@ class SelectionConfig(StrictModel):
     constraint: Literal["each", "mean"] = Field("each", description="bound every support task, or their mean")
 
 
-class PatchConfig(StrictModel):
+class PatchConfig(CachedRun, StrictModel):
     """Everything ``paint patch`` needs; written back resolved as ``config.yaml``.
 
     One patching task: fine-tune, sweep (or ``search``), choose, test. Several patching tasks:
@@ -115,10 +115,6 @@ class PatchConfig(StrictModel):
         if dup:
             raise ValueError(f"task {dup!r} is listed twice")
         return self
-
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from paint.config import StrictModel, first_duplicate
+from paint.config import CachedRun, StrictModel, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
 from paint.search import SearchConfig
@@ -24,7 +24,7 @@ from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
 
 
-class TransferConfig(StrictModel):
+class TransferConfig(CachedRun, StrictModel):
     """``paint transfer``: which tasks to patch one by one and evaluate across."""
 
     model: str = DEFAULT_MODEL
@@ -45,10 +45,6 @@ class TransferConfig(StrictModel):
         if dup:
             raise ValueError(f"task {dup!r} is listed twice")
         return self
-
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
 
 
 def delta_matrix(zeroshot: dict[str, float], patched: dict[str, dict[str, float]], tasks: Sequence[str]) -> list[list[float]]:

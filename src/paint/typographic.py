@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import StrictModel, alpha_grid, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, alpha_grid, dump_config, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
@@ -418,7 +418,7 @@ def _demo_finetune() -> FinetuneConfig:
     return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
 
 
-class TypographicConfig(StrictModel):
+class TypographicConfig(CachedRun, StrictModel):
     """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
 
     The patched task is chosen by ``patch_task``; alpha is selected on validation using the
@@ -461,10 +461,6 @@ class TypographicConfig(StrictModel):
         if dup:
             raise ValueError(f"task {dup!r} is listed twice (patch, transfer and support tasks must differ)")
         return self
-
-    @property
-    def cache_path(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.output_dir) / "cache"
 
 
 def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
