@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paint.select import feasible, select_alpha
+from paint.select import feasible, rule_key, select_alpha, select_candidates
 
 SWEEP = [
     {"alpha": 0.0, "val": {"p": 0.30, "a": 0.90, "b": 0.80}},
@@ -24,6 +24,12 @@ def test_constrained_each_and_mean():
     mean = select_alpha(SWEEP, ["p"], ["a", "b"], "constrained", epsilon=1.0, constraint="mean")
     assert mean["alpha"] == 0.5
     assert select_alpha(SWEEP, ["p"], ["a", "b"], "constrained", epsilon=0.0)["alpha"] == 0.0
+
+
+def test_candidates_report_every_rule_under_its_key():
+    got = select_candidates(SWEEP, ["p"], ["a", "b"], epsilon=1.0)
+    assert {k: v["alpha"] for k, v in got.items()} == {"mean": 1.0, "constrained-each": 0.3, "constrained-mean": 0.5}
+    assert [rule_key("mean", "mean"), rule_key("constrained", "each"), rule_key("constrained", "mean")] == list(got)
 
 
 def test_ties_go_to_the_smaller_alpha():

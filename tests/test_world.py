@@ -32,13 +32,13 @@ def test_corpus_is_deterministic_by_seed_and_index():
 # and its first captions. The shipped default model was pretrained on this corpus; a change here
 # must bump GENERATOR_VERSION and rebuild it. (The captions' md5 catches caption-only changes,
 # which leave the pixels and often the first captions as they were.)
-CORPUS_PIXELS_MD5 = "94e4e479d22915cf3cb52bded646a53e"
-CORPUS_CAPTIONS_MD5 = "d58504f1ded54af0116de5eb6b9d42f5"
+CORPUS_PIXELS_MD5 = "8fb6f5079b537c923bc432b1d31d416e"
+CORPUS_CAPTIONS_MD5 = "1ab0c79856bfda6b75a0f36934406110"
 CORPUS_FIRST_CAPTIONS = [
     "a star",
     "a drawing of a diamond on a checkered background",
     "a photo of 9 objects.",
-    "there is a diamond on a grid background.",
+    "the number five",
 ]
 
 
@@ -46,10 +46,43 @@ def test_corpus_is_pinned_to_the_one_the_default_model_saw():
     import hashlib
 
     imgs, caps = corpus_batch(seed=0, start=0, size=64)
-    assert GENERATOR_VERSION == "world-v2"
+    assert GENERATOR_VERSION == "world-v3c"
     assert hashlib.md5(imgs.tobytes()).hexdigest() == CORPUS_PIXELS_MD5
     assert hashlib.md5("\n".join(caps).encode("utf-8")).hexdigest() == CORPUS_CAPTIONS_MD5
     assert caps[:4] == CORPUS_FIRST_CAPTIONS
+
+
+def test_written_class_names_are_often_captioned_as_the_object():
+    # world-v3: a written class name is sometimes captioned as the thing it names, in the
+    # wording of the tasks' prompts (what makes the model susceptible to typographic attacks).
+    pairs = [p for p in (corpus_pair(5, i) for i in range(4000)) if p.kind == "word"]
+    named = [p for p in pairs if p.attributes["word"] in R.SHAPES]
+    assert len(named) > 40
+    objectish = [p for p in named if "word" not in p.caption and "text" not in p.caption and "sign" not in p.caption
+                 and "label" not in p.caption and "written" not in p.caption]
+    assert 0.45 <= len(objectish) / len(named) <= 0.75, len(objectish) / len(named)
+    # Object phrasing names only the written word, never the shape under it.
+    for p in objectish:
+        assert p.attributes["word"] in p.caption
+        if p.attributes["shape"] not in (None, p.attributes["word"]):
+            assert p.attributes["shape"] not in p.caption.split()
+    # Words that name nothing in the world keep text phrasing only.
+    others = [p for p in pairs if p.attributes["word"] in ("cat", "dog", "stop", "hello")]
+    assert others and all(any(k in p.caption for k in ("word", "text", "sign", "label", "written")) or p.attributes["shape"] in p.caption
+                          for p in others)
+    rng = np.random.default_rng(0)
+    assert C.object_phrase("red", "colour", rng) in {t.format(a="a", colour="red") for t in C.COLOUR_ONLY_TEMPLATES}
+    assert "seven" in C.object_phrase("seven", "digit", rng)
+    with pytest.raises(ValueError):
+        C.object_phrase("red", "smell", rng)
+
+
+def test_labelled_shapes_are_drawn_like_the_attacked_task_images():
+    # world-v3c: a word over a shape is on any background, at either shape size, and written
+    # the way paint.typographic writes attacks (so the corpus shows the attack's pixels).
+    pairs = [p for p in (corpus_pair(5, i) for i in range(3000)) if p.kind == "word" and p.attributes["shape"]]
+    assert len(pairs) > 150
+    assert {p.attributes["background"] for p in pairs} == set(R.BACKGROUNDS)
 
 
 def test_counting_task_scatters_objects_off_the_grid():

@@ -63,6 +63,7 @@ class CountingConfig(CachedRun, StrictModel):
     alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
     rule: Literal["mean", "constrained"] = "constrained"
     epsilon: float = Field(1.0, ge=0.0)
+    constraint: Literal["each", "mean"] = "mean"  # bound the support tasks' mean, as paint demo does
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     seed: int = 0
@@ -180,7 +181,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
-    from paint.select import select_alpha
+    from paint.select import rule_key, select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
     from paint.weights.ops import interpolate
@@ -244,8 +245,9 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         m = evaluate_at(model, theta_zs, theta_ft, alpha, prepared, "val", store, model_id, spec, cfg.eval_batch_size)
         sweep.append({"alpha": alpha, "val": {n: r["accuracy"] for n, r in m.items()}})
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
-    selections = {rule: select_alpha(sweep, patch_names, support_names, rule, cfg.epsilon) for rule in ("mean", "constrained")}
-    chosen = float(selections[cfg.rule]["alpha"])
+    selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
+    chosen_rule = rule_key(cfg.rule, cfg.constraint)
+    chosen = float(selections[chosen_rule]["alpha"])
 
     seen_test = seen_mask(y_test, counts, cfg.heldout)
     test: dict[str, Any] = {}
@@ -279,7 +281,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         "seen_counts": [c for c in counts if c not in cfg.heldout],
         "sizes": {"train": int(len(y_train)), "val_seen": int(len(val_labels["val"])), "test": int(len(y_test))},
         "alpha": chosen,
-        "selection": {"rule": cfg.rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
+        "selection": {"rule": chosen_rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
         "sweep": sweep,
         "test": test,
         "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},

@@ -31,7 +31,7 @@ from paint.errors import PaintError
 from paint.evaluate import ResultKey, ResultsStore, evaluate_split
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, load_clip, save_clip
 from paint.search import SearchConfig
-from paint.select import select_alpha
+from paint.select import rule_key, select_candidates
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
 from paint.weights.ops import interpolate
@@ -265,15 +265,11 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         sweep, search_info = searched_points(cfg.search, model, theta_zs, theta_ft, tasks, store, model_id, spec, cfg.eval_batch_size)
     t_sweep = time.time() - t_sweep
     eps = cfg.selection.epsilon
-    selections = {
-        "mean": select_alpha(sweep, names_p, names_s, "mean"),
-        "constrained-each": select_alpha(sweep, names_p, names_s, "constrained", eps, "each"),
-        "constrained-mean": select_alpha(sweep, names_p, names_s, "constrained", eps, "mean"),
-    }
+    selections = select_candidates(sweep, names_p, names_s, eps)
     if search_info is not None:
         chosen_rule, chosen = f"search:{cfg.search.strategy}/{cfg.search.objective}", search_info["alpha"]
     else:
-        chosen_rule = "mean" if cfg.selection.rule == "mean" else f"constrained-{cfg.selection.constraint}"
+        chosen_rule = rule_key(cfg.selection.rule, cfg.selection.constraint)
         chosen = selections[chosen_rule]["alpha"]
 
     test_at = {}
@@ -387,6 +383,7 @@ def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state:
     from paint.report import (
         model_card,
         plot_tradeoff,
+        points,
         sweep_table,
         test_table,
         write_markdown,
@@ -403,7 +400,7 @@ def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state:
             f"# PAINT: patching {', '.join(patch)}",
             "",
             f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
-            f"on validation. All rules (support within {summary['selection']['epsilon']:g} points for the constrained ones): "
+            f"on validation. All rules (support within {points(summary['selection']['epsilon'])} for the constrained ones): "
             + ", ".join(f"`{name}` {c['alpha']:.3g}" for name, c in cands.items())
             + ".",
             "",

@@ -10,6 +10,11 @@ from typing import Any
 from paint.utils import atomic_path, write_text_atomic
 
 
+def points(epsilon: float) -> str:
+    """``1 point``, ``0.5 points``: an accuracy tolerance in words."""
+    return f"{epsilon:g} point" + ("" if epsilon == 1 else "s")
+
+
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 

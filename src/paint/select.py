@@ -89,3 +89,19 @@ def select_alpha(
         score, _, best = max(((_group_mean(p["val"], patch), -float(p["alpha"]), p) for p in ok), key=lambda x: (x[0], x[1]))
         return {"alpha": float(best["alpha"]), "rule": rule, "score": score, "feasible": True, "epsilon": epsilon, "constraint": constraint}
     raise PaintError(f"unknown selection rule {rule!r}; use 'mean' or 'constrained'")
+
+
+def rule_key(rule: Rule, constraint: Constraint = "each") -> str:
+    """The name of a rule as reported: ``mean``, ``constrained-each`` or ``constrained-mean``."""
+    return "mean" if rule == "mean" else f"constrained-{constraint}"
+
+
+def select_candidates(
+    sweep: Sequence[SweepPoint], patch: Sequence[str], support: Sequence[str], epsilon: float = 1.0
+) -> dict[str, dict[str, object]]:
+    """Every rule's choice, keyed by :func:`rule_key`: runs report all of them, whichever they use."""
+    return {
+        "mean": select_alpha(sweep, patch, support, "mean"),
+        "constrained-each": select_alpha(sweep, patch, support, "constrained", epsilon, "each"),
+        "constrained-mean": select_alpha(sweep, patch, support, "constrained", epsilon, "mean"),
+    }

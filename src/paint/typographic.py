@@ -426,7 +426,10 @@ class TypographicConfig(CachedRun, StrictModel):
     the patch task, of ``support_tasks`` and (``transfer_clean_in_selection``) of the transfer
     tasks (the support constraint: clean accuracy must hold). ``transfer_tasks`` are never
     trained on, and their *attacked* images are never used to choose alpha: their attacked
-    test images measure whether the patch transfers.
+    test images measure whether the patch transfers. By default the constraint bounds the mean
+    of those clean accuracies (``constraint``), and fine-tuning sees every training image both
+    clean and attacked (``train_on: both``): trained on attacked images alone, the fine-tuned
+    model loses clean accuracy on the patch task itself, which caps alpha.
     """
 
     model: str = "paint:default"
@@ -437,13 +440,14 @@ class TypographicConfig(CachedRun, StrictModel):
     transfer_clean_in_selection: bool = True
     attack: AttackStyle = Field(default_factory=AttackStyle)
     seed: int = 0
-    train_on: Literal["attacked", "both"] = "attacked"
+    train_on: Literal["attacked", "both"] = "both"
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
     alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
     rule: Literal["mean", "constrained"] = "constrained"
     epsilon: float = Field(1.0, ge=0.0)
+    constraint: Literal["each", "mean"] = "mean"  # bound the mean clean accuracy, as paint demo does
     write_images: bool = True
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
@@ -490,7 +494,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
-    from paint.select import select_alpha
+    from paint.select import rule_key, select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
     from paint.weights.ops import interpolate
@@ -564,8 +568,9 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     patch_names = [f"{p}/attacked"]
     clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
     support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
-    selections = {rule: select_alpha(sweep, patch_names, support_names, rule, cfg.epsilon) for rule in ("mean", "constrained")}
-    chosen = float(selections[cfg.rule]["alpha"])
+    selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
+    chosen_rule = rule_key(cfg.rule, cfg.constraint)
+    chosen = float(selections[chosen_rule]["alpha"])
 
     test: dict[str, dict[str, Any]] = {}
     for label, alpha in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0)):
@@ -583,7 +588,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
         "transfer_tasks": [t.name for t in cfg.transfer_tasks],
         "support_tasks": [t.name for t in cfg.support_tasks],
         "alpha": chosen,
-        "selection": {"rule": cfg.rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
+        "selection": {"rule": chosen_rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
         "sweep": sweep,
         "test": test,
         "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",

@@ -15,6 +15,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval", type=int, help="use at most this many images per validation/test split")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs (overrides finetune.epochs)")
     p.add_argument("--rule", choices=["mean", "constrained"], help="alpha selection rule (default: constrained)")
+    p.add_argument("--constraint", choices=["each", "mean"], help="constrained rule: bound each support task or their mean (default: mean)")
     p.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     p.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
 
@@ -31,11 +32,12 @@ def run(args: argparse.Namespace) -> int:
         "max_train": args.max_train,
         "max_eval": args.max_eval,
         "rule": args.rule,
+        "constraint": args.constraint,
         "cache_dir": args.cache_dir,
     }
     cfg = with_epochs(config_from_args(CountingConfig, args.config, overrides), args.epochs)
     summary = run_counting(cfg, resume=args.resume)
-    print(f"chosen alpha: {summary['alpha']:.3g} ({cfg.rule} rule)")
+    print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(counting_table(summary))
     print(f"outputs: {cfg.output_dir}/ (summary.md, summary.json, counting.png, results.jsonl, config.yaml)")
     return 0

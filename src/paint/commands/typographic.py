@@ -68,6 +68,8 @@ def register(p: argparse.ArgumentParser) -> None:
     u.add_argument("--max-eval", type=int, help="use at most this many images per validation/test split")
     u.add_argument("--epochs", type=int, help="fine-tuning epochs (overrides finetune.epochs)")
     u.add_argument("--rule", choices=["mean", "constrained"], help="alpha selection rule (default: constrained)")
+    u.add_argument("--constraint", choices=["each", "mean"], help="constrained rule: bound each support task or their mean (default: mean)")
+    u.add_argument("--train-on", choices=["attacked", "both"], help="fine-tune on attacked images, or on clean and attacked (default: both)")
     u.add_argument("--seed", type=int, help="seed of the written words")
     u.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     u.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
@@ -140,6 +142,8 @@ def _run(args: argparse.Namespace) -> int:
         "max_train": args.max_train,
         "max_eval": args.max_eval,
         "rule": args.rule,
+        "constraint": args.constraint,
+        "train_on": args.train_on,
         "seed": args.seed,
         "cache_dir": args.cache_dir,
     }
@@ -154,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides["attack"] = {**base, **style}  # flags refine the config's attack section
     cfg = with_epochs(config_from_args(TypographicConfig, args.config, overrides), args.epochs)
     summary = run_typographic(cfg, resume=args.resume)
-    print(f"chosen alpha: {summary['alpha']:.3g} ({cfg.rule} rule)")
+    print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(typographic_table(summary["test"]))
     print(f"outputs: {cfg.output_dir}/ (summary.md, summary.json, sweep.png, results.jsonl, config.yaml, data/)")
     return 0

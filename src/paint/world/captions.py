@@ -3,6 +3,12 @@
 Captions vary their wording, and name the colour in only about 30% of shape captions:
 when most captions name the colour, the contrastive loss can match on colour alone and
 the text embeddings of shape names collapse onto each other.
+
+Written words are captioned two ways, as web alt-text is: by their text (`the word "star"`)
+and, for a share of words that name a thing of the world (a shape, a colour, a digit), as
+that thing itself (a sign reading STOP is "a stop sign"). The second kind ties the image of
+a written name to the object prompts zero-shot heads use, which is what makes CLIP-style
+models susceptible to typographic attacks.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import numpy as np
 COLOUR_MENTION = 0.3  # fraction of shape captions naming the colour (20-35% works)
 BACKGROUND_MENTION = 0.35
 SIZE_MENTION = 0.25
+OBJECT_PHRASING = 0.6  # fraction of written class names captioned as the object they name
 
 SHAPE_TEMPLATES: tuple[str, ...] = (
     "{a} {np}",
@@ -45,6 +52,13 @@ DIGIT_TEMPLATES: tuple[str, ...] = (
     "the digit {w} ( {d} )",
     "a picture of the number {w}",
     'the character "{d}"',
+)
+# Digit wordings that need only the word (a written "seven" carries no numeral).
+DIGIT_WORD_OBJECT_TEMPLATES: tuple[str, ...] = (
+    'a photo of the number: "{w}"',
+    "the digit {w}",
+    "the number {w}",
+    "a picture of the number {w}",
 )
 SCAN_TEMPLATES: tuple[str, ...] = (
     "a blurry scan of the digit {d}",
@@ -129,8 +143,32 @@ def digit_caption(digit: int, word: str, style: str, colour: str | None, rng: np
     return _finish(text, rng)
 
 
-def word_caption(word: str, shape: str | None, rng: np.random.Generator) -> str:
-    """A caption that states the written text (and the shape under it, if any)."""
+def object_phrase(word: str, family: str, rng: np.random.Generator) -> str:
+    """A caption naming a written class name as the object itself, in its family's wording.
+
+    Args:
+        word: the written word, e.g. "star", "red" or "seven".
+        family: "shape", "colour" or "digit": which task prompts' wording to use.
+        rng: random stream for the template choice.
+    """
+    if family == "shape":
+        return _pick(rng, SHAPE_TEMPLATES).format(a=article(word), np=word)
+    if family == "colour":
+        return _pick(rng, COLOUR_ONLY_TEMPLATES).format(a=article(word), colour=word)
+    if family == "digit":
+        return _pick(rng, DIGIT_WORD_OBJECT_TEMPLATES).format(w=word)
+    raise ValueError(f"unknown word family {family!r}")
+
+
+def word_caption(word: str, shape: str | None, rng: np.random.Generator, family: str | None = None) -> str:
+    """A caption for a written word (on a shape, if ``shape`` is given).
+
+    When ``family`` names the class family of ``word``, a share :data:`OBJECT_PHRASING` of
+    captions describes the word as the object (`a photo of a star.` for the written word
+    "star", whatever is under it); the rest state the text (and the shape under it, if any).
+    """
+    if family is not None and rng.random() < OBJECT_PHRASING:
+        return _finish(object_phrase(word, family, rng), rng)
     if shape is not None:
         text = _pick(rng, LABELLED_SHAPE_TEMPLATES).format(shape=shape, word=word)
     else:

@@ -16,14 +16,26 @@ from PIL import Image
 from paint.world import captions as C
 from paint.world import render as R
 
-GENERATOR_VERSION = "world-v2"  # bump whenever rendering or captions change
+GENERATOR_VERSION = "world-v3c"  # bump whenever rendering or captions change
+# world-v3: a share of written class names is captioned as the object they name
+# (captions.OBJECT_PHRASING), more pairs are words, and more words are written over a shape.
+# world-v3c: labelled shapes are drawn like the shapes task and the attack (see word_pair).
 
 KINDS: tuple[str, ...] = ("shape", "digit", "word", "count")
-KIND_WEIGHTS: tuple[float, ...] = (0.36, 0.30, 0.12, 0.22)
+# world-v3 moved 6% of pairs from shapes to words (v2: 0.36, 0.30, 0.12, 0.22): with 12%, the
+# model read written names as objects on blank images but not over a shape.
+KIND_WEIGHTS: tuple[float, ...] = (0.30, 0.30, 0.18, 0.22)
 
 EXTRA_WORDS: tuple[str, ...] = ("cat", "dog", "stop", "yes", "no", "sun", "tree", "car", "house", "paint", "hello", "apple")
 WORDS: tuple[str, ...] = R.SHAPES + R.COLOUR_NAMES + R.DIGIT_WORDS + EXTRA_WORDS
+# The class family of each written word that names a thing of the world (others have none).
+WORD_FAMILIES: dict[str, str] = {
+    **{w: "shape" for w in R.SHAPES},
+    **{w: "colour" for w in R.COLOUR_NAMES},
+    **{w: "digit" for w in R.DIGIT_WORDS},
+}
 
+LABELLED_SHARE = 0.6  # word images written over a shape (v2: 0.35)
 DIGIT_STYLE_WEIGHTS: tuple[float, ...] = (0.35, 0.3, 0.2, 0.15)  # crisp, bold, scan, bold-scan
 _CORPUS_STREAM = 0xC0DE  # separates corpus random streams from task streams
 
@@ -65,17 +77,22 @@ def digit_pair(rng: np.random.Generator, fonts: Sequence[str] = R.PRETRAIN_FONTS
 def word_pair(rng: np.random.Generator) -> Pair:
     word = _choice(rng, WORDS)
     ink = R.jitter_colour(R.colour_rgb(_choice(rng, R.COLOUR_NAMES)), rng) if rng.random() < 0.5 else (255, 255, 255)
-    shape = None
-    if rng.random() < 0.35:
-        # A shape with a label on it: the typographic-attack setting, captioned honestly.
+    shape, bg = None, "plain"
+    if rng.random() < LABELLED_SHARE:
+        # A shape with a label on it: the typographic-attack setting, captioned honestly. world-v3c:
+        # drawn like the shapes task (any background, either size) with the word written the way
+        # paint.typographic writes attacks (its default style), not large shapes on plain backgrounds.
+        from paint.typographic import AttackStyle, render_text  # lazy: typographic imports training code
+
         shape = _choice(rng, R.SHAPES)
-        base = R.render_shape(shape, _choice(rng, R.COLOUR_NAMES), "plain", rng, size="large")
-        ink = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
+        colour, bg = _choice(rng, R.COLOUR_NAMES), _choice(rng, R.BACKGROUNDS)
+        base = R.render_shape(shape, colour, bg, rng)
+        img = render_text(base, word, AttackStyle(), rng)
     else:
         base = R.render_background("plain", rng)
-    img = R.render_word(base, word, ink, rng, font=_choice(rng, R.WORD_FONTS), height=int(rng.integers(8, 12)))
-    cap = C.word_caption(word, shape, rng)
-    return Pair(img, cap, "word", {"word": word, "shape": shape})
+        img = R.render_word(base, word, ink, rng, font=_choice(rng, R.WORD_FONTS), height=int(rng.integers(8, 12)))
+    cap = C.word_caption(word, shape, rng, family=WORD_FAMILIES.get(word))
+    return Pair(img, cap, "word", {"word": word, "shape": shape, "background": bg})
 
 
 def count_pair(rng: np.random.Generator) -> Pair:

@@ -24,7 +24,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("bold digits", "thick strokes"),
     ("scanned digits", "8x8, 17 grey levels, like the scans"),
     ("held-out fonts", "novel-font-digits: fonts and slant never in the corpus"),
-    ("words", "written text, stated in the caption"),
+    ("words", "written text, captioned as text or as the thing it names"),
     ("labelled shapes", "a shape with a word on it"),
     ("counting", "1 to 10 objects, count in the caption"),
 )
