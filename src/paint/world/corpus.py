@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from paint.world import captions as C
+from paint.world import lettering as L
 from paint.world import render as R
 
 GENERATOR_VERSION = "world-v3c"  # bump whenever rendering or captions change
@@ -82,12 +83,10 @@ def word_pair(rng: np.random.Generator) -> Pair:
         # A shape with a label on it: the typographic-attack setting, captioned honestly. world-v3c:
         # drawn like the shapes task (any background, either size) with the word written the way
         # paint.typographic writes attacks (its default style), not large shapes on plain backgrounds.
-        from paint.typographic import AttackStyle, render_text  # lazy: typographic imports training code
-
         shape = _choice(rng, R.SHAPES)
         colour, bg = _choice(rng, R.COLOUR_NAMES), _choice(rng, R.BACKGROUNDS)
         base = R.render_shape(shape, colour, bg, rng)
-        img = render_text(base, word, AttackStyle(), rng)
+        img = L.render_text(base, word, L.AttackStyle(), rng)
     else:
         base = R.render_background("plain", rng)
         img = R.render_word(base, word, ink, rng, font=_choice(rng, R.WORD_FONTS), height=int(rng.integers(8, 12)))
