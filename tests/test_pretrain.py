@@ -141,3 +141,29 @@ def test_shipped_model_reproduces_its_recorded_zero_shot_accuracies():
         assert abs(got[task] - expected) <= 0.5, (task, got[task], expected)
     support = build["zero_shot_test"]
     assert min(support[t] for t in ("shapes", "colours", "rendered-digits", "backgrounds")) >= 70
+
+
+@needs_asset
+def test_shipped_model_is_susceptible_to_typographic_attacks():
+    # Issue 7: the default model must fall for a written class name as CLIP does (it answers with
+    # the word), not merely lose the object under it. Measured on the first 200 test images:
+    # shapes 52.5% attack success (clean 81.0, attacked 15.5), colours 74.5%; chance is 11-14%,
+    # and world-v2, which was not susceptible, scored about 10%.
+    from paint.data.preprocess import preprocess_split
+    from paint.data.task import SubsetSplit
+    from paint.evaluate import predict
+    from paint.models.clip import load_clip
+    from paint.models.heads import build_head
+    from paint.typographic import AttackedSplit, AttackStyle, attack_metrics
+    from paint.world.tasks import world_task
+
+    bundle = load_clip(str(ASSET))
+    for name, floor in (("shapes", 0.40), ("colours", 0.60)):
+        task = world_task(name)
+        clean = SubsetSplit(task.split("test"), np.arange(200), "first200")
+        attacked = AttackedSplit(clean, task.classnames, AttackStyle(), 0)
+        head = build_head(bundle, task.classnames, task.templates)
+        logits = [predict(bundle.model, head, preprocess_split(s, bundle.spec), bundle.spec) for s in (clean, attacked)]
+        m = attack_metrics(logits[0], logits[1], clean.labels, attacked.texts)
+        assert m["attack_success_rate"] >= floor, (name, m)
+        assert m["attacked_accuracy"] <= 0.5 * m["clean_accuracy"], (name, m)
