@@ -260,6 +260,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
         "max_eval": 24,
         "alphas": [0.0, 0.5, 1.0],
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
+        "test_styles": {"serif": {"font": "DejaVuSerif.ttf"}, "low": {"position": "bottom", "jitter": 0.0}},
     }
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -283,7 +284,22 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
     for r in summary["test"].values():
         for label in ("zeroshot", "patched", "finetuned"):
             assert {"clean_accuracy", "attacked_accuracy", "attack_success_rate"} <= set(r[label])
+    # Held-out lettering styles are measured for the patch and transfer tasks at every model.
+    for r in summary["test"].values():
+        for label in ("zeroshot", "patched", "finetuned"):
+            assert set(r[label]["styles"]) == {"serif", "low"}
+            assert 0.0 <= r[label]["styles"]["serif"]["attacked_accuracy"] <= 1.0
+    assert summary["test_styles"]["serif"]["font"] == "DejaVuSerif.ttf"
+    assert "Lettering styles never trained on" in (run / "summary.md").read_text()
     # The attacked test sets were written in the convention and read back with the right labels.
     split, _ = read_attacked_dir(run / "data" / "colours" / "test")
     assert len(split) == 24
     assert main(["typographic", "run", str(path)]) == 2  # finished run: refuses to overwrite
+
+
+def test_default_held_out_styles_differ_from_the_training_style():
+    from paint.typographic import HELD_OUT_STYLES, TypographicConfig
+
+    cfg = TypographicConfig(output_dir="x")
+    assert set(cfg.test_styles) == set(HELD_OUT_STYLES) and len(HELD_OUT_STYLES) >= 4
+    assert all(st != cfg.attack for st in cfg.test_styles.values())

@@ -280,6 +280,17 @@ def attack_metrics(
 # --------------------------------------------------------------------------- the case study
 
 
+# Lettering styles a run also tests in by default (``TypographicConfig.test_styles``): each differs
+# from the default attack in one or two ways; the serif font is absent from the world's corpus.
+HELD_OUT_STYLES: dict[str, AttackStyle] = {
+    "bottom": AttackStyle(position="bottom", jitter=0.05),
+    "small": AttackStyle(font_size=0.22),
+    "serif": AttackStyle(font="DejaVuSerif.ttf"),
+    "faint": AttackStyle(opacity=0.6),
+    "random place and ink": AttackStyle(position="random", colour="random"),
+}
+
+
 def _demo_finetune() -> FinetuneConfig:
     """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
     return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
@@ -296,7 +307,10 @@ class TypographicConfig(CachedRun, StrictModel):
     test images measure whether the patch transfers. By default the constraint bounds the mean
     of those clean accuracies (``constraint``), and fine-tuning sees every training image both
     clean and attacked (``train_on: both``): trained on attacked images alone, the fine-tuned
-    model loses clean accuracy on the patch task itself, which caps alpha.
+    model loses clean accuracy on the patch task itself, which caps alpha. ``test_styles`` are
+    further lettering styles, never trained on nor used to choose alpha: the test sets of the
+    patch and transfer tasks are attacked in each of them too (same written words), to see
+    whether the patch holds beyond the style it was trained on.
     """
 
     model: str = "paint:default"
@@ -306,6 +320,7 @@ class TypographicConfig(CachedRun, StrictModel):
     support_tasks: list[TaskSpec] = Field(default_factory=list)
     transfer_clean_in_selection: bool = True
     attack: AttackStyle = Field(default_factory=AttackStyle)
+    test_styles: dict[str, AttackStyle] = Field(default_factory=lambda: dict(HELD_OUT_STYLES))
     seed: int = 0
     train_on: Literal["attacked", "both"] = "both"
     max_train: int | None = Field(None, ge=1)
@@ -407,6 +422,9 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
         for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a)):
             prepared.append(PreparedTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {}))
         test_sets[task.name] = {"role": role, "head": head, "clean": imgs_c["test"], "attacked": imgs_a["test"], "labels": labels["test"], "texts": texts_test}
+        if role != "support":
+            styled = {n: AttackedSplit(clean["test"], task.classnames, st, attacked["test"].seed) for n, st in cfg.test_styles.items()}
+            test_sets[task.name]["styles"] = {n: (preprocess_split(a, bundle.spec, cache_dir=cache, progress=True), a.texts) for n, a in styled.items()}
         if role == "patch":
             base_train = _cap(task.split("train"), cfg.max_train, cfg.seed)
             atk_train = AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7)
@@ -419,7 +437,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
 
     model, spec = bundle.model, bundle.spec
     theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
-    fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
+    fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})])  # test styles do not change training
     t_ft = time.time()
     fit = finetune(model, [train_set], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
     t_ft = time.time() - t_ft
@@ -446,6 +464,11 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
             lc = predict(model, ts["head"], ts["clean"], spec, cfg.eval_batch_size)
             la = predict(model, ts["head"], ts["attacked"], spec, cfg.eval_batch_size)
             test.setdefault(name, {"role": ts["role"]})[label] = {"alpha": alpha, **attack_metrics(lc, la, ts["labels"], ts["texts"])}
+            if ts.get("styles"):
+                test[name][label]["styles"] = {
+                    n: attack_metrics(lc, predict(model, ts["head"], imgs, spec, cfg.eval_batch_size), ts["labels"], texts)
+                    for n, (imgs, texts) in ts["styles"].items()
+                }
     model.load_state_dict(theta_zs, strict=False)
 
     summary = {
@@ -459,6 +482,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
         "sweep": sweep,
         "test": test,
         "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",
+        "test_styles": {n: st.model_dump(mode="json") for n, st in cfg.test_styles.items()},
         "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
         "timing_s": {"finetune": round(t_ft, 2), "total": round(time.time() - t0, 2)},
     }
@@ -479,6 +503,22 @@ def typographic_table(test: dict[str, dict[str, Any]]) -> str:
                 f"| {name} | {r['role']} | {label} | {m['alpha']:.2g} | {100 * m['clean_accuracy']:.1f} | "
                 f"{100 * m['attacked_accuracy']:.1f} | {100 * m['attack_success_rate']:.1f} |"
             )
+    return "\n".join(lines)
+
+
+def styles_table(test: dict[str, dict[str, Any]]) -> str:
+    """Markdown: attacked accuracy / ASR (test, %) per task, model and held-out lettering style."""
+    names = [n for r in test.values() for n in r["zeroshot"].get("styles", {})]
+    names = list(dict.fromkeys(names))
+    if not names:
+        return ""
+    lines = ["| task | model | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for task, r in test.items():
+        if "styles" not in r["zeroshot"]:
+            continue
+        for label in ("zeroshot", "patched", "finetuned"):
+            cells = [f"{100 * m['attacked_accuracy']:.1f} / {100 * m['attack_success_rate']:.0f}" for m in (r[label]["styles"][n] for n in names)]
+            lines.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -532,6 +572,18 @@ def _write_typographic_reports(out: Path, summary: dict[str, Any]) -> None:
             "",
             f"Attack success rate: {summary['asr_definition']}.",
             "",
+            *(
+                [
+                    "## Lettering styles never trained on (test; attacked accuracy % / attack success rate %)",
+                    "",
+                    styles_table(summary["test"]),
+                    "",
+                    "Styles: " + "; ".join(f"`{n}`: {json.dumps(st)}" for n, st in summary.get("test_styles", {}).items()) + ".",
+                    "",
+                ]
+                if styles_table(summary["test"])
+                else []
+            ),
             "![sweep](sweep.png)",
             "",
         ]

@@ -131,7 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from paint.commands.triage import config_from_args, with_epochs
-    from paint.typographic import TypographicConfig, run_typographic, typographic_table
+    from paint.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
 
     overrides = {
         "output_dir": args.output_dir,
@@ -160,5 +160,9 @@ def _run(args: argparse.Namespace) -> int:
     summary = run_typographic(cfg, resume=args.resume)
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(typographic_table(summary["test"]))
+    styles = styles_table(summary["test"])
+    if styles:
+        print("\nlettering styles never trained on (test; attacked accuracy % / attack success rate %):")
+        print(styles)
     print(f"outputs: {cfg.output_dir}/ (summary.md, summary.json, sweep.png, results.jsonl, config.yaml, data/)")
     return 0
