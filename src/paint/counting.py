@@ -23,12 +23,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from paint.config import CachedRun, StrictModel, alpha_grid, dump_config
+from paint.config import CachedRun, dump_config
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
+from paint.select import GridSelection
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
     sha256_strings,
@@ -46,7 +47,7 @@ def _default_support() -> list[TaskSpec]:
     return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
 
 
-class CountingConfig(CachedRun, StrictModel):
+class CountingConfig(CachedRun, GridSelection):
     """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
 
     ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
@@ -60,21 +61,12 @@ class CountingConfig(CachedRun, StrictModel):
     heldout: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
     support_tasks: list[TaskSpec] = Field(default_factory=_default_support)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
-    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
-    rule: Literal["mean", "constrained"] = "constrained"
-    epsilon: float = Field(1.0, ge=0.0)
-    constraint: Literal["each", "mean"] = "mean"  # bound the support tasks' mean, as paint demo does
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     seed: int = 0
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("alphas")
-    @classmethod
-    def _alphas(cls, v: list[float]) -> list[float]:
-        return alpha_grid(v)
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -181,7 +173,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
-    from paint.select import rule_key, select_candidates
+    from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
     from paint.weights.ops import interpolate
@@ -246,7 +238,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         sweep.append({"alpha": alpha, "val": {n: r["accuracy"] for n, r in m.items()}})
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
     selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
-    chosen_rule = rule_key(cfg.rule, cfg.constraint)
+    chosen_rule = cfg.rule_name
     chosen = float(selections[chosen_rule]["alpha"])
 
     seen_test = seen_mask(y_test, counts, cfg.heldout)

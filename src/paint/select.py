@@ -19,7 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from paint.config import StrictModel, alpha_grid
 from paint.errors import PaintError
 
 Rule = Literal["mean", "constrained"]
@@ -105,3 +107,25 @@ def select_candidates(
         "constrained-each": select_alpha(sweep, patch, support, "constrained", epsilon, "each"),
         "constrained-mean": select_alpha(sweep, patch, support, "constrained", epsilon, "mean"),
     }
+
+
+class GridSelection(StrictModel):
+    """Config fields of runs that sweep an alpha grid on validation and pick alpha by a rule.
+
+    ``rule`` and ``constraint`` name the rule used (reported as :func:`rule_key`); every rule's
+    choice is reported beside it. The default bounds the support tasks' mean, as ``paint demo`` does.
+    """
+
+    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
+    rule: Rule = "constrained"
+    epsilon: float = Field(1.0, ge=0.0)
+    constraint: Constraint = "mean"
+
+    @field_validator("alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        return alpha_grid(v)
+
+    @property
+    def rule_name(self) -> str:
+        return rule_key(self.rule, self.constraint)

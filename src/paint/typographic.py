@@ -39,12 +39,13 @@ from urllib.parse import quote, unquote
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from paint.config import CachedRun, StrictModel, alpha_grid, dump_config, first_duplicate
+from paint.config import CachedRun, dump_config, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
+from paint.select import GridSelection
 from paint.train.finetune import FinetuneConfig
 from paint.utils import atomic_path, sha256_strings, write_json_atomic
 from paint.world.lettering import AttackStyle, render_text
@@ -296,7 +297,7 @@ def _demo_finetune() -> FinetuneConfig:
     return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
 
 
-class TypographicConfig(CachedRun, StrictModel):
+class TypographicConfig(CachedRun, GridSelection):
     """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
 
     The patched task is chosen by ``patch_task``; alpha is selected on validation using the
@@ -326,19 +327,10 @@ class TypographicConfig(CachedRun, StrictModel):
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
-    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
-    rule: Literal["mean", "constrained"] = "constrained"
-    epsilon: float = Field(1.0, ge=0.0)
-    constraint: Literal["each", "mean"] = "mean"  # bound the mean clean accuracy, as paint demo does
     write_images: bool = True
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @field_validator("alphas")
-    @classmethod
-    def _alphas(cls, v: list[float]) -> list[float]:
-        return alpha_grid(v)
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -376,7 +368,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
-    from paint.select import rule_key, select_candidates
+    from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
     from paint.weights.ops import interpolate
@@ -454,7 +446,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
     support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
     selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
-    chosen_rule = rule_key(cfg.rule, cfg.constraint)
+    chosen_rule = cfg.rule_name
     chosen = float(selections[chosen_rule]["alpha"])
 
     test: dict[str, dict[str, Any]] = {}
