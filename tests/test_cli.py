@@ -172,3 +172,7 @@ def test_shipped_example_configs_validate():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(PatchConfig, root / "examples" / "patch-digits.yaml")
     assert cfg.selection.constraint == "mean" and cfg.patch_tasks[0].name == "digits"
+    from paint.multitask import MultitaskConfig
+
+    mt = load_config(MultitaskConfig, root / "examples" / "multitask-digits-counting.yaml")
+    assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.search.constraint == "mean"
