@@ -172,7 +172,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     from paint.evaluate import ResultsStore, metrics_from_logits, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
+    from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
     from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
@@ -223,19 +223,16 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         support_test[st.name] = (h, xt, yt)
 
     model = bundle.model
-    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    theta_zs = bundle.image_tower_copy()
     fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
     t_ft = time.time()
     fit = finetune(model, [TrainingSet(task.name, x_train, y_train, head)], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
     t_ft = time.time() - t_ft
-    theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
-    model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
+    theta_ft = bundle.image_tower_copy()
+    model_id = interpolation_id(theta_zs, theta_ft)
 
     store = ResultsStore(out / "results.jsonl")
-    sweep = []
-    for alpha in tqdm(cfg.alphas, desc="alpha sweep (val)", dynamic_ncols=True):
-        m = evaluate_at(model, theta_zs, theta_ft, alpha, prepared, "val", store, model_id, spec, cfg.eval_batch_size)
-        sweep.append({"alpha": alpha, "val": {n: r["accuracy"] for n, r in m.items()}})
+    sweep = sweep_alphas(cfg.alphas, model, theta_zs, theta_ft, prepared, store, model_id, spec, cfg.eval_batch_size)
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
     selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
     chosen_rule = cfg.rule_name

@@ -228,7 +228,7 @@ def pair_metrics(
     from paint.patch import load_tasks, pick_device, prepare
 
     bundle = load_clip(zeroshot, device=pick_device(device))
-    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    theta_zs = bundle.image_tower_copy()
     if isinstance(theta_ft, str):
         if theta_ft.endswith(".safetensors"):  # e.g. a run's finetune/checkpoint/trainable.safetensors
             from safetensors.torch import load_file

@@ -327,7 +327,7 @@ def build_context(
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     tasks = prepare(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
-    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    theta_zs = bundle.image_tower_copy()
     fp = sha256_strings([bundle.text_identity, hash_tensors(theta_zs), cfg.finetune.model_dump_json(),
                          *(f"{t.name}:{t.identities.get('train', '')}" for t in tasks)])
     ctx = PatchContext(bundle.model, bundle.spec, tasks, theta_zs, cfg.search, cfg.finetune,

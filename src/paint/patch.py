@@ -241,7 +241,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     support = [t for t in tasks if t.role == "support"]
     model, spec = bundle.model, bundle.spec
 
-    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    theta_zs = bundle.image_tower_copy()
     fp = run_fingerprint(cfg, bundle, tasks)
     t_ft = time.time()
     sets = [TrainingSet(t.name, t.images["train"], t.labels["train"], t.head) for t in patch]
@@ -253,8 +253,8 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     if not proc.is_main_process:  # multi-process fine-tuning: rank 0 alone sweeps and writes
         proc.wait_for_everyone()
         return {}
-    theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
-    model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
+    theta_ft = bundle.image_tower_copy()
+    model_id = interpolation_id(theta_zs, theta_ft)
 
     store = ResultsStore(out / "results.jsonl")
     names_p, names_s = [t.name for t in patch], [t.name for t in support]
@@ -314,13 +314,35 @@ def grid_sweep(
     spec: ImageSpec,
 ) -> list[dict[str, Any]]:
     """Validation metrics at every alpha of the sweep (the paper's grid)."""
+
+    return sweep_alphas(cfg.sweep.points(), model, theta_zs, theta_ft, tasks, store, model_id, spec, cfg.eval_batch_size, cfg.sweep.allow_extrapolation)
+
+
+def sweep_alphas(
+    alphas: Sequence[float],
+    model: torch.nn.Module,
+    theta_zs: dict[str, torch.Tensor],
+    theta_ft: dict[str, torch.Tensor],
+    tasks: Sequence[PreparedTask],
+    store: ResultsStore,
+    model_id: str,
+    spec: ImageSpec,
+    batch_size: int,
+    allow_extrapolation: bool = False,
+) -> list[dict[str, Any]]:
+    """Validation accuracy and loss of every task at each alpha, in order (with a progress bar)."""
     from tqdm.auto import tqdm
 
     sweep = []
-    for alpha in tqdm(cfg.sweep.points(), desc="alpha sweep (val)", dynamic_ncols=True):
-        metrics = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "val", store, model_id, spec, cfg.eval_batch_size, cfg.sweep.allow_extrapolation)
+    for alpha in tqdm(alphas, desc="alpha sweep (val)", dynamic_ncols=True):
+        metrics = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "val", store, model_id, spec, batch_size, allow_extrapolation)
         sweep.append(sweep_point(alpha, metrics))
     return sweep
+
+
+def interpolation_id(theta_zs: dict[str, torch.Tensor], theta_ft: dict[str, torch.Tensor]) -> str:
+    """The results-store key of the line between two image towers."""
+    return f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
 
 
 def sweep_point(alpha: float, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:

@@ -367,7 +367,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     from paint.evaluate import ResultsStore, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask, check_output_dir, evaluate_at, pick_device
+    from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
     from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
@@ -428,19 +428,16 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
             train_set = TrainingSet(task.name, torch.as_tensor(x), y, head)
 
     model, spec = bundle.model, bundle.spec
-    theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
+    theta_zs = bundle.image_tower_copy()
     fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})])  # test styles do not change training
     t_ft = time.time()
     fit = finetune(model, [train_set], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
     t_ft = time.time() - t_ft
-    theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
-    model_id = f"{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
+    theta_ft = bundle.image_tower_copy()
+    model_id = interpolation_id(theta_zs, theta_ft)
 
     store = ResultsStore(out / "results.jsonl")
-    sweep = []
-    for alpha in tqdm(cfg.alphas, desc="alpha sweep (val)", dynamic_ncols=True):
-        m = evaluate_at(model, theta_zs, theta_ft, alpha, prepared, "val", store, model_id, spec, cfg.eval_batch_size)
-        sweep.append({"alpha": alpha, "val": {n: r["accuracy"] for n, r in m.items()}})
+    sweep = sweep_alphas(cfg.alphas, model, theta_zs, theta_ft, prepared, store, model_id, spec, cfg.eval_batch_size)
     p = cfg.patch_task.name
     patch_names = [f"{p}/attacked"]
     clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])

@@ -60,6 +60,10 @@ class ClipBundle:
 
         return {k: v for k, v in self.model.state_dict().items() if is_image_tower_key(k)}
 
+    def image_tower_copy(self) -> dict[str, torch.Tensor]:
+        """The image tower's tensors, detached and cloned: a snapshot that later training leaves alone."""
+        return {k: v.detach().clone() for k, v in self.image_tower_state().items()}
+
 
 def load_clip(source: str, revision: str | None = None, device: str | torch.device = "cpu") -> ClipBundle:
     """Load a CLIPModel, its tokenizer and its image processor.
