@@ -17,6 +17,7 @@ import torch
 
 from paint.data.preprocess import ImageSpec
 from paint.errors import PaintError
+from paint.types import is_image_tower_key
 from paint.utils import atomic_path, hash_tensors, sha256_strings
 
 DEFAULT_MODEL = "paint:default"  # the small CLIP pretrained on paint's synthetic world, shipped in the package
@@ -32,7 +33,7 @@ def resolve_model_source(source: str) -> str:
 
 
 def _text_side(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not k.startswith(("vision_model.", "visual_projection."))}
+    return {k: v for k, v in state.items() if not is_image_tower_key(k)}
 
 
 @dataclass

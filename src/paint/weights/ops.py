@@ -7,21 +7,14 @@ state dict.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 
 from paint.errors import PaintError
+from paint.types import IMAGE_TOWER_PREFIXES, StateDict, is_image_tower_key  # noqa: F401 (re-exported)
 
-StateDict = Mapping[str, torch.Tensor]
 KeyFilter = Callable[[str], bool]
-
-IMAGE_TOWER_PREFIXES = ("vision_model.", "visual_projection.")
-
-
-def is_image_tower_key(key: str) -> bool:
-    """Keys of a transformers CLIPModel that belong to the image tower."""
-    return key.startswith(IMAGE_TOWER_PREFIXES)
 
 
 def check_compatible(sd0: StateDict, sd1: StateDict, names: tuple[str, str] = ("first", "second")) -> None:

@@ -1,0 +1,17 @@
+"""Types and predicates shared by every layer (no paint imports here: everything may import this)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+StateDict = Mapping[str, torch.Tensor]
+"""Tensors by parameter name, as ``nn.Module.state_dict()`` returns them (read-only use)."""
+
+IMAGE_TOWER_PREFIXES = ("vision_model.", "visual_projection.")
+
+
+def is_image_tower_key(key: str) -> bool:
+    """Keys of a transformers CLIPModel that belong to the image tower (what PAINT fine-tunes)."""
+    return key.startswith(IMAGE_TOWER_PREFIXES)
