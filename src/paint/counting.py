@@ -25,10 +25,11 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, dump_config
+from paint.config import CachedRun
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
+from paint.pipeline.rundir import RunDir, run_scope
 from paint.select import GridSelection
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
@@ -157,6 +158,7 @@ def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequenc
 # --------------------------------------------------------------------------- the workflow
 
 
+@run_scope
 def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     """Run the counting study; return the summary (also written to ``summary.json``).
 
@@ -172,7 +174,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     from paint.evaluate import ResultsStore, metrics_from_logits, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
+    from paint.patch import PreparedTask, interpolation_id, pick_device, sweep_alphas
     from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
@@ -180,7 +182,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
 
     t0 = time.time()
     out = Path(cfg.output_dir)
-    check_output_dir(out, resume)
+    run_dir = RunDir(out).check(resume)
     bundle = load_clip(cfg.model, device=pick_device(cfg.device))
     task, _ = load_task(cfg.task)
     counts = class_counts(task, cfg.counts)
@@ -192,8 +194,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         for split in ("val", "test"):
             st.split(split)  # fail before any output on a missing or empty split
         supports.append(st)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    run_dir.start(cfg, resume)
     cache = cfg.cache_path / "images"
     spec = bundle.spec
 

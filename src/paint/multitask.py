@@ -26,11 +26,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, first_duplicate
 from paint.data.preprocess import ImageSpec
 from paint.data.spec import TaskSpec
 from paint.evaluate import ResultsStore
 from paint.models.clip import DEFAULT_MODEL
+from paint.pipeline.rundir import RunDir, run_scope
 from paint.search import (
     SearchConfig,
     SearchResult,
@@ -318,14 +319,13 @@ def build_context(
     revision, device, finetune, search, eval_batch_size, cache_path). Returns (context, bundle).
     """
     from paint.models.clip import load_clip
-    from paint.patch import check_output_dir, load_tasks, pick_device, prepare
+    from paint.patch import load_tasks, pick_device, prepare
     from paint.utils import sha256_strings
 
-    check_output_dir(out, resume)
+    run_dir = RunDir(out).check(resume)
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
     loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    run_dir.start(cfg, resume)
     tasks = prepare(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
     fp = sha256_strings([bundle.text_identity, hash_tensors(theta_zs), cfg.finetune.model_dump_json(),
@@ -335,6 +335,7 @@ def build_context(
     return ctx, bundle
 
 
+@run_scope
 def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints."""
     from paint.models.clip import save_clip

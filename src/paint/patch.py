@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, first_duplicate
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.evaluate import ResultKey, ResultsStore, evaluate_split
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, load_clip, save_clip
+from paint.pipeline.rundir import RunDir, run_scope
 from paint.search import SearchConfig
 from paint.select import rule_key, select_candidates
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
@@ -177,14 +178,8 @@ def prepare(
 
 
 def check_output_dir(out: Path, resume: bool) -> None:
-    """Refuse to overwrite a finished run, or to silently restart an unfinished one."""
-    if not out.exists() or not any(out.iterdir()):
-        return
-    if resume:
-        return
-    if (out / SUMMARY).exists():
-        raise PaintError(f"{out} already holds a finished run; choose a new output_dir (or pass --resume to redo its reports)")
-    raise PaintError(f"{out} holds an unfinished run; pass --resume to continue it, or choose a new output_dir")
+    """Refuse to overwrite a finished run, or to silently restart an unfinished one (see :class:`RunDir`)."""
+    RunDir(out, SUMMARY).check(resume)
 
 
 def evaluate_at(
@@ -223,19 +218,19 @@ def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[Prepar
     return sha256_strings(parts)
 
 
+@run_scope
 def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     """Run PAINT as configured; return the summary (also written to ``summary.json``)."""
     if len(cfg.patch_tasks) > 1:
         return run_patch_multitask(cfg, resume)
     t_start = time.time()
     out = Path(cfg.output_dir)
-    check_output_dir(out, resume)
+    run_dir = RunDir(out, SUMMARY).check(resume)
     # Everything a user can get wrong is checked before the output directory is created.
     loaded = load_tasks(cfg.patch_tasks, "patch") + load_tasks(cfg.support_tasks, "support")
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
 
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    run_dir.start(cfg, resume)
     tasks = prepare(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
     patch = [t for t in tasks if t.role == "patch"]
     support = [t for t in tasks if t.role == "support"]

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from paint.config import CachedRun, StrictModel, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
+from paint.pipeline.rundir import run_scope
 from paint.search import SearchConfig
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
@@ -88,6 +89,7 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
     return save_figure(fig, path)
 
 
+@run_scope
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
     from paint.line import line_point

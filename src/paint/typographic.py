@@ -41,10 +41,11 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, dump_config, first_duplicate
+from paint.config import CachedRun, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
+from paint.pipeline.rundir import RunDir, run_scope
 from paint.select import GridSelection
 from paint.train.finetune import FinetuneConfig
 from paint.utils import atomic_path, sha256_strings, write_json_atomic
@@ -351,6 +352,7 @@ def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
     return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
 
 
+@run_scope
 def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, Any]:
     """Run the typographic-attack case study; return the summary (also in ``summary.json``).
 
@@ -367,7 +369,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     from paint.evaluate import ResultsStore, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
+    from paint.patch import PreparedTask, interpolation_id, pick_device, sweep_alphas
     from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
@@ -375,7 +377,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
 
     t0 = time.time()
     out = Path(cfg.output_dir)
-    check_output_dir(out, resume)
+    run_dir = RunDir(out).check(resume)
     bundle = load_clip(cfg.model, device=pick_device(cfg.device))
     specs = [("patch", cfg.patch_task)] + [("transfer", t) for t in cfg.transfer_tasks] + [("support", t) for t in cfg.support_tasks]
     loaded = []
@@ -384,8 +386,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
         for s in ("train", "val", "test") if role == "patch" else ("val", "test"):
             task.split(s)
         loaded.append((role, task))
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    run_dir.start(cfg, resume)
     cache = cfg.cache_path / "images"
 
     prepared: list[PreparedTask] = []  # one entry per (task, clean|attacked) for the sweep

@@ -88,6 +88,11 @@ def _shown(value: Any) -> Any:
     return "(absent)" if value is _ABSENT else value
 
 
+def is_main_rank() -> bool:
+    """Whether this process is rank 0 of a distributed launch (or not distributed at all)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_scope(fn: F) -> F:
     """Close every :class:`RunDir` started during a call of ``fn``, however the call ends.
 
@@ -174,6 +179,12 @@ class RunDir:
         of the process).
         """
         self.check(resume)
+        if not is_main_rank():
+            # Under ``accelerate launch`` every rank runs the same function; rank 0 alone owns the
+            # directory (lock, cleanup, config). The others only refuse what rank 0 would refuse.
+            if resume:
+                self.check_config(config, ignore)
+            return self
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         try:
