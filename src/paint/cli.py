@@ -2,8 +2,9 @@
 
 Each sub-command lives in ``paint.commands.<name>`` with two functions,
 ``register(parser)`` (arguments only, cheap imports) and ``run(args) -> int``. The table
-below is the one explicit list of commands. User errors (:class:`PaintError`) become one
-line on stderr and exit code 2.
+below is the one explicit list of commands. User errors (:class:`PaintError`) and
+operating-system errors (``OSError``: a full disk, a permission) become one line on stderr
+and exit code 2.
 """
 
 from __future__ import annotations
@@ -45,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(err: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and a hint for the common ones."""
+    import errno
+
+    reason = err.strerror or str(err) or type(err).__name__
+    where = f"{err.filename}: " if err.filename else ""
+    hint = {errno.ENOSPC: "; free some space (or point output_dir/cache_dir elsewhere) and rerun with --resume",
+            errno.EDQUOT: "; free some space and rerun with --resume",
+            errno.EACCES: "; check the permissions of that path",
+            errno.EROFS: "; choose a writable output_dir"}.get(err.errno or 0, "")
+    return f"{where}{reason}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from paint.errors import PaintError
 
@@ -57,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(importlib.import_module(args._module).run(args) or 0)
     except PaintError as e:
         print(f"paint {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions, a path that is a file: the path and the reason, no traceback
+        print(f"paint {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"paint {args.command}: interrupted; rerun with --resume to continue", file=sys.stderr)
