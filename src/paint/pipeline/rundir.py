@@ -165,8 +165,8 @@ class RunDir:
             field, old, new = diffs[0]
             more = f" (and {len(diffs) - 1} more fields)" if len(diffs) > 1 else ""
             raise PaintError(
-                f"cannot resume {self.path}: its config has {field}={old!r}, this one {new!r}{more}; "
-                "use the run's config.yaml to resume, or a new output_dir for a new run"
+                f"cannot resume {self.path}: it was made with a different config ({field}: {old!r} there, {new!r} now{more}); "
+                "resume with its config.yaml, or choose a new output_dir for a new run"
             )
 
     # ------------------------------------------------------------------ life cycle
