@@ -3,7 +3,7 @@
 Writes a few thousand PNG/JPEG images of varied sizes, builds a small random CLIP
 (transformers ``CLIPModel``) and two random state dicts for its vision tower, then for each
 alpha interpolates the weights (``paint.weights.ops.interpolate``), loads them and evaluates
-every image (``paint.evaluate.evaluate_split``):
+every image (``paint.evaluation.results.evaluate_split``):
 
   (a) decoding and preprocessing every image on every pass (no cache);
   (b) with ``preprocess_split(..., cache_dir=...)``: the first pass decodes and writes the
@@ -61,7 +61,7 @@ def small_clip(image_size: int, hidden: int, layers: int, patch: int, seed: int)
 def sweep(model, sd0, sd1, alphas, split, spec, head, cache_dir, batch_size) -> tuple[float, list[float]]:
     """Seconds for the whole sweep and the accuracy at each alpha."""
     from paint.data.preprocess import preprocess_split
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.weights.ops import interpolate
 
     accs = []

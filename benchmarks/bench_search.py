@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from paint.search import (
+from paint.selection.search import (
     STRATEGIES,
     CurveValue,
     Evaluator,
@@ -119,10 +119,10 @@ def real(args) -> dict:
 
     from paint.config import load_config
     from paint.data.spec import TaskSpec
-    from paint.evaluate import ResultsStore
-    from paint.line import line_measure
+    from paint.evaluation.results import ResultsStore
+    from paint.evaluation.line import line_measure
     from paint.models.clip import load_clip
-    from paint.patch import PatchConfig, load_tasks, prepare
+    from paint.pipeline.patch import PatchConfig, load_tasks, prepare
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
     from paint.utils import hash_tensors
 
@@ -143,7 +143,7 @@ def real(args) -> dict:
     if args.run_dir:
         from safetensors.torch import load_file
 
-        from paint.metrics import complete_state
+        from paint.studies.metrics import complete_state
 
         theta_ft = complete_state(theta_zs, load_file(str(Path(args.run_dir) / "finetune" / "checkpoint" / "trainable.safetensors")))
     else:

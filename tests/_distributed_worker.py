@@ -33,7 +33,7 @@ def colour_task(n: int, size: int, seed: int) -> tuple[torch.Tensor, np.ndarray]
 def main(model_dir: str, out_dir: str, batch_size: int) -> None:
     from safetensors.torch import save_file
 
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune

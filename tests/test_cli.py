@@ -167,12 +167,12 @@ def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
 
 def test_shipped_example_configs_validate():
     from paint.config import load_config
-    from paint.patch import PatchConfig
+    from paint.pipeline.patch import PatchConfig
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(PatchConfig, root / "examples" / "patch-digits.yaml")
     assert cfg.selection.constraint == "mean" and cfg.patch_tasks[0].name == "digits"
-    from paint.multitask import MultitaskConfig
+    from paint.pipeline.multitask import MultitaskConfig
 
     mt = load_config(MultitaskConfig, root / "examples" / "multitask-digits-counting.yaml")
     assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.search.constraint == "mean"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from paint.counting import (
+from paint.studies.counting import (
     class_counts,
     counting_splits,
     heldout_kinds,
@@ -109,7 +109,7 @@ def test_counting_workflow_trains_only_on_seen_counts(tmp_path, tiny_clip_dir, m
 
 def test_counting_config_rejects_duplicates(tmp_path):
     from paint.config import parse_config
-    from paint.counting import CountingConfig
+    from paint.studies.counting import CountingConfig
 
     with pytest.raises(PaintError):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "heldout": [5, 5]})

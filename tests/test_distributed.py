@@ -53,7 +53,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cl
         pytest.skip("this torch build has no gloo backend: cannot start CPU process groups")
     from safetensors.torch import load_file
 
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune

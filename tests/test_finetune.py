@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from paint.evaluate import evaluate_split
+from paint.evaluation.results import evaluate_split
 from paint.models.clip import load_clip
 from paint.models.heads import zeroshot_head
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune

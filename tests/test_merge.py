@@ -12,7 +12,7 @@ import yaml
 from paint.cli import main
 from paint.config import load_config
 from paint.errors import PaintError
-from paint.merge import CONFIG_NAME, MergeConfig, run_merge
+from paint.pipeline.merge import CONFIG_NAME, MergeConfig, run_merge
 from paint.weights import io
 from paint.weights.methods import METHODS
 from paint.weights.ops import interpolate
@@ -246,8 +246,8 @@ def test_accuracy_evaluator_drives_greedy_soup_on_clip(clip_dirs, tmp_path):
     from transformers import CLIPModel
 
     from paint.data.preprocess import ImageSpec
-    from paint.evaluate import evaluate_split
-    from paint.merge import accuracy_evaluator
+    from paint.evaluation.results import evaluate_split
+    from paint.pipeline.merge import accuracy_evaluator
 
     model = CLIPModel.from_pretrained(clip_dirs / "base").eval()
     g = torch.Generator().manual_seed(0)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.errors import PaintError
-from paint.line import LossData
-from paint.metrics import (
+from paint.evaluation.line import LossData
+from paint.studies.metrics import (
     backward_knowledge_transfer,
     bkt_from_losses,
     feature_cka,

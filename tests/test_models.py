@@ -40,7 +40,7 @@ def test_head_matches_zero_shot_pipeline(tiny_clip_dir):
     from transformers import pipeline
 
     from paint.data.preprocess import clip_transform, normalize
-    from paint.evaluate import logits_for
+    from paint.evaluation.results import logits_for
 
     bundle = load_clip(str(tiny_clip_dir))
     classes = ["cat", "dog", "circle", "square"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from paint.evaluate import ResultsStore
-from paint.search import SearchConfig
+from paint.evaluation.results import ResultsStore
+from paint.selection.search import SearchConfig
 from paint.train.finetune import FinetuneConfig
 
 
@@ -35,7 +35,7 @@ def _colour_images(n, size, seed, palette):
 
 def _prepared(bundle, name, role, classnames, palette, seed):
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask
+    from paint.pipeline.patch import PreparedTask
 
     size = bundle.spec.crop
     images, labels = {}, {}
@@ -49,7 +49,7 @@ def _prepared(bundle, name, role, classnames, palette, seed):
 @pytest.fixture()
 def ctx(tiny_clip_dir, tmp_path):
     from paint.models.clip import load_clip
-    from paint.multitask import PatchContext
+    from paint.pipeline.multitask import PatchContext
 
     bundle = load_clip(str(tiny_clip_dir))
     tasks = [
@@ -64,7 +64,7 @@ def ctx(tiny_clip_dir, tmp_path):
 
 
 def test_three_modes_and_comparison(ctx):
-    from paint.multitask import comparison_markdown, comparison_rows, run_mode
+    from paint.pipeline.multitask import comparison_markdown, comparison_rows, run_mode
 
     results = {m: run_mode(ctx, m) for m in ("joint", "sequential", "parallel")}
     assert len(results["joint"].alphas) == 1 and results["joint"].n_finetunes == 1
@@ -83,7 +83,7 @@ def test_three_modes_and_comparison(ctx):
 
 
 def test_parallel_merge_matches_coordinate_lines(ctx):
-    from paint.multitask import parallel_line, parallel_merge
+    from paint.pipeline.multitask import parallel_line, parallel_merge
 
     g = torch.Generator().manual_seed(0)
     thetas = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in ctx.theta_zs.items()} for _ in range(2)]
@@ -91,7 +91,7 @@ def test_parallel_merge_matches_coordinate_lines(ctx):
     assert base is ctx.theta_zs and end is thetas[1]  # exact line when the other alphas are 0
     base, end = parallel_line(ctx.theta_zs, thetas, [0.3, 0.0], 1)
     merged = parallel_merge(ctx.theta_zs, thetas, [0.3, 0.6])
-    from paint.line import line_point
+    from paint.evaluation.line import line_point
 
     point = line_point(base, end, 0.6)
     for k in merged:
@@ -101,8 +101,8 @@ def test_parallel_merge_matches_coordinate_lines(ctx):
 def test_parallel_with_one_task_equals_single_task_patching(tiny_clip_dir, tmp_path):
     """`paint multitask` in parallel mode on one task == `paint patch`: same alpha, same weights."""
     from paint.config import parse_config
-    from paint.multitask import MultitaskConfig, run_multitask
-    from paint.patch import PatchConfig, run_patch
+    from paint.pipeline.multitask import MultitaskConfig, run_multitask
+    from paint.pipeline.patch import PatchConfig, run_patch
 
     common = {"model": str(tiny_clip_dir), "patch_tasks": ["digits"], "device": "cpu", "eval_batch_size": 128,
               "finetune": {**FT, "lr": 1e-2, "batch_size": 64, "max_steps": 6}}

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from paint.errors import PaintError
-from paint.pretrain import (
+from paint.world.pretrain import (
     CorpusBatches,
     PretrainConfig,
     build_clip,
@@ -52,7 +52,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(tmp_path):
     assert saved["batch_size"] == 16 and saved["clip"]["projection_dim"] == 32
 
     # Shipping writes the model with its build record (golden values the regression test reads).
-    from paint.pretrain import ship
+    from paint.world.pretrain import ship
 
     record = ship(tmp_path / "run", tmp_path / "shipped", "paint pretrain tiny.yaml", golden_limit=10, test_limit=10)
     shipped = json.loads((tmp_path / "shipped" / "BUILD.json").read_text())
@@ -151,10 +151,10 @@ def test_shipped_model_is_susceptible_to_typographic_attacks():
     # and world-v2, which was not susceptible, scored about 10%.
     from paint.data.preprocess import preprocess_split
     from paint.data.task import SubsetSplit
-    from paint.evaluate import predict
+    from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import build_head
-    from paint.typographic import AttackedSplit, AttackStyle, attack_metrics
+    from paint.studies.typographic import AttackedSplit, AttackStyle, attack_metrics
     from paint.world.tasks import world_task
 
     bundle = load_clip(str(ASSET))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from paint.config import parse_config
 from paint.errors import PaintError
-from paint.search import (
+from paint.selection.search import (
     STRATEGIES,
     Constrained,
     Evaluator,
@@ -87,7 +87,7 @@ def test_boundary_bisects_to_the_largest_feasible_alpha():
 
     for budget, tol in ((6, 1 / 16), (11, 1 / 512)):
         cfg = SearchConfig(strategy="boundary", objective="constrained", epsilon=5.0, budget=budget)
-        from paint.search import evaluator_for
+        from paint.selection.search import evaluator_for
 
         res = run_search(evaluator_for(cfg, measure, ["p"], ["s"]), cfg)
         assert res.feasible and res.n_model_evals <= budget
@@ -108,7 +108,7 @@ def test_evaluator_caches_and_enforces_budget():
     ev(0.1 + 0.2)  # the same alpha up to rounding: no new measurement
     ev(0.5)
     assert calls == [0.3, 0.5] and ev.n_model_evals == 2
-    from paint.search import BudgetExhausted
+    from paint.selection.search import BudgetExhausted
 
     with pytest.raises(BudgetExhausted):
         ev(0.7)
@@ -155,7 +155,7 @@ def test_objective_values_by_hand():
 
 
 def test_bracket_and_polynomial():
-    from paint.search import Evaluation
+    from paint.selection.search import Evaluation
 
     evs = [Evaluation(a, v, None, True) for a, v in [(0.0, 3.0), (0.25, 1.0), (0.5, 1.0), (0.75, 2.0), (1.0, 4.0)]]
     assert bracket_of(evs) == (0.0, 0.75)  # a plateau widens the bracket
@@ -207,8 +207,8 @@ def test_constrained_never_returns_an_infeasible_alpha(rows, epsilon, strategy, 
 @settings(max_examples=25, deadline=None)
 @given(rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11), epsilon=st.sampled_from([0.0, 1.0]))
 def test_grid_search_agrees_with_select_rules(rows, epsilon):
-    from paint.search import evaluator_for
-    from paint.select import select_alpha
+    from paint.selection.search import evaluator_for
+    from paint.selection.rules import select_alpha
 
     table = {round(i / 10, 1): {"p": r[0], "s1": r[1], "s2": r[2]} for i, r in enumerate(rows)}
     sweep = [{"alpha": a, "val": accs} for a, accs in table.items()]
@@ -228,7 +228,7 @@ def tiny_line(tiny_clip_dir):
     from transformers import CLIPModel
 
     from paint.data.preprocess import ImageSpec
-    from paint.line import LossData
+    from paint.evaluation.line import LossData
 
     model = CLIPModel.from_pretrained(tiny_clip_dir).double().eval()
     theta_zs = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
@@ -245,7 +245,7 @@ def tiny_line(tiny_clip_dir):
 
 
 def test_line_derivative_matches_central_difference(tiny_line):
-    from paint.line import line_derivative
+    from paint.evaluation.line import line_derivative
 
     model, zs, ft, data, spec = tiny_line
     for alpha in (0.0, 0.4, 1.0):
@@ -259,8 +259,8 @@ def test_line_derivative_matches_central_difference(tiny_line):
 
 
 def test_line_loss_matches_evaluate_split(tiny_line):
-    from paint.evaluate import evaluate_split
-    from paint.line import line_derivative, line_point, set_image_tower
+    from paint.evaluation.results import evaluate_split
+    from paint.evaluation.line import line_derivative, line_point, set_image_tower
 
     model, zs, ft, data, spec = tiny_line
     p = line_derivative(model, zs, ft, 0.3, data, spec)
@@ -276,9 +276,9 @@ def test_line_loss_matches_evaluate_split(tiny_line):
 
 def test_loss_sum_derivative_through_line_measure(tiny_clip_dir):
     """The Evaluator's dObjective/dalpha on a real CLIP line matches a finite difference of its values."""
-    from paint.line import line_measure
+    from paint.evaluation.line import line_measure
     from paint.models.clip import load_clip
-    from paint.patch import PreparedTask
+    from paint.pipeline.patch import PreparedTask
 
     bundle = load_clip(str(tiny_clip_dir))
     g = torch.Generator().manual_seed(2)
@@ -291,7 +291,7 @@ def test_loss_sum_derivative_through_line_measure(tiny_clip_dir):
     zs = {k: v.clone() for k, v in bundle.image_tower_state().items()}
     ft = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in zs.items()}
     measure = line_measure(bundle.model, zs, ft, tasks, bundle.spec, "val", 8)
-    from paint.search import evaluator_for
+    from paint.selection.search import evaluator_for
 
     cfg = SearchConfig(strategy="derivative", objective="loss_sum", budget=10)
     ev = evaluator_for(cfg, measure, ["p"], ["s"])

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from paint.select import feasible, rule_key, select_alpha, select_candidates
+from paint.selection.rules import feasible, rule_key, select_alpha, select_candidates
 
 SWEEP = [
     {"alpha": 0.0, "val": {"p": 0.30, "a": 0.90, "b": 0.80}},

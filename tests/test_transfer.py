@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from paint.transfer import delta_matrix, matrix_markdown, plot_heatmap
+from paint.studies.transfer import delta_matrix, matrix_markdown, plot_heatmap
 
 
 @pytest.fixture(autouse=True)

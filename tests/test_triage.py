@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paint.triage import fit_probe, kshot_indices, triage_decision, triage_features
+from paint.studies.triage import fit_probe, kshot_indices, triage_decision, triage_features
 
 
 def _blobs(n_per_class: int, n_classes: int = 5, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +84,7 @@ def test_triage_command_writes_outputs_and_resumes(tmp_path, tiny_clip_dir):
 def test_triage_config_validation(tmp_path):
     from paint.config import parse_config
     from paint.errors import PaintError
-    from paint.triage import TriageConfig
+    from paint.studies.triage import TriageConfig
 
     cfg = parse_config(TriageConfig, {"output_dir": str(tmp_path), "shots": [4, 1, 4]})
     assert cfg.shots == [1, 4]

@@ -13,7 +13,7 @@ import yaml
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.task import ArraySplit
 from paint.errors import PaintError
-from paint.typographic import (
+from paint.studies.typographic import (
     AttackedSplit,
     AttackStyle,
     attack_metrics,
@@ -192,7 +192,7 @@ def text_reading_model():
 
 
 def test_attack_lowers_the_accuracy_of_a_model_that_reads(text_reading_model):
-    from paint.evaluate import predict
+    from paint.evaluation.results import predict
 
     model, head, spec = text_reading_model
     xs, ys = _squares(120, 2, with_word=False)
@@ -298,7 +298,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
 
 
 def test_default_held_out_styles_differ_from_the_training_style():
-    from paint.typographic import HELD_OUT_STYLES, TypographicConfig
+    from paint.studies.typographic import HELD_OUT_STYLES, TypographicConfig
 
     cfg = TypographicConfig(output_dir="x")
     assert set(cfg.test_styles) == set(HELD_OUT_STYLES) and len(HELD_OUT_STYLES) >= 4

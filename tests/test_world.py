@@ -79,7 +79,7 @@ def test_written_class_names_are_often_captioned_as_the_object():
 
 def test_labelled_shapes_are_drawn_like_the_attacked_task_images():
     # world-v3c: a word over a shape is on any background, at either shape size, and written
-    # the way paint.typographic writes attacks (so the corpus shows the attack's pixels).
+    # the way paint.studies.typographic writes attacks (so the corpus shows the attack's pixels).
     pairs = [p for p in (corpus_pair(5, i) for i in range(3000)) if p.kind == "word" and p.attributes["shape"]]
     assert len(pairs) > 150
     assert {p.attributes["background"] for p in pairs} == set(R.BACKGROUNDS)

@@ -6,7 +6,7 @@ import argparse
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.counting.CountingConfig)")
+    p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.counting.CountingConfig)")
     p.add_argument("--output-dir", help="run directory (config.yaml, results.jsonl, summary.json, summary.md, counting.png)")
     p.add_argument("--model", help="HF CLIP directory, hub id, or paint:default (the default)")
     p.add_argument("--heldout", type=int, nargs="+", help="counts kept out of fine-tuning (default: 5 10)")
@@ -22,7 +22,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.commands.triage import config_from_args, with_epochs
-    from paint.counting import CountingConfig, counting_table, run_counting
+    from paint.studies.counting import CountingConfig, counting_table, run_counting
 
     overrides = {
         "output_dir": args.output_dir,

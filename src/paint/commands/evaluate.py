@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
     from paint.data.spec import TaskSpec
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
 

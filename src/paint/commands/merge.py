@@ -14,7 +14,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.config import load_config
-    from paint.merge import MergeConfig, evaluator_for, run_merge
+    from paint.pipeline.merge import MergeConfig, evaluator_for, run_merge
 
     overrides: dict[str, object] = {}
     if args.output:

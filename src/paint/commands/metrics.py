@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
     from paint.data.spec import TaskSpec
     from paint.errors import PaintError
-    from paint.metrics import BKT_GRID, pair_metrics, run_metrics
+    from paint.studies.metrics import BKT_GRID, pair_metrics, run_metrics
     from paint.utils import write_json_atomic
 
     alphas = tuple(args.alphas) if args.alphas else BKT_GRID

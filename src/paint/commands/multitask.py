@@ -13,7 +13,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.config import load_config
-    from paint.multitask import MultitaskConfig, run_multitask
+    from paint.pipeline.multitask import MultitaskConfig, run_multitask
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else None
     cfg = load_config(MultitaskConfig, args.config, overrides)

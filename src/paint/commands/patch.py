@@ -13,8 +13,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.config import load_config
-    from paint.patch import PatchConfig, run_patch
-    from paint.report import test_table
+    from paint.pipeline.patch import PatchConfig, run_patch
+    from paint.pipeline.report import test_table
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else None
     cfg = load_config(PatchConfig, args.config, overrides)

@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from paint.config import load_config
-    from paint.pretrain import PretrainConfig, pretrain
+    from paint.world.pretrain import PretrainConfig, pretrain
 
     overrides = {"max_steps": args.max_steps} if args.max_steps is not None else None
     cfg = load_config(PretrainConfig, args.config, overrides)

@@ -13,7 +13,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.config import load_config
-    from paint.transfer import TransferConfig, run_transfer
+    from paint.studies.transfer import TransferConfig, run_transfer
 
     overrides = {"output_dir": args.output_dir} if args.output_dir else None
     cfg = load_config(TransferConfig, args.config, overrides)

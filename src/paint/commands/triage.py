@@ -6,7 +6,7 @@ import argparse
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.triage.TriageConfig)")
+    p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.triage.TriageConfig)")
     p.add_argument("--output-dir", help="run directory (config.yaml, results.jsonl, triage.json, triage.md, kshot.png)")
     p.add_argument("--model", help="HF CLIP directory, hub id, or paint:default (the default)")
     p.add_argument("--task", action="append", help="built-in task name (repeatable; default: every built-in task)")
@@ -39,7 +39,7 @@ def with_epochs(cfg, epochs: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.triage import TriageConfig, run_triage, triage_table
+    from paint.studies.triage import TriageConfig, run_triage, triage_table
 
     overrides = {
         "output_dir": args.output_dir,

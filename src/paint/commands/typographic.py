@@ -58,7 +58,7 @@ def register(p: argparse.ArgumentParser) -> None:
     e.add_argument("--json", action="store_true", help="print JSON")
 
     u = sub.add_parser("run", help="patch on one task's attacked images; test on other tasks' attacked images")
-    u.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.typographic.TypographicConfig)")
+    u.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.typographic.TypographicConfig)")
     u.add_argument("--output-dir", help="run directory")
     u.add_argument("--model", help="HF CLIP directory, hub id, or paint:default (the default)")
     u.add_argument("--patch-task", help="task whose attacked images are fine-tuned on (default: shapes)")
@@ -87,7 +87,7 @@ def _render(args: argparse.Namespace) -> int:
     from paint.data.registry import load_task
     from paint.data.spec import TaskSpec
     from paint.data.task import SubsetSplit
-    from paint.typographic import AttackedSplit, AttackStyle, write_attacked_dataset
+    from paint.studies.typographic import AttackedSplit, AttackStyle, write_attacked_dataset
 
     style = parse_config(AttackStyle, _style_overrides(args), "attack style")
     task, _ = load_task(TaskSpec(name=args.task))
@@ -104,10 +104,10 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from paint.data.preprocess import preprocess_split
-    from paint.evaluate import predict
+    from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.typographic import attack_metrics, read_attacked_dir
+    from paint.studies.typographic import attack_metrics, read_attacked_dir
 
     classnames, templates = None, args.template or ["a photo of a {}."]
     if args.task:
@@ -131,7 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from paint.commands.triage import config_from_args, with_epochs
-    from paint.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
+    from paint.studies.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
 
     overrides = {
         "output_dir": args.output_dir,

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from paint.config import StrictModel
 from paint.data.preprocess import ImageSpec, normalize
-from paint.evaluate import logits_for
+from paint.evaluation.results import logits_for
 from paint.models.clip import image_features
 from paint.train.loop import FitResult, LoopConfig, fit
 from paint.weights.ops import is_image_tower_key

@@ -387,7 +387,7 @@ def greedy_soup(
     Args:
         candidates: fine-tuned state dicts of one architecture (lazy mappings are fine).
         evaluate: ``evaluate(state_dict) -> validation accuracy``, e.g. built on
-            :func:`paint.evaluate.evaluate_split`.
+            :func:`paint.evaluation.results.evaluate_split`.
         individual: the candidates' own accuracies when already known (skips evaluating them).
     """
     from paint.weights.stream import (

@@ -231,7 +231,7 @@ def merge_checkpoints(
 ) -> MergeStats:
     """Merge checkpoints on disk into an HF safetensors directory, streamed and atomic.
 
-    Only the weights are written; :func:`paint.merge.run_merge` adds config, tokenizer and
+    Only the weights are written; :func:`paint.pipeline.merge.run_merge` adds config, tokenizer and
     model card. Arguments as in :func:`merge_state_dicts`, plus the shard size.
     """
     m, w, p = resolve(method, len(models), weights, params)

@@ -82,7 +82,7 @@ def word_pair(rng: np.random.Generator) -> Pair:
     if rng.random() < LABELLED_SHARE:
         # A shape with a label on it: the typographic-attack setting, captioned honestly. world-v3c:
         # drawn like the shapes task (any background, either size) with the word written the way
-        # paint.typographic writes attacks (its default style), not large shapes on plain backgrounds.
+        # paint.studies.typographic writes attacks (its default style), not large shapes on plain backgrounds.
         shape = _choice(rng, R.SHAPES)
         colour, bg = _choice(rng, R.COLOUR_NAMES), _choice(rng, R.BACKGROUNDS)
         base = R.render_shape(shape, colour, bg, rng)

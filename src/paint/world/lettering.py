@@ -2,7 +2,7 @@
 
 :func:`render_text` writes a word on any image in an :class:`AttackStyle` (font, size, colour,
 position, opacity); the pixels are a pure function of (image, word, style, random stream).
-``paint.typographic`` attacks task images with it, and the world's corpus draws its labelled
+``paint.studies.typographic`` attacks task images with it, and the world's corpus draws its labelled
 shapes with it (world-v3c), so the pretraining data shows the attack's pixels.
 """
 

@@ -113,7 +113,7 @@ class Constrained:
 
     Accuracies are fractions; ``epsilon`` is in percentage points (1.0 = one point).
     ``constraint`` bounds every support task (``each``) or their mean (``mean``), as
-    :func:`paint.select.feasible` does.
+    :func:`paint.selection.rules.feasible` does.
     """
 
     groups: TaskGroups

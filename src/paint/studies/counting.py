@@ -29,7 +29,7 @@ from paint.config import CachedRun, dump_config
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
-from paint.select import GridSelection
+from paint.selection.rules import GridSelection
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
     sha256_strings,
@@ -169,11 +169,11 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
 
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
-    from paint.evaluate import ResultsStore, metrics_from_logits, predict
+    from paint.evaluation.results import ResultsStore, metrics_from_logits, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
-    from paint.select import select_candidates
+    from paint.pipeline.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
+    from paint.selection.rules import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
     from paint.weights.ops import interpolate
@@ -327,7 +327,7 @@ def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     ax2.legend(fontsize=6)
     ax2.grid(alpha=0.3)
     fig.suptitle(f"Counting: patched on counts {summary['seen_counts']}", fontsize=9)
-    from paint.report import save_figure
+    from paint.pipeline.report import save_figure
 
     return save_figure(fig, path)
 

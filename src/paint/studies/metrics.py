@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec
 from paint.errors import PaintError
-from paint.line import (
+from paint.evaluation.line import (
     LossData,
     line_point,
     loss_and_gradient,
@@ -225,7 +225,7 @@ def pair_metrics(
     from pathlib import Path
 
     from paint.models.clip import load_clip
-    from paint.patch import load_tasks, pick_device, prepare
+    from paint.pipeline.patch import load_tasks, pick_device, prepare
 
     bundle = load_clip(zeroshot, device=pick_device(device))
     theta_zs = bundle.image_tower_copy()
@@ -263,7 +263,7 @@ def run_metrics(run_dir: str, split: str = "val", alphas: Sequence[float] = BKT_
 
     from paint.config import load_config
     from paint.errors import PaintError
-    from paint.patch import PatchConfig
+    from paint.pipeline.patch import PatchConfig
     from paint.utils import write_json_atomic
 
     run = Path(run_dir)

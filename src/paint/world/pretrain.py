@@ -231,7 +231,7 @@ def zero_shot(
     """Zero-shot accuracy (percent) of a model on world tasks' splits (first ``limit`` images)."""
     from paint.data.preprocess import preprocess_split
     from paint.data.task import SubsetSplit
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.clip import ClipBundle
     from paint.models.heads import build_head
     from paint.world.tasks import world_task
@@ -418,7 +418,7 @@ def _sklearn_digits_zero_shot(bundle) -> float:
     """Zero-shot accuracy (percent) on paint's scikit-learn digits test split (the patching task)."""
     from paint.data.builtin import digits_task
     from paint.data.preprocess import preprocess_split
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.heads import build_head
 
     task, _ = digits_task()

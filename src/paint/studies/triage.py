@@ -312,7 +312,7 @@ def plot_kshot(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Linear-probe triage: few-shot probes vs zero-shot", fontsize=10)
-    from paint.report import save_figure
+    from paint.pipeline.report import save_figure
 
     return save_figure(fig, path)
 

@@ -28,10 +28,10 @@ from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
-from paint.evaluate import ResultKey, ResultsStore, evaluate_split
+from paint.evaluation.results import ResultKey, ResultsStore, evaluate_split
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, load_clip, save_clip
-from paint.search import SearchConfig
-from paint.select import rule_key, select_candidates
+from paint.selection.search import SearchConfig
+from paint.selection.rules import rule_key, select_candidates
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
 from paint.weights.ops import interpolate
@@ -71,7 +71,7 @@ class PatchConfig(CachedRun, StrictModel):
 
     One patching task: fine-tune, sweep (or ``search``), choose, test. Several patching tasks:
     the paper's multi-task modes (``modes``: joint, sequential, parallel), compared in a table
-    (see :mod:`paint.multitask`).
+    (see :mod:`paint.pipeline.multitask`).
     """
 
     model: str = DEFAULT_MODEL
@@ -365,8 +365,8 @@ def searched_points(
     batch_size: int,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Choose alpha with a search strategy; return the evaluated points (sorted) and the search record."""
-    from paint.line import line_measure
-    from paint.search import evaluator_for, run_search
+    from paint.evaluation.line import line_measure
+    from paint.selection.search import evaluator_for, run_search
 
     measure = line_measure(model, theta_zs, theta_ft, tasks, spec, "val", batch_size, store, model_id)
     patch = [t.name for t in tasks if t.role == "patch"]
@@ -381,8 +381,8 @@ def searched_points(
 
 
 def run_patch_multitask(cfg: PatchConfig, resume: bool) -> dict[str, Any]:
-    """Several patching tasks: run the configured modes of :mod:`paint.multitask`, compare them."""
-    from paint.multitask import MultitaskConfig, run_multitask
+    """Several patching tasks: run the configured modes of :mod:`paint.pipeline.multitask`, compare them."""
+    from paint.pipeline.multitask import MultitaskConfig, run_multitask
 
     mt = MultitaskConfig(
         model=cfg.model,
@@ -402,7 +402,7 @@ def run_patch_multitask(cfg: PatchConfig, resume: bool) -> dict[str, Any]:
 
 def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state: dict[str, torch.Tensor]) -> None:
     """Checkpoint with model card, plot, Markdown summary; ``summary.json`` last (it marks a finished run)."""
-    from paint.report import (
+    from paint.pipeline.report import (
         model_card,
         plot_tradeoff,
         points,

@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 from paint.config import CachedRun, StrictModel, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
-from paint.search import SearchConfig
+from paint.selection.search import SearchConfig
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
 
@@ -83,15 +83,15 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
                     color="white" if abs(m[i, j]) > 0.6 * lim else "black")
     fig.colorbar(im, ax=ax, label="accuracy - zero-shot (points)")
     ax.set_title(title or "Broad transfer: accuracy change after patching", fontsize=9)
-    from paint.report import save_figure
+    from paint.pipeline.report import save_figure
 
     return save_figure(fig, path)
 
 
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
-    from paint.line import line_point
-    from paint.multitask import (
+    from paint.evaluation.line import line_point
+    from paint.pipeline.multitask import (
         PatchContext,
         build_context,
         choose_on_line,

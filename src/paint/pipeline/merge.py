@@ -117,7 +117,7 @@ def accuracy_evaluator(
     """An ``evaluate(state_dict) -> accuracy`` callback on one validation split, for greedy soup.
 
     Each call loads the state dict into ``model`` (its weights are replaced) and runs
-    :func:`paint.evaluate.evaluate_split` with the given zero-shot ``head``.
+    :func:`paint.evaluation.results.evaluate_split` with the given zero-shot ``head``.
 
     Args:
         model: a transformers CLIPModel of the merged architecture.
@@ -127,7 +127,7 @@ def accuracy_evaluator(
         spec: the model's :class:`paint.data.preprocess.ImageSpec`.
         batch_size: evaluation batch size.
     """
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
 
     def evaluate(state_dict: Mapping[str, torch.Tensor]) -> float:
         model.load_state_dict(dict(state_dict), strict=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
-from paint.patch import PatchConfig, SelectionConfig, SweepConfig, run_patch
+from paint.pipeline.patch import PatchConfig, SelectionConfig, SweepConfig, run_patch
 from paint.train.finetune import FinetuneConfig
 
 DEMO_SUPPORT = ("shapes", "colours", "rendered-digits", "backgrounds")

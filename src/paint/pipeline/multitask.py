@@ -9,7 +9,7 @@
   with tau_i = theta_i - theta_zs; the alpha vector is searched coordinate by coordinate with
   the configured scalar strategy (``parallel_sweeps`` passes), each coordinate a line search.
 
-Every alpha is chosen on validation splits by :mod:`paint.search`; the reference of every
+Every alpha is chosen on validation splits by :mod:`paint.selection.search`; the reference of every
 objective (zero-shot accuracy and loss) is theta_zs, whatever line is searched. With one
 patching task the three modes are single-task PAINT. Test accuracies of each mode's final
 weights are compared in ``comparison.md`` / ``comparison.json``.
@@ -29,9 +29,9 @@ from pydantic import Field, model_validator
 from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec
 from paint.data.spec import TaskSpec
-from paint.evaluate import ResultsStore
+from paint.evaluation.results import ResultsStore
 from paint.models.clip import DEFAULT_MODEL
-from paint.search import (
+from paint.selection.search import (
     SearchConfig,
     SearchResult,
     TaskMetrics,
@@ -53,7 +53,7 @@ StateDict = dict[str, torch.Tensor]
 class PatchContext:
     """What every mode shares: the model, its preprocessing, prepared tasks, theta_zs, settings.
 
-    ``tasks`` are :class:`paint.patch.PreparedTask` (role ``patch`` or ``support``).
+    ``tasks`` are :class:`paint.pipeline.patch.PreparedTask` (role ``patch`` or ``support``).
     """
 
     model: torch.nn.Module
@@ -93,14 +93,14 @@ def state_id(theta: StateDict) -> str:
 
 def evaluate_state(ctx: PatchContext, theta: StateDict, split: str) -> TaskMetrics:
     """Metrics of the image tower ``theta`` on ``split`` of every task (cached in the store)."""
-    from paint.patch import evaluate_at
+    from paint.pipeline.patch import evaluate_at
 
     return evaluate_at(ctx.model, theta, theta, 0.0, ctx.tasks, split, ctx.store, f"state-{state_id(theta)}", ctx.spec, ctx.batch_size)
 
 
 def finetune_from(ctx: PatchContext, theta_start: StateDict, patch: Sequence[str], tag: str) -> StateDict:
     """Fine-tune the image tower from ``theta_start`` on the named tasks jointly; return theta_ft."""
-    from paint.line import set_image_tower
+    from paint.evaluation.line import set_image_tower
 
     set_image_tower(ctx.model, theta_start)
     sets = [TrainingSet(n, ctx.task(n).images["train"], ctx.task(n).labels["train"], ctx.task(n).head) for n in patch]
@@ -113,7 +113,7 @@ def finetune_from(ctx: PatchContext, theta_start: StateDict, patch: Sequence[str
 
 def choose_on_line(ctx: PatchContext, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> SearchResult:
     """Search alpha on theta_a -> theta_b with the configured strategy, referenced to theta_zs."""
-    from paint.line import line_measure
+    from paint.evaluation.line import line_measure
 
     model_id = f"{tag}{state_id(theta_a)}-{state_id(theta_b)}"
     measure = line_measure(ctx.model, theta_a, theta_b, ctx.tasks, ctx.spec, "val", ctx.batch_size, ctx.store, model_id)
@@ -142,7 +142,7 @@ class ModeResult:
 
 def patch_joint(ctx: PatchContext) -> ModeResult:
     """One fine-tune on the union of the patching tasks, one alpha."""
-    from paint.line import line_point
+    from paint.evaluation.line import line_point
 
     patch = ctx.patch_names
     theta_ft = finetune_from(ctx, ctx.theta_zs, patch, "joint/finetune")
@@ -152,7 +152,7 @@ def patch_joint(ctx: PatchContext) -> ModeResult:
 
 def patch_sequential(ctx: PatchContext) -> ModeResult:
     """Patch each task on top of the previous patch, choosing alpha at each step."""
-    from paint.line import line_point
+    from paint.evaluation.line import line_point
 
     theta = ctx.theta_zs
     alphas, searches = [], []
@@ -192,7 +192,7 @@ def parallel_merge(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Seq
 
 def search_parallel(ctx: PatchContext, thetas: Sequence[StateDict], sweeps: int = 1) -> tuple[list[float], list[SearchResult], StateDict]:
     """Coordinate-wise search of the alpha vector; returns (alphas, searches, final theta)."""
-    from paint.line import line_point
+    from paint.evaluation.line import line_point
 
     patch = ctx.patch_names
     alphas = [0.0] * len(thetas)
@@ -314,11 +314,11 @@ def build_context(
 ) -> tuple[PatchContext, Any]:
     """Load model and tasks (checked before any output), write the resolved config, prepare tasks.
 
-    ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.transfer.TransferConfig` (model,
+    ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
     revision, device, finetune, search, eval_batch_size, cache_path). Returns (context, bundle).
     """
     from paint.models.clip import load_clip
-    from paint.patch import check_output_dir, load_tasks, pick_device, prepare
+    from paint.pipeline.patch import check_output_dir, load_tasks, pick_device, prepare
     from paint.utils import sha256_strings
 
     check_output_dir(out, resume)

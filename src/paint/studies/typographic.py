@@ -45,7 +45,7 @@ from paint.config import CachedRun, dump_config, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
-from paint.select import GridSelection
+from paint.selection.rules import GridSelection
 from paint.train.finetune import FinetuneConfig
 from paint.utils import atomic_path, sha256_strings, write_json_atomic
 from paint.world.lettering import AttackStyle, render_text
@@ -364,11 +364,11 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
 
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
-    from paint.evaluate import ResultsStore, predict
+    from paint.evaluation.results import ResultsStore, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
-    from paint.select import select_candidates
+    from paint.pipeline.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
+    from paint.selection.rules import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
     from paint.weights.ops import interpolate
@@ -537,7 +537,7 @@ def plot_typographic_sweep(
     ax.set_title("Typographic attack: clean (solid) vs attacked (dashed)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
-    from paint.report import save_figure
+    from paint.pipeline.report import save_figure
 
     return save_figure(fig, path)
 

@@ -8,7 +8,7 @@ so one forward and one backward pass give both L(alpha) and its slope. The funct
 compute in the model's own dtype (a float64 copy of a tiny model checks against finite
 differences) and take gradients with ``torch.autograd.grad``, leaving ``.grad`` untouched.
 
-:func:`line_measure` turns all this into the ``measure`` that :mod:`paint.search` evaluates:
+:func:`line_measure` turns all this into the ``measure`` that :mod:`paint.selection.search` evaluates:
 alpha -> per-task validation metrics, cached in the run's results file.
 """
 
@@ -180,7 +180,7 @@ def line_derivative(
 
 
 class MemoryStore:
-    """The :class:`paint.evaluate.ResultsStore` interface without a file (nothing persists)."""
+    """The :class:`paint.evaluation.results.ResultsStore` interface without a file (nothing persists)."""
 
     def __init__(self) -> None:
         self._records: dict[tuple, dict] = {}
@@ -205,15 +205,15 @@ def line_measure(
     store=None,
     model_id: str = "",
 ):
-    """The ``measure`` for :class:`paint.search.Evaluator` on the line theta_zs -> theta_ft.
+    """The ``measure`` for :class:`paint.selection.search.Evaluator` on the line theta_zs -> theta_ft.
 
-    ``tasks`` are :class:`paint.patch.PreparedTask`; without a derivative the metrics come from
-    :func:`paint.patch.evaluate_at` (cached in ``store`` under ``model_id``), with one from
+    ``tasks`` are :class:`paint.pipeline.patch.PreparedTask`; without a derivative the metrics come from
+    :func:`paint.pipeline.patch.evaluate_at` (cached in ``store`` under ``model_id``), with one from
     :func:`line_derivative` per task (its ``dloss`` is stored too). Without ``store`` results
     are kept in memory only.
     """
-    from paint.evaluate import ResultKey
-    from paint.patch import evaluate_at
+    from paint.evaluation.results import ResultKey
+    from paint.pipeline.patch import evaluate_at
 
     if store is None:
         store = MemoryStore()

@@ -1,0 +1,1 @@
+"""The pipeline layer: run directories, the task pool, the patch operation, multi-task modes, reports."""

@@ -1,0 +1,1 @@
+"""Choosing coefficients: objectives, search strategies and the one selection config (pure: no model code)."""
