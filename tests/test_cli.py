@@ -15,7 +15,7 @@ def _config(tmp_path: Path, model: Path, **extra) -> Path:
         "output_dir": str(tmp_path / "run"),
         "patch_tasks": ["digits"],
         "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64, "warmup_steps": 2, "max_steps": 4},
-        "sweep": {"alphas": [0.0, 0.5, 1.0]},
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
         "eval_batch_size": 512,
     }
     cfg.update(extra)
@@ -46,7 +46,8 @@ def test_patch_end_to_end(tiny_clip_dir, tmp_path, capsys):
     assert weights == ["finetune/checkpoint/optimizer.safetensors", "finetune/checkpoint/trainable.safetensors", "model/model.safetensors"]
     # The resolved config round-trips.
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["finetune"]["max_steps"] == 4 and resolved["selection"]["rule"] == "mean"
+    assert resolved["finetune"]["max_steps"] == 4 and resolved["selection"]["objective"] == "constrained"
+    assert resolved["selection"]["constraint"] == "mean" and resolved["selection"]["epsilon"] == 1.0  # the one default
     # A second run without --resume is refused; with --resume it re-evaluates nothing.
     n_results = len((run / "results.jsonl").read_text().splitlines())
     assert main(["patch", str(cfg)]) == 2
@@ -72,7 +73,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
     _bad(capsys, ["patch", str(cfg)], "learning_rate: unknown field")
     cfg = _config(tmp_path, tiny_clip_dir, eval_batch_size="big")
     _bad(capsys, ["patch", str(cfg)], "eval_batch_size")
-    cfg = _config(tmp_path, tiny_clip_dir, sweep={"alphas": [0.0, 1.5]})
+    cfg = _config(tmp_path, tiny_clip_dir, selection={"alphas": [0.0, 1.5]})
     _bad(capsys, ["patch", str(cfg)], "outside [0, 1]")
     cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["no-such-task"])
     _bad(capsys, ["patch", str(cfg)], "no-such-task")
@@ -128,7 +129,7 @@ def test_bad_data_gives_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
 def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
     pets = _folder(tmp_path / "pets", {"cat": 10, "dog": 10})
     spec = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
-    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[spec], selection={"rule": "constrained", "epsilon": 1.0})
+    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[spec], selection={"alphas": [0.0, 0.5, 1.0], "objective": "constrained", "constraint": "each", "epsilon": 1.0})
     assert main(["patch", str(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test"]["pets"]["role"] == "support"
@@ -140,12 +141,12 @@ def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
 
 def test_patch_with_a_search_strategy_evaluates_fewer_points(tiny_clip_dir, tmp_path):
     search = {"strategy": "bounded", "objective": "mean_accuracy", "budget": 5}
-    cfg = _config(tmp_path, tiny_clip_dir, search=search)
+    cfg = _config(tmp_path, tiny_clip_dir, selection=search)
     assert main(["patch", str(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     info = summary["selection"]["search"]
     assert info["strategy"] == "bounded" and info["n_model_evals"] <= 5
-    assert summary["alpha"] == info["alpha"] and summary["selection"]["rule"] == "search:bounded/mean_accuracy"
+    assert summary["alpha"] == info["alpha"] and summary["selection"]["rule"] == "search:bounded/mean"
     assert {p["alpha"] for p in summary["sweep"]} == set(info["alphas_evaluated"]) | {0.0}
     assert 0.0 <= summary["test"]["digits"]["patched"] <= 1.0
 
@@ -154,7 +155,7 @@ def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
     pets = _folder(tmp_path / "pets", {"cat": 12, "dog": 12})
     second = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
     cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["digits", second], modes=["joint", "parallel"],
-                  sweep={"alphas": [0.0, 0.5, 1.0]})
+                  selection={"alphas": [0.0, 0.5, 1.0]})
     assert main(["patch", str(cfg)]) == 0
     run = tmp_path / "run"
     comparison = json.loads((run / "comparison.json").read_text())
@@ -175,4 +176,4 @@ def test_shipped_example_configs_validate():
     from paint.pipeline.multitask import MultitaskConfig
 
     mt = load_config(MultitaskConfig, root / "examples" / "multitask-digits-counting.yaml")
-    assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.search.constraint == "mean"
+    assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.selection.constraint == "mean"

@@ -66,17 +66,17 @@ def test_per_count_accuracy():
 
 
 def test_counting_workflow_trains_only_on_seen_counts(tmp_path, tiny_clip_dir, monkeypatch):
-    import paint.train.finetune as ft
+    import paint.pipeline.operation as op
     from paint.cli import main
 
     seen_labels = []
-    real = ft.finetune
+    real = op.finetune  # the one fine-tuning call of every workflow (the patch operation)
 
     def spy(model, sets, *args, **kwargs):
         seen_labels.extend(int(v) for s in sets for v in np.asarray(s.labels))
         return real(model, sets, *args, **kwargs)
 
-    monkeypatch.setattr(ft, "finetune", spy)
+    monkeypatch.setattr(op, "finetune", spy)
     cfg = {
         "model": str(tiny_clip_dir),
         "output_dir": str(tmp_path / "run"),
@@ -84,7 +84,7 @@ def test_counting_workflow_trains_only_on_seen_counts(tmp_path, tiny_clip_dir, m
         "support_tasks": ["shapes"],
         "max_train": 60,
         "max_eval": 40,
-        "alphas": [0.0, 0.5, 1.0],
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
     }
     path = tmp_path / "counting.yaml"

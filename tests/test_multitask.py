@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from paint.evaluation.results import ResultsStore
-from paint.selection.search import SearchConfig
+from paint.selection import SelectionConfig
 from paint.train.finetune import FinetuneConfig
 
 
@@ -35,21 +35,22 @@ def _colour_images(n, size, seed, palette):
 
 def _prepared(bundle, name, role, classnames, palette, seed):
     from paint.models.heads import zeroshot_head
-    from paint.pipeline.patch import PreparedTask
+    from paint.pipeline.pool import PoolTask
 
     size = bundle.spec.crop
     images, labels = {}, {}
     for i, split in enumerate(("train", "val", "test")):
         images[split], labels[split] = _colour_images((64, 32, 32)[i], size, seed + i, palette)
     head = zeroshot_head(bundle, classnames, ["a photo of the {}."])
-    return PreparedTask(name, role, tuple(classnames), ("a photo of the {}.",), images, labels,
+    return PoolTask(name, role, tuple(classnames), ("a photo of the {}.",), images, labels,
                         {s: f"{name}/{s}" for s in images}, head, {})
 
 
 @pytest.fixture()
 def ctx(tiny_clip_dir, tmp_path):
     from paint.models.clip import load_clip
-    from paint.pipeline.multitask import PatchContext
+    from paint.pipeline.multitask import MultitaskRun
+    from paint.pipeline.pool import TaskPool
 
     bundle = load_clip(str(tiny_clip_dir))
     tasks = [
@@ -58,9 +59,9 @@ def ctx(tiny_clip_dir, tmp_path):
         _prepared(bundle, "sup", "support", ["circle", "square"], [[90, 90, 90], [160, 160, 160]], 20),
     ]
     theta_zs = {k: v.clone() for k, v in bundle.image_tower_state().items()}
-    search = SearchConfig(strategy="grid", objective="mean_accuracy", grid=[0.0, 0.5, 1.0], budget=3)
-    return PatchContext(bundle.model, bundle.spec, tasks, theta_zs, search, FinetuneConfig(**FT),
-                        ResultsStore(tmp_path / "results.jsonl"), 64, tmp_path, False, "test")
+    selection = SelectionConfig(strategy="grid", objective="mean_accuracy", alphas=[0.0, 0.5, 1.0], budget=3)
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(tmp_path / "results.jsonl"), 64)
+    return MultitaskRun(pool, theta_zs, selection, FinetuneConfig(**FT), tmp_path, False, "test")
 
 
 def test_three_modes_and_comparison(ctx):
@@ -68,17 +69,17 @@ def test_three_modes_and_comparison(ctx):
 
     results = {m: run_mode(ctx, m) for m in ("joint", "sequential", "parallel")}
     assert len(results["joint"].alphas) == 1 and results["joint"].n_finetunes == 1
-    assert len(results["sequential"].alphas) == 2 and len(results["sequential"].searches) == 2
+    assert len(results["sequential"].alphas) == 2 and len(results["sequential"].choices) == 2
     assert len(results["parallel"].alphas) == 2 and results["parallel"].n_finetunes == 2
     for r in results.values():
         assert all(0.0 <= a <= 1.0 for a in r.alphas)
-        assert all(s.n_model_evals <= 3 for s in r.searches)
+        assert all(s.n_model_evals <= 3 for s in r.choices)
         assert set(r.theta) == set(ctx.theta_zs)
     # Sequential step 2 starts from step 1's patch: its search was on tasks {rgb, cmy}.
-    assert set(results["sequential"].searches[1].evaluations[0].metrics) == {"rgb", "cmy", "sup"}
+    assert set(results["sequential"].choices[1].sweep[0]["val"]) == {"rgb", "cmy", "sup"}
     rows = comparison_rows(ctx, list(results.values()))
     assert [r["mode"] for r in rows] == ["zero-shot", "joint", "sequential", "parallel"]
-    table = comparison_markdown(rows, ctx.patch_names, ctx.support_names)
+    table = comparison_markdown(rows, ctx.patch, ctx.support)
     assert table.count("\n") == 5 and "worst support drop" in table
 
 
@@ -107,15 +108,15 @@ def test_parallel_with_one_task_equals_single_task_patching(tiny_clip_dir, tmp_p
     common = {"model": str(tiny_clip_dir), "patch_tasks": ["digits"], "device": "cpu", "eval_batch_size": 128,
               "finetune": {**FT, "lr": 1e-2, "batch_size": 64, "max_steps": 6}}
     single = run_patch(parse_config(PatchConfig, {**common, "output_dir": str(tmp_path / "single"),
-                                                   "sweep": {"alphas": [0.0, 0.3, 0.6, 1.0]}, "selection": {"rule": "mean"}}))
-    search = {"strategy": "grid", "objective": "mean_accuracy", "grid": [0.0, 0.3, 0.6, 1.0]}
+                                                   "selection": {"alphas": [0.0, 0.3, 0.6, 1.0], "objective": "mean_accuracy"}}))
+    search = {"strategy": "grid", "objective": "mean_accuracy", "alphas": [0.0, 0.3, 0.6, 1.0]}
     multi = run_multitask(parse_config(MultitaskConfig, {**common, "output_dir": str(tmp_path / "multi"), "modes": ["parallel"],
-                                                          "search": search}))
+                                                          "selection": search}))
     assert multi["modes"]["parallel"]["alphas"] == [single["alpha"]]
     assert single["alpha"] > 0  # fine-tuning helped, so the equality is not the trivial alpha 0
     # The same validation accuracies along the line.
-    evs = multi["modes"]["parallel"]["searches"][0]["evaluations"]
-    assert {e["alpha"]: e["metrics"]["digits"]["accuracy"] for e in evs} == {p["alpha"]: p["val"]["digits"] for p in single["sweep"]}
+    line = multi["modes"]["parallel"]["choices"][0]["sweep"]
+    assert {p["alpha"]: p["val"]["digits"] for p in line} == {p["alpha"]: p["val"]["digits"] for p in single["sweep"]}
     a = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "multi" / "parallel" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

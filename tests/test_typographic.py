@@ -258,7 +258,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
         "transfer_tasks": ["colours"],
         "max_train": 48,
         "max_eval": 24,
-        "alphas": [0.0, 0.5, 1.0],
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
         "test_styles": {"serif": {"font": "DejaVuSerif.ttf"}, "low": {"position": "bottom", "jitter": 0.0}},
     }
@@ -269,7 +269,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
     for name in ("config.yaml", "results.jsonl", "summary.json", "summary.md", "sweep.png"):
         assert (run / name).is_file(), name
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["attack"]["opacity"] == 0.9 and resolved["alphas"] == [0.0, 0.5, 1.0]
+    assert resolved["attack"]["opacity"] == 0.9 and resolved["selection"]["alphas"] == [0.0, 0.5, 1.0]
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["test"]) == {"shapes", "colours"}
     assert summary["test"]["colours"]["role"] == "transfer"

@@ -12,8 +12,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.studies.demo import run_demo
     from paint.pipeline.report import points, test_table
+    from paint.studies.demo import run_demo
 
     summary = run_demo(args.output_dir, quick=args.quick, resume=args.resume)
     sel = summary["selection"]

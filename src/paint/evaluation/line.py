@@ -8,8 +8,8 @@ so one forward and one backward pass give both L(alpha) and its slope. The funct
 compute in the model's own dtype (a float64 copy of a tiny model checks against finite
 differences) and take gradients with ``torch.autograd.grad``, leaving ``.grad`` untouched.
 
-:func:`line_measure` turns all this into the ``measure`` that :mod:`paint.selection.search` evaluates:
-alpha -> per-task validation metrics, cached in the run's results file.
+The pipeline's task pool (:meth:`paint.pipeline.pool.TaskPool.measure`) turns this into the
+``measure`` that :mod:`paint.selection` evaluates.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.models.clip import image_features
-from paint.weights.ops import is_image_tower_key
-
-StateDict = Mapping[str, torch.Tensor]
+from paint.types import StateDict, is_image_tower_key
 
 
 @dataclass(frozen=True)
@@ -177,59 +175,3 @@ def line_derivative(
     set_image_tower(model, line_point(theta_zs, theta_ft, alpha))
     lg = loss_and_gradient(model, data, spec, batch_size)
     return LinePoint(alpha=float(alpha), loss=lg.loss, dloss=directional_derivative(lg.grads, theta_zs, theta_ft), accuracy=lg.accuracy)
-
-
-class MemoryStore:
-    """The :class:`paint.evaluation.results.ResultsStore` interface without a file (nothing persists)."""
-
-    def __init__(self) -> None:
-        self._records: dict[tuple, dict] = {}
-
-    def get(self, key):
-        return self._records.get(key.as_tuple())
-
-    def put(self, key, metrics: dict) -> dict:
-        rec = {"model": key.model, "alpha": float(key.alpha), "task": key.task, "split": key.split, **metrics}
-        self._records[key.as_tuple()] = rec
-        return rec
-
-
-def line_measure(
-    model: torch.nn.Module,
-    theta_zs: StateDict,
-    theta_ft: StateDict,
-    tasks: Sequence,
-    spec: ImageSpec,
-    split: str = "val",
-    batch_size: int = 256,
-    store=None,
-    model_id: str = "",
-):
-    """The ``measure`` for :class:`paint.selection.search.Evaluator` on the line theta_zs -> theta_ft.
-
-    ``tasks`` are :class:`paint.pipeline.patch.PreparedTask`; without a derivative the metrics come from
-    :func:`paint.pipeline.patch.evaluate_at` (cached in ``store`` under ``model_id``), with one from
-    :func:`line_derivative` per task (its ``dloss`` is stored too). Without ``store`` results
-    are kept in memory only.
-    """
-    from paint.evaluation.results import ResultKey
-    from paint.pipeline.patch import evaluate_at
-
-    if store is None:
-        store = MemoryStore()
-
-    def measure(alpha: float, grad: bool) -> dict[str, dict[str, float]]:
-        if not grad:
-            return evaluate_at(model, theta_zs, theta_ft, alpha, tasks, split, store, model_id, spec, batch_size, True)
-        out = {}
-        for t in tasks:
-            key = ResultKey(model_id, alpha, t.name, split)
-            rec = store.get(key)
-            if rec is None or "dloss" not in rec:
-                data = [LossData(t.images[split], t.labels[split], t.head)]
-                p = line_derivative(model, theta_zs, theta_ft, alpha, data, spec, batch_size)
-                rec = store.put(key, {"accuracy": p.accuracy, "loss": p.loss, "dloss": p.dloss, "n": int(len(t.labels[split]))})
-            out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "dloss": rec["dloss"], "n": rec["n"]}
-        return out
-
-    return measure

@@ -102,3 +102,18 @@ class ResultsStore:
 
     def records(self) -> list[dict[str, Any]]:
         return list(self._records.values())
+
+
+class MemoryStore:
+    """The :class:`ResultsStore` interface without a file (nothing persists)."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple, dict] = {}
+
+    def get(self, key):
+        return self._records.get(key.as_tuple())
+
+    def put(self, key, metrics: dict) -> dict:
+        rec = {"model": key.model, "alpha": float(key.alpha), "task": key.task, "split": key.split, **metrics}
+        self._records[key.as_tuple()] = rec
+        return rec

@@ -9,7 +9,7 @@
   with tau_i = theta_i - theta_zs; the alpha vector is searched coordinate by coordinate with
   the configured scalar strategy (``parallel_sweeps`` passes), each coordinate a line search.
 
-Every alpha is chosen on validation splits by :mod:`paint.selection.search`; the reference of every
+Every alpha is chosen on validation splits by :func:`paint.pipeline.operation.choose`; the reference of every
 objective (zero-shot accuracy and loss) is theta_zs, whatever line is searched. With one
 patching task the three modes are single-task PAINT. Test accuracies of each mode's final
 weights are compared in ``comparison.md`` / ``comparison.json``.
@@ -23,147 +23,107 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+import numpy as np
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
-from paint.data.preprocess import ImageSpec
+from paint.config import CachedRun, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.evaluation.results import ResultsStore
+from paint.errors import PaintError
 from paint.models.clip import DEFAULT_MODEL
-from paint.selection.search import (
-    SearchConfig,
-    SearchResult,
-    TaskMetrics,
-    evaluator_for,
-    run_search,
-)
-from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
-from paint.utils import hash_tensors, write_json_atomic, write_text_atomic
+from paint.pipeline.operation import Choice, choose, finetune_tower
+from paint.pipeline.pool import Line, TaskPool, state_id
+from paint.selection import SelectionConfig, SelectionFields
+from paint.selection.objectives import TaskMetrics
+from paint.train.finetune import FinetuneConfig
+from paint.types import StateDict
+from paint.utils import hash_tensors, sha256_strings, write_json_atomic, write_text_atomic
+from paint.weights.ops import add_task_vectors, task_vector
 
 Mode = Literal["joint", "sequential", "parallel"]
 MODES: tuple[str, ...] = ("joint", "sequential", "parallel")
-StateDict = dict[str, torch.Tensor]
 
 
-# ----------------------------------------------------------------------------- context and pieces
+# ----------------------------------------------------------------------------- the run and its pieces
 
 
 @dataclass
-class PatchContext:
-    """What every mode shares: the model, its preprocessing, prepared tasks, theta_zs, settings.
+class MultitaskRun:
+    """What every mode shares: the task pool, theta_zs, the settings and where checkpoints go."""
 
-    ``tasks`` are :class:`paint.pipeline.patch.PreparedTask` (role ``patch`` or ``support``).
-    """
-
-    model: torch.nn.Module
-    spec: ImageSpec
-    tasks: list
+    pool: TaskPool
     theta_zs: StateDict
-    search: SearchConfig
+    selection: SelectionConfig
     finetune: FinetuneConfig
-    store: ResultsStore
-    batch_size: int = 256
     out_dir: Path | None = None
     resume: bool = False
     fingerprint: str = ""
     _reference: TaskMetrics | None = field(default=None, repr=False)
 
     @property
-    def patch_names(self) -> list[str]:
-        return [t.name for t in self.tasks if t.role == "patch"]
+    def patch(self) -> list[str]:
+        return self.pool.names("patch")
 
     @property
-    def support_names(self) -> list[str]:
-        return [t.name for t in self.tasks if t.role == "support"]
-
-    def task(self, name: str):
-        return next(t for t in self.tasks if t.name == name)
+    def support(self) -> list[str]:
+        return self.pool.names("support")
 
     def reference(self) -> TaskMetrics:
         """Validation metrics of theta_zs on every task (measured once, stored)."""
         if self._reference is None:
-            self._reference = evaluate_state(self, self.theta_zs, "val")
+            self._reference = self.pool.evaluate_state(self.theta_zs, "val")
         return self._reference
 
+    def finetune_from(self, theta_start: StateDict, names: Sequence[str], tag: str) -> StateDict:
+        """Fine-tune from ``theta_start`` on the named tasks jointly; return theta_ft."""
+        out = self.out_dir / tag if self.out_dir is not None else None
+        fp = f"{self.fingerprint}/{tag}/{state_id(theta_start)}"
+        theta_ft, _ = finetune_tower(self.pool, theta_start, names, self.finetune, out, self.resume, fp)
+        return theta_ft
 
-def state_id(theta: StateDict) -> str:
-    return hash_tensors(theta)[:16]
-
-
-def evaluate_state(ctx: PatchContext, theta: StateDict, split: str) -> TaskMetrics:
-    """Metrics of the image tower ``theta`` on ``split`` of every task (cached in the store)."""
-    from paint.pipeline.patch import evaluate_at
-
-    return evaluate_at(ctx.model, theta, theta, 0.0, ctx.tasks, split, ctx.store, f"state-{state_id(theta)}", ctx.spec, ctx.batch_size)
-
-
-def finetune_from(ctx: PatchContext, theta_start: StateDict, patch: Sequence[str], tag: str) -> StateDict:
-    """Fine-tune the image tower from ``theta_start`` on the named tasks jointly; return theta_ft."""
-    from paint.evaluation.line import set_image_tower
-
-    set_image_tower(ctx.model, theta_start)
-    sets = [TrainingSet(n, ctx.task(n).images["train"], ctx.task(n).labels["train"], ctx.task(n).head) for n in patch]
-    out = ctx.out_dir / tag if ctx.out_dir is not None else None
-    fp = f"{ctx.fingerprint}/{tag}/{state_id(theta_start)}"
-    finetune(ctx.model, sets, ctx.spec, ctx.finetune, out, resume=ctx.resume, fingerprint=fp)
-    state = ctx.model.state_dict()
-    return {k: state[k].detach().clone() for k in theta_start}
-
-
-def choose_on_line(ctx: PatchContext, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> SearchResult:
-    """Search alpha on theta_a -> theta_b with the configured strategy, referenced to theta_zs."""
-    from paint.evaluation.line import line_measure
-
-    model_id = f"{tag}{state_id(theta_a)}-{state_id(theta_b)}"
-    measure = line_measure(ctx.model, theta_a, theta_b, ctx.tasks, ctx.spec, "val", ctx.batch_size, ctx.store, model_id)
-    ev = evaluator_for(ctx.search, measure, patch, ctx.support_names, reference=ctx.reference())
-    return run_search(ev, ctx.search)
+    def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> Choice:
+        """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs."""
+        line = Line.between(theta_a, theta_b, tag)
+        return choose(self.pool, line, self.selection, patch, self.support, reference=self.reference())
 
 
 @dataclass
 class ModeResult:
-    """A mode's final weights, its alphas and every search it ran."""
+    """A mode's final weights, its alphas and every choice it made."""
 
     mode: str
     theta: StateDict
     alphas: list[float]
-    searches: list[SearchResult]
+    choices: list[Choice]
     n_finetunes: int
     seconds: float = 0.0
 
     @property
     def n_model_evals(self) -> int:
-        return sum(s.n_model_evals for s in self.searches)
+        return sum(c.n_model_evals for c in self.choices)
 
 
 # ----------------------------------------------------------------------------- the three modes
 
 
-def patch_joint(ctx: PatchContext) -> ModeResult:
+def patch_joint(ctx: MultitaskRun) -> ModeResult:
     """One fine-tune on the union of the patching tasks, one alpha."""
-    from paint.evaluation.line import line_point
-
-    patch = ctx.patch_names
-    theta_ft = finetune_from(ctx, ctx.theta_zs, patch, "joint/finetune")
-    res = choose_on_line(ctx, ctx.theta_zs, theta_ft, patch, "joint/")
-    return ModeResult("joint", line_point(ctx.theta_zs, theta_ft, res.alpha), [res.alpha], [res], 1)
+    theta_ft = ctx.finetune_from(ctx.theta_zs, ctx.patch, "joint/finetune")
+    res = ctx.choose_on_line(ctx.theta_zs, theta_ft, ctx.patch, "joint/")
+    return ModeResult("joint", Line.between(ctx.theta_zs, theta_ft).at(res.alpha), [res.alpha], [res], 1)
 
 
-def patch_sequential(ctx: PatchContext) -> ModeResult:
+def patch_sequential(ctx: MultitaskRun) -> ModeResult:
     """Patch each task on top of the previous patch, choosing alpha at each step."""
-    from paint.evaluation.line import line_point
-
     theta = ctx.theta_zs
-    alphas, searches = [], []
-    patch = ctx.patch_names
+    alphas, choices = [], []
+    patch = ctx.patch
     for i, name in enumerate(patch):
-        theta_ft = finetune_from(ctx, theta, [name], f"sequential/{i}-{name}/finetune")
-        res = choose_on_line(ctx, theta, theta_ft, patch[: i + 1], f"sequential/{i}/")
-        theta = line_point(theta, theta_ft, res.alpha)
+        theta_ft = ctx.finetune_from(theta, [name], f"sequential/{i}-{name}/finetune")
+        res = ctx.choose_on_line(theta, theta_ft, patch[: i + 1], f"sequential/{i}/")
+        theta = Line.between(theta, theta_ft).at(res.alpha)
         alphas.append(res.alpha)
-        searches.append(res)
-    return ModeResult("sequential", theta, alphas, searches, len(patch))
+        choices.append(res)
+    return ModeResult("sequential", theta, alphas, choices, len(patch))
 
 
 def parallel_line(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequence[float], i: int) -> tuple[StateDict, StateDict]:
@@ -172,8 +132,6 @@ def parallel_line(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequ
     When every other alpha is 0 the line is exactly theta_zs -> theta_i (no rounding), so
     parallel patching of one task reproduces single-task patching bit for bit.
     """
-    from paint.weights.ops import add_task_vectors, task_vector
-
     others = [(j, a) for j, a in enumerate(alphas) if j != i and a != 0.0]
     if not others:
         return theta_zs, thetas[i]
@@ -185,38 +143,33 @@ def parallel_line(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequ
 
 def parallel_merge(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequence[float]) -> StateDict:
     """theta_zs + sum_i alpha_i (theta_i - theta_zs)."""
-    from paint.weights.ops import add_task_vectors, task_vector
-
     return add_task_vectors(theta_zs, [task_vector(theta_zs, t) for t in thetas], list(alphas))
 
 
-def search_parallel(ctx: PatchContext, thetas: Sequence[StateDict], sweeps: int = 1) -> tuple[list[float], list[SearchResult], StateDict]:
-    """Coordinate-wise search of the alpha vector; returns (alphas, searches, final theta)."""
-    from paint.evaluation.line import line_point
-
-    patch = ctx.patch_names
+def search_parallel(ctx: MultitaskRun, thetas: Sequence[StateDict], sweeps: int = 1) -> tuple[list[float], list[Choice], StateDict]:
+    """Coordinate-wise search of the alpha vector; returns (alphas, choices, final theta)."""
     alphas = [0.0] * len(thetas)
-    searches: list[SearchResult] = []
+    choices: list[Choice] = []
     theta = ctx.theta_zs
     for s in range(sweeps):
         for i in range(len(thetas)):
             base, end = parallel_line(ctx.theta_zs, thetas, alphas, i)
-            res = choose_on_line(ctx, base, end, patch, f"parallel/{s}/{i}/")
+            res = ctx.choose_on_line(base, end, ctx.patch, f"parallel/{s}/{i}/")
             alphas[i] = res.alpha
-            searches.append(res)
-            theta = line_point(base, end, res.alpha)  # = parallel_merge(...) up to rounding
-    return alphas, searches, theta
+            choices.append(res)
+            theta = Line.between(base, end).at(res.alpha)  # = parallel_merge(...) up to rounding
+    return alphas, choices, theta
 
 
-def patch_parallel(ctx: PatchContext, sweeps: int = 1) -> ModeResult:
+def patch_parallel(ctx: MultitaskRun, sweeps: int = 1) -> ModeResult:
     """Fine-tune each task from theta_zs; search the alpha vector of their task vectors."""
-    patch = ctx.patch_names
-    thetas = [finetune_from(ctx, ctx.theta_zs, [n], f"parallel/{i}-{n}/finetune") for i, n in enumerate(patch)]
-    alphas, searches, theta = search_parallel(ctx, thetas, sweeps)
-    return ModeResult("parallel", theta, alphas, searches, len(patch))
+    thetas = [ctx.finetune_from(ctx.theta_zs, [n], f"parallel/{i}-{n}/finetune") for i, n in enumerate(ctx.patch)]
+    alphas, choices, theta = search_parallel(ctx, thetas, sweeps)
+    return ModeResult("parallel", theta, alphas, choices, len(ctx.patch))
 
 
-def run_mode(ctx: PatchContext, mode: str, parallel_sweeps: int = 1) -> ModeResult:
+def run_mode(ctx: MultitaskRun, mode: str, parallel_sweeps: int = 1) -> ModeResult:
+    """Run one mode, timed."""
     t0 = time.time()
     if mode == "joint":
         r = patch_joint(ctx)
@@ -225,8 +178,6 @@ def run_mode(ctx: PatchContext, mode: str, parallel_sweeps: int = 1) -> ModeResu
     elif mode == "parallel":
         r = patch_parallel(ctx, parallel_sweeps)
     else:
-        from paint.errors import PaintError
-
         raise PaintError(f"unknown multi-task mode {mode!r}; choose from: {', '.join(MODES)}")
     r.seconds = time.time() - t0
     return r
@@ -235,22 +186,20 @@ def run_mode(ctx: PatchContext, mode: str, parallel_sweeps: int = 1) -> ModeResu
 # ----------------------------------------------------------------------------- comparison
 
 
-def comparison_rows(ctx: PatchContext, results: Sequence[ModeResult]) -> list[dict[str, Any]]:
+def comparison_rows(ctx: MultitaskRun, results: Sequence[ModeResult]) -> list[dict[str, Any]]:
     """One row per mode (and zero-shot): test accuracy per task, group means, costs."""
-    import numpy as np
-
-    zs = evaluate_state(ctx, ctx.theta_zs, "test")
+    zs = ctx.pool.evaluate_state(ctx.theta_zs, "test")
     rows = []
     for label, theta, r in [("zero-shot", ctx.theta_zs, None)] + [(m.mode, m.theta, m) for m in results]:
-        test = zs if r is None else evaluate_state(ctx, theta, "test")
+        test = zs if r is None else ctx.pool.evaluate_state(theta, "test")
         acc = {n: test[n]["accuracy"] for n in test}
-        support = ctx.support_names
+        support = ctx.support
         rows.append(
             {
                 "mode": label,
                 "alphas": [] if r is None else r.alphas,
                 "test": acc,
-                "patch_mean": float(np.mean([acc[n] for n in ctx.patch_names])),
+                "patch_mean": float(np.mean([acc[n] for n in ctx.patch])),
                 "support_mean": float(np.mean([acc[n] for n in support])) if support else None,
                 "worst_support_drop": float(min(acc[n] - zs[n]["accuracy"] for n in support)) if support else None,
                 "finetunes": 0 if r is None else r.n_finetunes,
@@ -281,7 +230,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], su
 # ----------------------------------------------------------------------------- config and entry point
 
 
-class MultitaskConfig(CachedRun, StrictModel):
+class MultitaskConfig(CachedRun, SelectionFields):
     """``paint multitask``: several patching tasks, one or more modes, a comparison table."""
 
     model: str = DEFAULT_MODEL
@@ -291,7 +240,6 @@ class MultitaskConfig(CachedRun, StrictModel):
     support_tasks: list[TaskSpec] = Field(default_factory=list)
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
     parallel_sweeps: int = Field(1, ge=1, description="coordinate-search passes over the alpha vector")
     save_models: bool = Field(True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model")
     eval_batch_size: int = Field(256, ge=1)
@@ -309,43 +257,30 @@ class MultitaskConfig(CachedRun, StrictModel):
         return self
 
 
-def build_context(
-    cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec]
-) -> tuple[PatchContext, Any]:
-    """Load model and tasks (checked before any output), write the resolved config, prepare tasks.
+def start_run(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec]) -> tuple[MultitaskRun, Any]:
+    """Load model and tasks (checked before any output), open the run, prepare the pool.
 
     ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
-    revision, device, finetune, search, eval_batch_size, cache_path). Returns (context, bundle).
+    revision, device, finetune, selection, eval_batch_size, cache_path). Returns (run, bundle).
     """
-    from paint.models.clip import load_clip
-    from paint.pipeline.patch import check_output_dir, load_tasks, pick_device, prepare
-    from paint.utils import sha256_strings
+    from paint.pipeline.patch import start_pool
 
-    check_output_dir(out, resume)
-    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
-    loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    tasks = prepare(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
+    pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs)
     theta_zs = bundle.image_tower_copy()
     fp = sha256_strings([bundle.text_identity, hash_tensors(theta_zs), cfg.finetune.model_dump_json(),
-                         *(f"{t.name}:{t.identities.get('train', '')}" for t in tasks)])
-    ctx = PatchContext(bundle.model, bundle.spec, tasks, theta_zs, cfg.search, cfg.finetune,
-                       ResultsStore(out / "results.jsonl"), cfg.eval_batch_size, out, resume, fp)
-    return ctx, bundle
+                         *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks)])
+    return MultitaskRun(pool, theta_zs, cfg.selection, cfg.finetune, out, resume, fp), bundle
 
 
 def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints."""
     from paint.models.clip import save_clip
+    from paint.pipeline.run import check_output_dir
 
     t0 = time.time()
     out = Path(cfg.output_dir)
-    if (out / "comparison.json").exists() and not resume:
-        from paint.errors import PaintError
-
-        raise PaintError(f"{out} already holds a finished run; choose a new output_dir")
-    ctx, bundle = build_context(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
+    check_output_dir(out, resume, "comparison.json")
+    ctx, bundle = start_run(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
     results = [run_mode(ctx, m, cfg.parallel_sweeps) for m in cfg.modes]
     rows = comparison_rows(ctx, results)
     if cfg.save_models:
@@ -354,18 +289,30 @@ def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
             save_clip(bundle, out / r.mode / "model", state_dict={**full, **r.theta})
     summary = {
         "model": cfg.model,
-        "patch_tasks": ctx.patch_names,
-        "support_tasks": ctx.support_names,
-        "search": cfg.search.model_dump(mode="json"),
-        "modes": {r.mode: {"alphas": r.alphas, "searches": [s.to_dict() for s in r.searches], "finetunes": r.n_finetunes,
-                           "model_evals": r.n_model_evals, "seconds": round(r.seconds, 2)} for r in results},
+        "patch_tasks": ctx.patch,
+        "support_tasks": ctx.support,
+        "selection": cfg.selection.model_dump(mode="json"),
+        "modes": {r.mode: {"alphas": r.alphas, "choices": [c.record() | {"alpha": c.alpha, "n_model_evals": c.n_model_evals, "sweep": c.sweep}
+                                                             for c in r.choices],
+                           "finetunes": r.n_finetunes, "model_evals": r.n_model_evals, "seconds": round(r.seconds, 2)}
+                  for r in results},
         "comparison": rows,
         "timing_s": {"total": round(time.time() - t0, 2)},
     }
-    table = comparison_markdown(rows, ctx.patch_names, ctx.support_names)
-    header = (f"# Multi-task patching: {', '.join(ctx.patch_names)}\n\nTest accuracy (%); alphas chosen on validation "
-              f"by `{cfg.search.strategy}` on `{cfg.search.objective}`.")
+    table = comparison_markdown(rows, ctx.patch, ctx.support)
+    header = (f"# Multi-task patching: {', '.join(ctx.patch)}\n\nTest accuracy (%); alphas chosen on validation "
+              f"by `{cfg.selection.strategy}` on `{cfg.selection.rule_name}`.")
     write_text_atomic(out / "comparison.md", f"{header}\n\n{table}\n")
     write_json_atomic(out / "comparison.json", summary)
     summary["table"] = table
     return summary
+
+
+def run_patch_multitask(cfg: Any, resume: bool) -> dict[str, Any]:
+    """``paint patch`` with several patching tasks: run its ``modes`` and compare them."""
+    mt = MultitaskConfig(
+        model=cfg.model, revision=cfg.revision, output_dir=cfg.output_dir, patch_tasks=cfg.patch_tasks,
+        support_tasks=cfg.support_tasks, modes=cfg.modes, finetune=cfg.finetune, selection=cfg.selection,
+        eval_batch_size=cfg.eval_batch_size, cache_dir=cfg.cache_dir, device=cfg.device,
+    )
+    return run_multitask(mt, resume=resume)

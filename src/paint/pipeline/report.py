@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from paint.utils import atomic_path, write_text_atomic
+from paint.utils import write_text_atomic
 
 
 def points(epsilon: float) -> str:
@@ -46,14 +46,11 @@ def plot_tradeoff(
     title: str = "PAINT: accuracy trade-off over alpha (validation)",
 ) -> Path:
     """The paper's figure: patching accuracy against mean support accuracy, one point per alpha."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from paint.plotting import new_figure
 
     xs = [100 * sum(p["val"][t] for t in support) / max(1, len(support)) for p in sweep]
     ys = [100 * sum(p["val"][t] for t in patch) / len(patch) for p in sweep]
-    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=120)
+    fig, ax = new_figure(figsize=(5.5, 4.5), dpi=120)
     ax.plot(xs, ys, "-o", color="tab:blue", markersize=4, label="theta_alpha")
     for p, x, y in zip(sweep, xs, ys):
         ax.annotate(f"{float(p['alpha']):.2g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
@@ -69,19 +66,9 @@ def plot_tradeoff(
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
+    from paint.plotting import save_figure
+
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: str | Path) -> Path:
-    """Lay out, write atomically as PNG, close; every plot of paint goes through here."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return out
 
 
 def model_card(summary: Mapping[str, Any], config_yaml: str) -> str:

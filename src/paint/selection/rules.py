@@ -1,14 +1,11 @@
-"""Choosing alpha from a grid sweep on validation splits.
+"""Choosing alpha from points already evaluated (a grid sweep): every rule is an objective.
 
-Two rules, both reported in every run:
+The rules reported by every run are the objectives of :mod:`paint.selection.objectives` applied to
+the same sweep through the grid strategy's evaluator:
 
-- ``mean``: the highest mean of (mean patching-task accuracy, mean support-task accuracy):
-  the two groups weigh the same, whatever their number of tasks.
-- ``constrained``: the highest mean patching accuracy subject to the support tasks staying
-  within ``epsilon`` points of their zero-shot (alpha = 0) accuracy: the paper's intent
-  ("improve the patching task, keep the supported tasks within about one point").
-  ``constraint="each"`` bounds every support task; ``constraint="mean"`` bounds their mean
-  (the paper's single ImageNet number plays that role).
+- ``mean``: the highest mean of (mean patching accuracy, mean support accuracy);
+- ``constrained-mean`` / ``constrained-each``: the highest mean patching accuracy with the support
+  tasks' mean (or every support task) within ``epsilon`` points of zero-shot (alpha = 0).
 
 Ties go to the smaller alpha (closer to the zero-shot model).
 """
@@ -16,116 +13,72 @@ Ties go to the smaller alpha (closer to the zero-shot model).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any
 
-import numpy as np
-from pydantic import Field, field_validator
-
-from paint.config import StrictModel, alpha_grid
 from paint.errors import PaintError
+from paint.selection.config import rule_key
+from paint.selection.evaluator import Evaluator, alpha_key
+from paint.selection.objectives import TaskMetrics, make_objective
 
-Rule = Literal["mean", "constrained"]
-Constraint = Literal["each", "mean"]
-SweepPoint = Mapping[str, object]  # {"alpha": float, "val": {task: accuracy}}
-
-
-def _group_mean(accs: Mapping[str, float], tasks: Sequence[str]) -> float:
-    return float(np.mean([accs[t] for t in tasks])) if tasks else float("nan")
+SweepPoint = Mapping[str, Any]  # {"alpha": float, "val": {task: accuracy}, "val_loss"?: {task: loss}}
+REPORTED_RULES: tuple[tuple[str, str], ...] = (("mean_accuracy", "mean"), ("constrained", "each"), ("constrained", "mean"))
 
 
-def mean_score(accs: Mapping[str, float], patch: Sequence[str], support: Sequence[str]) -> float:
-    """Mean of the patching group's and the support group's mean accuracy."""
-    if not support:
-        return _group_mean(accs, patch)
-    return 0.5 * (_group_mean(accs, patch) + _group_mean(accs, support))
-
-
-def feasible(
-    accs: Mapping[str, float],
-    zeroshot: Mapping[str, float],
-    support: Sequence[str],
-    epsilon: float,
-    constraint: Constraint = "each",
-) -> bool:
-    """Support accuracy within ``epsilon`` points (accuracies are fractions) of zero-shot.
-
-    ``each``: every support task; ``mean``: the mean over support tasks.
-    """
-    bound = epsilon / 100.0 + 1e-12
-    if constraint == "mean":
-        return not support or _group_mean(accs, support) >= _group_mean(zeroshot, support) - bound
-    return all(accs[t] >= zeroshot[t] - bound for t in support)
+def point_metrics(point: SweepPoint) -> TaskMetrics:
+    """A sweep point's validation metrics as the objectives read them."""
+    losses = point.get("val_loss") or {}
+    return {t: {"accuracy": float(a), **({"loss": float(losses[t])} if t in losses else {})} for t, a in point["val"].items()}
 
 
 def select_alpha(
     sweep: Sequence[SweepPoint],
     patch: Sequence[str],
     support: Sequence[str],
-    rule: Rule = "mean",
+    objective: str = "constrained",
     epsilon: float = 1.0,
-    constraint: Constraint = "each",
-) -> dict[str, object]:
-    """Pick alpha from sweep points; return ``{"alpha", "rule", "score", "feasible"}``.
+    constraint: str = "mean",
+    reference: TaskMetrics | None = None,
+) -> dict[str, Any]:
+    """The best alpha of a sweep under one objective: ``{"alpha", "rule", "score", "feasible"}``.
 
     Args:
-        sweep: points with ``alpha`` and ``val`` accuracies (fractions) per task; must include alpha 0
-            for the constrained rule.
+        sweep: points with ``alpha`` and ``val`` accuracies (fractions) per task; must include
+            alpha 0 (the zero-shot reference).
         patch: patching task names.
         support: support task names.
-        rule: ``mean`` or ``constrained``.
+        objective: ``constrained``, ``mean_accuracy`` (or ``mean``), or ``loss_sum`` (needs ``val_loss``).
         epsilon: allowed support drop in accuracy points, for ``constrained``.
-        constraint: ``each`` support task or their ``mean``, for ``constrained``.
+        constraint: bound the support tasks' ``mean`` or ``each`` of them, for ``constrained``.
+        reference: the zero-shot metrics when they are not the sweep's alpha 0 (a line that starts
+            elsewhere, as in sequential multi-task patching).
+
+    Example:
+        >>> sweep = [{"alpha": 0.0, "val": {"p": 0.2, "s": 0.9}}, {"alpha": 0.5, "val": {"p": 0.8, "s": 0.895}}]
+        >>> select_alpha(sweep, ["p"], ["s"])["alpha"]
+        0.5
     """
     if not sweep:
         raise PaintError("the sweep is empty: give at least one alpha")
-    points = sorted(sweep, key=lambda p: float(p["alpha"]))
-    if rule == "mean":
-        scored = [(mean_score(p["val"], patch, support), -float(p["alpha"]), p) for p in points]
-        score, _, best = max(scored, key=lambda x: (x[0], x[1]))
-        return {"alpha": float(best["alpha"]), "rule": rule, "score": score, "feasible": True}
-    if rule == "constrained":
-        zs = next((p for p in points if float(p["alpha"]) == 0.0), None)
-        if zs is None:
-            raise PaintError("the constrained rule needs alpha 0 in the sweep (the zero-shot reference)")
-        ok = [p for p in points if feasible(p["val"], zs["val"], support, epsilon, constraint)]
-        score, _, best = max(((_group_mean(p["val"], patch), -float(p["alpha"]), p) for p in ok), key=lambda x: (x[0], x[1]))
-        return {"alpha": float(best["alpha"]), "rule": rule, "score": score, "feasible": True, "epsilon": epsilon, "constraint": constraint}
-    raise PaintError(f"unknown selection rule {rule!r}; use 'mean' or 'constrained'")
-
-
-def rule_key(rule: Rule, constraint: Constraint = "each") -> str:
-    """The name of a rule as reported: ``mean``, ``constrained-each`` or ``constrained-mean``."""
-    return "mean" if rule == "mean" else f"constrained-{constraint}"
+    by_alpha = {alpha_key(float(p["alpha"])): point_metrics(p) for p in sweep}
+    if 0.0 not in by_alpha and reference is None:
+        raise PaintError("choosing alpha needs alpha 0 in the sweep (the zero-shot reference)")
+    name = "mean_accuracy" if objective == "mean" else objective
+    ev = Evaluator(lambda a, grad: by_alpha[a], make_objective(name, patch, support, epsilon, constraint), None, reference, bounds=None)
+    for a in sorted(by_alpha):
+        ev(a)
+    best = ev.best()
+    out: dict[str, Any] = {"alpha": best.alpha, "rule": rule_key(name, constraint), "score": -best.value, "feasible": best.feasible}
+    if name == "constrained":
+        out.update(epsilon=epsilon, constraint=constraint)
+    return out
 
 
 def select_candidates(
-    sweep: Sequence[SweepPoint], patch: Sequence[str], support: Sequence[str], epsilon: float = 1.0
-) -> dict[str, dict[str, object]]:
-    """Every rule's choice, keyed by :func:`rule_key`: runs report all of them, whichever they use."""
-    return {
-        "mean": select_alpha(sweep, patch, support, "mean"),
-        "constrained-each": select_alpha(sweep, patch, support, "constrained", epsilon, "each"),
-        "constrained-mean": select_alpha(sweep, patch, support, "constrained", epsilon, "mean"),
-    }
-
-
-class GridSelection(StrictModel):
-    """Config fields of runs that sweep an alpha grid on validation and pick alpha by a rule.
-
-    ``rule`` and ``constraint`` name the rule used (reported as :func:`rule_key`); every rule's
-    choice is reported beside it. The default bounds the support tasks' mean, as ``paint demo`` does.
-    """
-
-    alphas: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], min_length=1)
-    rule: Rule = "constrained"
-    epsilon: float = Field(1.0, ge=0.0)
-    constraint: Constraint = "mean"
-
-    @field_validator("alphas")
-    @classmethod
-    def _alphas(cls, v: list[float]) -> list[float]:
-        return alpha_grid(v)
-
-    @property
-    def rule_name(self) -> str:
-        return rule_key(self.rule, self.constraint)
+    sweep: Sequence[SweepPoint],
+    patch: Sequence[str],
+    support: Sequence[str],
+    epsilon: float = 1.0,
+    reference: TaskMetrics | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every reported rule's choice, keyed by :func:`paint.selection.config.rule_key`."""
+    return {rule_key(o, c): select_alpha(sweep, patch, support, o, epsilon, c, reference) for o, c in REPORTED_RULES}

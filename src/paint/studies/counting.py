@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,13 +26,15 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, dump_config
+from paint.config import CachedRun
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
-from paint.selection.rules import GridSelection
+from paint.evaluation.results import ResultsStore
+from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
+    hash_tensors,
     sha256_strings,
     write_json_atomic,
     write_text_atomic,
@@ -47,7 +50,7 @@ def _default_support() -> list[TaskSpec]:
     return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
 
 
-class CountingConfig(CachedRun, GridSelection):
+class CountingConfig(CachedRun, SelectionFields):
     """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
 
     ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
@@ -160,23 +163,16 @@ def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequenc
 def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     """Run the counting study; return the summary (also written to ``summary.json``).
 
-    Steps: split counting into seen and held-out counts; fine-tune the image tower on seen
-    counts (zero-shot head over all counts, frozen); sweep alpha on validation (seen counts +
-    support tasks); choose alpha; report test accuracy on seen counts, each held-out count
+    Steps: split counting into seen and held-out counts; the patch operation (fine-tune the image
+    tower on seen counts, zero-shot head over all counts frozen; choose alpha on validation: seen
+    counts + support tasks); report test accuracy on seen counts, each held-out count
     (interpolation / extrapolation) and the support tasks at alpha 0, the chosen alpha and 1.
     """
-    from tqdm.auto import tqdm
-
-    from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
-    from paint.evaluation.results import ResultsStore, metrics_from_logits, predict
     from paint.models.clip import load_clip
-    from paint.models.heads import zeroshot_head
-    from paint.pipeline.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
-    from paint.selection.rules import select_candidates
-    from paint.train.finetune import TrainingSet, finetune
-    from paint.utils import hash_tensors
-    from paint.weights.ops import interpolate
+    from paint.pipeline.operation import patch
+    from paint.pipeline.pool import TaskPool, load_tasks, pick_device
+    from paint.pipeline.run import check_output_dir, open_run
 
     t0 = time.time()
     out = Path(cfg.output_dir)
@@ -186,81 +182,19 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     counts = class_counts(task, cfg.counts)
     kinds = heldout_kinds(counts, cfg.heldout)
     splits = counting_splits(task, counts, cfg.heldout)
-    supports = []
-    for spec in cfg.support_tasks:
-        st, _ = load_task(spec)
-        for split in ("val", "test"):
-            st.split(split)  # fail before any output on a missing or empty split
-        supports.append(st)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    cache = cfg.cache_path / "images"
-    spec = bundle.spec
-
-    def images(split: ImageSplit, cap: int | None) -> tuple[torch.Tensor, np.ndarray]:
-        s = _cap(split, cap, cfg.seed)
-        return torch.as_tensor(preprocess_split(s, spec, cache_dir=cache, progress=True)), np.asarray(s.labels)
-
-    head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
-    x_train, y_train = images(splits["train"], cfg.max_train)
-    if np.isin(y_train, [counts.index(c) for c in cfg.heldout]).any():  # the guarantee, checked on the real data
-        raise PaintError("internal error: a held-out count reached the fine-tuning set")
-    val_imgs, val_labels = {}, {}
-    for key in ["val"] + [f"val-{c}" for c in cfg.heldout]:
-        val_imgs[key], val_labels[key] = images(splits[key], cfg.max_eval)
-    x_test, y_test = images(task.split("test"), cfg.max_eval)
-
-    prepared = [PreparedTask(f"{task.name}/seen", "patch", task.classnames, task.templates, {"val": val_imgs["val"]}, {"val": val_labels["val"]}, {}, head, {})]
-    for c in cfg.heldout:
-        key = f"val-{c}"
-        prepared.append(PreparedTask(f"{task.name}/{c} (report only)", "heldout", task.classnames, task.templates, {"val": val_imgs[key]}, {"val": val_labels[key]}, {}, head, {}))
-    support_test = {}
-    for st in tqdm(supports, desc="support tasks", dynamic_ncols=True):
-        h = zeroshot_head(bundle, st.classnames, st.templates, cache_dir=cfg.cache_path)
-        xv, yv = images(st.split("val"), cfg.max_eval)
-        xt, yt = images(st.split("test"), cfg.max_eval)
-        prepared.append(PreparedTask(st.name, "support", st.classnames, st.templates, {"val": xv}, {"val": yv}, {}, h, {}))
-        support_test[st.name] = (h, xt, yt)
-
-    model = bundle.model
+    supports = [t for _, t, _ in load_tasks(cfg.support_tasks, "support")]  # fail before any output
+    open_run(out, cfg, resume)
+    data = prepare_counting(cfg, bundle, task, counts, splits, supports)
+    pool = TaskPool(bundle.model, bundle.spec, data.pool_tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
     fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
-    t_ft = time.time()
-    fit = finetune(model, [TrainingSet(task.name, x_train, y_train, head)], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
-    t_ft = time.time() - t_ft
-    theta_ft = bundle.image_tower_copy()
-    model_id = interpolation_id(theta_zs, theta_ft)
-
-    store = ResultsStore(out / "results.jsonl")
-    sweep = sweep_alphas(cfg.alphas, model, theta_zs, theta_ft, prepared, store, model_id, spec, cfg.eval_batch_size)
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
-    selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
-    chosen_rule = cfg.rule_name
-    chosen = float(selections[chosen_rule]["alpha"])
-
-    seen_test = seen_mask(y_test, counts, cfg.heldout)
-    test: dict[str, Any] = {}
-    for label, alpha in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0)):
-        model.load_state_dict(interpolate(theta_zs, theta_ft, alpha), strict=False)
-        logits = predict(model, head, x_test, spec, cfg.eval_batch_size)
-        per_count = per_count_accuracy(logits, y_test, counts)
-        row = {
-            "alpha": alpha,
-            "all": metrics_from_logits(logits, y_test)["accuracy"],
-            "seen": metrics_from_logits(logits[torch.as_tensor(seen_test)], y_test[seen_test])["accuracy"],
-            "per_count": per_count,
-            "heldout": {str(c): per_count.get(c, float("nan")) for c in cfg.heldout},
-        }
-        for kind in ("interpolation", "extrapolation"):
-            cs = [c for c, k in kinds.items() if k == kind]
-            row[kind] = float(np.mean([per_count.get(c, float("nan")) for c in cs])) if cs else None
-        row["support"] = {}
-        for name, (h, xt, yt) in support_test.items():
-            row["support"][name] = metrics_from_logits(predict(model, h, xt, spec, cfg.eval_batch_size), yt)["accuracy"]
-        row["support_mean"] = float(np.mean(list(row["support"].values()))) if row["support"] else None
-        test[label] = row
-    model.load_state_dict(theta_zs, strict=False)
-
+    res = patch(pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, out / "finetune", resume, fingerprint,
+                sets=[data.train])
+    chosen = res.choice.alpha
+    test = {label: counting_test_row(pool, res.line.at(a), a, data, counts, cfg.heldout, kinds)
+            for label, a in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0))}
+    pool.load(theta_zs)
     summary = {
         "model": cfg.model,
         "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
@@ -268,16 +202,89 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         "counts": counts,
         "heldout": {str(c): kinds[c] for c in cfg.heldout},
         "seen_counts": [c for c in counts if c not in cfg.heldout],
-        "sizes": {"train": int(len(y_train)), "val_seen": int(len(val_labels["val"])), "test": int(len(y_test))},
+        "sizes": {"train": int(len(data.train.labels)), "val_seen": int(len(pool.task(patch_names[0]).labels["val"])),
+                  "test": int(len(data.y_test))},
         "alpha": chosen,
-        "selection": {"rule": chosen_rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
-        "sweep": sweep,
+        "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
+        "sweep": res.choice.sweep,
         "test": test,
-        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
-        "timing_s": {"finetune": round(t_ft, 2), "total": round(time.time() - t0, 2)},
+        "finetune": {"history": res.fit.history, "steps": res.fit.steps, "resumed_from_epoch": res.fit.resumed_from_epoch},
+        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }
     _write_reports(out, summary)
     return summary
+
+
+@dataclass
+class CountingData:
+    """Preprocessed counting data: pool entries for the sweep, the training set, test images and support tests."""
+
+    pool_tasks: list[Any]
+    train: Any
+    head: torch.Tensor
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    support_test: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]
+
+
+def prepare_counting(cfg: CountingConfig, bundle: Any, task: Task, counts: list[int], splits: dict[str, ImageSplit],
+                     supports: Sequence[Task]) -> CountingData:
+    """Preprocess (cached) every split the study uses and build the heads."""
+    from paint.data.preprocess import preprocess_split
+    from paint.models.heads import zeroshot_head
+    from paint.pipeline.pool import PoolTask
+    from paint.train.finetune import TrainingSet
+
+    cache = cfg.cache_path / "images"
+
+    def images(split: ImageSplit, cap: int | None) -> tuple[torch.Tensor, np.ndarray]:
+        s = _cap(split, cap, cfg.seed)
+        return torch.as_tensor(preprocess_split(s, bundle.spec, cache_dir=cache, progress=True)), np.asarray(s.labels)
+
+    head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
+    x_train, y_train = images(splits["train"], cfg.max_train)
+    if np.isin(y_train, [counts.index(c) for c in cfg.heldout]).any():  # the guarantee, checked on the real data
+        raise PaintError("internal error: a held-out count reached the fine-tuning set")
+
+    def entry(name: str, role: str, split: ImageSplit, h: torch.Tensor, t: Task) -> PoolTask:
+        x, y = images(split, cfg.max_eval)
+        return PoolTask(name, role, t.classnames, t.templates, {"val": x}, {"val": y}, {}, h, {})
+
+    pool_tasks = [entry(f"{task.name}/seen", "patch", splits["val"], head, task)]
+    pool_tasks += [entry(f"{task.name}/{c} (report only)", "heldout", splits[f"val-{c}"], head, task) for c in cfg.heldout]
+    support_test = {}
+    for st in supports:
+        h = zeroshot_head(bundle, st.classnames, st.templates, cache_dir=cfg.cache_path)
+        pool_tasks.append(entry(st.name, "support", st.split("val"), h, st))
+        support_test[st.name] = (h, *images(st.split("test"), cfg.max_eval))
+    x_test, y_test = images(task.split("test"), cfg.max_eval)
+    return CountingData(pool_tasks, TrainingSet(task.name, x_train, y_train, head), head, x_test, y_test, support_test)
+
+
+def counting_test_row(pool: Any, theta: Any, alpha: float, data: CountingData, counts: list[int], heldout: Sequence[int],
+                      kinds: dict[int, str]) -> dict[str, Any]:
+    """Test accuracy at one image tower: all, seen counts, each count, held-out kinds, support tasks."""
+    from paint.evaluation.results import metrics_from_logits, predict
+
+    pool.load(theta)
+    bs = pool.batch_size
+    logits = predict(pool.model, data.head, data.x_test, pool.spec, bs)
+    per_count = per_count_accuracy(logits, data.y_test, counts)
+    seen = seen_mask(data.y_test, counts, heldout)
+    row = {
+        "alpha": alpha,
+        "all": metrics_from_logits(logits, data.y_test)["accuracy"],
+        "seen": metrics_from_logits(logits[torch.as_tensor(seen)], data.y_test[seen])["accuracy"],
+        "per_count": per_count,
+        "heldout": {str(c): per_count.get(c, float("nan")) for c in heldout},
+    }
+    for kind in ("interpolation", "extrapolation"):
+        cs = [c for c, k in kinds.items() if k == kind]
+        row[kind] = float(np.mean([per_count.get(c, float("nan")) for c in cs])) if cs else None
+    row["support"] = {name: metrics_from_logits(predict(pool.model, h, xt, pool.spec, bs), yt)["accuracy"]
+                      for name, (h, xt, yt) in data.support_test.items()}
+    row["support_mean"] = float(np.mean(list(row["support"].values()))) if row["support"] else None
+    return row
 
 
 # --------------------------------------------------------------------------- reports
@@ -298,12 +305,9 @@ def counting_table(summary: dict[str, Any]) -> str:
 
 def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     """Left: test accuracy per count (held-out counts marked); right: validation sweep over alpha."""
-    import matplotlib
+    from paint.plotting import new_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=120)
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8), dpi=120)
     counts = summary["counts"]
     width = 0.27
     for j, label in enumerate(("zeroshot", "patched", "finetuned")):
@@ -327,7 +331,7 @@ def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     ax2.legend(fontsize=6)
     ax2.grid(alpha=0.3)
     fig.suptitle(f"Counting: patched on counts {summary['seen_counts']}", fontsize=9)
-    from paint.pipeline.report import save_figure
+    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 

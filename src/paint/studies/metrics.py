@@ -225,7 +225,7 @@ def pair_metrics(
     from pathlib import Path
 
     from paint.models.clip import load_clip
-    from paint.pipeline.patch import load_tasks, pick_device, prepare
+    from paint.pipeline.pool import load_tasks, pick_device, prepare_tasks
 
     bundle = load_clip(zeroshot, device=pick_device(device))
     theta_zs = bundle.image_tower_copy()
@@ -244,7 +244,7 @@ def pair_metrics(
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="paint-metrics-"))
     names_s = {t.name for t in support}
     loaded = load_tasks(support, "support") + load_tasks([t for t in cka_tasks if t.name not in names_s], "support")
-    prepared = {t.name: t for t in prepare(bundle, loaded, cache, batch_size)}
+    prepared = {t.name: t for t in prepare_tasks(bundle, loaded, cache, batch_size)}
     sup = _loss_data([prepared[t.name] for t in support], split)
     cka = {t.name: prepared[t.name].images[split] for t in cka_tasks}
     out = transfer_metrics(bundle.model, theta_zs, theta_ft, sup, cka, bundle.spec, alphas, batch_size)

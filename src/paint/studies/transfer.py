@@ -16,15 +16,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, StrictModel, first_duplicate
+from paint.config import CachedRun, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
-from paint.selection.search import SearchConfig
+from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
 
 
-class TransferConfig(CachedRun, StrictModel):
+class TransferConfig(CachedRun, SelectionFields):
     """``paint transfer``: which tasks to patch one by one and evaluate across."""
 
     model: str = DEFAULT_MODEL
@@ -33,7 +33,6 @@ class TransferConfig(CachedRun, StrictModel):
     tasks: list[TaskSpec] = Field(min_length=2, description="each is patched in turn; all are evaluated")
     support_tasks: list[TaskSpec] = Field(default_factory=list, description="kept within epsilon by the constrained objective")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    search: SearchConfig = Field(default_factory=SearchConfig)
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -62,16 +61,14 @@ def matrix_markdown(matrix: Sequence[Sequence[float]], tasks: Sequence[str], alp
 
 def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Heatmap of the delta matrix (points), diverging colours centred on 0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from paint.plotting import new_figure
 
     m = np.asarray(matrix, dtype=float)
     lim = max(1.0, float(np.abs(m).max()))
     n = len(tasks)
-    fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.0 * n + 1.8), dpi=120)
+    fig, ax = new_figure(figsize=(1.2 * n + 2.5, 1.0 * n + 1.8), dpi=120)
     im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim)
     ax.set_xticks(range(n), labels=tasks, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(n), labels=tasks, fontsize=8)
@@ -83,45 +80,38 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
                     color="white" if abs(m[i, j]) > 0.6 * lim else "black")
     fig.colorbar(im, ax=ax, label="accuracy - zero-shot (points)")
     ax.set_title(title or "Broad transfer: accuracy change after patching", fontsize=9)
-    from paint.pipeline.report import save_figure
+    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 
 
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
-    from paint.evaluation.line import line_point
-    from paint.pipeline.multitask import (
-        PatchContext,
-        build_context,
-        choose_on_line,
-        evaluate_state,
-        finetune_from,
-    )
+    from paint.pipeline.multitask import MultitaskRun, start_run
+    from paint.pipeline.operation import choose
+    from paint.pipeline.pool import Line, TaskPool
+    from paint.pipeline.run import check_output_dir
 
     t0 = time.time()
     out = Path(cfg.output_dir)
-    if (out / "transfer.json").exists() and not resume:
-        from paint.errors import PaintError
-
-        raise PaintError(f"{out} already holds a finished run; choose a new output_dir")
-    ctx, _ = build_context(cfg, out, resume, cfg.tasks, cfg.support_tasks)
-    names = [t.name for t in cfg.tasks]
-    zs = evaluate_state(ctx, ctx.theta_zs, "test")
+    check_output_dir(out, resume, "transfer.json")
+    ctx, _ = start_run(cfg, out, resume, cfg.tasks, cfg.support_tasks)
+    pool, names = ctx.pool, [t.name for t in cfg.tasks]
+    zs = pool.evaluate_state(ctx.theta_zs, "test")
     patched, finetuned, alphas, searches = {}, {}, [], {}
     for i, name in enumerate(names):
         # The objective sees only task i as patching (plus the support tasks): the other tasks
         # of the list must not influence the choice whose transfer to them is measured.
-        sub = PatchContext(ctx.model, ctx.spec, [t for t in ctx.tasks if t.name == name or t.role == "support"],
-                           ctx.theta_zs, ctx.search, ctx.finetune, ctx.store, ctx.batch_size, ctx.out_dir, ctx.resume,
-                           ctx.fingerprint)
-        theta_ft = finetune_from(sub, ctx.theta_zs, [name], f"{i}-{name}/finetune")
-        res = choose_on_line(sub, ctx.theta_zs, theta_ft, [name], f"transfer/{i}/")
-        theta = line_point(ctx.theta_zs, theta_ft, res.alpha)
-        patched[name] = {k: v["accuracy"] for k, v in evaluate_state(ctx, theta, "test").items()}
-        finetuned[name] = {k: v["accuracy"] for k, v in evaluate_state(ctx, theta_ft, "test").items()}
+        sub = TaskPool(pool.model, pool.spec, [t for t in pool.tasks if t.name == name or t.role == "support"],
+                       pool.store, pool.batch_size)
+        one = MultitaskRun(sub, ctx.theta_zs, cfg.selection, cfg.finetune, out, resume, ctx.fingerprint)
+        theta_ft = one.finetune_from(ctx.theta_zs, [name], f"{i}-{name}/finetune")
+        line = Line.between(ctx.theta_zs, theta_ft, f"transfer/{i}/")
+        res = choose(sub, line, cfg.selection, [name], one.support, reference=one.reference())
+        patched[name] = {k: v["accuracy"] for k, v in pool.evaluate_state(line.at(res.alpha), "test").items()}
+        finetuned[name] = {k: v["accuracy"] for k, v in pool.evaluate_state(theta_ft, "test").items()}
         alphas.append(res.alpha)
-        searches[name] = res.to_dict()
+        searches[name] = res.record() | {"alpha": res.alpha, "n_model_evals": res.n_model_evals, "sweep": res.sweep}
     zs_acc = {k: v["accuracy"] for k, v in zs.items()}
     matrix = delta_matrix(zs_acc, patched, names)
     matrix_ft = delta_matrix(zs_acc, finetuned, names)
@@ -142,7 +132,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     write_text_atomic(
         out / "transfer.md",
         "# Broad transfer\n\nTest accuracy change (points) of the model patched on each row's task, at the alpha "
-        f"chosen on its validation split (`{cfg.search.strategy}` on `{cfg.search.objective}`).\n\n{table}\n\n"
+        f"chosen on its validation split (`{cfg.selection.strategy}` on `{cfg.selection.rule_name}`).\n\n{table}\n\n"
         f"Fine-tuned end (alpha = 1):\n\n{matrix_markdown(matrix_ft, names, [1.0] * len(names))}\n\n![transfer](transfer.png)\n",
     )
     write_json_atomic(out / "transfer.json", summary)

@@ -283,15 +283,12 @@ def triage_table(results: dict[str, dict[str, Any]], shots: Sequence[int], thres
 
 def plot_kshot(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """One panel per task: k-shot probe accuracy against k (log2), zero-shot and full probe as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from paint.plotting import new_figure
 
     n = max(1, len(results))
     cols = min(4, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=110, squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(3.2 * cols, 2.8 * rows), dpi=110, squeeze=False)
     for ax, (task, r) in zip(axes.ravel(), results.items()):
         ks = [p["k"] for p in r["kshot"]]
         acc = np.array([100 * p["accuracy"] for p in r["kshot"]])
@@ -312,7 +309,7 @@ def plot_kshot(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Linear-probe triage: few-shot probes vs zero-shot", fontsize=10)
-    from paint.pipeline.report import save_figure
+    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 

@@ -41,13 +41,14 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, dump_config, first_duplicate
+from paint.config import CachedRun, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
-from paint.selection.rules import GridSelection
+from paint.evaluation.results import ResultsStore
+from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
-from paint.utils import atomic_path, sha256_strings, write_json_atomic
+from paint.utils import atomic_path, hash_tensors, sha256_strings, write_json_atomic
 from paint.world.lettering import AttackStyle, render_text
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -297,7 +298,7 @@ def _demo_finetune() -> FinetuneConfig:
     return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
 
 
-class TypographicConfig(CachedRun, GridSelection):
+class TypographicConfig(CachedRun, SelectionFields):
     """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
 
     The patched task is chosen by ``patch_task``; alpha is selected on validation using the
@@ -355,128 +356,139 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     """Run the typographic-attack case study; return the summary (also in ``summary.json``).
 
     Steps: build attacked views of every task (the word = another class, seeded); write the
-    attacked test sets in the paper's file convention and read them back; fine-tune the image
-    tower on the patch task's attacked training images (true labels, head frozen); sweep alpha on
-    validation; choose alpha; report clean and attacked test accuracy and ASR at alpha 0, the
-    chosen alpha and 1, for the patch task and the held-out transfer tasks.
+    attacked test sets in the paper's file convention and read them back; the patch operation
+    (fine-tune the image tower on the patch task's clean + attacked training images, true labels,
+    head frozen; choose alpha on validation); report clean and attacked test accuracy and ASR at
+    alpha 0, the chosen alpha and 1, for the patch task and the held-out transfer tasks.
     """
-    from tqdm.auto import tqdm
-
-    from paint.data.preprocess import preprocess_split
-    from paint.data.registry import load_task
-    from paint.evaluation.results import ResultsStore, predict
     from paint.models.clip import load_clip
-    from paint.models.heads import zeroshot_head
-    from paint.pipeline.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
-    from paint.selection.rules import select_candidates
-    from paint.train.finetune import TrainingSet, finetune
-    from paint.utils import hash_tensors
-    from paint.weights.ops import interpolate
+    from paint.pipeline.operation import patch
+    from paint.pipeline.pool import TaskPool, load_tasks, pick_device
+    from paint.pipeline.run import check_output_dir, open_run
 
     t0 = time.time()
     out = Path(cfg.output_dir)
     check_output_dir(out, resume)
     bundle = load_clip(cfg.model, device=pick_device(cfg.device))
-    specs = [("patch", cfg.patch_task)] + [("transfer", t) for t in cfg.transfer_tasks] + [("support", t) for t in cfg.support_tasks]
-    loaded = []
-    for role, spec in specs:
-        task, _ = load_task(spec)
-        for s in ("train", "val", "test") if role == "patch" else ("val", "test"):
-            task.split(s)
-        loaded.append((role, task))
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    cache = cfg.cache_path / "images"
-
-    prepared: list[PreparedTask] = []  # one entry per (task, clean|attacked) for the sweep
-    test_sets: dict[str, dict[str, Any]] = {}
-    train_set = None
-    for k, (role, task) in enumerate(tqdm(loaded, desc="prepare tasks", dynamic_ncols=True)):
-        head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
-        clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
-        attacked = {s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i) for i, s in enumerate(("val", "test"))}
-        imgs_c = {s: preprocess_split(clean[s], bundle.spec, cache_dir=cache, progress=True) for s in clean}
-        imgs_a = {"val": preprocess_split(attacked["val"], bundle.spec, cache_dir=cache, progress=True)}
-        if cfg.write_images and role != "support":
-            # The attacked test set goes to disk in the paper's convention and is read back from there.
-            folder = out / "data" / task.name / "test"
-            if not (resume and (folder / "attack.json").is_file()):
-                write_attacked_dataset(attacked["test"], folder)
-            back, _ = read_attacked_dir(folder, task.classnames)
-            if not (np.array_equal(back.labels, attacked["test"].labels) and np.array_equal(back.texts, attacked["test"].texts)):
-                raise PaintError(f"{folder}: the attacked images read back do not match what was written; delete the folder and rerun")
-            imgs_a["test"] = preprocess_split(back, bundle.spec, cache_dir=None, progress=True)
-            texts_test = back.texts
-        else:
-            imgs_a["test"] = preprocess_split(attacked["test"], bundle.spec, cache_dir=cache, progress=True)
-            texts_test = attacked["test"].texts
-        labels = {s: np.asarray(clean[s].labels) for s in clean}
-        for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a)):
-            prepared.append(PreparedTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {}))
-        test_sets[task.name] = {"role": role, "head": head, "clean": imgs_c["test"], "attacked": imgs_a["test"], "labels": labels["test"], "texts": texts_test}
-        if role != "support":
-            styled = {n: AttackedSplit(clean["test"], task.classnames, st, attacked["test"].seed) for n, st in cfg.test_styles.items()}
-            test_sets[task.name]["styles"] = {n: (preprocess_split(a, bundle.spec, cache_dir=cache, progress=True), a.texts) for n, a in styled.items()}
-        if role == "patch":
-            base_train = _cap(task.split("train"), cfg.max_train, cfg.seed)
-            atk_train = AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7)
-            x = preprocess_split(atk_train, bundle.spec, cache_dir=cache, progress=True)
-            y = np.asarray(base_train.labels)
-            if cfg.train_on == "both":
-                x = torch.cat([torch.as_tensor(preprocess_split(base_train, bundle.spec, cache_dir=cache, progress=True)), torch.as_tensor(x)])
-                y = np.concatenate([y, y])
-            train_set = TrainingSet(task.name, torch.as_tensor(x), y, head)
-
-    model, spec = bundle.model, bundle.spec
+    loaded = load_tasks([cfg.patch_task], "patch") + load_tasks(cfg.transfer_tasks, "transfer") + load_tasks(cfg.support_tasks, "support")
+    open_run(out, cfg, resume)
+    views = [prepare_views(cfg, bundle, role, task, k, out, resume) for k, (role, task, _) in enumerate(loaded)]
+    pool = TaskPool(bundle.model, bundle.spec, [t for v in views for t in v.pool_tasks], ResultsStore(out / "results.jsonl"),
+                    cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
-    fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})])  # test styles do not change training
-    t_ft = time.time()
-    fit = finetune(model, [train_set], spec, cfg.finetune, out / "finetune", resume=resume, fingerprint=fingerprint)
-    t_ft = time.time() - t_ft
-    theta_ft = bundle.image_tower_copy()
-    model_id = interpolation_id(theta_zs, theta_ft)
-
-    store = ResultsStore(out / "results.jsonl")
-    sweep = sweep_alphas(cfg.alphas, model, theta_zs, theta_ft, prepared, store, model_id, spec, cfg.eval_batch_size)
+    # test styles do not change training
+    fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})])
     p = cfg.patch_task.name
     patch_names = [f"{p}/attacked"]
     clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
     support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
-    selections = select_candidates(sweep, patch_names, support_names, cfg.epsilon)
-    chosen_rule = cfg.rule_name
-    chosen = float(selections[chosen_rule]["alpha"])
-
-    test: dict[str, dict[str, Any]] = {}
-    for label, alpha in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0)):
-        model.load_state_dict(interpolate(theta_zs, theta_ft, alpha), strict=False)
-        for name, ts in test_sets.items():
-            lc = predict(model, ts["head"], ts["clean"], spec, cfg.eval_batch_size)
-            la = predict(model, ts["head"], ts["attacked"], spec, cfg.eval_batch_size)
-            test.setdefault(name, {"role": ts["role"]})[label] = {"alpha": alpha, **attack_metrics(lc, la, ts["labels"], ts["texts"])}
-            if ts.get("styles"):
-                test[name][label]["styles"] = {
-                    n: attack_metrics(lc, predict(model, ts["head"], imgs, spec, cfg.eval_batch_size), ts["labels"], texts)
-                    for n, (imgs, texts) in ts["styles"].items()
-                }
-    model.load_state_dict(theta_zs, strict=False)
-
+    train = next(v.train for v in views if v.train is not None)
+    res = patch(pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, out / "finetune", resume, fingerprint, sets=[train])
+    alphas = {"zeroshot": 0.0, "patched": res.choice.alpha, "finetuned": 1.0}
+    test = {v.name: {"role": v.role, **{label: test_views(pool, res.line.at(a), v, cfg.eval_batch_size) | {"alpha": a}
+                                        for label, a in alphas.items()}} for v in views}
+    pool.load(theta_zs)
     summary = {
         "model": cfg.model,
         "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
         "patch_task": p,
         "transfer_tasks": [t.name for t in cfg.transfer_tasks],
         "support_tasks": [t.name for t in cfg.support_tasks],
-        "alpha": chosen,
-        "selection": {"rule": chosen_rule, "epsilon": cfg.epsilon, "patching": patch_names, "support": support_names, "candidates": selections},
-        "sweep": sweep,
+        "alpha": res.choice.alpha,
+        "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
+        "sweep": res.choice.sweep,
         "test": test,
         "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",
         "test_styles": {n: st.model_dump(mode="json") for n, st in cfg.test_styles.items()},
-        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
-        "timing_s": {"finetune": round(t_ft, 2), "total": round(time.time() - t0, 2)},
+        "finetune": {"history": res.fit.history, "steps": res.fit.steps, "resumed_from_epoch": res.fit.resumed_from_epoch},
+        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }
     _write_typographic_reports(out, summary)
     return summary
+
+
+@dataclass
+class TaskViews:
+    """One task's clean and attacked views: pool entries for the sweep, test images, training set."""
+
+    name: str
+    role: str
+    pool_tasks: list[Any]
+    head: torch.Tensor
+    test: dict[str, Any]  # clean, attacked, labels, texts, styles: {name: (images, texts)}
+    train: Any = None  # TrainingSet of the patch task
+
+
+def prepare_views(cfg: TypographicConfig, bundle: Any, role: str, task: Task, k: int, out: Path, resume: bool) -> TaskViews:
+    """Preprocess a task's clean and attacked splits (cached) and build its head."""
+    from paint.data.preprocess import preprocess_split
+    from paint.models.heads import zeroshot_head
+    from paint.pipeline.pool import PoolTask
+
+    cache = cfg.cache_path / "images"
+
+    def pre(split: Any, cached: bool = True) -> torch.Tensor:
+        return torch.as_tensor(preprocess_split(split, bundle.spec, cache_dir=cache if cached else None, progress=True))
+
+    head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
+    clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
+    attacked = {s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i) for i, s in enumerate(("val", "test"))}
+    labels = {s: np.asarray(clean[s].labels) for s in clean}
+    imgs_c = {s: pre(clean[s]) for s in clean}
+    imgs_a = {"val": pre(attacked["val"])}
+    if cfg.write_images and role != "support":
+        back = write_and_read_back(attacked["test"], out / "data" / task.name / "test", task.classnames, resume)
+        imgs_a["test"], texts = pre(back, cached=False), back.texts
+    else:
+        imgs_a["test"], texts = pre(attacked["test"]), attacked["test"].texts
+    pool_tasks = [PoolTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {})
+                  for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a))]
+    test = {"clean": imgs_c["test"], "attacked": imgs_a["test"], "labels": labels["test"], "texts": texts, "styles": {}}
+    if role != "support":
+        for n, st in cfg.test_styles.items():
+            styled = AttackedSplit(clean["test"], task.classnames, st, attacked["test"].seed)
+            test["styles"][n] = (pre(styled), styled.texts)
+    views = TaskViews(task.name, role, pool_tasks, head, test)
+    if role == "patch":
+        views.train = attacked_training_set(cfg, task, head, pre)
+    return views
+
+
+def write_and_read_back(split: AttackedSplit, folder: Path, classnames: Sequence[str], resume: bool) -> TypographicSplit:
+    """The attacked test set goes to disk in the paper's convention and is read back from there."""
+    if not (resume and (folder / "attack.json").is_file()):
+        write_attacked_dataset(split, folder)
+    back, _ = read_attacked_dir(folder, classnames)
+    if not (np.array_equal(back.labels, split.labels) and np.array_equal(back.texts, split.texts)):
+        raise PaintError(f"{folder}: the attacked images read back do not match what was written; delete the folder and rerun")
+    return back
+
+
+def attacked_training_set(cfg: TypographicConfig, task: Task, head: torch.Tensor, pre: Any) -> Any:
+    """The patch task's training images, attacked (and clean too with ``train_on: both``), true labels."""
+    from paint.train.finetune import TrainingSet
+
+    base_train = _cap(task.split("train"), cfg.max_train, cfg.seed)
+    x = pre(AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7))
+    y = np.asarray(base_train.labels)
+    if cfg.train_on == "both":
+        x, y = torch.cat([pre(base_train), x]), np.concatenate([y, y])
+    return TrainingSet(task.name, x, y, head)
+
+
+def test_views(pool: Any, theta: Any, views: TaskViews, batch_size: int) -> dict[str, Any]:
+    """Clean and attacked test metrics (and per held-out style) of one task at one image tower."""
+    from paint.evaluation.results import predict
+
+    pool.load(theta)
+    t = views.test
+    lc = predict(pool.model, views.head, t["clean"], pool.spec, batch_size)
+    la = predict(pool.model, views.head, t["attacked"], pool.spec, batch_size)
+    row = attack_metrics(lc, la, t["labels"], t["texts"])
+    if t["styles"]:
+        row["styles"] = {n: attack_metrics(lc, predict(pool.model, views.head, imgs, pool.spec, batch_size), t["labels"], texts)
+                         for n, (imgs, texts) in t["styles"].items()}
+    return row
 
 
 def typographic_table(test: dict[str, dict[str, Any]]) -> str:
@@ -515,14 +527,11 @@ def plot_typographic_sweep(
     sweep: list[dict[str, Any]], path: str | Path, chosen: float | None = None, patch_task: str | None = None
 ) -> Path:
     """Validation accuracy against alpha: solid = clean, dashed = attacked, one colour per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from paint.plotting import new_figure
 
     alphas = [pt["alpha"] for pt in sweep]
     tasks = sorted({n.rsplit("/", 1)[0] for n in sweep[0]["val"]})
-    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    fig, ax = new_figure(figsize=(6, 4.2), dpi=120)
     for i, t in enumerate(tasks):
         colour = f"C{i}"
         for kind, ls in (("clean", "-"), ("attacked", "--")):
@@ -537,7 +546,7 @@ def plot_typographic_sweep(
     ax.set_title("Typographic attack: clean (solid) vs attacked (dashed)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
-    from paint.pipeline.report import save_figure
+    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 
