@@ -31,7 +31,7 @@ from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.operation import Choice, choose, finetune_tower
-from paint.pipeline.pool import Line, TaskPool, state_id
+from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
 from paint.selection import SelectionConfig, SelectionFields
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig
@@ -263,8 +263,6 @@ def start_run(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec]
     ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
     revision, device, finetune, selection, eval_batch_size, cache_path). Returns (run, bundle).
     """
-    from paint.pipeline.patch import start_pool
-
     pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs)
     theta_zs = bundle.image_tower_copy()
     fp = sha256_strings([bundle.text_identity, hash_tensors(theta_zs), cfg.finetune.model_dump_json(),

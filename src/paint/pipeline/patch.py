@@ -24,12 +24,11 @@ from pydantic import Field, field_validator, model_validator
 
 from paint.config import CachedRun, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.evaluation.results import ResultsStore
-from paint.models.clip import DEFAULT_MODEL, ClipBundle, load_clip, save_clip
+from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
 from paint.pipeline.operation import choose, finetune_tower, test_at
-from paint.pipeline.pool import Line, PoolTask, TaskPool, load_tasks, pick_device, prepare_tasks
+from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
-from paint.pipeline.run import SUMMARY, check_output_dir, open_run
+from paint.pipeline.run import SUMMARY, check_output_dir
 from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
@@ -79,19 +78,6 @@ def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PoolTa
     for t in patch:
         parts += [t.name, t.identities["train"], *t.classnames, *t.templates]
     return sha256_strings(parts)
-
-
-def start_pool(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec]) -> tuple[TaskPool, ClipBundle]:
-    """Load the model and tasks (every check before any output), open the run, prepare the pool.
-
-    ``cfg`` is any run config with model, revision, device, eval_batch_size and cache_path.
-    """
-    loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
-    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
-    open_run(out, cfg, resume)
-    tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
-    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
-    return pool, bundle
 
 
 def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,3 +208,19 @@ class TaskPool:
     def load(self, theta: StateDict) -> None:
         """Put an image-tower state into the model (for a study's own predictions)."""
         set_image_tower(self.model, theta)
+
+
+def start_pool(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec]) -> tuple[TaskPool, Any]:
+    """Load the model and tasks (every check before any output), open the run, prepare the pool.
+
+    ``cfg`` is any run config with model, revision, device, eval_batch_size and cache_path.
+    """
+    from paint.models.clip import load_clip
+    from paint.pipeline.run import open_run
+
+    loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
+    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
+    open_run(out, cfg, resume)
+    tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
+    return pool, bundle
