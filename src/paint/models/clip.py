@@ -132,7 +132,7 @@ def check_loading_info(src: str, model: "torch.nn.Module", info: Mapping[str, An
 def load_clip(source: str, revision: str | None = None, device: str | torch.device = "cpu") -> ClipBundle:
     """Load a CLIPModel, its tokenizer and its image processor.
 
-    Every way a checkpoint can be bad ends in one :class:`PaintError` line that names the file:
+    A bad checkpoint ends in one :class:`PaintError` line that names the file, not a traceback:
     weights that would need arbitrary pickle (refused, nothing runs), a truncated or malformed
     safetensors file, weights that disagree with config.json or do not cover the model, no tokenizer.
 
