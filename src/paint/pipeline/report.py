@@ -84,8 +84,9 @@ def model_card(summary: Mapping[str, Any], config_yaml: str) -> str:
             "",
             f"# Patched CLIP: {', '.join(patch)}",
             "",
-            "Made with [paint](https://github.com/) by PAINT (Ilharco et al., *Patching open-vocabulary models by "
-            "interpolating weights*, NeurIPS 2022, arXiv:2208.05592): the image tower was fine-tuned on the patching "
+            "Made with paint, a library for PAINT (Ilharco et al., *Patching open-vocabulary models by "
+            "interpolating weights*, NeurIPS 2022, [arXiv:2208.05592](https://arxiv.org/abs/2208.05592)): "
+            "the image tower was fine-tuned on the patching "
             "task(s) with the zero-shot text head frozen, then interpolated with the zero-shot weights, "
             f"`theta = (1 - alpha) * theta_zs + alpha * theta_ft`, alpha = **{summary['alpha']:.3g}** "
             f"(rule: {summary['selection']['rule']}, chosen on validation splits).",

@@ -226,6 +226,44 @@ def convert_clip_state_dict(
 # Tokenizer and processor files worth copying from a reference HF CLIP directory.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                     "preprocessor_config.json", "processor_config.json")  # fmt: skip
+_PROCESSOR_FILE = "preprocessor_config.json"
+
+# OpenAI CLIP's preprocessing (clip.py's _transform): bicubic resize of the short side to the
+# input size, centre crop, and these per-channel statistics of its training data.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def openai_image_processor(image_size: int) -> Any:
+    """The image processor OpenAI CLIP (and open_clip's OpenAI-preprocessed models) expects at ``image_size``.
+
+    A state dict carries no preprocessing; ``image_size`` (grid x patch from the weights, 224
+    for ViT-B/32) is the only part that varies between OpenAI's ViT models.
+    """
+    from paint.models.clip import pil_image_processor_class
+
+    return pil_image_processor_class()(
+        do_resize=True,
+        size={"shortest_edge": image_size},
+        resample=3,  # PIL.Image.BICUBIC
+        do_center_crop=True,
+        crop_size={"height": image_size, "width": image_size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+        do_convert_rgb=True,
+    )
+
+
+def _check_tokenizer_source(path: Path) -> None:
+    from paint.models.clip import TOKENIZER_FILES
+
+    if not path.is_dir():
+        raise PaintError(f"--tokenizer-from {path} is not a directory; point to an HF CLIP checkpoint directory")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise PaintError(f"--tokenizer-from {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
 
 
 def convert_checkpoint(
@@ -256,6 +294,8 @@ def convert_checkpoint(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PaintError(f"output {out} exists and is not empty; pass --overwrite or choose another directory")
+    if tokenizer_from is not None:
+        _check_tokenizer_source(Path(tokenizer_from))
     shard = parse_size(max_shard_size)
     sd = load_state_dict(src)
     converted, config, used = convert_clip_state_dict(sd, fmt, vision_heads, text_heads, hidden_act)
@@ -275,6 +315,7 @@ def convert_checkpoint(
         "text_heads": t.num_attention_heads,
         "hidden_act": hidden_act,
         "projection_dim": config.projection_dim,
+        "tokenizer_from": str(tokenizer_from) if tokenizer_from is not None else None,
     }
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -284,5 +325,18 @@ def convert_checkpoint(
             for name in _TOKENIZER_FILES:
                 if (Path(tokenizer_from) / name).is_file():
                     shutil.copy2(Path(tokenizer_from) / name, tmp / name)
+        if (tmp / _PROCESSOR_FILE).is_file():
+            summary["image_processor"] = f"copied from {tokenizer_from}"
+        else:  # a state dict carries no preprocessing: OpenAI's, so that the image side loads and matches
+            openai_image_processor(v.image_size).save_pretrained(tmp)
+            summary["image_processor"] = f"OpenAI CLIP ({v.image_size}px, bicubic, centre crop, OpenAI mean/std)"
         (tmp / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def missing_tokenizer_note(out_dir: str | os.PathLike) -> str:
+    """The one line ``paint convert`` prints when its output has no tokenizer (a state dict carries none)."""
+    return (
+        f"note: {out_dir} has no tokenizer, so paint cannot load it yet; re-run with --tokenizer-from <an HF CLIP "
+        "directory with the same vocabulary, e.g. a download of openai/clip-vit-base-patch32>"
+    )
