@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from paint.data.images import open_rgb
 from paint.errors import PaintError
 
 
@@ -71,8 +72,7 @@ class FileSplit:
         path = self.paths[index]
         if self.opener is not None:
             return self.opener(path).convert("RGB")
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_rgb(path)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,18 @@ class SubsetSplit:
 
     def image(self, index: int) -> Image.Image:
         return self.base.image(int(self.indices[index]))
+
+
+def image_source(split: ImageSplit, index: int) -> str:
+    """Where image ``index`` of ``split`` comes from: its file path when it has one, else ``identity[index]``.
+
+    Errors name the file a user can fix, not a position in a derived split.
+    """
+    while isinstance(split, SubsetSplit):
+        split, index = split.base, int(split.indices[index])
+    if isinstance(split, FileSplit):
+        return split.paths[index]
+    return f"{split.identity}[{index}]"
 
 
 @dataclass(frozen=True)
