@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from paint.report import model_card
+from paint.pipeline.report import model_card
 
 
 def test_model_card_links_the_paper_and_no_placeholder():
