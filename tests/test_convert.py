@@ -17,7 +17,7 @@ from torch import nn
 from paint.cli import main
 from paint.errors import PaintError
 from paint.weights import io
-from paint.weights.convert import convert_checkpoint, convert_clip_state_dict
+from paint.models.convert import convert_checkpoint, convert_clip_state_dict
 
 
 class QuickGELU(nn.Module):

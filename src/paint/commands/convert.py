@@ -24,7 +24,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.weights.convert import convert_checkpoint
+    from paint.models.convert import convert_checkpoint
 
     summary = convert_checkpoint(
         args.src,
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         f"image {summary['image_size']}; text width {summary['text_width']}, {summary['text_layers']} layers"
     )
     if summary["tokenizer_from"] is None:
-        from paint.weights.convert import missing_tokenizer_note
+        from paint.models.convert import missing_tokenizer_note
 
         print(missing_tokenizer_note(args.out), file=sys.stderr)
     return 0
