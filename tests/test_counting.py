@@ -52,9 +52,9 @@ def test_heldout_kinds_and_errors():
     counts = list(range(1, 11))
     assert heldout_kinds(counts, [5, 10]) == {5: "interpolation", 10: "extrapolation"}
     assert heldout_kinds(counts, [1, 6]) == {1: "extrapolation", 6: "interpolation"}
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="held-out count 11 is not a class"):
         heldout_kinds(counts, [11])
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="at least two seen counts"):
         heldout_kinds(counts, counts[:-1])  # one seen count is not enough to fine-tune
     assert seen_mask(np.array([0, 4, 9, 3]), counts, [5, 10]).tolist() == [True, False, False, True]
 
@@ -111,9 +111,9 @@ def test_counting_config_rejects_duplicates(tmp_path):
     from paint.config import parse_config
     from paint.studies.counting import CountingConfig
 
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="heldout lists a count twice"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "heldout": [5, 5]})
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="must all differ"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "support_tasks": ["shapes", "shapes"]})
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="must all differ"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "support_tasks": ["counting"]})

@@ -112,7 +112,7 @@ def test_evaluator_caches_and_enforces_budget():
 
     with pytest.raises(BudgetExhausted):
         ev(0.7)
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match=r"alpha 1.5 is outside \[0, 1\]"):
         ev(1.5)
 
 

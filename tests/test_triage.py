@@ -88,9 +88,9 @@ def test_triage_config_validation(tmp_path):
 
     cfg = parse_config(TriageConfig, {"output_dir": str(tmp_path), "shots": [4, 1, 4]})
     assert cfg.shots == [1, 4]
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="every k in shots must be at least 1"):
         parse_config(TriageConfig, {"output_dir": str(tmp_path), "shots": [0]})
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="positive regularisation strengths"):
         parse_config(TriageConfig, {"output_dir": str(tmp_path), "cs": [-1.0]})
 
 

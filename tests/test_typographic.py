@@ -64,7 +64,7 @@ def test_rendering_is_deterministic_by_seed_and_writes_a_wrong_class():
     assert any(not np.array_equal(_pixels(a1.image(i)), _pixels(b.image(i))) for i in range(len(base)))
     texts = attack_texts(np.zeros(200, dtype=int), 3, seed=0)
     assert set(texts.tolist()) == {1, 2}  # uniform over the other classes, never the label
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="needs at least two classes"):
         attack_texts(np.zeros(3, dtype=int), 1, seed=0)
 
 
@@ -101,7 +101,7 @@ def test_file_name_convention_round_trips(tmp_path):
         assert decode_name(encode_name(name)) == name and "_" not in encode_name(name)
         label, text, idx = parse_attacked_filename(attacked_filename(name, "cat", 3))
         assert (label, text, idx) == (name, "cat", 3)
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="does not follow the typographic naming convention"):
         parse_attacked_filename("dog_cat.png")
 
     base = _grey_split(10)
@@ -119,7 +119,7 @@ def test_file_name_convention_round_trips(tmp_path):
     assert inferred == tuple(sorted(attacked.classnames))
     task = typographic_task(tmp_path / "typo", classnames=attacked.classnames)
     assert len(task.split("test")) == 10
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="dog|cat|class"):
         read_attacked_dir(tmp_path / "typo", ("dog", "cat"))  # names in the files that the task lacks
 
 

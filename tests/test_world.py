@@ -146,7 +146,7 @@ def test_world_task_defaults_and_errors():
     assert world_task("counting").classnames[:3] == ("one", "two", "three")
     with pytest.raises(PaintError, match="unknown world task"):
         world_task("nope")
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="split 'test' needs at least one image"):
         world_task("shapes", sizes={"test": 0})
 
 
