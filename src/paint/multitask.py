@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, ThreadsSetting, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec
 from paint.data.spec import TaskSpec
 from paint.evaluate import ResultsStore
@@ -297,6 +297,7 @@ class MultitaskConfig(CachedRun, StrictModel):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _checks(self):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import CachedRun, StrictModel, dump_config, first_duplicate
+from paint.config import CachedRun, StrictModel, ThreadsSetting, dump_config, first_duplicate
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
@@ -91,6 +91,7 @@ class PatchConfig(CachedRun, StrictModel):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @field_validator("modes")
     @classmethod

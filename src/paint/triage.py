@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from paint.config import StrictModel, dump_config
+from paint.config import StrictModel, ThreadsSetting, dump_config
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
@@ -67,6 +67,7 @@ class TriageConfig(StrictModel):
     batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     seed: int = 0
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @field_validator("shots")
     @classmethod

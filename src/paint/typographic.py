@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, dump_config, first_duplicate
+from paint.config import CachedRun, ThreadsSetting, dump_config, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
@@ -331,6 +331,7 @@ class TypographicConfig(CachedRun, GridSelection):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _distinct(self):
