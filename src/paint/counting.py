@@ -166,14 +166,13 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     support tasks); choose alpha; report test accuracy on seen counts, each held-out count
     (interpolation / extrapolation) and the support tasks at alpha 0, the chosen alpha and 1.
     """
-    from tqdm.auto import tqdm
-
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
     from paint.evaluate import ResultsStore, metrics_from_logits, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
+    from paint.progress import progress as tqdm
     from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
@@ -216,7 +215,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         key = f"val-{c}"
         prepared.append(PreparedTask(f"{task.name}/{c} (report only)", "heldout", task.classnames, task.templates, {"val": val_imgs[key]}, {"val": val_labels[key]}, {}, head, {}))
     support_test = {}
-    for st in tqdm(supports, desc="support tasks", dynamic_ncols=True):
+    for st in tqdm(supports, desc="support tasks"):
         h = zeroshot_head(bundle, st.classnames, st.templates, cache_dir=cfg.cache_path)
         xv, yv = images(st.split("val"), cfg.max_eval)
         xt, yt = images(st.split("test"), cfg.max_eval)

@@ -117,8 +117,11 @@ def choose_on_line(ctx: PatchContext, theta_a: StateDict, theta_b: StateDict, pa
 
     model_id = f"{tag}{state_id(theta_a)}-{state_id(theta_b)}"
     measure = line_measure(ctx.model, theta_a, theta_b, ctx.tasks, ctx.spec, "val", ctx.batch_size, ctx.store, model_id)
-    ev = evaluator_for(ctx.search, measure, patch, ctx.support_names, reference=ctx.reference())
-    return run_search(ev, ctx.search)
+    from paint.progress import counter, ticking
+
+    with counter(f"alpha search ({ctx.search.strategy}{', ' + tag.rstrip('-:/') if tag else ''})", total=ctx.search.budget) as bar:
+        ev = evaluator_for(ctx.search, ticking(measure, bar), patch, ctx.support_names, reference=ctx.reference())
+        return run_search(ev, ctx.search)
 
 
 @dataclass

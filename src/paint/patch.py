@@ -332,10 +332,10 @@ def sweep_alphas(
     allow_extrapolation: bool = False,
 ) -> list[dict[str, Any]]:
     """Validation accuracy and loss of every task at each alpha, in order (with a progress bar)."""
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     sweep = []
-    for alpha in tqdm(alphas, desc="alpha sweep (val)", dynamic_ncols=True):
+    for alpha in tqdm(alphas, desc="alpha sweep (val)"):
         metrics = evaluate_at(model, theta_zs, theta_ft, alpha, tasks, "val", store, model_id, spec, batch_size, allow_extrapolation)
         sweep.append(sweep_point(alpha, metrics))
     return sweep
@@ -372,7 +372,10 @@ def searched_points(
     measure = line_measure(model, theta_zs, theta_ft, tasks, spec, "val", batch_size, store, model_id)
     patch = [t.name for t in tasks if t.role == "patch"]
     support = [t.name for t in tasks if t.role == "support"]
-    result = run_search(evaluator_for(search, measure, patch, support), search)
+    from paint.progress import counter, ticking
+
+    with counter(f"alpha search ({search.strategy})", total=search.budget) as bar:
+        result = run_search(evaluator_for(search, ticking(measure, bar), patch, support), search)
     points = {e.alpha: sweep_point(e.alpha, e.metrics) for e in result.evaluations}
     if 0.0 not in points:  # the zero-shot reference is always measured; keep it in the table
         points[0.0] = sweep_point(0.0, measure(0.0, False))

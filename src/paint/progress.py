@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
+T = TypeVar("T")
 DEFAULT_INTERVAL = 30.0
 # A phase shorter than this leaves no end line in a log: only long phases are worth a record.
 MIN_END_SECONDS = 2.0
@@ -186,3 +187,24 @@ def phase(desc: str, file: IO[str] | None = None) -> Iterator[None]:
     took = time.monotonic() - start
     if took >= MIN_END_SECONDS:
         print(f"{desc}: done in {_fmt_seconds(took)}", file=stream, flush=True)
+
+
+@contextmanager
+def counter(desc: str, unit: str = "eval", total: int | None = None) -> Iterator[Any]:
+    """A progress object for work counted as it happens (a search's model evaluations), closed on exit."""
+    bar = progress(desc=desc, total=total, unit=unit)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def ticking(fn: Callable[..., T], bar: Any) -> Callable[..., T]:
+    """``fn`` that advances ``bar`` by one after every call (e.g. a search's ``measure``)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> T:
+        out = fn(*args, **kwargs)
+        bar.update(1)
+        return out
+
+    return wrapped

@@ -137,7 +137,7 @@ def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: 
     """
     from collections import Counter
 
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     labels, texts = split.labels, split.texts
     pairs = Counter(zip(labels.tolist(), texts.tolist()))
@@ -146,7 +146,7 @@ def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: 
         names.append(attacked_filename(split.classnames[y], split.classnames[t], i if pairs[(y, t)] > 1 else None))
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for i in tqdm(range(len(split)), desc=f"write {Path(out_dir).name}", disable=not progress, leave=False, dynamic_ncols=True):
+        for i in tqdm(range(len(split)), desc=f"write {Path(out_dir).name}", disable=not progress, leave=False):
             split.image(i).save(tmp / names[i], format="PNG")
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
             for i, name in enumerate(names):
@@ -361,14 +361,13 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     validation; choose alpha; report clean and attacked test accuracy and ASR at alpha 0, the
     chosen alpha and 1, for the patch task and the held-out transfer tasks.
     """
-    from tqdm.auto import tqdm
-
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
     from paint.evaluate import ResultsStore, predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.patch import PreparedTask, check_output_dir, interpolation_id, pick_device, sweep_alphas
+    from paint.progress import progress as tqdm
     from paint.select import select_candidates
     from paint.train.finetune import TrainingSet, finetune
     from paint.utils import hash_tensors
@@ -392,7 +391,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     prepared: list[PreparedTask] = []  # one entry per (task, clean|attacked) for the sweep
     test_sets: dict[str, dict[str, Any]] = {}
     train_set = None
-    for k, (role, task) in enumerate(tqdm(loaded, desc="prepare tasks", dynamic_ncols=True)):
+    for k, (role, task) in enumerate(tqdm(loaded, desc="prepare tasks")):
         head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
         clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
         attacked = {s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i) for i, s in enumerate(("val", "test"))}

@@ -98,7 +98,7 @@ def cache_path(cache_dir: str | Path, identity: str, resize: int, crop: int) -> 
 
 def _decode_all(split: ImageSplit, out: np.ndarray, spec: ImageSpec, progress: bool) -> None:
     """Fill ``out`` (N, 3, crop, crop) with every image of the split through :func:`clip_transform`."""
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     n = len(split)
     for i in tqdm(range(n), desc=f"preprocess {split.identity}", disable=not progress, unit="img", leave=False):

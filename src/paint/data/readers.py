@@ -104,7 +104,7 @@ def filter_readable(
     Returns:
         (kept paths, kept labels, number dropped).
     """
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     checked = tqdm(paths, desc=f"check {where}", unit="file", leave=False, disable=len(paths) < 5000)
     ok = np.fromiter((_header_ok(p) for p in checked), dtype=bool, count=len(paths))
