@@ -150,3 +150,17 @@ def with_names(spec, classnames: list[str] | None, templates: list[str] | None):
     if not update:
         return spec
     return parse_config(type(spec), {**spec.model_dump(exclude_unset=True), **update}, f"task {spec.name!r}")
+
+
+def warn_without_support(command: str, cfg) -> None:
+    """One warning when a run has no support tasks: then nothing guards the accuracy the patch may cost."""
+    import sys
+
+    if getattr(cfg, "support_tasks", None):
+        return
+    print(
+        f"paint {command}: warning: no support_tasks, so alpha is chosen on the patching task alone and nothing "
+        "measures what the patch costs elsewhere; add tasks the model must keep, e.g. support_tasks: [shapes, colours] "
+        "in the config or --set 'support_tasks=[shapes, colours]'",
+        file=sys.stderr,
+    )

@@ -15,10 +15,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import load_run_config
+    from paint.commands._shared import load_run_config, warn_without_support
     from paint.multitask import MultitaskConfig, run_multitask
 
     cfg = load_run_config(MultitaskConfig, args.config, {"output_dir": args.output_dir}, args)
+    warn_without_support("multitask", cfg)
     summary = run_multitask(cfg, resume=args.resume)
     print("test accuracy (%) by multi-task patching mode")
     print(summary["table"])

@@ -15,11 +15,12 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import load_run_config
+    from paint.commands._shared import load_run_config, warn_without_support
     from paint.patch import PatchConfig, run_patch
     from paint.report import test_table
 
     cfg = load_run_config(PatchConfig, args.config, {"output_dir": args.output_dir}, args)
+    warn_without_support("patch", cfg)
     summary = run_patch(cfg, resume=args.resume)
     if not summary:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0
