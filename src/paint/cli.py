@@ -47,7 +47,8 @@ FLAG_HINTS: tuple[tuple[str, str, str], ...] = (
     ("set allow_extrapolation to extrapolate", "allow_extrapolation", "pass --allow-extrapolation to extrapolate"),
     ("set overwrite: true", "overwrite", "pass --overwrite"),
 )
-_CONFIG_HINT = re.compile(r"\bset (?P<key>[a-z_][a-z0-9_.]*): (?P<value>[^\s;,)]+)")
+# "set sweep.allow_extrapolation: true" in a library message: a config remedy with a plain value.
+_CONFIG_HINT = re.compile(r"(?<![-\w])set (?P<key>[a-z_][a-z0-9_.]*): (?P<value>true|false|-?\d[\w.]*)\b")
 
 
 def cli_message(message: str, args: argparse.Namespace) -> str:
@@ -55,7 +56,7 @@ def cli_message(message: str, args: argparse.Namespace) -> str:
     for api, dest, flag in FLAG_HINTS:
         if api in message and hasattr(args, dest):
             message = message.replace(api, flag)
-    if hasattr(args, "set"):  # config fields named as YAML get the --set form beside them
+    if hasattr(args, "set") and "--set" not in message:  # config fields named as YAML get the --set form beside them
         m = _CONFIG_HINT.search(message)
         if m:
             hint = f" (or --set {m['key']}={m['value']})"
