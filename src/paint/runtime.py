@@ -41,7 +41,7 @@ def load_average() -> float | None:
 
 
 def auto_threads(cores: int, load: float | None) -> int:
-    """Idle cores: ``cores - load`` rounded down (a core 30% busy still counts as busy), at least 1."""
+    """Idle cores: ``cores - load``, where a core more than 30% busy counts as busy; at least 1."""
     if load is None:
         return cores
     return max(1, min(cores, math.floor(cores - load + 0.3)))
