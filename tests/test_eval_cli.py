@@ -126,3 +126,17 @@ def test_limit_takes_a_random_subset_not_the_first_class():
     split = task.split("train")
     sub = _subset(split, 40)
     assert len(sub) == 40 and len(np.unique(sub.labels)) > 1
+
+
+def test_cli_message_names_flags_only_where_the_command_has_them():
+    from argparse import Namespace
+
+    from paint.cli import cli_message
+
+    merge_msg = "output out exists and is not empty; set overwrite: true or choose another directory"
+    assert cli_message(merge_msg, Namespace(overwrite=False)) == (
+        "output out exists and is not empty; pass --overwrite or choose another directory")
+    assert cli_message(merge_msg, Namespace()) == merge_msg  # the Python API's wording where there is no flag
+    sweep_msg = "config.yaml: sweep.alphas: Value error, alpha 1.5 is outside [0, 1]; set sweep.allow_extrapolation: true to extrapolate"
+    assert cli_message(sweep_msg, Namespace(set=[])).endswith(
+        "set sweep.allow_extrapolation: true (or --set sweep.allow_extrapolation=true) to extrapolate")

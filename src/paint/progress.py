@@ -7,7 +7,7 @@ a :class:`LineProgress` that writes one plain line every ``interval`` seconds an
 of a phase that lasted long enough to be worth recording. Both expose the parts of tqdm's API the
 project uses: iteration, ``update``, ``set_postfix``, ``close`` and use as a context manager.
 
-``PAINT_PROGRESS_INTERVAL`` (seconds, default 30) sets the line period; ``PAINT_PROGRESS=0``
+``PAINT_PROGRESS_INTERVAL`` (seconds, default 10) sets the line period; ``PAINT_PROGRESS=0``
 silences both forms.
 """
 
@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
-DEFAULT_INTERVAL = 30.0
+DEFAULT_INTERVAL = 10.0
 # A phase shorter than this leaves no end line in a log: only long phases are worth a record.
 MIN_END_SECONDS = 2.0
 
@@ -59,7 +59,7 @@ class LineProgress:
         initial: steps already done (resumed runs).
         unit: the step's name in the lines.
         leave: write an end line for a phase that lasted at least ``MIN_END_SECONDS``.
-        interval: seconds between lines (default ``PAINT_PROGRESS_INTERVAL`` or 30).
+        interval: seconds between lines (default ``PAINT_PROGRESS_INTERVAL`` or 10).
         file: the stream (default stderr at call time).
         disable: write nothing.
     """
