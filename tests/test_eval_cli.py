@@ -140,3 +140,22 @@ def test_cli_message_names_flags_only_where_the_command_has_them():
     sweep_msg = "config.yaml: sweep.alphas: Value error, alpha 1.5 is outside [0, 1]; set sweep.allow_extrapolation: true to extrapolate"
     assert cli_message(sweep_msg, Namespace(set=[])).endswith(
         "set sweep.allow_extrapolation: true (or --set sweep.allow_extrapolation=true) to extrapolate")
+
+
+def test_task_values_resolve_to_the_spec_a_config_would_hold(tmp_path, monkeypatch):
+    from paint.commands._shared import task_specs
+
+    root = tmp_path / "data"
+    for f in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (root / "mnist").mkdir(parents=True, exist_ok=True)
+        (root / "mnist" / f).write_bytes(b"")
+    (spec,) = task_specs("MNIST", str(root))  # catalog names are case-insensitive
+    assert (spec.name, spec.source, spec.path) == ("mnist", "catalog", str(root / "mnist"))
+    monkeypatch.chdir(tmp_path)
+    _folder(tmp_path / "digits", {"a": 1})  # a folder named like a built-in does not shadow it ...
+    assert task_specs("digits")[0].source == "builtin"
+    assert task_specs("./digits")[0].source == "folder"  # ... unless it is written as a path
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"patch_tasks": ["digits"], "support_tasks": ["shapes", {"name": "p", "source": "csv", "path": "x.csv"}]}))
+    assert [(s.name, s.source) for s in task_specs(str(cfg))] == [("digits", "builtin"), ("shapes", "builtin"), ("p", "csv")]
+    assert task_specs("hf:user/pets")[0].model_dump(include={"name", "source", "path"}) == {"name": "pets", "source": "hf", "path": "user/pets"}

@@ -58,9 +58,9 @@ def _threads_for(cls: type, threads: object) -> object:
 # --- task specs from the command line -----------------------------------------------------------
 
 TASK_HELP = (
-    "task: a built-in name, a catalog name (read from --root), a folder of class sub-folders, a .csv of "
-    "path,label rows, hf:DATASET, a YAML/JSON file (one task spec, a list, or a config's *_tasks), or an inline "
-    "mapping such as '{name: pets, source: folder, path: ~/pets}' (repeatable)"
+    "task: a built-in name, a catalog name (read from --root), a folder of class sub-folders (./NAME when it is "
+    "named like a task), a .csv of path,label rows, hf:DATASET, a YAML/JSON file (one task spec, a list, or a "
+    "config's *_tasks), or an inline mapping such as '{name: pets, source: folder, path: ~/pets}' (repeatable)"
 )
 
 
@@ -106,30 +106,34 @@ def task_specs(value: str, root: str | None = None) -> list:
         return _specs_from_yaml(data, "--task")
     if text.startswith("hf:"):
         return [TaskSpec(name=text[3:].rstrip("/").split("/")[-1], source="hf", path=text[3:])]
+    from paint.data.builtin import builtin_task_names
+    from paint.data.catalog import catalog_entry, default_data_root, locate
+
+    bare = "/" not in text and "\\" not in text and not text.startswith((".", "~"))
+    if bare and text in builtin_task_names():  # a name wins over a same-named folder in the working directory
+        return [TaskSpec(name=text)]
+    entry = None
+    if bare:
+        try:
+            entry = catalog_entry(text)
+        except PaintError:
+            entry = None
     path = Path(text).expanduser()
-    if path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
+    if entry is None and path.suffix.lower() in (".yaml", ".yml", ".json") and path.is_file():
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise PaintError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
         return _specs_from_yaml(data, str(path))
-    if path.suffix.lower() == ".csv" and path.is_file():
+    if entry is None and path.suffix.lower() == ".csv" and path.is_file():
         return [TaskSpec(name=path.stem, source="csv", path=str(path))]
-    if path.is_dir():
+    if entry is None and path.is_dir():
         return [TaskSpec(name=path.resolve().name, source="hf" if _hf_dir(path) else "folder", path=str(path))]
-    from paint.data.builtin import builtin_task_names
-
-    if text in builtin_task_names():
-        return [TaskSpec(name=text)]
-    from paint.data.catalog import catalog_entry, default_data_root, locate
-
-    try:
-        entry = catalog_entry(text)
-    except PaintError:
+    if entry is None:
         raise PaintError(
             f"--task {value!r} is not a built-in ({', '.join(builtin_task_names())}), a catalog task (paint tasks), "
             "an existing folder, .csv or YAML file, hf:DATASET, or an inline mapping"
-        ) from None
+        )
     data_root = Path(root).expanduser() if root else default_data_root()
     found = locate(entry, data_root)
     if found is None:
