@@ -23,7 +23,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("paint.commands.demo", "PAINT end to end on the shipped model and synthetic world, offline"),
     "patch": ("paint.commands.patch", "fine-tune with the head frozen, sweep alpha, choose it, write the patched model"),
-    "eval": ("paint.commands.evaluate", "zero-shot accuracy of a model on tasks"),
+    "eval": ("paint.commands.evaluate", "zero-shot top-1/top-5, per-class accuracy and confusions of a model on any tasks"),
     "interpolate": ("paint.commands.interpolate", "write theta_alpha from a zero-shot and a fine-tuned checkpoint"),
     "tasks": ("paint.commands.tasks", "list the task catalog and built-ins; tasks show NAME for classes, templates, layout"),
     "merge": ("paint.commands.merge", "merge checkpoints (linear, task arithmetic, TIES, DARE, model stock), streamed"),

@@ -250,10 +250,7 @@ def pair_metrics(
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="paint-metrics-"))
     names_s = {t.name for t in support}
     loaded = load_tasks(support, "support") + load_tasks([t for t in cka_tasks if t.name not in names_s], "support")
-    from paint.progress import phase
-
-    with phase(f"metrics: preprocess {len(loaded)} tasks and build their heads"):
-        prepared = {t.name: t for t in prepare(bundle, loaded, cache, batch_size)}
+    prepared = {t.name: t for t in prepare(bundle, loaded, cache, batch_size)}
     sup = _loss_data([prepared[t.name] for t in support], split)
     cka = {t.name: prepared[t.name].images[split] for t in cka_tasks}
     out = transfer_metrics(bundle.model, theta_zs, theta_ft, sup, cka, bundle.spec, alphas, batch_size)

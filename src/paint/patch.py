@@ -162,9 +162,10 @@ def prepare(
 ) -> list[PreparedTask]:
     """Preprocess (cached) and build heads (cached) for every task."""
     from paint.models.heads import zeroshot_head
+    from paint.progress import progress
 
     prepared = []
-    for role, task, info in loaded:
+    for role, task, info in progress(loaded, desc="prepare tasks (preprocess images, zero-shot heads)", unit="task"):
         splits = ("train", "val", "test") if role == "patch" else ("val", "test")
         images, labels, ids = {}, {}, {}
         for s in splits:
