@@ -82,3 +82,26 @@ def test_threads_values():
     assert n >= 1 and why.startswith("auto: ")
     with pytest.raises(PaintError, match="threads must be 'auto' or a positive integer, got 0"):
         parse_threads(0)
+
+
+def test_threads_line_waits_for_the_first_progress_output(capsys):
+    import torch
+
+    from paint.runtime import apply_threads, drop_pending
+
+    before = torch.get_num_threads()
+    try:
+        assert apply_threads(1, defer=True) == 1 and torch.get_num_threads() == 1
+        assert capsys.readouterr().err == ""  # a user error now would be the only line
+        for _ in progress(range(2), desc="work", file=_Pipe()):
+            pass
+        for _ in progress(range(2), desc="more", file=_Pipe()):
+            pass
+        assert capsys.readouterr().err.splitlines() == ["threads: 1 (set; choose with --threads N or threads: in the config)"]
+        apply_threads(1, defer=True)
+        drop_pending()
+        with phase("x"):
+            pass
+        assert "threads:" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

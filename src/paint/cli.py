@@ -108,16 +108,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from paint import runtime
+
     try:
         if args.command not in NO_THREADS and not hasattr(args, "set"):  # config commands apply it after the config
-            from paint.runtime import apply_threads
-
-            apply_threads(getattr(args, "threads", None))
-        return int(importlib.import_module(args._module).run(args) or 0)
+            # Announced with the first progress output, so a user error before any work stays one line.
+            runtime.apply_threads(getattr(args, "threads", None), defer=True)
+        code = int(importlib.import_module(args._module).run(args) or 0)
+        runtime.announce_pending()
+        return code
     except PaintError as e:
+        runtime.drop_pending()
         print(f"paint {args.command}: error: {cli_message(str(e), args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        runtime.announce_pending()
         print(interrupted_message(args.command, args), file=sys.stderr)
         return 130
 

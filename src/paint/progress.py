@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
+from paint.runtime import announce_pending
+
 T = TypeVar("T")
 DEFAULT_INTERVAL = 10.0
 # A phase shorter than this leaves no end line in a log: only long phases are worth a record.
@@ -165,6 +167,8 @@ def progress(
     """
     stream = file if file is not None else sys.stderr
     disable = disable or _silenced()
+    if not disable:
+        announce_pending()
     if is_terminal(stream):
         from tqdm.auto import tqdm
 
@@ -181,6 +185,7 @@ def phase(desc: str, file: IO[str] | None = None) -> Iterator[None]:
     if _silenced():
         yield
         return
+    announce_pending()
     start = time.monotonic()
     print(f"{desc} ...", file=stream, flush=True)
     yield

@@ -73,11 +73,39 @@ def resolve_threads(value: object) -> tuple[int, str]:
     return int(v), "set"
 
 
-def apply_threads(value: object, stream=None) -> int:
-    """Set torch's intra-op threads from ``value`` and print ``threads: N (why)`` once on stderr."""
+_pending: str | None = None  # the "threads:" line of a deferred announcement
+
+
+def apply_threads(value: object, stream=None, defer: bool = False) -> int:
+    """Set torch's intra-op threads from ``value`` and print ``threads: N (why)`` once on stderr.
+
+    With ``defer`` the line waits for :func:`announce_pending`, which the first progress output
+    (or the CLI, when the command ends) calls: a command that stops at a one-line user error
+    before any work prints that line alone.
+    """
     import torch
 
+    global _pending
     n, why = resolve_threads(value)
     torch.set_num_threads(n)
-    print(f"threads: {n} ({why}; choose with --threads N or threads: in the config)", file=stream or sys.stderr, flush=True)
+    line = f"threads: {n} ({why}; choose with --threads N or threads: in the config)"
+    _pending = None
+    if defer:
+        _pending = line
+    else:
+        print(line, file=stream or sys.stderr, flush=True)
     return n
+
+
+def announce_pending(stream=None) -> None:
+    """Print a deferred ``threads:`` line, once; a no-op when there is none."""
+    global _pending
+    if _pending is not None:
+        line, _pending = _pending, None
+        print(line, file=stream or sys.stderr, flush=True)
+
+
+def drop_pending() -> None:
+    """Forget a deferred ``threads:`` line (the command ended in an error before any work)."""
+    global _pending
+    _pending = None

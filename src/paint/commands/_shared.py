@@ -36,7 +36,7 @@ def load_run_config(cls: type, path: str | None, overrides: dict[str, Any], args
         cfg = load_config(cls, path, given, sets)
     else:
         cfg = parse_config(cls, apply_overrides(cls, given, sets), "command line")
-    apply_threads(threads if threads is not None else getattr(cfg, "threads", None))
+    apply_threads(threads if threads is not None else getattr(cfg, "threads", None), defer=True)
     return cfg
 
 
