@@ -47,6 +47,11 @@ def is_terminal(stream: IO[str] | None) -> bool:
         return False
 
 
+def _in_notebook() -> bool:
+    """A Jupyter kernel: stderr is no terminal there, but tqdm.auto draws a widget, not carriage returns."""
+    return "ipykernel" in sys.modules
+
+
 def _fmt_seconds(s: float) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.1f}min"
 
@@ -169,8 +174,8 @@ def progress(
     disable = disable or _silenced()
     if not disable:
         announce_pending()
-    if is_terminal(stream):
-        from tqdm.auto import tqdm
+    if is_terminal(stream) or (file is None and _in_notebook()):
+        from tqdm.auto import tqdm  # a notebook gets tqdm's widget
 
         return tqdm(iterable, desc=desc, total=total, initial=initial, unit=unit, leave=leave, disable=disable,
                     file=stream, dynamic_ncols=True)
