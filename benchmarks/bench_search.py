@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from paint.selection.search import (
     STRATEGIES,
     CurveValue,
@@ -119,8 +118,8 @@ def real(args) -> dict:
 
     from paint.config import load_config
     from paint.data.spec import TaskSpec
-    from paint.evaluation.results import ResultsStore
     from paint.evaluation.line import line_measure
+    from paint.evaluation.results import ResultsStore
     from paint.models.clip import load_clip
     from paint.pipeline.patch import PatchConfig, load_tasks, prepare
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from paint.errors import PaintError
 from paint.studies.counting import (
     class_counts,
     counting_splits,
@@ -16,7 +17,6 @@ from paint.studies.counting import (
     per_count_accuracy,
     seen_mask,
 )
-from paint.errors import PaintError
 from paint.world.tasks import world_task
 
 

@@ -207,8 +207,7 @@ def test_constrained_never_returns_an_infeasible_alpha(rows, epsilon, strategy, 
 @settings(max_examples=25, deadline=None)
 @given(rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11), epsilon=st.sampled_from([0.0, 1.0]))
 def test_grid_search_agrees_with_select_rules(rows, epsilon):
-    from paint.selection import evaluator_for
-    from paint.selection import select_alpha
+    from paint.selection import evaluator_for, select_alpha
 
     table = {round(i / 10, 1): {"p": r[0], "s1": r[1], "s2": r[2]} for i, r in enumerate(rows)}
     sweep = [{"alpha": a, "val": accs} for a, accs in table.items()]
@@ -259,8 +258,8 @@ def test_line_derivative_matches_central_difference(tiny_line):
 
 
 def test_line_loss_matches_evaluate_split(tiny_line):
-    from paint.evaluation.results import evaluate_split
     from paint.evaluation.line import line_derivative, line_point, set_image_tower
+    from paint.evaluation.results import evaluate_split
 
     model, zs, ft, data, spec = tiny_line
     p = line_derivative(model, zs, ft, 0.3, data, spec)

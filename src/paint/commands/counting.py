@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.counting.CountingConfig)")
@@ -18,10 +20,12 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--constraint", choices=["each", "mean"], help="constrained rule: bound each support task or their mean (default: mean)")
     p.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     p.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
+    add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.commands.triage import config_from_args, with_epochs
+    from paint.commands._shared import load_run_config
+    from paint.commands.triage import with_epochs
     from paint.studies.counting import CountingConfig, counting_table, run_counting
 
     overrides = {
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         "constraint": args.constraint,
         "cache_dir": args.cache_dir,
     }
-    cfg = with_epochs(config_from_args(CountingConfig, args.config, overrides), args.epochs)
+    cfg = with_epochs(load_run_config(CountingConfig, args.config, overrides, args), args.epochs)
     summary = run_counting(cfg, resume=args.resume)
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(counting_table(summary))

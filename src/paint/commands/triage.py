@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.triage.TriageConfig)")
@@ -17,14 +19,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval", type=int, help="use at most this many validation and test images per task")
     p.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     p.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
-
-
-def config_from_args(cls, path: str | None, overrides: dict):
-    """The config from an optional YAML file with command-line values (those not None) on top."""
-    from paint.config import load_config, parse_config
-
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return load_config(cls, path, given) if path else parse_config(cls, given, "command line")
+    add_set_option(p)
 
 
 def with_epochs(cfg, epochs: int | None):
@@ -39,6 +34,7 @@ def with_epochs(cfg, epochs: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from paint.commands._shared import load_run_config
     from paint.studies.triage import TriageConfig, run_triage, triage_table
 
     overrides = {
@@ -52,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         "max_eval": args.max_eval,
         "cache_dir": args.cache_dir,
     }
-    cfg = config_from_args(TriageConfig, args.config, overrides)
+    cfg = load_run_config(TriageConfig, args.config, overrides, args)
     summary = run_triage(cfg, resume=args.resume)
     print(triage_table(summary["tasks"], cfg.shots, cfg.threshold))
     print(f"outputs: {cfg.output_dir}/ (triage.md, triage.json, kshot.png, results.jsonl, config.yaml)")

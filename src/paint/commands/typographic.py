@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def _style_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack style (defaults resemble the offline world's labelled images)")
@@ -73,6 +75,7 @@ def register(p: argparse.ArgumentParser) -> None:
     u.add_argument("--seed", type=int, help="seed of the written words")
     u.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     u.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
+    add_set_option(u)
     _style_args(u)
 
 
@@ -130,7 +133,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from paint.commands.triage import config_from_args, with_epochs
+    from paint.commands._shared import load_run_config
+    from paint.commands.triage import with_epochs
     from paint.studies.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
 
     overrides = {
@@ -156,7 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             with open(args.config, encoding="utf-8") as f:
                 base = (yaml.safe_load(f) or {}).get("attack") or {}
         overrides["attack"] = {**base, **style}  # flags refine the config's attack section
-    cfg = with_epochs(config_from_args(TypographicConfig, args.config, overrides), args.epochs)
+    cfg = with_epochs(load_run_config(TypographicConfig, args.config, overrides, args), args.epochs)
     summary = run_typographic(cfg, resume=args.resume)
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(typographic_table(summary["test"]))

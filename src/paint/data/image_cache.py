@@ -60,7 +60,7 @@ def bad_rows(arr: np.ndarray, digests: Sequence[str]) -> list[int]:
 
 def _fill(out: np.ndarray, rows: Iterable[int], decode: Decoder, digests: list[str], desc: str, progress: bool) -> None:
     """Decode ``rows`` into ``out`` and record their digests."""
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     for i in tqdm(list(rows), desc=desc, disable=not progress, unit="img", leave=False):
         out[i] = decode(i)

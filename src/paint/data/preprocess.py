@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from paint.data.image_cache import cache_path, cached_images
 from paint.data.task import ImageSplit, image_source
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 
 
 @dataclass(frozen=True)

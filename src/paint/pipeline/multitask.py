@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, first_duplicate
+from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import DEFAULT_MODEL
@@ -245,6 +245,7 @@ class MultitaskConfig(CachedRun, SelectionFields):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _checks(self):
@@ -311,6 +312,6 @@ def run_patch_multitask(cfg: Any, resume: bool) -> dict[str, Any]:
     mt = MultitaskConfig(
         model=cfg.model, revision=cfg.revision, output_dir=cfg.output_dir, patch_tasks=cfg.patch_tasks,
         support_tasks=cfg.support_tasks, modes=cfg.modes, finetune=cfg.finetune, selection=cfg.selection,
-        eval_batch_size=cfg.eval_batch_size, cache_dir=cfg.cache_dir, device=cfg.device,
+        eval_batch_size=cfg.eval_batch_size, cache_dir=cfg.cache_dir, device=cfg.device, threads=cfg.threads,
     )
     return run_multitask(mt, resume=resume)

@@ -98,17 +98,12 @@ def choose(
     ``reference`` is the zero-shot model's validation metrics when the line does not start there
     (sequential multi-task patching); by default the line's alpha 0 is the reference.
     """
-    from tqdm.auto import tqdm
+    from paint.progress import counter, ticking
 
     measure = pool.measure(line)
-    bar = tqdm(total=cfg.max_evals(), desc=f"choose alpha ({cfg.strategy}, val)", dynamic_ncols=True)
-
-    def counted(alpha: float, grad: bool) -> TaskMetrics:
-        bar.update(1)
-        return measure(alpha, grad)
-
-    result = run_search(evaluator_for(cfg, counted, patch, support, reference), cfg)
-    bar.close()
+    with counter(f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
+                 total=cfg.max_evals()) as bar:
+        result = run_search(evaluator_for(cfg, ticking(measure, bar), patch, support, reference), cfg)
     sweep = [sweep_point(e.alpha, e.metrics) for e in sorted(result.evaluations, key=lambda e: e.alpha)]
     if reference is None and all(p["alpha"] != 0.0 for p in sweep):  # the zero-shot row is always in the table
         sweep.insert(0, sweep_point(0.0, measure(0.0, False)))

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import CachedRun, first_duplicate
+from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
 from paint.pipeline.operation import choose, finetune_tower, test_at
@@ -54,6 +54,7 @@ class PatchConfig(CachedRun, SelectionFields):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @field_validator("modes")
     @classmethod

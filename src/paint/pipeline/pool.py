@@ -73,9 +73,10 @@ def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dic
 def prepare_tasks(bundle: Any, loaded: Sequence[tuple[str, Any, dict]], cache_dir: Any, batch_size: int) -> list[PoolTask]:
     """Preprocess (cached) and build the zero-shot head (cached) of every loaded task."""
     from paint.models.heads import zeroshot_head
+    from paint.progress import progress
 
     prepared = []
-    for role, task, info in loaded:
+    for role, task, info in progress(loaded, desc="prepare tasks (preprocess images, zero-shot heads)", unit="task"):
         images, labels, ids = {}, {}, {}
         for s in ROLE_SPLITS.get(role, ("val", "test")):
             split = task.split(s)
@@ -174,10 +175,10 @@ class TaskPool:
 
     def sweep(self, line: Line, alphas: Sequence[float], split: str = "val", allow_extrapolation: bool = False) -> list[dict[str, Any]]:
         """Validation accuracy and loss of every task at each alpha, in order (with a progress bar)."""
-        from tqdm.auto import tqdm
+        from paint.progress import progress
 
         points = []
-        for alpha in tqdm(alphas, desc=f"alpha sweep ({split})", dynamic_ncols=True):
+        for alpha in progress(alphas, desc=f"alpha sweep ({split})"):
             points.append(sweep_point(alpha, self.evaluate_line(line, alpha, split, allow_extrapolation=allow_extrapolation)))
         return points
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun
+from paint.config import CachedRun, ThreadsSetting
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
@@ -70,6 +70,7 @@ class CountingConfig(CachedRun, SelectionFields):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _distinct(self):

@@ -98,8 +98,10 @@ def backward_knowledge_transfer(
     """BackwardKnowledgeTransfer over ``alphas`` (each in (0, 1]) with the support losses it used."""
     if any(not 0.0 < a <= 1.0 for a in alphas):
         raise PaintError("BackwardKnowledgeTransfer alphas must lie in (0, 1]")
+    from paint.progress import progress
+
     losses = []
-    for a in [0.0, *alphas]:
+    for a in progress([0.0, *alphas], desc="BackwardKnowledgeTransfer: support loss along the line", unit="alpha"):
         set_image_tower(model, line_point(theta_zs, theta_ft, a))
         losses.append(weighted_loss(model, support, spec, batch_size))
     dist = weight_distance(theta_zs, theta_ft)
@@ -164,14 +166,18 @@ def transfer_metrics(
     batch_size: int = 256,
 ) -> dict[str, object]:
     """Every metric for one fine-tuned model: GS and BKT on the support tasks (equal weights), CKA per task."""
+    from paint.progress import phase, progress
+
     out: dict[str, object] = {"distance": weight_distance(theta_zs, theta_ft)}
     if support:
         w = 1.0 / len(support)
         data = [LossData(d.images, d.labels, d.head, w) for d in support.values()]
         out["support_tasks"] = list(support)
-        out["gradient_similarity"] = gradient_similarity(model, theta_zs, theta_ft, data, spec, batch_size)
+        with phase("GradientSimilarity: support-loss gradient at the zero-shot model"):
+            out["gradient_similarity"] = gradient_similarity(model, theta_zs, theta_ft, data, spec, batch_size)
         out["backward_knowledge_transfer"] = backward_knowledge_transfer(model, theta_zs, theta_ft, data, spec, alphas, batch_size)
-    out["cka"] = {name: feature_cka(model, theta_zs, theta_ft, imgs, spec, batch_size) for name, imgs in cka_images.items()}
+    out["cka"] = {name: feature_cka(model, theta_zs, theta_ft, imgs, spec, batch_size)
+                  for name, imgs in progress(cka_images.items(), desc="linear CKA", total=len(cka_images), unit="task")}
     set_image_tower(model, theta_zs)
     return out
 

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, first_duplicate
+from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
 from paint.selection import SelectionFields
@@ -36,6 +36,7 @@ class TransferConfig(CachedRun, SelectionFields):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _unique(self):

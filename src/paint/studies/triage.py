@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from paint.config import StrictModel, dump_config
+from paint.config import StrictModel, ThreadsSetting, dump_config
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
@@ -67,6 +67,7 @@ class TriageConfig(StrictModel):
     batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     seed: int = 0
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @field_validator("shots")
     @classmethod
@@ -171,14 +172,13 @@ def extract_features(
     model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256, desc: str = "features"
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) of uint8 images (N, 3, S, S), with a progress bar."""
-    from tqdm.auto import tqdm
-
     from paint.models.clip import image_features
+    from paint.progress import progress as tqdm
 
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
         batch = normalize(torch.as_tensor(images[i : i + batch_size]).to(device), spec.mean, spec.std)
         out.append(F.normalize(image_features(model, batch).float(), dim=-1).cpu())  # (B, D)
     return torch.cat(out) if out else torch.empty(0, 0)
@@ -371,9 +371,8 @@ def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
         resume: reuse tasks already finished in ``output_dir/results.jsonl`` by the same config
             and model (without it, an existing results file is refused).
     """
-    from tqdm.auto import tqdm
-
     from paint.models.clip import load_clip
+    from paint.progress import progress as tqdm
     from paint.utils import seed_everything
 
     cfg = resolve_tasks(cfg)
@@ -401,7 +400,7 @@ def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
     dump_config(cfg, out / "config.yaml")
 
     results: dict[str, dict[str, Any]] = {}
-    for spec, task in tqdm(tasks, desc="triage", dynamic_ncols=True):
+    for spec, task in tqdm(tasks, desc="triage"):
         if spec.name in done:
             results[spec.name] = done[spec.name]
             continue

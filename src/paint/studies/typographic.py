@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, first_duplicate
+from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
@@ -138,7 +138,7 @@ def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: 
     """
     from collections import Counter
 
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     labels, texts = split.labels, split.texts
     pairs = Counter(zip(labels.tolist(), texts.tolist()))
@@ -147,7 +147,7 @@ def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: 
         names.append(attacked_filename(split.classnames[y], split.classnames[t], i if pairs[(y, t)] > 1 else None))
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for i in tqdm(range(len(split)), desc=f"write {Path(out_dir).name}", disable=not progress, leave=False, dynamic_ncols=True):
+        for i in tqdm(range(len(split)), desc=f"write {Path(out_dir).name}", disable=not progress, leave=False):
             split.image(i).save(tmp / names[i], format="PNG")
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
             for i, name in enumerate(names):
@@ -332,6 +332,7 @@ class TypographicConfig(CachedRun, SelectionFields):
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _distinct(self):

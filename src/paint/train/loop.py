@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import atomic_path
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -223,7 +223,7 @@ def fit(
     # gathers its shards) in forward, and loss_fn may call submodules (vision_model, ...) directly.
     wrapped, optimizer = accelerator.prepare(_LossModule(model, loss_fn), optimizer)
     wrapped.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
             break

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import atomic_path
 from paint.weights.io import (
     DEFAULT_SHARD_BYTES,

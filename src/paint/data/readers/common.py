@@ -88,7 +88,7 @@ def filter_readable(
     Returns:
         (kept paths, kept labels, number dropped).
     """
-    from tqdm.auto import tqdm
+    from paint.progress import progress as tqdm
 
     checked = tqdm(paths, desc=f"check {where}", unit="file", leave=False, disable=len(paths) < 5000)
     results = [check_image(p) for p in checked]
