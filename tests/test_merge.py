@@ -175,7 +175,7 @@ def test_run_merge_writes_hf_checkpoint_with_model_card(clip_dirs, tmp_path):
     assert hashes[0]["sha256"] == io.file_sha256(clip_dirs / "base" / "model.safetensors")
     assert "2306.01708" in card and '"val_accuracy": 0.75' in card and "density: 0.5" in card
     resolved = load_config(MergeConfig, out / CONFIG_NAME)  # the resolved config round-trips
-    assert resolved == cfg.model_copy(update={"parameters": {"density": 0.5, "scaling": 1.0}})
+    assert resolved == cfg.model_copy(update={"parameters": {"density": 0.5, "scaling": 1.0, "normalize": True}})
     model = CLIPModel.from_pretrained(out)
     expected = merge_state_dicts(
         io.load_state_dict(clip_dirs / "base"),
