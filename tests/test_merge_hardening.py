@@ -84,20 +84,25 @@ def test_kth_largest_magnitude_is_exact_with_ties_and_chunks(dtype):
     assert S.keep_count(0.2, 21) == 4 and S.keep_count(0.001, 10) == 1  # int(), at least one, as mergekit
 
 
-def test_inputs_are_hashed_once_while_streaming(tmp_path, sds, monkeypatch):
+@pytest.mark.parametrize("method", ["ties", "linear"])
+def test_inputs_are_hashed_once_while_streaming(tmp_path, sds, monkeypatch, method):
+    """The base listed again as a model is hashed once; linear never reads the base (hashed on a second thread)."""
     base, models = sds
     b = io.save_state_dict(base, tmp_path / "base")
     m = io.save_state_dict(models[0], tmp_path / "m", max_shard_bytes=600)
-    expected = {p.resolve(): io.file_sha256(p) for p in [b / "model.safetensors", *m.glob("*.safetensors")]}
+    other = io.save_state_dict(models[1], tmp_path / "other")
+    files = [b / "model.safetensors", other / "model.safetensors", *m.glob("*.safetensors")]
+    expected = {str(p): io.file_sha256(p) for p in files}
     # No file is read a second time for its hash: the hashes come from the merge's own reads.
     monkeypatch.setattr("paint.merge.file_sha256", lambda p: pytest.fail(f"{p} hashed by a second read"))
-    cfg = MergeConfig(base=str(b), models=[{"path": str(b)}, {"path": str(m)}], method="ties", output=str(tmp_path / "o"))
+    base_dir = b if method == "ties" else other
+    models_cfg = [{"path": str(b)}, {"path": str(m)}]
+    cfg = MergeConfig(base=str(base_dir), models=models_cfg, method=method, output=str(tmp_path / "o"))
     summary = run_merge(cfg, progress=False)
-    got = {(h["input"], h["file"]): h["sha256"] for h in summary["input_hashes"]}
-    assert len(got) == 2 + len(list(m.glob("*.safetensors")))  # the base listed as a model is listed twice...
-    assert got["base", str(b / "model.safetensors")] == got["model 0", str(b / "model.safetensors")]
-    for (_, f), h in got.items():
-        assert h == expected[(tmp_path / f).resolve()], f  # ...and every hash is the file's sha256
+    rows = summary["input_hashes"]
+    assert [r["input"] for r in rows] == ["base", "model 0"] + ["model 1"] * len(list(m.glob("*.safetensors")))
+    assert rows[0]["file"] == str(base_dir / "model.safetensors")
+    assert all(r["sha256"] == expected[r["file"]] for r in rows)
 
 
 def test_truncated_input_is_refused_before_merging(tmp_path, sds):

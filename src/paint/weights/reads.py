@@ -57,13 +57,17 @@ class InputReads:
     Args:
         readers: the opened inputs.
         hashing: compute the sha256 of every input file.
+        unread: inputs whose tensors the merge never reads (the base of a linear merge): their
+            files are hashed whole on a second thread while the merge runs.
     """
 
-    def __init__(self, readers: Sequence[CheckpointReader], hashing: bool = False):
+    def __init__(self, readers: Sequence[CheckpointReader], hashing: bool = False, unread: Sequence[int] = ()):
         self.readers = list(readers)
         self.hashing = hashing
+        self.unread = set(unread)
         self._files: dict[Path, _File] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paint-sha256") if hashing else None
+        self._whole: dict[Path, Future[str]] = {}  # files nobody reads, hashed by a second thread from the start
         self._pending: deque[tuple[Future[Any], int]] = deque()
         self._pending_bytes = 0
         self._where: list[dict[str, _File]] = []  # per input: key -> the file holding it (safetensors only)
@@ -109,9 +113,15 @@ class InputReads:
             self._pending_bytes -= n
 
     def start(self) -> None:
-        """Hash every file's header (call before the first read)."""
-        for f in self._files.values():
-            if f.sha is not None and f.hashed == 0:
+        """Hash every file's header, and start hashing the unread files (call before the first read)."""
+        read = {p.resolve() for i, r in enumerate(self.readers) if i not in self.unread for p in r.files}
+        unread = {p.resolve() for i in self.unread for p in self.readers[i].files} - read
+        if self.hashing and unread:
+            background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paint-sha256-whole")
+            self._whole = {p: background.submit(file_sha256, p) for p in sorted(unread)}
+            background.shutdown(wait=False)  # runs the queued hashes, then its thread ends
+        for path, f in self._files.items():
+            if f.sha is not None and f.hashed == 0 and path not in self._whole:
                 header = bytearray(f.data_start)
                 f.pread_into(memoryview(header), 0)
                 f.sha.update(header)
@@ -127,9 +137,9 @@ class InputReads:
         while self._pending:
             self._pending.popleft()[0].result()
         self._pending_bytes = 0
-        out: dict[Path, str] = {}
+        out: dict[Path, str] = {p: h.result() for p, h in self._whole.items()}
         for path, f in self._files.items():
-            if f.sha is None:
+            if f.sha is None or path in out:
                 continue
             while f.hashed < f.size:
                 block = bytearray(min(_BLOCK, f.size - f.hashed))
@@ -144,6 +154,8 @@ class InputReads:
         return out
 
     def close(self) -> None:
+        for h in self._whole.values():
+            h.cancel()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         for f in self._files.values():

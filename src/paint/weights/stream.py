@@ -226,7 +226,7 @@ def stream_merge_into(
     t0 = time.perf_counter()
     infos = readers[0].infos
     selected = key_selector(include)
-    reads = InputReads(readers, hashing=hash_inputs)
+    reads = InputReads(readers, hashing=hash_inputs, unread=() if method.uses_base else (0,))
     writer = ShardedWriter(out_dir, infos, max_shard_bytes)
     merged = copied = 0
     try:
