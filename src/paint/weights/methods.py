@@ -180,18 +180,17 @@ def _consensus(taus: Sequence[torch.Tensor], weights: Sequence[float], normalize
     mass = taus[0].clone()
     for t in taus[1:]:
         mass += t
-    elected = torch.where(mass >= 0, 1.0, -1.0).to(mass.dtype)
+    positive = mass >= 0  # the elected sign: + where the mass is >= 0
     del mass
     mixed = torch.zeros_like(taus[0])
     divisor = torch.zeros_like(taus[0]) if normalize else None
     for t, w in zip(taus, weights):
-        agree = torch.sign(t) == elected  # a zero entry never agrees
-        mixed += t * agree
+        agree = torch.where(positive, t > 0, t < 0)  # a zero entry never agrees
+        mixed += torch.where(agree, t, 0.0)
         if divisor is not None:
-            divisor += agree * float(w)
+            divisor += torch.where(agree, float(w), 0.0)
     if divisor is not None:
-        divisor[divisor == 0] = 1.0
-        mixed /= divisor
+        mixed /= divisor.masked_fill_(divisor == 0, 1.0)
     return mixed
 
 

@@ -27,8 +27,18 @@ import torch
 from paint.errors import PaintError
 from paint.weights.io import CheckpointReader, file_sha256, safetensors_spans
 
-_MAX_PENDING_BYTES = 64 * 1024**2  # buffers held for the hashing thread at most
-_BLOCK = 16 * 1024**2
+_MAX_PENDING_BYTES = 16 * 1024**2  # buffers held for the hashing thread at most
+_BLOCK = 4 * 1024**2
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file read into one reused buffer (no per-block allocation on the hashing thread)."""
+    h, buf = hashlib.sha256(), bytearray(_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 class _File:
@@ -118,7 +128,7 @@ class InputReads:
         unread = {p.resolve() for i in self.unread for p in self.readers[i].files} - read
         if self.hashing and unread:
             background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paint-sha256-whole")
-            self._whole = {p: background.submit(file_sha256, p) for p in sorted(unread)}
+            self._whole = {p: background.submit(_file_sha256, p) for p in sorted(unread)}
             background.shutdown(wait=False)  # runs the queued hashes, then its thread ends
         for path, f in self._files.items():
             if f.sha is not None and f.hashed == 0 and path not in self._whole:
@@ -141,11 +151,12 @@ class InputReads:
         for path, f in self._files.items():
             if f.sha is None or path in out:
                 continue
+            block = memoryview(bytearray(_BLOCK))
             while f.hashed < f.size:
-                block = bytearray(min(_BLOCK, f.size - f.hashed))
-                f.pread_into(memoryview(block), f.hashed)
-                f.sha.update(block)
-                f.hashed += len(block)
+                part = block[: min(_BLOCK, f.size - f.hashed)]
+                f.pread_into(part, f.hashed)
+                f.sha.update(part)
+                f.hashed += len(part)
             out[path] = f.sha.hexdigest()
         for r in self.readers:
             for path in (p.resolve() for p in r.files):

@@ -51,10 +51,10 @@ def keep_count(density: float, numel: int) -> int:
 
 
 def _order_keys(mag: torch.Tensor) -> torch.Tensor:
-    """Non-negative floats -> int64 keys with the same order (IEEE bit patterns of non-negative floats sort)."""
+    """Non-negative floats -> integer keys with the same order (IEEE bit patterns of non-negative floats sort)."""
     if mag.dtype == torch.float64:
         return mag.reshape(-1).view(torch.int64)
-    return mag.reshape(-1).to(torch.float32).view(torch.int32).to(torch.int64)
+    return mag.reshape(-1).to(torch.float32).view(torch.int32)
 
 
 def _histogram(chunks: TauChunks, prefix: int, known: int, step: int, nbits: int | None) -> tuple[torch.Tensor, int]:
@@ -71,7 +71,8 @@ def _histogram(chunks: TauChunks, prefix: int, known: int, step: int, nbits: int
         keys = _order_keys(chunk.abs())
         if known:
             keys = keys[(keys >> (shift + step)) == prefix]
-        hist += torch.bincount((keys >> shift) & ((1 << step) - 1), minlength=1 << step)
+        digits = keys >> shift if known == 0 else (keys >> shift) & ((1 << step) - 1)  # the top digit needs no mask
+        hist += torch.bincount(digits, minlength=1 << step)
     return hist, 31 if nbits is None else nbits
 
 

@@ -40,7 +40,7 @@ from paint.weights.methods import MergeMethod, check_weights, get_method
 from paint.weights.ops import check_compatible
 from paint.weights.reads import InputReads
 
-DEFAULT_CHUNK_BYTES = 16 * 1024**2
+DEFAULT_CHUNK_BYTES = 4 * 1024**2
 
 # read(source index, key, start row, stop row); rows None means the whole tensor.
 RowReader = Callable[[int, str, "int | None", "int | None"], torch.Tensor]
