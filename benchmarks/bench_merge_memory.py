@@ -8,7 +8,8 @@ fresh subprocesses:
 - ``naive``: ``safetensors.torch.load_file`` both fine-tuned models, lerp every tensor at
   0.5, ``save_file`` (what a script without streaming does);
 - ``METHOD``: :func:`paint.merge.run_merge`, i.e. ``paint merge`` with its defaults (input
-  hashes included), for every registered method: base plus the two fine-tuned models.
+  hashes included), for every registered method: base plus the two fine-tuned models;
+  ``linear (no hashes)`` is the same linear merge with ``hash_inputs: false``.
 
 Peak resident memory comes from the OS twice: ``ru_maxrss`` of each child via ``os.wait4``
 and the child's own ``VmHWM`` from ``/proc/self/status``. The parent stays small (stdlib
@@ -41,6 +42,7 @@ METHOD_SETTINGS = {  # weights, parameters
     "dare_ties": ([1.0, 1.0], {"drop_rate": 0.5}),
     "model_stock": ([1.0, 1.0], {}),
 }
+NO_HASH = " (no hashes)"  # paint merge with hash_inputs: false: the merge's own cost
 VMHWM = 'int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])'
 CHILD = {
     "stream": f"""
@@ -48,8 +50,10 @@ import json, sys, time
 from paint.merge import MergeConfig, run_merge
 t = time.perf_counter()
 weights, params = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+method, hash_inputs = sys.argv[7].removesuffix(" (no hashes)"), not sys.argv[7].endswith(" (no hashes)")
 cfg = MergeConfig(base=sys.argv[1], models=[{{"path": sys.argv[2], "weight": weights[0]}},
-                  {{"path": sys.argv[3], "weight": weights[1]}}], method=sys.argv[7], parameters=params, output=sys.argv[4])
+                  {{"path": sys.argv[3], "weight": weights[1]}}], method=method, parameters=params, output=sys.argv[4],
+                  hash_inputs=hash_inputs)
 run_merge(cfg, progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "vmhwm_kb": {VMHWM}}}))
 """,
@@ -120,9 +124,7 @@ def generate(paths: list[Path], layout: dict) -> None:
 
 def run_child(mode: str, method: str, paths: list[Path], out: Path) -> dict:
     """Run one merge in a fresh interpreter; peak RSS from the kernel's rusage of that child."""
-    weights, params = METHOD_SETTINGS.get(method, ([1.0, 1.0], {}))
-    if method == "model_stock":
-        weights = [1.0, 1.0]
+    weights, params = METHOD_SETTINGS[method.removesuffix(NO_HASH)]
     argv = [*map(str, paths), str(out), json.dumps(weights), json.dumps(params), method]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     t = time.perf_counter()
@@ -155,7 +157,7 @@ def report(results: list[dict], size: int) -> bool:
     walls = {n: [r["wall_s"] for r in results if r["name"] == n] for n in names}
     print(f"\ncheckpoint {size / 2**20:.1f} MiB; memory goal {goal_mb:.1f} MiB\n")
     print(f"| {'merge':<22} | {'peak RSS (MiB)':>14} | {'wall (s)':<22} | memory goal |")
-    print(f"|{'-' * 24}|{'-' * 16}:|{'-' * 24}|{'-' * 13}|")
+    print(f"|{'-' * 24}|{'-' * 15}:|{'-' * 24}|{'-' * 13}|")
     ok = True
     for n in names:
         met = n == "naive" or peak[n] <= goal_mb
@@ -192,10 +194,10 @@ def main() -> int:
         size = (paths[0] / "model.safetensors").stat().st_size
         print(f"generated 3 {args.layout} checkpoints, {size / 1e9:.3f} GB each, in {time.perf_counter() - t:.1f}s")
         results = []
-        runs = [("naive", "linear"), ("stream", "linear")] * args.repeats
+        runs = [("naive", "linear"), ("stream", "linear"), ("stream", "linear" + NO_HASH)] * args.repeats
         runs += [("stream", m) for m in args.methods if m != "linear"]
         for mode, method in runs:
-            out = work / f"out-{mode}-{method}"
+            out = work / f"out-{mode}-{method.replace(' ', '_')}"
             shutil.rmtree(out, ignore_errors=True)
             res = run_child(mode, method, paths, out)
             results.append(res)
