@@ -28,6 +28,12 @@ def run(args: argparse.Namespace) -> int:
         f"merged {stats['merged']} tensors ({stats['copied']} copied from the base) with {cfg.method} "
         f"into {cfg.output} ({', '.join(stats['files'])}) in {summary['seconds']:.1f}s"
     )
-    if summary.get("evaluation"):
+    evaluation = summary.get("evaluation") or {}
+    if cfg.method == "greedy_soup":
+        kept = evaluation["kept"]
+        print(f"greedy soup kept {len(kept)} of {len(cfg.models)} models (val accuracy of the soup after each):")
+        for i, k in enumerate(kept, 1):
+            print(f"  {i}. {k['path']}: {100 * k['val_accuracy']:.1f}%")
+    if evaluation:
         print(f"validation accuracy of the merge on {cfg.evaluate_on.name}: {100 * summary['evaluation']['val_accuracy']:.1f}%")
     return 0

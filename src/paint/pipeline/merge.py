@@ -30,15 +30,11 @@ from paint.weights.io import (
     parse_size,
     write_state_dict_into,
 )
-from paint.weights.methods import (
-    GREEDY_SOUP,
-    GREEDY_SOUP_PAPERS,
-    METHODS,
-    get_method,
-    greedy_soup,
-)
+from paint.weights.methods import GREEDY_SOUP, METHODS, get_method
+from paint.weights.soup import GREEDY_SOUP_PAPERS, greedy_soup
 from paint.weights.stream import (
     DEFAULT_CHUNK_BYTES,
+    check_files,
     check_layouts,
     resolve,
     stream_merge_into,
@@ -82,7 +78,7 @@ class MergeConfig(StrictModel):
     output: str = Field(description="output directory (an HF checkpoint)")
     include: list[str] | None = Field(None, description="fnmatch patterns of keys to merge; others are copied from base")
     max_shard_size: int | str = Field("2GB", description="largest output shard, e.g. 500MB")
-    chunk_size: int | str = Field(DEFAULT_CHUNK_BYTES, description="row-chunk size for elementwise methods")
+    chunk_size: int | str = Field(DEFAULT_CHUNK_BYTES, description="row-chunk size: larger tensors are merged in chunks")
     hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
     overwrite: bool = False
     evaluate_on: TaskSpec | None = Field(
@@ -185,7 +181,26 @@ def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[
         raise PaintError(f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory")
     readers = [CheckpointReader(s) for s in sources]
     check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {m.path}" for m in cfg.models])
+    check_files(readers)
+    check_carried_files(Path(readers[0].path))
     return readers, params
+
+
+def check_carried_files(base: Path) -> None:
+    """The base's JSON files that the output will carry (config, tokenizer, processor) parse as JSON objects."""
+    if not base.is_dir():
+        return
+    for name in CARRIED_FILES:
+        path = base / name
+        if not name.endswith(".json") or not path.is_file():
+            continue
+        try:
+            ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+            why = "is not a JSON object"
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            ok, why = False, f"is not valid JSON ({str(e).splitlines()[0]})"
+        if not ok:
+            raise PaintError(f"base file {path} {why}; fix or remove it (the merge would copy it into the output)")
 
 
 def _carry_files(base: Path, dest: Path) -> list[str]:
@@ -200,12 +215,18 @@ def _carry_files(base: Path, dest: Path) -> list[str]:
     return copied
 
 
-def _input_hashes(readers: list[CheckpointReader], labels: list[str]) -> list[dict[str, str]]:
-    return [
-        {"input": label, "file": str(f), "sha256": file_sha256(f)}
-        for label, r in zip(labels, readers)
-        for f in r.files
-    ]
+def _input_hashes(
+    readers: list[CheckpointReader], labels: list[str], known: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """One row per input file; each distinct file is hashed once (``known``: hashes computed while streaming)."""
+    digests = {Path(p).resolve(): h for p, h in (known or {}).items()}
+    rows = []
+    for label, r in zip(labels, readers):
+        for f in r.files:
+            if f.resolve() not in digests:
+                digests[f.resolve()] = file_sha256(f)
+            rows.append({"input": label, "file": str(f), "sha256": digests[f.resolve()]})
+    return rows
 
 
 def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
@@ -272,6 +293,53 @@ def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _soup_into(tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], evaluate: Evaluate) -> dict[str, Any]:
+    """Greedy soup written into ``tmp``: stats and evaluation (ingredients kept, with the val score after each)."""
+    soup = greedy_soup([r.as_mapping() for r in readers[1:]], evaluate)
+    files = write_state_dict_into(soup.state_dict, tmp, parse_size(cfg.max_shard_size))
+    tensors = soup.state_dict.values()
+    stats = {
+        "tensors": len(soup.state_dict),
+        "merged": sum(t.is_floating_point() for t in tensors),
+        "copied": sum(not t.is_floating_point() for t in tensors),
+        "bytes": sum(t.numel() * t.element_size() for t in tensors),
+        "files": [f.name for f in files],
+    }
+    evaluation = {
+        "val_accuracy": soup.accuracy,
+        "ingredients": [cfg.models[i].path for i in soup.ingredients],
+        "kept": [{"path": cfg.models[i].path, "val_accuracy": a} for i, a in soup.kept()],
+        "individual": {cfg.models[i].path: a for i, a in enumerate(soup.individual)},
+        "history": soup.history,
+    }
+    return {"stats": stats, "evaluation": evaluation, "parameters": {}, "hashes": {}}
+
+
+def _stream_into(
+    tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], params: Any, evaluate: Evaluate | None, progress: bool
+) -> dict[str, Any]:
+    """The streamed merge written into ``tmp``: stats, parameters, input hashes and the optional evaluation."""
+    weights = [m.weight for m in cfg.models]
+    method, w, p = resolve(cfg.method, len(weights), weights, params)
+    merged = stream_merge_into(
+        tmp,
+        readers,
+        method,
+        w,
+        p,
+        include=cfg.include,
+        max_shard_bytes=parse_size(cfg.max_shard_size),
+        chunk_bytes=parse_size(cfg.chunk_size),
+        progress=progress,
+        hash_inputs=cfg.hash_inputs,
+    )
+    evaluation = None
+    if evaluate is not None:
+        evaluation = {"val_accuracy": float(evaluate(CheckpointReader(tmp).as_mapping()))}
+    return {"stats": merged.as_dict(), "evaluation": evaluation, "parameters": p.model_dump(mode="json"),
+            "hashes": merged.sha256}  # fmt: skip
+
+
 def run_merge(cfg: MergeConfig, evaluate: Evaluate | None = None, progress: bool = True) -> dict[str, Any]:
     """Validate, stream the merge, and write an HF checkpoint with model card and resolved config.
 
@@ -288,58 +356,25 @@ def run_merge(cfg: MergeConfig, evaluate: Evaluate | None = None, progress: bool
     t0 = time.perf_counter()
     readers, params = validate_merge(cfg, evaluate)
     labels = ["base"] + [f"model {i}" for i in range(len(cfg.models))]
-    weights = [m.weight for m in cfg.models]
-    evaluation: dict[str, Any] | None = None
     out = Path(cfg.output)
     with atomic_path(out) as tmp:
         tmp.mkdir()
         if cfg.method == GREEDY_SOUP:
             assert evaluate is not None  # checked in validate_merge
-            soup = greedy_soup([r.as_mapping() for r in readers[1:]], evaluate)
-            files = write_state_dict_into(soup.state_dict, tmp, parse_size(cfg.max_shard_size))
-            stats = {
-                "tensors": len(soup.state_dict),
-                "merged": sum(t.is_floating_point() for t in soup.state_dict.values()),
-                "copied": sum(not t.is_floating_point() for t in soup.state_dict.values()),
-                "bytes": sum(t.numel() * t.element_size() for t in soup.state_dict.values()),
-                "files": [f.name for f in files],
-            }
-            evaluation = {
-                "val_accuracy": soup.accuracy,
-                "ingredients": [cfg.models[i].path for i in soup.ingredients],
-                "individual": {cfg.models[i].path: a for i, a in enumerate(soup.individual)},
-                "history": soup.history,
-            }
-            param_dump: dict[str, Any] = {}
+            done = _soup_into(tmp, cfg, readers, evaluate)
         else:
-            method, w, p = resolve(cfg.method, len(weights), weights, params)
-            merged = stream_merge_into(
-                tmp,
-                readers,
-                method,
-                w,
-                p,
-                include=cfg.include,
-                max_shard_bytes=parse_size(cfg.max_shard_size),
-                chunk_bytes=parse_size(cfg.chunk_size),
-                progress=progress,
-            )
-            stats = merged.as_dict()
-            param_dump = p.model_dump(mode="json")
-            if evaluate is not None:
-                evaluation = {"val_accuracy": float(evaluate(CheckpointReader(tmp).as_mapping()))}
-        carried = _carry_files(Path(readers[0].path), tmp)
+            done = _stream_into(tmp, cfg, readers, params, evaluate, progress)
         summary: dict[str, Any] = {
             "method": cfg.method,
-            "parameters": param_dump,
-            "weights": weights,
-            "stats": stats,
-            "carried_files": carried,
-            "input_hashes": _input_hashes(readers, labels) if cfg.hash_inputs else [],
-            "evaluation": evaluation,
+            "parameters": done["parameters"],
+            "weights": [m.weight for m in cfg.models],
+            "stats": done["stats"],
+            "carried_files": _carry_files(Path(readers[0].path), tmp),
+            "input_hashes": _input_hashes(readers, labels, done["hashes"]) if cfg.hash_inputs else [],
+            "evaluation": done["evaluation"],
             "output": str(out),
         }
-        resolved = cfg.model_copy(update={"parameters": param_dump})  # every method default filled in
+        resolved = cfg.model_copy(update={"parameters": done["parameters"]})  # every method default filled in
         dump_config(resolved, tmp / CONFIG_NAME)
         write_text_atomic(tmp / "README.md", model_card(resolved, summary))
         summary["seconds"] = round(time.perf_counter() - t0, 3)

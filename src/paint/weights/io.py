@@ -351,6 +351,39 @@ def file_sha256(path: str | os.PathLike, block: int = 16 * 1024**2) -> str:
     return h.hexdigest()
 
 
+def safetensors_spans(path: str | os.PathLike) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Where each tensor's bytes lie in a safetensors file: (data start, key -> absolute [begin, end))."""
+    p = Path(path)
+    infos, _ = read_safetensors_header(p)  # validates the header; the offsets are read again below
+    with open(p, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    start = 8 + n
+    return start, {k: (start + int(header[k]["data_offsets"][0]), start + int(header[k]["data_offsets"][1])) for k in infos}
+
+
+def check_safetensors_size(path: str | os.PathLike) -> None:
+    """Raise :class:`PaintError` (one line naming the file) when a tensor's bytes do not fit in the file.
+
+    Catches truncated downloads and copies before a merge starts, instead of failing mid-merge.
+    """
+    p = Path(path)
+    infos, _ = read_safetensors_header(p)
+    start, spans = safetensors_spans(p)
+    size = p.stat().st_size
+    for key, (begin, end) in spans.items():
+        if end - begin != infos[key].nbytes or begin < start:
+            raise PaintError(
+                f"{p} is malformed: tensor {key!r} has data offsets for {end - begin} bytes but its shape and dtype "
+                f"need {infos[key].nbytes}; re-save or re-download it"
+            )
+        if end > size:
+            raise PaintError(
+                f"{p} is truncated: tensor {key!r} ends at byte {end} but the file has {size} bytes; "
+                "re-download or re-save it"
+            )
+
+
 # ---------------------------------------------------------------------------- writing
 
 
