@@ -112,7 +112,7 @@ def test_truncated_input_is_refused_before_merging(tmp_path, sds):
     data = (m / "model.safetensors").read_bytes()
     (m / "model.safetensors").write_bytes(data[:-100])
     cfg = MergeConfig(base=str(b), models=[{"path": str(m)}], output=str(tmp_path / "o"))
-    with pytest.raises(PaintError, match=r"model.safetensors is truncated: tensor '\w+(\.\w+)?' ends at byte \d+"):
+    with pytest.raises(PaintError, match=r"model.safetensors is truncated"):
         run_merge(cfg, progress=False)
     with pytest.raises(PaintError, match="is truncated"):
         merge_checkpoints(b, [m], tmp_path / "o2", progress=False)

@@ -50,7 +50,11 @@ def test_user_folder_task_holds_out_test_then_val(tmp_path):
     sizes = {k: len(v) for k, v in task.splits.items()}
     assert sizes == {"train": 18, "val": 6, "test": 6}
     assert info["test"]["derived"] and info["val"]["derived"]
-    assert info["val"]["seed"] == 0 and len(info["val"]["val_indices_sha256"]) == 16
+    # the derived test split is described as a test split (its own keys, identity and full hash)
+    assert info["test"]["test_size"] == 6 and info["test"]["trainval_size"] == 24
+    assert len(info["test"]["test_indices_sha256"]) == 64 and "val_size" not in info["test"]
+    assert "/test-" in task.splits["test"].identity and "/val-" not in task.splits["test"].identity
+    assert info["val"]["seed"] == 0 and len(info["val"]["val_indices_sha256"]) == 64
     # val comes from train's images, never from test's
     test_paths = {task.splits["test"].base.paths[i] for i in task.splits["test"].indices}
     val_split = task.splits["val"]
@@ -58,7 +62,7 @@ def test_user_folder_task_holds_out_test_then_val(tmp_path):
     assert not test_paths & val_paths
     # a different split_seed moves val but not test
     task2, info2 = load_external_task(spec.model_copy(update={"split_seed": 1}))
-    assert info2["test"]["val_indices_sha256"] == info["test"]["val_indices_sha256"]
+    assert info2["test"]["test_indices_sha256"] == info["test"]["test_indices_sha256"]
     assert info2["val"]["val_indices_sha256"] != info["val"]["val_indices_sha256"]
     img = task.splits["train"].image(0)
     assert img.mode == "RGB"

@@ -2,8 +2,8 @@
 
 Each sub-command lives in ``paint.commands.<name>`` with two functions,
 ``register(parser)`` (arguments only, cheap imports) and ``run(args) -> int``. The table
-below is the one explicit list of commands. User errors (:class:`PaintError`) become one
-line on stderr and exit code 2, with the library's API wording of a remedy
+below is the one explicit list of commands. User errors (:class:`PaintError`) and
+operating-system errors (``OSError``: a full disk, a permission) become one line on stderr and exit code 2, with the library's API wording of a remedy
 (``set allow_extrapolation``) turned into the flag the user can pass on this command.
 
 Every computing command takes ``--threads`` (torch CPU threads; default ``auto``, see
@@ -100,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(err: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and a hint for the common ones."""
+    import errno
+
+    reason = err.strerror or str(err) or type(err).__name__
+    where = f"{err.filename}: " if err.filename else ""
+    hint = {errno.ENOSPC: "; free some space (or point output_dir/cache_dir elsewhere) and rerun with --resume",
+            errno.EDQUOT: "; free some space and rerun with --resume",
+            errno.EACCES: "; check the permissions of that path",
+            errno.EROFS: "; choose a writable output_dir"}.get(err.errno or 0, "")
+    return f"{where}{reason}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from paint.errors import PaintError
 
@@ -120,6 +133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PaintError as e:
         runtime.drop_pending()
         print(f"paint {args.command}: error: {cli_message(str(e), args)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions, a path that is a file: the path and the reason, no traceback
+        print(f"paint {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         runtime.announce_pending()

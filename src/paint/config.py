@@ -8,23 +8,62 @@ validation problem into one :class:`PaintError` line that names the field.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from paint.errors import PaintError
 from paint.utils import write_yaml_atomic
 
 C = TypeVar("C", bound="StrictModel")
 
+SEED_MAX = 2**32 - 1  # NumPy's legacy seeding takes [0, 2**32 - 1]; torch, random and Accelerate accept it
+INT_LIMIT = 2**63 - 1  # what a torch / NumPy int64 holds: a larger count or size overflows deep inside
+
+
+def check_bounded(value: Any, field_name: str) -> Any:
+    """Refuse non-finite floats anywhere in a value, ints beyond int64, and seeds outside [0, 2**32 - 1].
+
+    Walks lists, tuples and dicts iteratively (free-form mappings such as a model's
+    architecture hold numbers too, and a deep structure must not exhaust the stack).
+    """
+    if field_name.endswith("seed") and isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= SEED_MAX:
+            raise ValueError(f"a seed must be an integer in [0, {SEED_MAX}], got {value}")
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
+        if isinstance(v, int) and abs(v) > INT_LIMIT:
+            raise ValueError(f"must be an integer of at most {INT_LIMIT} in magnitude, got one with {len(str(abs(v)))} digits")
+        if isinstance(v, (list, tuple, set, frozenset)):
+            stack.extend(v)
+        elif isinstance(v, dict):
+            stack.extend(v.values())
+    return value
+
 
 class StrictModel(BaseModel):
-    """Base for every config: frozen, no unknown fields, strict-ish types."""
+    """Base for every config: frozen, no unknown fields, strict-ish types, bounded numbers.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    ``allow_inf_nan=False`` refuses ``.inf``/``.nan`` in float fields (``lr: .inf`` would
+    train to NaN weights and exit 0); :func:`check_bounded` covers the rest (numbers inside
+    free-form fields, int64 overflow, seeds) for every field of every subclass.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_bounded(value, info.field_name or "")
 
 
 class CachedRun:
@@ -70,17 +109,27 @@ def parse_config(cls: type[C], data: Any, source: str = "config") -> C:
         return cls.model_validate(data)
     except ValidationError as e:
         raise PaintError(format_validation_error(e, source)) from None
+    except RecursionError:
+        raise PaintError(f"{source}: nested too deeply to be a config") from None
 
 
 def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> C:
     """Read a YAML config file, apply ``overrides`` (top-level keys) and ``sets`` (``--set a.b=v``), validate."""
     p = Path(path)
+    if p.is_dir():
+        raise PaintError(f"config file {p} is a directory; give the path of a YAML file")
     if not p.is_file():
         raise PaintError(f"config file {p} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise PaintError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:
+        raise PaintError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise PaintError(f"{p}: nested too deeply to be a config") from None
+    except OSError as e:
+        raise PaintError(f"cannot read config file {p}: {e.strerror or e}") from None
     if overrides:
         if not isinstance(data, dict):
             raise PaintError(f"{p}: expected a mapping of fields")

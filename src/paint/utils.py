@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -17,6 +20,66 @@ import numpy as np
 import torch
 import yaml
 
+log = logging.getLogger(__name__)
+
+# Every temporary entry that atomic_path creates is named ``.paint-tmp.<pid>.<target>.<suffix>``:
+# a run that finds one whose process is gone knows it was left by a kill (see clean_stale_temps).
+TEMP_PREFIX = ".paint-tmp."
+_TEMP_RE = re.compile(r"^\.paint-tmp\.(\d+)\.")
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid that created the atomic-write temporary called ``name``, or None if it is not one."""
+    m = _TEMP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def clean_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Remove the atomic-write temporaries under ``root`` whose creating process is gone.
+
+    A process killed inside :func:`atomic_path` (SIGKILL, power loss) leaves its temporary
+    directory behind; nothing else would ever remove it. Temporaries of live processes (a
+    shared cache written by another run right now) are kept. Returns what was removed.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in list(dirnames) + filenames:
+            pid = temp_owner(name)
+            if pid is None or pid_alive(pid):
+                continue
+            p = Path(dirpath) / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+            removed.append(p)
+        dirnames[:] = [d for d in dirnames if temp_owner(d) is None]  # never descend into a temporary
+    return removed
+
+
+def _as_os_error(err: Exception, path: Path) -> OSError | None:
+    """An I/O failure reported by safetensors (a Rust ``IoError``) as an OSError naming ``path``."""
+    text = str(err)
+    if "IoError" not in text and "No space left" not in text:
+        return None
+    m = re.search(r"code: (\d+)", text)
+    code = int(m.group(1)) if m else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -24,16 +87,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     Works for files and directories: whatever the caller writes at the yielded path
     replaces ``path`` with ``os.replace`` (an existing directory is removed first), so a
-    reader never sees a half-written output and a crash leaves the old one intact.
+    reader never sees a half-written output and a crash leaves the old one intact. The
+    temporaries carry :data:`TEMP_PREFIX` and the pid, so that the next run can remove
+    what a killed one left (:func:`clean_stale_temps`). An I/O error that safetensors
+    reports in its own exception type is raised as an ``OSError`` naming ``path``.
     """
+    from safetensors import SafetensorError
+
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}.{target.name}.", dir=target.parent))
     tmp = tmp_dir / target.name
     try:
-        yield tmp
+        try:
+            yield tmp
+        except SafetensorError as e:
+            os_err = _as_os_error(e, target)
+            if os_err is None:
+                raise
+            raise os_err from e
         if tmp.is_dir() and target.is_dir():
-            old = target.parent / f".{target.name}.old"
+            old = target.parent / f"{TEMP_PREFIX}{os.getpid()}.{target.name}.old"
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)
@@ -58,30 +132,67 @@ def write_yaml_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+def _ends_torn(path: Path) -> bool:
+    """Whether the file is non-empty and its last byte is not a newline (a torn last line)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
+
+
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """Append one record as a line, flushed and fsynced (a crash loses at most this line)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record as a line, flushed and fsynced (a crash loses at most this line).
+
+    A torn last line (a crash or a full disk mid-write) is ended first, so the new record
+    starts on its own line instead of being glued to the fragment and lost with it. A
+    failed write is raised as an ``OSError`` that names the file.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    try:
+        with open(p, "a", encoding="utf-8") as f:
+            if _ends_torn(p):
+                line = "\n" + line
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(p)) from e
+        raise
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read records, ignoring a torn last line left by a crash."""
+def read_jsonl_checked(path: str | os.PathLike) -> tuple[list[dict[str, Any]], int]:
+    """Records of a JSONL file and the number of lines that are not a JSON object (skipped)."""
     p = Path(path)
     if not p.exists():
-        return []
-    out = []
-    for line in p.read_text(encoding="utf-8").splitlines():
+        return [], 0
+    out, bad = [], 0
+    for line in p.read_bytes().decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
+            bad += 1
             continue
-    return out
+        if isinstance(rec, dict):
+            out.append(rec)
+        else:
+            bad += 1
+    return out, bad
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read records, skipping lines that are not JSON objects (a torn line left by a crash)."""
+    return read_jsonl_checked(path)[0]
 
 
 def sha256_strings(parts: Iterable[str]) -> str:
@@ -89,6 +200,15 @@ def sha256_strings(parts: Iterable[str]) -> str:
     for p in parts:
         h.update(p.encode("utf-8"))
         h.update(b"\0")
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (checkpoints can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
     return h.hexdigest()
 
 

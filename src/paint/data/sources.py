@@ -115,7 +115,7 @@ def assemble_splits(read: ReadResult, spec: TaskSpec, test_fraction: float) -> t
     found = dict(read.splits)
     info: dict[str, Any] = {}
     if "all" in found:
-        rest, test, tdef = holdout_split(found.pop("all"), test_fraction, 10**9, TEST_SEED)
+        rest, test, tdef = holdout_split(found.pop("all"), test_fraction, 10**9, TEST_SEED, "test", "trainval")
         found["train"], found["test"] = rest, test
         info["test"] = {"derived": True, **tdef, "fraction": test_fraction}
     elif "test" in found:

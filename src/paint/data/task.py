@@ -146,12 +146,15 @@ def validate_split(task: Task, split_name: str, split: ImageSplit) -> None:
 
 
 def holdout_split(
-    split: ImageSplit, fraction: float = 0.1, max_size: int = 5000, seed: int = 0
+    split: ImageSplit, fraction: float = 0.1, max_size: int = 5000, seed: int = 0,
+    held_out: str = "val", kept: str = "train",
 ) -> tuple[SubsetSplit, SubsetSplit, dict]:
     """Hold out a validation set from a training split, as the PAINT code does.
 
-    Returns (train, val, definition); the definition (seed, sizes and a hash of the
-    indices) goes into results so the split can be reproduced.
+    Returns (kept, held out, definition); the definition (seed, sizes and the SHA-256 of the
+    held-out indices) goes into results so the split can be reproduced. ``held_out`` and
+    ``kept`` name the two parts (a test set held out of all the data: "test", "trainval") in
+    the definition's keys and the splits' identities.
     """
     from paint.utils import sha256_strings
 
@@ -160,17 +163,18 @@ def holdout_split(
     perm = np.random.default_rng(seed).permutation(n)
     val_idx = np.sort(perm[:n_val])
     train_idx = np.sort(perm[n_val:])
-    digest = sha256_strings(map(str, val_idx.tolist()))[:16]
+    sha = sha256_strings(map(str, val_idx.tolist()))
+    digest = sha[:16]  # identities (cache keys) keep a 16-hex prefix
     definition = {
         "seed": seed,
         "fraction": fraction,
         "max_size": max_size,
-        "train_size": int(len(train_idx)),
-        "val_size": int(len(val_idx)),
-        "val_indices_sha256": digest,
+        f"{kept}_size": int(len(train_idx)),
+        f"{held_out}_size": int(len(val_idx)),
+        f"{held_out}_indices_sha256": sha,
     }
-    train = SubsetSplit(split, train_idx, f"{split.identity}/train-{digest}")
-    val = SubsetSplit(split, val_idx, f"{split.identity}/val-{digest}")
+    train = SubsetSplit(split, train_idx, f"{split.identity}/{kept}-{digest}")
+    val = SubsetSplit(split, val_idx, f"{split.identity}/{held_out}-{digest}")
     return train, val, definition
 
 

@@ -7,6 +7,7 @@ split) so a re-run skips what is already measured.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.models.clip import image_features
-from paint.utils import append_jsonl, read_jsonl
+from paint.utils import append_jsonl, read_jsonl_checked
+
+log = logging.getLogger(__name__)
 
 
 def logits_for(model: torch.nn.Module, head: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -81,15 +84,27 @@ class ResultKey:
 class ResultsStore:
     """Evaluation results in a JSONL file, one record per (model, alpha, task, split).
 
-    Appends are flushed and fsynced, so a crashed sweep resumes where it stopped.
+    Appends are flushed and fsynced, so a crashed sweep resumes where it stopped. Lines that
+    cannot be read back (a torn last line after a kill or a full disk, a record without its
+    key fields) are skipped and reported in one warning; those points are measured again.
     """
+
+    KEY_FIELDS = ("model", "alpha", "task", "split")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._records: dict[tuple, dict[str, Any]] = {}
-        for rec in read_jsonl(self.path):
-            key = ResultKey(rec["model"], rec["alpha"], rec["task"], rec["split"]).as_tuple()
+        records, bad = read_jsonl_checked(self.path)
+        for rec in records:
+            try:
+                key = ResultKey(*(rec[f] for f in self.KEY_FIELDS)).as_tuple()
+            except (KeyError, TypeError, ValueError):
+                bad += 1
+                continue
             self._records[key] = rec
+        self.skipped = bad
+        if bad:
+            log.warning("%s: skipped %d unreadable line(s) (torn by a crash or a full disk); they will be measured again", self.path, bad)
 
     def get(self, key: ResultKey) -> dict[str, Any] | None:
         return self._records.get(key.as_tuple())

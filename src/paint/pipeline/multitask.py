@@ -32,6 +32,7 @@ from paint.errors import PaintError
 from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.operation import Choice, choose, finetune_tower
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
+from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionConfig, SelectionFields
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig
@@ -258,19 +259,22 @@ class MultitaskConfig(CachedRun, SelectionFields):
         return self
 
 
-def start_run(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec]) -> tuple[MultitaskRun, Any]:
+def start_run(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec],
+              marker: str = "comparison.json") -> tuple[MultitaskRun, Any]:
     """Load model and tasks (checked before any output), open the run, prepare the pool.
 
     ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
     revision, device, finetune, selection, eval_batch_size, cache_path). Returns (run, bundle).
     """
-    pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs)
+    pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs, marker)
     theta_zs = bundle.image_tower_copy()
     fp = sha256_strings([bundle.text_identity, hash_tensors(theta_zs), cfg.finetune.model_dump_json(),
                          *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks)])
     return MultitaskRun(pool, theta_zs, cfg.selection, cfg.finetune, out, resume, fp), bundle
 
 
+@run_scope
+@run_scope
 def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints."""
     from paint.models.clip import save_clip

@@ -29,6 +29,7 @@ from paint.pipeline.operation import choose, finetune_tower, test_at
 from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
+from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
@@ -81,6 +82,7 @@ def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PoolTa
     return sha256_strings(parts)
 
 
+@run_scope
 def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     """Run PAINT as configured; return the summary (also written to ``summary.json``).
 

@@ -211,7 +211,8 @@ class TaskPool:
         set_image_tower(self.model, theta)
 
 
-def start_pool(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec]) -> tuple[TaskPool, Any]:
+def start_pool(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec],
+               marker: str = "summary.json") -> tuple[TaskPool, Any]:
     """Load the model and tasks (every check before any output), open the run, prepare the pool.
 
     ``cfg`` is any run config with model, revision, device, eval_batch_size and cache_path.
@@ -221,7 +222,7 @@ def start_pool(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec
 
     loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
-    open_run(out, cfg, resume)
+    open_run(out, cfg, resume, marker)
     tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
     pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
     return pool, bundle

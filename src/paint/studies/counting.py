@@ -31,6 +31,7 @@ from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
+from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
@@ -161,6 +162,7 @@ def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequenc
 # --------------------------------------------------------------------------- the workflow
 
 
+@run_scope
 def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     """Run the counting study; return the summary (also written to ``summary.json``).
 

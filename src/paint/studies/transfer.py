@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL
+from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
@@ -86,6 +87,7 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
     return save_figure(fig, path)
 
 
+@run_scope
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
     from paint.pipeline.multitask import MultitaskRun, start_run
@@ -96,7 +98,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     t0 = time.time()
     out = Path(cfg.output_dir)
     check_output_dir(out, resume, "transfer.json")
-    ctx, _ = start_run(cfg, out, resume, cfg.tasks, cfg.support_tasks)
+    ctx, _ = start_run(cfg, out, resume, cfg.tasks, cfg.support_tasks, "transfer.json")
     pool, names = ctx.pool, [t.name for t in cfg.tasks]
     zs = pool.evaluate_state(ctx.theta_zs, "test")
     patched, finetuned, alphas, searches = {}, {}, [], {}

@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from paint.config import StrictModel, ThreadsSetting, dump_config
+from paint.config import StrictModel, ThreadsSetting
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
+from paint.pipeline.rundir import RunDir, run_scope
 from paint.utils import (
     append_jsonl,
     read_jsonl,
@@ -363,6 +364,7 @@ def _task_features(bundle, task, cfg: TriageConfig) -> tuple[dict[str, np.ndarra
     return feats, labels, zs
 
 
+@run_scope
 def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
     """Triage every task of ``cfg``; write config, JSONL, JSON, Markdown and the plot to ``output_dir``.
 
@@ -396,8 +398,7 @@ def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
         for split in ("train", "val", "test"):
             task.split(split)
         tasks.append((spec, task))
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    RunDir(out, "triage.json").start(cfg, resume)
 
     results: dict[str, dict[str, Any]] = {}
     for spec, task in tqdm(tasks, desc="triage"):

@@ -46,6 +46,7 @@ from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
+from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import atomic_path, hash_tensors, sha256_strings, write_json_atomic
@@ -353,6 +354,7 @@ def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
     return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
 
 
+@run_scope
 def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, Any]:
     """Run the typographic-attack case study; return the summary (also in ``summary.json``).
 

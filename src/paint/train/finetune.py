@@ -61,36 +61,61 @@ def image_tower_names(model: torch.nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if is_image_tower_key(n)]
 
 
+def augment_generator(seed: int, epoch: int) -> torch.Generator:
+    """The crop/flip generator of one epoch: a function of (seed, epoch) alone.
+
+    Seeding per epoch (rather than once per process) is what makes a run resumed after epoch
+    k draw the same crops as an uninterrupted one. The offset keeps this stream apart from
+    the loader's shuffle, which is seeded from the same (seed, epoch).
+    """
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + (1 << 62))
+
+
+class FrozenHeadLoss:
+    """Mean cross-entropy of each sample against its own task's frozen head, after augmentation.
+
+    :func:`paint.train.loop.fit` calls :meth:`set_epoch` before each epoch (as PyTorch's
+    ``DistributedSampler.set_epoch``), which reseeds the augmentation.
+    """
+
+    def __init__(self, heads: list[torch.Tensor], spec: ImageSpec, label_smoothing: float, augment: str = "none", seed: int = 0):
+        self.heads, self.spec, self.label_smoothing = heads, spec, label_smoothing
+        self.augment, self.seed = augment, seed
+        self.generator = augment_generator(seed, 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = augment_generator(self.seed, epoch)
+
+    def __call__(self, model: torch.nn.Module, batch: tuple) -> torch.Tensor:
+        images, labels, task_ids = batch
+        if self.augment != "none":
+            from paint.data.preprocess import augment_batch
+
+            images = augment_batch(images, self.generator, flip=self.augment == "crop-flip")
+        pixels = normalize(images, self.spec.mean, self.spec.std)
+        ls = self.label_smoothing
+        if len(self.heads) == 1:
+            logits = logits_for(model, self.heads[0], pixels)  # (B, C)
+            return F.cross_entropy(logits, labels, label_smoothing=ls)
+        feats = F.normalize(image_features(model, pixels).float(), dim=-1)  # (B, D), computed once
+        total = feats.new_zeros(())
+        for t, head in enumerate(self.heads):
+            mask = task_ids == t
+            if mask.any():
+                logits = feats[mask] @ head.t().to(feats.device)  # (B_t, C_t)
+                total = total + F.cross_entropy(logits, labels[mask], label_smoothing=ls, reduction="sum")
+        return total / len(labels)
+
+
 def make_loss(
     heads: list[torch.Tensor],
     spec: ImageSpec,
     label_smoothing: float,
     augment: str = "none",
     seed: int = 0,
-) -> Callable[[torch.nn.Module, tuple], torch.Tensor]:
-    """Mean cross-entropy of each sample against its own task's frozen head."""
-    generator = torch.Generator().manual_seed(seed)
-
-    def loss_fn(model: torch.nn.Module, batch: tuple) -> torch.Tensor:
-        images, labels, task_ids = batch
-        if augment != "none":
-            from paint.data.preprocess import augment_batch
-
-            images = augment_batch(images, generator, flip=augment == "crop-flip")
-        pixels = normalize(images, spec.mean, spec.std)
-        if len(heads) == 1:
-            logits = logits_for(model, heads[0], pixels)  # (B, C)
-            return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        feats = F.normalize(image_features(model, pixels).float(), dim=-1)  # (B, D), computed once
-        total = feats.new_zeros(())
-        for t, head in enumerate(heads):
-            mask = task_ids == t
-            if mask.any():
-                logits = feats[mask] @ head.t().to(feats.device)  # (B_t, C_t)
-                total = total + F.cross_entropy(logits, labels[mask], label_smoothing=label_smoothing, reduction="sum")
-        return total / len(labels)
-
-    return loss_fn
+) -> FrozenHeadLoss:
+    """Mean cross-entropy of each sample against its own task's frozen head (augmentation reseeded per epoch)."""
+    return FrozenHeadLoss(heads, spec, label_smoothing, augment, seed)
 
 
 def finetune(

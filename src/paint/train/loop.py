@@ -15,6 +15,11 @@ Checkpoint layout (a directory, replaced atomically, written by rank 0 only)::
     optimizer.safetensors   AdamW state tensors, flattened as state.<param>.<name>
                             (absent under FSDP: its sharded state is not saved, see ``fit``)
     state.json              epoch, step, history, param groups, scheduler state, fingerprint
+    checksums.json          SHA-256 of each file above, verified before a resume reads them
+                            (flipped or truncated bytes are refused instead of trained on)
+
+Training stops with a :class:`PaintError` at the first non-finite loss (too high a learning
+rate), instead of running on to NaN weights and exiting 0.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from torch import nn
 
 from paint.errors import PaintError
 from paint.progress import progress as tqdm
-from paint.utils import atomic_path
+from paint.utils import atomic_path, sha256_file
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+CHECKSUMS = "checksums.json"
 
 log = logging.getLogger(__name__)
 
@@ -131,17 +137,56 @@ def save_checkpoint(
             save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         full = dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict())
         (tmp / "state.json").write_text(json.dumps(full, indent=1, default=float))
+        sums = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
+        (tmp / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1))
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint whose files differ from the hashes stored when it was written.
+
+    A checkpoint from before checksums existed is accepted with a warning.
+    """
+    sums_path = path / CHECKSUMS
+    if not sums_path.exists():
+        log.warning("%s has no %s (written by an older paint): its contents are not verified", path, CHECKSUMS)
+        return
+    try:
+        sums = json.loads(sums_path.read_text())["sha256"]
+        assert isinstance(sums, dict) and "state.json" in sums and "trainable.safetensors" in sums
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise PaintError(f"checkpoint {path} is damaged ({CHECKSUMS} is unreadable); delete {path} to start training over") from None
+    for name, expected in sums.items():
+        f = path / name
+        if not f.is_file():
+            raise PaintError(f"checkpoint {path} is damaged ({name} is missing); delete {path} to start training over")
+        if sha256_file(f) != expected:
+            raise PaintError(
+                f"checkpoint file {f} is damaged (its SHA-256 differs from the one recorded when it was written); "
+                f"delete {path} to start training over"
+            )
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
-    """Return (trainable tensors, optimizer tensors (empty if none were saved), state)."""
+    """Return (trainable tensors, optimizer tensors (empty if none were saved), state), verified first."""
+    from safetensors import SafetensorError
+
+    verify_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
         trainable = load_file(str(path / "trainable.safetensors"))
         opt = load_file(str(path / "optimizer.safetensors")) if state.get("optimizer") is not None else {}
-    except (OSError, ValueError) as e:
-        raise PaintError(f"cannot read checkpoint {path}: {e}; delete it to start over") from e
+    except (OSError, ValueError, SafetensorError) as e:
+        raise PaintError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}; delete it to start over") from e
     return trainable, opt, state
+
+
+def _all_finite(accelerator: Any, loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (all ranks agree, so they stop together)."""
+    finite = bool(torch.isfinite(loss.detach()).all())
+    if accelerator.num_processes == 1:
+        return finite
+    flag = accelerator.reduce(torch.tensor([0.0 if finite else 1.0], device=accelerator.device), reduction="sum")
+    return float(flag[0]) == 0.0
 
 
 def fit(
@@ -163,7 +208,8 @@ def fit(
         trainable_names: names from ``model.named_parameters()`` to train.
         make_loader: epoch -> iterable of batches (seed the shuffle with the epoch so
             a resumed run sees the same order).
-        loss_fn: (model, batch) -> scalar loss.
+        loss_fn: (model, batch) -> scalar loss. If it has ``set_epoch(epoch)``, that is called
+            before each epoch, so that randomness inside the loss is a function of the epoch.
         cfg: optimisation settings.
         checkpoint_dir: where the epoch-end checkpoint goes (None: no checkpoint).
         resume: continue from ``checkpoint_dir`` if it holds a checkpoint.
@@ -228,9 +274,17 @@ def fit(
         if step >= total:
             break
         loader = accelerator.prepare_data_loader(make_loader(epoch))
+        if hasattr(loss_fn, "set_epoch"):  # per-epoch randomness (augmentation): reseeded, so a resume repeats it
+            loss_fn.set_epoch(epoch)
         running, count = 0.0, 0
         for batch in loader:
             loss = wrapped(batch)
+            if not _all_finite(accelerator, loss):
+                bar.close()
+                raise PaintError(
+                    f"{desc}: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; "
+                    f"lower the learning rate (lr={cfg.lr:g}) or check the data"
+                )
             accelerator.backward(loss)
             if cfg.grad_clip and cfg.grad_clip > 0:
                 accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)

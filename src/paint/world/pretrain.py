@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from paint.config import StrictModel, dump_config
+from paint.config import StrictModel
 from paint.errors import PaintError
+from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir, run_scope
 from paint.utils import append_jsonl, atomic_path, sha256_strings, write_json_atomic
 
 LOGIT_SCALE_MAX = math.log(100.0)
@@ -255,6 +256,7 @@ def run_fingerprint(cfg: PretrainConfig) -> str:
     return sha256_strings(["pretrain-v1", GENERATOR_VERSION, cfg.model_dump_json()])[:32]
 
 
+@run_scope
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Pretrain a CLIP on the world corpus; returns the final record (also in ``results.json``).
 
@@ -268,13 +270,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
     out = Path(out_dir)
     if out.exists() and (out / "checkpoint").exists() and not resume:
         raise PaintError(f"{out} already holds a pretraining run; pass --resume to continue it or choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    if resume and (out / "config.yaml").is_file():
-        from paint.config import load_config
-
-        if load_config(PretrainConfig, out / "config.yaml") != cfg:
-            raise PaintError(f"{out} was made with a different config; use a new --out to start a new run")
-    dump_config(cfg, out / "config.yaml")
+    RunDir(out, "results.json").start(cfg, resume, ignore=DEFAULT_IGNORED | {"threads", "num_workers"})
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
