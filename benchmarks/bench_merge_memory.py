@@ -163,7 +163,9 @@ def report(results: list[dict], size: int) -> bool:
         met = n == "naive" or peak[n] <= goal_mb
         ok &= met
         wall = " / ".join(f"{w:.1f}" for w in walls[n])
-        print(f"| {n:<22} | {peak[n]:>14,.0f} | {wall:<22} | {'-' if n == 'naive' else 'met' if met else 'NOT met':<11} |")
+        print(
+            f"| {n:<22} | {peak[n]:>14,.0f} | {wall:<22} | {'-' if n == 'naive' else 'met' if met else 'NOT met':<11} |"
+        )
     if "linear" in walls:
         faster = min(walls["linear"]) <= min(walls["naive"])
         ok &= faster

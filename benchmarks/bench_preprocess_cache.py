@@ -51,10 +51,22 @@ def small_clip(image_size: int, hidden: int, layers: int, patch: int, seed: int)
 
     torch.manual_seed(seed)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-                           num_attention_heads=4, image_size=image_size, patch_size=patch),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=hidden,
+            intermediate_size=4 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=patch,
+        ),
         projection_dim=hidden,
     )
     return CLIPModel(cfg).eval()
@@ -96,8 +108,10 @@ def verify_only(split, spec, cache_dir: Path) -> dict:
     preprocess_split(split, spec, cache_dir=cache_dir)
     t_decode = time.perf_counter() - t0
     t_verify = time_verify(cache_dir, split, spec)
-    print(f"decode {len(split)} images at {spec.crop} px into the cache: {t_decode:.1f}s; "
-          f"verify them: {t_verify:.2f}s ({100 * t_verify / t_decode:.1f}% of decoding)")
+    print(
+        f"decode {len(split)} images at {spec.crop} px into the cache: {t_decode:.1f}s; "
+        f"verify them: {t_verify:.2f}s ({100 * t_verify / t_decode:.1f}% of decoding)"
+    )
     return {"seconds_first_decode": round(t_decode, 3), "seconds_verify_cache": round(t_verify, 3)}
 
 
@@ -136,11 +150,16 @@ def main() -> int:
 
         model = small_clip(args.image_size, args.hidden, args.layers, args.patch, args.seed)
         sd0 = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
-        sd1 = {k: v.clone() for k, v in small_clip(args.image_size, args.hidden, args.layers, args.patch, args.seed + 1)
-               .vision_model.state_dict().items()}
+        sd1 = {
+            k: v.clone()
+            for k, v in small_clip(args.image_size, args.hidden, args.layers, args.patch, args.seed + 1)
+            .vision_model.state_dict()
+            .items()
+        }
         head = torch.nn.functional.normalize(torch.randn(args.n_classes, args.hidden), dim=-1) * 100.0  # (C, D)
-        spec = ImageSpec(args.image_size, args.image_size, (0.48145466, 0.4578275, 0.40821073),
-                         (0.26862954, 0.26130258, 0.27577711))
+        spec = ImageSpec(
+            args.image_size, args.image_size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        )
         alphas = np.linspace(0.0, 1.0, args.alphas)
 
         t_decode, acc_decode = sweep(model, sd0, sd1, alphas, split, spec, head, None, args.batch_size)
@@ -153,15 +172,27 @@ def main() -> int:
         print(f"speed-up with the cache: {ratio:.2f}x (goal >= 3x)")
         t_verify = time_verify(tmp / "cache", split, spec)
         print(f"verify the cache ({len(split)} images): {t_verify:.2f}s, once per process")
-        result = {"config": vars(args), "seconds_decode_every_pass": round(t_decode, 3),
-                  "seconds_with_cache": round(t_cache, 3), "ratio": round(ratio, 3),
-                  "seconds_verify_cache": round(t_verify, 3),
-                  "accuracy_per_alpha": [round(a, 4) for a in acc_cache], "alphas": alphas.tolist()}
+        result = {
+            "config": vars(args),
+            "seconds_decode_every_pass": round(t_decode, 3),
+            "seconds_with_cache": round(t_cache, 3),
+            "ratio": round(ratio, 3),
+            "seconds_verify_cache": round(t_verify, 3),
+            "accuracy_per_alpha": [round(a, 4) for a in acc_cache],
+            "alphas": alphas.tolist(),
+        }
         if args.out:
             from paint.utils import write_json_atomic
 
             write_json_atomic(Path(args.out) / "results.json", result)
-        print(json.dumps({k: result[k] for k in ("seconds_decode_every_pass", "seconds_with_cache", "ratio", "seconds_verify_cache")}))
+        print(
+            json.dumps(
+                {
+                    k: result[k]
+                    for k in ("seconds_decode_every_pass", "seconds_with_cache", "ratio", "seconds_verify_cache")
+                }
+            )
+        )
     return 0
 
 

@@ -56,10 +56,14 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
             times[n].append((time.perf_counter() - t) / args.steps)
-    print(f"{args.model}: batch {args.batch_size}, {os.cpu_count()} cores, load {load0:.2f} -> {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.model}: batch {args.batch_size}, {os.cpu_count()} cores, load {load0:.2f} -> {os.getloadavg()[0]:.2f}"
+    )
     for n, v in times.items():
-        print(f"threads={n}: median {statistics.median(v):.3f} s/step (min {min(v):.3f}, max {max(v):.3f}; "
-              f"{args.rounds} rounds x {args.steps} steps)")
+        print(
+            f"threads={n}: median {statistics.median(v):.3f} s/step (min {min(v):.3f}, max {max(v):.3f}; "
+            f"{args.rounds} rounds x {args.steps} steps)"
+        )
 
 
 if __name__ == "__main__":

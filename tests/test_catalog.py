@@ -50,7 +50,10 @@ def test_catalog_spot_checks_against_clip_prompts():
     assert catalog_entry("kitti").templates == ("{}",)
     assert catalog_entry("mnist").templates == ('a photo of the number: "{}".',)
     assert catalog_entry("eurosat").classnames[0] == "forest"
-    assert catalog_entry("eurosat").folders[catalog_entry("eurosat").classnames.index("brushland or shrubland")] == "HerbaceousVegetation"
+    assert (
+        catalog_entry("eurosat").folders[catalog_entry("eurosat").classnames.index("brushland or shrubland")]
+        == "HerbaceousVegetation"
+    )
     assert catalog_entry("cifar100").classnames[26] == "crab"
     assert catalog_entry("sun397").classnames[8] == "apartment building outdoor"
     assert catalog_entry("cars").classnames[0] == "AM General Hummer SUV 2000"
@@ -104,7 +107,9 @@ def test_one_reader_registry_serves_reading_and_locating(tmp_path, monkeypatch):
 
     assert {e.reader for e in list_catalog()} <= set(READERS), "a catalog entry names an unregistered reader"
     calls = []
-    fake = FormatReader(lambda root, e, max_bad: calls.append((root, e["name"])) or ReadResult({}), lambda e: [["MARK"]])
+    fake = FormatReader(
+        lambda root, e, max_bad: calls.append((root, e["name"])) or ReadResult({}), lambda e: [["MARK"]]
+    )
     monkeypatch.setitem(READERS, "svhn_mat", fake)  # replacing the entry changes both dispatch sites
     (tmp_path / "MARK").touch()
     assert locate(catalog_entry("svhn"), tmp_path) == tmp_path

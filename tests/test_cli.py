@@ -43,7 +43,11 @@ def test_patch_end_to_end(tiny_clip_dir, tmp_path, capsys):
     # The patched checkpoint is a standard HF checkpoint, and no checkpoint per alpha was written.
     CLIPModel.from_pretrained(run / "model")
     weights = sorted(str(p.relative_to(run)) for p in run.rglob("*.safetensors") if "cache" not in p.parts)
-    assert weights == ["finetune/checkpoint/optimizer.safetensors", "finetune/checkpoint/trainable.safetensors", "model/model.safetensors"]
+    assert weights == [
+        "finetune/checkpoint/optimizer.safetensors",
+        "finetune/checkpoint/trainable.safetensors",
+        "model/model.safetensors",
+    ]
     # The resolved config round-trips.
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["finetune"]["max_steps"] == 4 and resolved["selection"]["objective"] == "constrained"
@@ -87,7 +91,21 @@ def test_interpolate_refuses_different_architectures(tiny_clip_dir, tmp_path, ca
     from tests.conftest import make_tiny_clip
 
     other = make_tiny_clip(tmp_path / "wide", hidden=48)
-    _bad(capsys, ["interpolate", "--zeroshot", str(tiny_clip_dir), "--finetuned", str(other), "--alpha", "0.5", "--out", str(tmp_path / "o")], "shape")
+    _bad(
+        capsys,
+        [
+            "interpolate",
+            "--zeroshot",
+            str(tiny_clip_dir),
+            "--finetuned",
+            str(other),
+            "--alpha",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "shape",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -95,7 +113,22 @@ def test_interpolate_writes_a_loadable_checkpoint(tiny_clip_dir, tiny_clip_dir_b
     import torch
 
     out = tmp_path / "mid"
-    assert main(["interpolate", "--zeroshot", str(tiny_clip_dir), "--finetuned", str(tiny_clip_dir_b), "--alpha", "0.25", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--zeroshot",
+                str(tiny_clip_dir),
+                "--finetuned",
+                str(tiny_clip_dir_b),
+                "--alpha",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     a, b, m = (CLIPModel.from_pretrained(p).state_dict() for p in (tiny_clip_dir, tiny_clip_dir_b, out))
     k = "vision_model.encoder.layers.0.mlp.fc1.weight"
     torch.testing.assert_close(m[k], 0.75 * a[k] + 0.25 * b[k])
@@ -129,7 +162,12 @@ def test_bad_data_gives_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
 def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
     pets = _folder(tmp_path / "pets", {"cat": 10, "dog": 10})
     spec = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
-    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[spec], selection={"alphas": [0.0, 0.5, 1.0], "objective": "constrained", "constraint": "each", "epsilon": 1.0})
+    cfg = _config(
+        tmp_path,
+        tiny_clip_dir,
+        support_tasks=[spec],
+        selection={"alphas": [0.0, 0.5, 1.0], "objective": "constrained", "constraint": "each", "epsilon": 1.0},
+    )
     assert main(["patch", str(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test"]["pets"]["role"] == "support"
@@ -154,8 +192,13 @@ def test_patch_with_a_search_strategy_evaluates_fewer_points(tiny_clip_dir, tmp_
 def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
     pets = _folder(tmp_path / "pets", {"cat": 12, "dog": 12})
     second = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
-    cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["digits", second], modes=["joint", "parallel"],
-                  selection={"alphas": [0.0, 0.5, 1.0]})
+    cfg = _config(
+        tmp_path,
+        tiny_clip_dir,
+        patch_tasks=["digits", second],
+        modes=["joint", "parallel"],
+        selection={"alphas": [0.0, 0.5, 1.0]},
+    )
     assert main(["patch", str(cfg)]) == 0
     run = tmp_path / "run"
     comparison = json.loads((run / "comparison.json").read_text())

@@ -31,7 +31,9 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))])
+            OrderedDict(
+                [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]
+            )
         )
         self.ln_2 = nn.LayerNorm(width)
         self.attn_mask = attn_mask
@@ -137,7 +139,12 @@ def test_openai_state_dict_converts_to_same_features(reference, tmp_path):
     torch.save(model.state_dict(), src)
     summary = convert_checkpoint(src, tmp_path / "hf")
     assert summary["format"] == "openai"
-    assert (summary["vision_heads"], summary["text_heads"], summary["image_size"], summary["patch_size"]) == (2, 1, 32, 8)
+    assert (summary["vision_heads"], summary["text_heads"], summary["image_size"], summary["patch_size"]) == (
+        2,
+        1,
+        32,
+        8,
+    )
     hf, hf_img, hf_txt = _hf_features(tmp_path / "hf", images, ids)
     torch.testing.assert_close(hf_img, img, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hf_txt, txt, atol=1e-5, rtol=1e-5)

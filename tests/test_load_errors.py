@@ -55,7 +55,9 @@ def test_pickle_weights_that_would_run_code_are_refused_in_one_line(tiny_clip_di
     (model / "model.safetensors").unlink()
     marker = tmp_path / "payload-ran"
     torch.save({**sd, "extra": _Mkdir(marker)}, model / "pytorch_model.bin")
-    with pytest.raises(PaintError, match=r"pytorch_model\.bin would need arbitrary pickle .*unsupported GLOBAL .*mkdir"):
+    with pytest.raises(
+        PaintError, match=r"pytorch_model\.bin would need arbitrary pickle .*unsupported GLOBAL .*mkdir"
+    ):
         load_clip(str(model))
     rc, err = _eval(model, capsys)
     line = _one_line(err)

@@ -37,7 +37,10 @@ def sds():
         "ids": torch.arange(5),
     }
     models = [
-        {k: v + 0.1 * torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point() else v for k, v in base.items()}
+        {
+            k: v + 0.1 * torch.randn(v.shape, generator=g).to(v.dtype) if v.is_floating_point() else v
+            for k, v in base.items()
+        }
         for _ in range(3)
     ]
     return base, models

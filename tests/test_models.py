@@ -52,9 +52,7 @@ def test_head_matches_zero_shot_pipeline(tiny_clip_dir):
     images = _images(4)
     pipe = pipeline("zero-shot-image-classification", model=str(tiny_clip_dir), device="cpu")
     head = zeroshot_head(bundle, classes, [template])
-    pixels = torch.stack(
-        [torch.from_numpy(clip_transform(im, bundle.spec.resize, bundle.spec.crop)) for im in images]
-    )
+    pixels = torch.stack([torch.from_numpy(clip_transform(im, bundle.spec.resize, bundle.spec.crop)) for im in images])
     with torch.inference_mode():
         probs = logits_for(bundle.model, head, normalize(pixels, bundle.spec.mean, bundle.spec.std)).softmax(-1)
     for img, p in zip(images, probs):

@@ -22,6 +22,7 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 FT = dict(epochs=1, lr=3e-3, batch_size=32, warmup_steps=0, weight_decay=0.0, max_steps=4, seed=0, cpu=True)
 
 
@@ -42,8 +43,17 @@ def _prepared(bundle, name, role, classnames, palette, seed):
     for i, split in enumerate(("train", "val", "test")):
         images[split], labels[split] = _colour_images((64, 32, 32)[i], size, seed + i, palette)
     head = zeroshot_head(bundle, classnames, ["a photo of the {}."])
-    return PoolTask(name, role, tuple(classnames), ("a photo of the {}.",), images, labels,
-                        {s: f"{name}/{s}" for s in images}, head, {})
+    return PoolTask(
+        name,
+        role,
+        tuple(classnames),
+        ("a photo of the {}.",),
+        images,
+        labels,
+        {s: f"{name}/{s}" for s in images},
+        head,
+        {},
+    )
 
 
 @pytest.fixture()
@@ -105,13 +115,30 @@ def test_parallel_with_one_task_equals_single_task_patching(tiny_clip_dir, tmp_p
     from paint.pipeline.multitask import MultitaskConfig, run_multitask
     from paint.pipeline.patch import PatchConfig, run_patch
 
-    common = {"model": str(tiny_clip_dir), "patch_tasks": ["digits"], "device": "cpu", "eval_batch_size": 128,
-              "finetune": {**FT, "lr": 1e-2, "batch_size": 64, "max_steps": 6}}
-    single = run_patch(parse_config(PatchConfig, {**common, "output_dir": str(tmp_path / "single"),
-                                                   "selection": {"alphas": [0.0, 0.3, 0.6, 1.0], "objective": "mean_accuracy"}}))
+    common = {
+        "model": str(tiny_clip_dir),
+        "patch_tasks": ["digits"],
+        "device": "cpu",
+        "eval_batch_size": 128,
+        "finetune": {**FT, "lr": 1e-2, "batch_size": 64, "max_steps": 6},
+    }
+    single = run_patch(
+        parse_config(
+            PatchConfig,
+            {
+                **common,
+                "output_dir": str(tmp_path / "single"),
+                "selection": {"alphas": [0.0, 0.3, 0.6, 1.0], "objective": "mean_accuracy"},
+            },
+        )
+    )
     search = {"strategy": "grid", "objective": "mean_accuracy", "alphas": [0.0, 0.3, 0.6, 1.0]}
-    multi = run_multitask(parse_config(MultitaskConfig, {**common, "output_dir": str(tmp_path / "multi"), "modes": ["parallel"],
-                                                          "selection": search}))
+    multi = run_multitask(
+        parse_config(
+            MultitaskConfig,
+            {**common, "output_dir": str(tmp_path / "multi"), "modes": ["parallel"], "selection": search},
+        )
+    )
     assert multi["modes"]["parallel"]["alphas"] == [single["alpha"]]
     assert single["alpha"] > 0  # fine-tuning helped, so the equality is not the trivial alpha 0
     # The same validation accuracies along the line.

@@ -14,8 +14,17 @@ from tests.test_cli import _bad, _config
 
 def test_apply_overrides_sets_nested_values_parsed_as_yaml():
     data = {"output_dir": "a", "patch_tasks": ["digits"], "finetune": {"epochs": 5, "lr": 0.1}}
-    out = apply_overrides(PatchConfig, data, ["finetune.epochs=2", "output_dir=/tmp/x", "selection.alphas=[0.25, 0.5]",
-                                              "support_tasks=[shapes, colours]", "selection.objective=mean_accuracy"])
+    out = apply_overrides(
+        PatchConfig,
+        data,
+        [
+            "finetune.epochs=2",
+            "output_dir=/tmp/x",
+            "selection.alphas=[0.25, 0.5]",
+            "support_tasks=[shapes, colours]",
+            "selection.objective=mean_accuracy",
+        ],
+    )
     assert out["finetune"] == {"epochs": 2, "lr": 0.1}  # the other nested values stay
     assert out["output_dir"] == "/tmp/x" and out["selection"] == {"alphas": [0.25, 0.5], "objective": "mean_accuracy"}
     cfg = parse_config(PatchConfig, out)
@@ -40,8 +49,18 @@ def test_bad_override_is_one_line_naming_the_key(item, message):
 def test_patch_overrides_threads_and_warning_recorded(tiny_clip_dir, tmp_path, capsys):
     cfg = _config(tmp_path, tiny_clip_dir)
     out = tmp_path / "elsewhere"
-    argv = ["patch", str(cfg), "--set", "finetune.max_steps=1", "--set", f"output_dir={out}", "--set", "selection.alphas=[0.5]",
-            "--threads", "1"]
+    argv = [
+        "patch",
+        str(cfg),
+        "--set",
+        "finetune.max_steps=1",
+        "--set",
+        f"output_dir={out}",
+        "--set",
+        "selection.alphas=[0.5]",
+        "--threads",
+        "1",
+    ]
     assert main(argv) == 0
     err = capsys.readouterr().err
     resolved = yaml.safe_load((out / "config.yaml").read_text())
@@ -71,8 +90,13 @@ def test_threads_in_the_config_file_apply(tiny_clip_dir, tmp_path, capsys):
 
     before = torch.get_num_threads()
     try:
-        cfg = _config(tmp_path, tiny_clip_dir, threads=1, finetune={"epochs": 1, "max_steps": 1, "batch_size": 64},
-                      selection={"alphas": [0.0, 1.0]})
+        cfg = _config(
+            tmp_path,
+            tiny_clip_dir,
+            threads=1,
+            finetune={"epochs": 1, "max_steps": 1, "batch_size": 64},
+            selection={"alphas": [0.0, 1.0]},
+        )
         torch.set_num_threads(2)
         assert main(["patch", str(cfg)]) == 0
         assert torch.get_num_threads() == 1

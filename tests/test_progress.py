@@ -70,7 +70,10 @@ def test_phase_announces_start(capsys):
     assert capsys.readouterr().err == "GradientSimilarity ...\n"
 
 
-@pytest.mark.parametrize(("cores", "load", "expected"), [(2, 0.1, 2), (2, 1.0, 1), (2, 1.8, 1), (2, 5.0, 1), (2, 0.4, 1), (16, 4.2, 12), (16, 4.5, 11), (4, None, 4)])
+@pytest.mark.parametrize(
+    ("cores", "load", "expected"),
+    [(2, 0.1, 2), (2, 1.0, 1), (2, 1.8, 1), (2, 5.0, 1), (2, 0.4, 1), (16, 4.2, 12), (16, 4.5, 11), (4, None, 4)],
+)
 def test_auto_threads_uses_idle_cores(cores, load, expected):
     assert auto_threads(cores, load) == expected
 
@@ -97,7 +100,9 @@ def test_threads_line_waits_for_the_first_progress_output(capsys):
             pass
         for _ in progress(range(2), desc="more", file=_Pipe()):
             pass
-        assert capsys.readouterr().err.splitlines() == ["threads: 1 (set; choose with --threads N or threads: in the config)"]
+        assert capsys.readouterr().err.splitlines() == [
+            "threads: 1 (set; choose with --threads N or threads: in the config)"
+        ]
         apply_threads(1, defer=True)
         drop_pending()
         with phase("x"):

@@ -31,7 +31,9 @@ def test_readme_example_configs_equal_the_files():
     assert shown, "the README shows no example config that names its examples/ file"
     for block, path in shown:
         assert path.is_file(), f"the README shows {path.name}, which is not in examples/"
-        assert yaml.safe_load(block) == yaml.safe_load(path.read_text(encoding="utf-8")), f"README's {path.name} differs"
+        assert yaml.safe_load(block) == yaml.safe_load(path.read_text(encoding="utf-8")), (
+            f"README's {path.name} differs"
+        )
 
 
 def _command(path: Path) -> str:

@@ -68,15 +68,24 @@ def test_strategies_find_known_minimum_within_budget(curve, strategy, budget):
 @pytest.mark.parametrize("strategy", ["bounded", "quasiconvex", "derivative"])
 def test_adaptive_strategies_with_6_beat_grid_with_11(strategy):
     for curve, (f, df, _) in CURVES.items():
-        grid = run_search(function_evaluator(f, df, 11), SelectionConfig(strategy="grid", budget=11, objective="loss_sum"))
-        res = run_search(function_evaluator(f, df, 6), SelectionConfig(strategy=strategy, budget=6, objective="loss_sum"))
+        grid = run_search(
+            function_evaluator(f, df, 11), SelectionConfig(strategy="grid", budget=11, objective="loss_sum")
+        )
+        res = run_search(
+            function_evaluator(f, df, 6), SelectionConfig(strategy=strategy, budget=6, objective="loss_sum")
+        )
         assert res.value <= grid.value + 1e-12, (curve, res.value, grid.value)
 
 
 def test_minimum_at_the_ends_is_found():
-    for f, df, amin in [(lambda a: (a - 1.2) ** 2, lambda a: 2 * (a - 1.2), 1.0), (lambda a: a + 1, lambda a: 1.0, 0.0)]:
+    for f, df, amin in [
+        (lambda a: (a - 1.2) ** 2, lambda a: 2 * (a - 1.2), 1.0),
+        (lambda a: a + 1, lambda a: 1.0, 0.0),
+    ]:
         for strategy in set(STRATEGIES) - {"boundary"}:
-            res = run_search(function_evaluator(f, df, 11), SelectionConfig(strategy=strategy, budget=11, objective="loss_sum"))
+            res = run_search(
+                function_evaluator(f, df, 11), SelectionConfig(strategy=strategy, budget=11, objective="loss_sum")
+            )
             assert abs(res.alpha - amin) < 0.01, strategy
 
 
@@ -86,7 +95,9 @@ def test_boundary_bisects_to_the_largest_feasible_alpha():
         return {"p": {"accuracy": 0.3 + 0.6 * alpha, "loss": 1.0}, "s": {"accuracy": 0.9 - 0.4 * alpha, "loss": 1.0}}
 
     for budget, tol in ((6, 1 / 16), (11, 1 / 512)):
-        cfg = SelectionConfig(strategy="boundary", objective="constrained", epsilon=5.0, budget=budget, constraint="each")
+        cfg = SelectionConfig(
+            strategy="boundary", objective="constrained", epsilon=5.0, budget=budget, constraint="each"
+        )
         from paint.selection import evaluator_for
 
         res = run_search(evaluator_for(cfg, measure, ["p"], ["s"]), cfg)
@@ -136,7 +147,11 @@ def test_config_validation_is_one_line_error():
 
 def test_objective_values_by_hand():
     groups = TaskGroups(patch=("p",), support=("s1", "s2"))
-    ref = {"p": {"accuracy": 0.3, "loss": 2.0}, "s1": {"accuracy": 0.9, "loss": 0.5}, "s2": {"accuracy": 0.8, "loss": 1.5}}
+    ref = {
+        "p": {"accuracy": 0.3, "loss": 2.0},
+        "s1": {"accuracy": 0.9, "loss": 0.5},
+        "s2": {"accuracy": 0.8, "loss": 1.5},
+    }
     m = {
         "p": {"accuracy": 0.7, "loss": 1.0, "dloss": -2.0},
         "s1": {"accuracy": 0.895, "loss": 0.6, "dloss": 0.4},
@@ -205,14 +220,20 @@ def test_constrained_never_returns_an_infeasible_alpha(rows, epsilon, strategy, 
 
 
 @settings(max_examples=25, deadline=None)
-@given(rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11), epsilon=st.sampled_from([0.0, 1.0]))
+@given(
+    rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11),
+    epsilon=st.sampled_from([0.0, 1.0]),
+)
 def test_grid_search_agrees_with_select_rules(rows, epsilon):
     from paint.selection import evaluator_for, select_alpha
 
     table = {round(i / 10, 1): {"p": r[0], "s1": r[1], "s2": r[2]} for i, r in enumerate(rows)}
     sweep = [{"alpha": a, "val": accs} for a, accs in table.items()]
-    for objective, rule, constraint in (("constrained", "constrained", "each"), ("constrained", "constrained", "mean"),
-                                        ("mean_accuracy", "mean", "each")):
+    for objective, rule, constraint in (
+        ("constrained", "constrained", "each"),
+        ("constrained", "constrained", "mean"),
+        ("mean_accuracy", "mean", "each"),
+    ):
         cfg = SelectionConfig(strategy="grid", objective=objective, epsilon=epsilon, constraint=constraint)
         res = run_search(evaluator_for(cfg, _table_measure(table), ["p"], ["s1", "s2"]), cfg)
         assert res.alpha == select_alpha(sweep, ["p"], ["s1", "s2"], rule, epsilon, constraint)["alpha"]
@@ -230,7 +251,9 @@ def tiny_line(tiny_clip_dir):
     from paint.evaluation.line import LossData
 
     model = CLIPModel.from_pretrained(tiny_clip_dir).double().eval()
-    theta_zs = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+    theta_zs = {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))
+    }
     g = torch.Generator().manual_seed(0)
     theta_ft = {
         k: (v + 0.05 * torch.randn(v.shape, generator=g, dtype=v.dtype)) if v.is_floating_point() else v.clone()
@@ -286,7 +309,9 @@ def test_loss_sum_derivative_through_line_measure(tiny_clip_dir):
         imgs = torch.randint(0, 256, (24, 3, 16, 16), generator=g, dtype=torch.uint8)
         labels = np.arange(24) % c
         head = torch.nn.functional.normalize(torch.randn(c, 16, generator=g), dim=-1) * 10
-        tasks.append(PoolTask(name, role, tuple("abc"[:c]), ("{}",), {"val": imgs}, {"val": labels}, {"val": name}, head, {}))
+        tasks.append(
+            PoolTask(name, role, tuple("abc"[:c]), ("{}",), {"val": imgs}, {"val": labels}, {"val": name}, head, {})
+        )
     zs = {k: v.clone() for k, v in bundle.image_tower_state().items()}
     ft = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in zs.items()}
     measure = TaskPool(bundle.model, bundle.spec, tasks, MemoryStore(), 8).measure(Line.between(zs, ft))

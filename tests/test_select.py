@@ -13,6 +13,7 @@ def feasible(accs, zeroshot, support, epsilon, constraint):
         return sum(accs[t] for t in support) / len(support) >= sum(zeroshot[t] for t in support) / len(support) - bound
     return all(accs[t] >= zeroshot[t] - bound for t in support)
 
+
 SWEEP = [
     {"alpha": 0.0, "val": {"p": 0.30, "a": 0.90, "b": 0.80}},
     {"alpha": 0.3, "val": {"p": 0.60, "a": 0.895, "b": 0.795}},

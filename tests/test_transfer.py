@@ -51,8 +51,14 @@ def test_paint_transfer_command_end_to_end(tiny_clip_dir, tmp_path, capsys):
 
     folder = _colour_folder(tmp_path / "colours", 0)
     cfg = {
-        "model": str(tiny_clip_dir), "output_dir": str(tmp_path / "out"), "device": "cpu", "eval_batch_size": 128,
-        "tasks": ["digits", {"name": "colours", "source": "folder", "path": str(folder), "templates": ["a photo of the {}."]}],
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "out"),
+        "device": "cpu",
+        "eval_batch_size": 128,
+        "tasks": [
+            "digits",
+            {"name": "colours", "source": "folder", "path": str(folder), "templates": ["a photo of the {}."]},
+        ],
         "finetune": {"epochs": 1, "lr": 3e-3, "batch_size": 32, "warmup_steps": 0, "max_steps": 3, "cpu": True},
         "selection": {"strategy": "grid", "objective": "mean_accuracy", "alphas": [0.0, 0.5, 1.0], "budget": 3},
     }

@@ -62,8 +62,26 @@ def test_triage_command_writes_outputs_and_resumes(tmp_path, tiny_clip_dir):
     from paint.cli import main
 
     out = tmp_path / "triage"
-    args = ["triage", "--output-dir", str(out), "--model", str(tiny_clip_dir), "--task", "digits", "--task", "shapes",
-            "--shots", "1", "2", "--draws", "1", "--max-train", "60", "--max-eval", "40"]
+    args = [
+        "triage",
+        "--output-dir",
+        str(out),
+        "--model",
+        str(tiny_clip_dir),
+        "--task",
+        "digits",
+        "--task",
+        "shapes",
+        "--shots",
+        "1",
+        "2",
+        "--draws",
+        "1",
+        "--max-train",
+        "60",
+        "--max-eval",
+        "40",
+    ]
     assert main(args) == 0
     for name in ("config.yaml", "results.jsonl", "triage.json", "triage.md", "kshot.png"):
         assert (out / name).is_file(), name

@@ -82,7 +82,10 @@ def test_style_controls_size_colour_position_and_opacity():
         diff = np.any(_pixels(render_text(img, "blue", style, rng())) != base, axis=-1)
         return np.flatnonzero(diff.any(axis=1))
 
-    top, bottom = ink_rows(AttackStyle(position="top", jitter=0.0)), ink_rows(AttackStyle(position="bottom", jitter=0.0))
+    top, bottom = (
+        ink_rows(AttackStyle(position="top", jitter=0.0)),
+        ink_rows(AttackStyle(position="bottom", jitter=0.0)),
+    )
     assert top.mean() + 8 < bottom.mean()
     small, big = ink_rows(AttackStyle(font_size=0.15, jitter=0.0)), ink_rows(AttackStyle(font_size=0.4, jitter=0.0))
     assert len(big) > len(small)
@@ -144,10 +147,24 @@ def _tiny_vision_clip():
     torch.manual_seed(0)
     cfg = CLIPConfig(
         text_config=dict(
-            vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=8, pad_token_id=0, bos_token_id=1, eos_token_id=3,
+            vocab_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=8,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=3,
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     return CLIPModel(cfg).eval()
@@ -233,8 +250,28 @@ def test_typographic_render_and_eval_commands(tmp_path, tiny_clip_dir, capsys):
     from paint.cli import main
 
     out = tmp_path / "attacked"
-    rc = main(["typographic", "render", "--task", "shapes", "--split", "test", "--out", str(out), "--limit", "12",
-               "--colour", "255,0,0", "--position", "top", "--font-size", "0.25", "--opacity", "0.8"])
+    rc = main(
+        [
+            "typographic",
+            "render",
+            "--task",
+            "shapes",
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--limit",
+            "12",
+            "--colour",
+            "255,0,0",
+            "--position",
+            "top",
+            "--font-size",
+            "0.25",
+            "--opacity",
+            "0.8",
+        ]
+    )
     assert rc == 0
     files = sorted(p.name for p in out.glob("label=*.png"))
     assert len(files) == 12

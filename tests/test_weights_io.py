@@ -121,7 +121,9 @@ def test_unsafe_pickle_is_refused_and_never_runs(tmp_path, style):
         with open(bad, "wb") as f:
             pickle.dump(payload, f, protocol=2)
     assert not marker.exists()
-    with pytest.raises(PaintError, match=r"arbitrary pickle to load \((Unsupported global: )?GLOBAL [\w.]+[^)]*\); refused") as e:
+    with pytest.raises(
+        PaintError, match=r"arbitrary pickle to load \((Unsupported global: )?GLOBAL [\w.]+[^)]*\); refused"
+    ) as e:
         io.load_state_dict(bad)
     assert "Check the documentation" not in str(e.value) and "\n" not in str(e.value)  # torch's useful line only
     assert not marker.exists()

@@ -83,7 +83,11 @@ def test_task_arithmetic_by_hand_and_zero_coefficient(trio):
 
 def test_ties_on_a_worked_example():
     base = torch.zeros(4)
-    models = [torch.tensor([3.0, -1.0, 0.5, -2.0]), torch.tensor([-4.0, 2.0, 0.1, 1.0]), torch.tensor([1.0, 0.9, -3.0, 0.2])]
+    models = [
+        torch.tensor([3.0, -1.0, 0.5, -2.0]),
+        torch.tensor([-4.0, 2.0, 0.1, 1.0]),
+        torch.tensor([1.0, 0.9, -3.0, 0.2]),
+    ]
     # density 0.5 keeps 2 of 4: [3, 0, 0, -2], [-4, 2, 0, 0], [1, 0, -3, 0]; summed mass [0, 2, -3, -2]
     # elects signs [+, +, -, -] (a zero mass elects +, as in mergekit); the disjoint means are
     # [(3 + 1) / 2, 2, -3, -2].
@@ -122,7 +126,9 @@ def test_ties_matches_elementwise_definition(trio):
     ref = _ties_reference(base, models, [1.0, 0.5, 2.0], 0.35, 0.8)
     torch.testing.assert_close(out.double(), ref, atol=1e-6, rtol=0)
     out = _run("ties", base, models, [1.0, -0.5, 2.0], density=0.6, normalize=False)
-    torch.testing.assert_close(out.double(), _ties_reference(base, models, [1.0, -0.5, 2.0], 0.6, 1.0, False), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out.double(), _ties_reference(base, models, [1.0, -0.5, 2.0], 0.6, 1.0, False), atol=1e-6, rtol=0
+    )
 
 
 def _dare_mask(seed, key, i, shape, p):

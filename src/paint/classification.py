@@ -31,8 +31,14 @@ def most_confused(cm: np.ndarray, classnames: Sequence[str], top: int = 10) -> l
         t, p = divmod(int(flat), cm.shape[1])
         if off[t, p] == 0:
             break
-        out.append({"true": classnames[t], "predicted": classnames[p], "count": int(off[t, p]),
-                    "fraction_of_true": float(off[t, p] / cm[t].sum())})
+        out.append(
+            {
+                "true": classnames[t],
+                "predicted": classnames[p],
+                "count": int(off[t, p]),
+                "fraction_of_true": float(off[t, p] / cm[t].sum()),
+            }
+        )
     return out
 
 
@@ -83,7 +89,9 @@ def report_markdown(results: dict[str, dict[str, Any]], split: str, worst: int =
             weakest = ", ".join(f"{cls} {100 * acc:.0f}% (n={m})" for acc, cls, m in scored[:worst])
             lines.append(f"\n{name}: weakest classes: {weakest}")
         if r["most_confused"]:
-            pairs = "; ".join(f"{p['true']} -> {p['predicted']} {p['count']}x ({100 * p['fraction_of_true']:.0f}% of {p['true']})"
-                              for p in r["most_confused"][:worst])
+            pairs = "; ".join(
+                f"{p['true']} -> {p['predicted']} {p['count']}x ({100 * p['fraction_of_true']:.0f}% of {p['true']})"
+                for p in r["most_confused"][:worst]
+            )
             lines.append(f"{name}: most confused (true -> predicted): {pairs}")
     return "\n".join(lines)

@@ -22,19 +22,43 @@ from collections.abc import Sequence
 # name -> (module, one-line help). Modules import heavy libraries only inside run().
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("paint.commands.demo", "PAINT end to end on the shipped model and synthetic world, offline"),
-    "patch": ("paint.commands.patch", "fine-tune with the head frozen, sweep alpha, choose it, write the patched model"),
-    "eval": ("paint.commands.evaluate", "zero-shot top-1/top-5, per-class accuracy and confusions of a model on any tasks"),
+    "patch": (
+        "paint.commands.patch",
+        "fine-tune with the head frozen, sweep alpha, choose it, write the patched model",
+    ),
+    "eval": (
+        "paint.commands.evaluate",
+        "zero-shot top-1/top-5, per-class accuracy and confusions of a model on any tasks",
+    ),
     "interpolate": ("paint.commands.interpolate", "write theta_alpha from a zero-shot and a fine-tuned checkpoint"),
-    "tasks": ("paint.commands.tasks", "list the task catalog and built-ins; tasks show NAME for classes, templates, layout"),
+    "tasks": (
+        "paint.commands.tasks",
+        "list the task catalog and built-ins; tasks show NAME for classes, templates, layout",
+    ),
     "merge": ("paint.commands.merge", "merge checkpoints (linear, task arithmetic, TIES, DARE, model stock), streamed"),
-    "convert": ("paint.commands.convert", "convert an OpenAI CLIP / open_clip state dict to a Hugging Face CLIP checkpoint"),
+    "convert": (
+        "paint.commands.convert",
+        "convert an OpenAI CLIP / open_clip state dict to a Hugging Face CLIP checkpoint",
+    ),
     "pretrain": ("paint.commands.pretrain", "pretrain a small CLIP from scratch on the offline synthetic world"),
-    "typographic": ("paint.commands.typographic", "typographic attacks: render label=/text= datasets, measure them, patch them"),
+    "typographic": (
+        "paint.commands.typographic",
+        "typographic attacks: render label=/text= datasets, measure them, patch them",
+    ),
     "counting": ("paint.commands.counting", "patch counting and test on counts held out of fine-tuning (CLEVR-style)"),
     "triage": ("paint.commands.triage", "linear probe vs zero-shot per task: which tasks need patching, k-shot curve"),
-    "multitask": ("paint.commands.multitask", "patch several tasks jointly, sequentially and in parallel; compare the modes"),
-    "transfer": ("paint.commands.transfer", "broad transfer: patch on each task of a list, evaluate on all (matrix + heatmap)"),
-    "metrics": ("paint.commands.metrics", "GradientSimilarity, BackwardKnowledgeTransfer and linear CKA of a patch run"),
+    "multitask": (
+        "paint.commands.multitask",
+        "patch several tasks jointly, sequentially and in parallel; compare the modes",
+    ),
+    "transfer": (
+        "paint.commands.transfer",
+        "broad transfer: patch on each task of a list, evaluate on all (matrix + heatmap)",
+    ),
+    "metrics": (
+        "paint.commands.metrics",
+        "GradientSimilarity, BackwardKnowledgeTransfer and linear CKA of a patch run",
+    ),
 }
 
 
@@ -60,7 +84,7 @@ def cli_message(message: str, args: argparse.Namespace) -> str:
         m = _CONFIG_HINT.search(message)
         if m:
             hint = f" (or --set {m['key']}={m['value']})"
-            message = message[: m.end()] + hint + message[m.end():]
+            message = message[: m.end()] + hint + message[m.end() :]
     return message
 
 
@@ -106,10 +130,12 @@ def describe_os_error(err: OSError) -> str:
 
     reason = err.strerror or str(err) or type(err).__name__
     where = f"{err.filename}: " if err.filename else ""
-    hint = {errno.ENOSPC: "; free some space (or point output_dir/cache_dir elsewhere) and rerun with --resume",
-            errno.EDQUOT: "; free some space and rerun with --resume",
-            errno.EACCES: "; check the permissions of that path",
-            errno.EROFS: "; choose a writable output_dir"}.get(err.errno or 0, "")
+    hint = {
+        errno.ENOSPC: "; free some space (or point output_dir/cache_dir elsewhere) and rerun with --resume",
+        errno.EDQUOT: "; free some space and rerun with --resume",
+        errno.EACCES: "; check the permissions of that path",
+        errno.EROFS: "; choose a writable output_dir",
+    }.get(err.errno or 0, "")
     return f"{where}{reason}{hint}"
 
 

@@ -42,7 +42,9 @@ def check_bounded(value: Any, field_name: str) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"must be a finite number, got {v}")
         if isinstance(v, int) and abs(v) > INT_LIMIT:
-            raise ValueError(f"must be an integer of at most {INT_LIMIT} in magnitude, got one with {len(str(abs(v)))} digits")
+            raise ValueError(
+                f"must be an integer of at most {INT_LIMIT} in magnitude, got one with {len(str(abs(v)))} digits"
+            )
         if isinstance(v, (list, tuple, set, frozenset)):
             stack.extend(v)
         elif isinstance(v, dict):
@@ -113,7 +115,9 @@ def parse_config(cls: type[C], data: Any, source: str = "config") -> C:
         raise PaintError(f"{source}: nested too deeply to be a config") from None
 
 
-def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None) -> C:
+def load_config(
+    cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None
+) -> C:
     """Read a YAML config file, apply ``overrides`` (top-level keys) and ``sets`` (``--set a.b=v``), validate."""
     p = Path(path)
     if p.is_dir():
@@ -125,7 +129,9 @@ def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None
     except yaml.YAMLError as e:
         raise PaintError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError as e:
-        raise PaintError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+        raise PaintError(
+            f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
     except RecursionError:
         raise PaintError(f"{p}: nested too deeply to be a config") from None
     except OSError as e:
@@ -185,13 +191,17 @@ def check_override_key(cls: type[BaseModel], path: list[str]) -> None:
         fields = model.model_fields
         where = ".".join(path[:i]) or "the config"
         if part not in fields:
-            raise PaintError(f"--set {'.'.join(path)}: unknown key {part!r} in {where} (known: {', '.join(sorted(fields))})")
+            raise PaintError(
+                f"--set {'.'.join(path)}: unknown key {part!r} in {where} (known: {', '.join(sorted(fields))})"
+            )
         annotation = fields[part].annotation
         model = _model_in(annotation)
         origin = get_origin(annotation)
         if i < len(path) - 1 and model is None and origin not in (dict, Mapping) and annotation is not dict:
-            raise PaintError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} has no sub-keys; set it whole, "
-                             f"e.g. --set {'.'.join(path[: i + 1])}=[a, b]")
+            raise PaintError(
+                f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} has no sub-keys; set it whole, "
+                f"e.g. --set {'.'.join(path[: i + 1])}=[a, b]"
+            )
 
 
 def apply_overrides(cls: type[BaseModel], data: dict[str, Any], items: list[str] | None) -> dict[str, Any]:

@@ -66,7 +66,9 @@ TASK_HELP = (
 
 def _hf_dir(path) -> bool:
     """A Hugging Face ``save_to_disk`` / parquet directory rather than an image-folder tree."""
-    return any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")) or any(path.glob("*.parquet"))
+    return any((path / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")) or any(
+        path.glob("*.parquet")
+    )
 
 
 def _specs_from_yaml(data: object, where: str) -> list:
@@ -137,8 +139,10 @@ def task_specs(value: str, root: str | None = None) -> list:
     data_root = Path(root).expanduser() if root else default_data_root()
     found = locate(entry, data_root)
     if found is None:
-        raise PaintError(f"catalog task {entry.name!r} not found under {data_root}; put it there (paint tasks show "
-                         f"{entry.name} gives the layout) or pass --root DIR")
+        raise PaintError(
+            f"catalog task {entry.name!r} not found under {data_root}; put it there (paint tasks show "
+            f"{entry.name} gives the layout) or pass --root DIR"
+        )
     return [TaskSpec(name=entry.name, source="catalog", path=str(found))]
 
 

@@ -23,7 +23,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--cache-dir", default=None, help="where preprocessed images and heads are cached")
     p.add_argument("--out", help="write eval.json and eval.md (table, per-class accuracy, confusions) to DIR")
-    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="write the full report as JSON to FILE (no FILE: print it)")
+    p.add_argument(
+        "--json", nargs="?", const="-", metavar="FILE", help="write the full report as JSON to FILE (no FILE: print it)"
+    )
 
 
 def _classnames(value: str | None) -> list[str] | None:

@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         theta_ft = load_clip(args.finetuned).model.state_dict()
     theta_zs = zs.model.state_dict()
     check_compatible(theta_zs, theta_ft, ("zero-shot model", "fine-tuned model"))
-    mixed = interpolate(theta_zs, theta_ft, args.alpha, keys=is_image_tower_key, allow_extrapolation=args.allow_extrapolation)
+    mixed = interpolate(
+        theta_zs, theta_ft, args.alpha, keys=is_image_tower_key, allow_extrapolation=args.allow_extrapolation
+    )
     save_clip(zs, args.out, state_dict=mixed)
     print(f"wrote theta_alpha (alpha={args.alpha:g}) to {args.out}")
     return 0

@@ -35,5 +35,7 @@ def run(args: argparse.Namespace) -> int:
         for i, k in enumerate(kept, 1):
             print(f"  {i}. {k['path']}: {100 * k['val_accuracy']:.1f}%")
     if evaluation:
-        print(f"validation accuracy of the merge on {cfg.evaluate_on.name}: {100 * summary['evaluation']['val_accuracy']:.1f}%")
+        print(
+            f"validation accuracy of the merge on {cfg.evaluate_on.name}: {100 * summary['evaluation']['val_accuracy']:.1f}%"
+        )
     return 0

@@ -24,5 +24,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(PretrainConfig, args.config, {"max_steps": args.max_steps}, args)
     final = pretrain(cfg, args.out, resume=args.resume)
     last = final["history"][-1] if final["history"] else {}
-    print(json.dumps({"steps": final["steps"], "model_dir": final["model_dir"], **{k: v for k, v in last.items() if k.startswith("zs_")}}))
+    print(
+        json.dumps(
+            {
+                "steps": final["steps"],
+                "model_dir": final["model_dir"],
+                **{k: v for k, v in last.items() if k.startswith("zs_")},
+            }
+        )
+    )
     return 0

@@ -8,7 +8,9 @@ import argparse
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", default="list", choices=["list", "show"], help="list (default) or show NAME")
     p.add_argument("name", nargs="?", help="catalog task to show")
-    p.add_argument("--root", default=None, help="data root: DIR/<name> (or DIR itself) is checked; default $PAINT_DATA or ~/data")
+    p.add_argument(
+        "--root", default=None, help="data root: DIR/<name> (or DIR itself) is checked; default $PAINT_DATA or ~/data"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -102,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.name:
         raise PaintError(f"unexpected {args.name!r}; did you mean: paint tasks show {args.name}")
-    rows = [(e.name, e.role, str(len(e.classnames)), "yes" if describe(e.name, root)["present"] else "no") for e in list_catalog()]
+    rows = [
+        (e.name, e.role, str(len(e.classnames)), "yes" if describe(e.name, root)["present"] else "no")
+        for e in list_catalog()
+    ]
     rows += [(n, "builtin", _builtin_classes(n), "yes (built in)") for n in _builtin_names()]
     if args.json:
         print(json.dumps([dict(zip(("name", "role", "classes", "present"), r)) for r in rows], indent=2))

@@ -14,7 +14,9 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", help="built-in task name (repeatable; default: every built-in task)")
     p.add_argument("--shots", type=int, nargs="+", help="k values of the few-shot curve (default: 1 2 4 8 16)")
     p.add_argument("--draws", type=int, help="random k-shot draws per k (default: 3)")
-    p.add_argument("--threshold", type=float, help="points by which the probe must beat zero-shot for 'patch' (default: 10)")
+    p.add_argument(
+        "--threshold", type=float, help="points by which the probe must beat zero-shot for 'patch' (default: 10)"
+    )
     p.add_argument("--max-train", type=int, help="use at most this many training images per task")
     p.add_argument("--max-eval", type=int, help="use at most this many validation and test images per task")
     p.add_argument("--cache-dir", help="where preprocessed images and heads are cached")

@@ -17,8 +17,12 @@ def _style_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack style (defaults resemble the offline world's labelled images)")
     g.add_argument("--font", help="font file, or a matplotlib bundled font name (default DejaVuSans-Bold.ttf)")
     g.add_argument("--font-size", type=float, help="glyph height as a fraction of the image height (default 0.31)")
-    g.add_argument("--colour", help="contrast | random | white | black | a world colour name | R,G,B (default contrast)")
-    g.add_argument("--position", help="center | top | bottom | random | X,Y fractions of the text centre (default center)")
+    g.add_argument(
+        "--colour", help="contrast | random | white | black | a world colour name | R,G,B (default contrast)"
+    )
+    g.add_argument(
+        "--position", help="center | top | bottom | random | X,Y fractions of the text centre (default center)"
+    )
     g.add_argument("--jitter", type=float, help="random shift of the centre, fraction of the image size (default 0.15)")
     g.add_argument("--opacity", type=float, help="0..1 (default 1)")
 
@@ -54,24 +58,40 @@ def register(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("eval", help="accuracy and attack success of a model on a folder of attacked images")
     e.add_argument("--data", required=True, help="folder of label=<class>_text=<class>.png images")
     e.add_argument("--model", default="paint:default", help="HF CLIP directory, hub id, or paint:default")
-    e.add_argument("--task", help="built-in task whose class names and templates to use (default: names from the files)")
-    e.add_argument("--template", action="append", help="prompt template with {} (repeatable; default 'a photo of a {}.')")
+    e.add_argument(
+        "--task", help="built-in task whose class names and templates to use (default: names from the files)"
+    )
+    e.add_argument(
+        "--template", action="append", help="prompt template with {} (repeatable; default 'a photo of a {}.')"
+    )
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", action="store_true", help="print JSON")
 
     u = sub.add_parser("run", help="patch on one task's attacked images; test on other tasks' attacked images")
-    u.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.typographic.TypographicConfig)")
+    u.add_argument(
+        "config", nargs="?", help="optional YAML config (the fields of paint.studies.typographic.TypographicConfig)"
+    )
     u.add_argument("--output-dir", help="run directory")
     u.add_argument("--model", help="HF CLIP directory, hub id, or paint:default (the default)")
     u.add_argument("--patch-task", help="task whose attacked images are fine-tuned on (default: shapes)")
-    u.add_argument("--transfer-task", action="append", help="held-out task (repeatable; default: colours, rendered-digits)")
+    u.add_argument(
+        "--transfer-task", action="append", help="held-out task (repeatable; default: colours, rendered-digits)"
+    )
     u.add_argument("--support", action="append", help="support task for alpha selection, clean images (repeatable)")
     u.add_argument("--max-train", type=int, help="use at most this many training images")
     u.add_argument("--max-eval", type=int, help="use at most this many images per validation/test split")
     u.add_argument("--epochs", type=int, help="fine-tuning epochs (overrides finetune.epochs)")
     u.add_argument("--rule", choices=["mean", "constrained"], help="alpha selection rule (default: constrained)")
-    u.add_argument("--constraint", choices=["each", "mean"], help="constrained rule: bound each support task or their mean (default: mean)")
-    u.add_argument("--train-on", choices=["attacked", "both"], help="fine-tune on attacked images, or on clean and attacked (default: both)")
+    u.add_argument(
+        "--constraint",
+        choices=["each", "mean"],
+        help="constrained rule: bound each support task or their mean (default: mean)",
+    )
+    u.add_argument(
+        "--train-on",
+        choices=["attacked", "both"],
+        help="fine-tune on attacked images, or on clean and attacked (default: both)",
+    )
     u.add_argument("--seed", type=int, help="seed of the written words")
     u.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     u.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
@@ -122,13 +142,17 @@ def _eval(args: argparse.Namespace) -> int:
     split, names = read_attacked_dir(args.data, classnames)
     bundle = load_clip(args.model)
     head = zeroshot_head(bundle, names, templates)
-    logits = predict(bundle.model, head, preprocess_split(split, bundle.spec, progress=True), bundle.spec, args.batch_size)
+    logits = predict(
+        bundle.model, head, preprocess_split(split, bundle.spec, progress=True), bundle.spec, args.batch_size
+    )
     m = attack_metrics(None, logits, split.labels, split.texts)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
-        print(f"{m['n']} attacked images: accuracy {100 * m['attacked_accuracy']:.1f}%, "
-              f"predicted as the written word {100 * m['text_rate']:.1f}%")
+        print(
+            f"{m['n']} attacked images: accuracy {100 * m['attacked_accuracy']:.1f}%, "
+            f"predicted as the written word {100 * m['text_rate']:.1f}%"
+        )
     return 0
 
 

@@ -90,8 +90,16 @@ def _canon(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
-ALIASES = {"stanford_cars": "cars", "fashionmnist": "fashion_mnist", "kitti_distance": "kitti", "food_101": "food101",
-           "cifar_10": "cifar10", "cifar_100": "cifar100", "stl_10": "stl10", "imagenet1k": "imagenet"}
+ALIASES = {
+    "stanford_cars": "cars",
+    "fashionmnist": "fashion_mnist",
+    "kitti_distance": "kitti",
+    "food_101": "food101",
+    "cifar_10": "cifar10",
+    "cifar_100": "cifar100",
+    "stl_10": "stl10",
+    "imagenet1k": "imagenet",
+}
 
 
 def catalog_entry(name: str) -> CatalogEntry:

@@ -99,8 +99,10 @@ def _build(path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any],
         _fill(mm, range(n), decode, digests, f"preprocess {meta.get('identity', path.name)}", progress)
         mm.flush()
         del mm
-    write_json_atomic(path.with_suffix(".json"), {**meta, "n": n, "format": CACHE_FORMAT, "row_hash": ROW_HASH,
-                                                  "row_digests": digests})
+    write_json_atomic(
+        path.with_suffix(".json"),
+        {**meta, "n": n, "format": CACHE_FORMAT, "row_hash": ROW_HASH, "row_digests": digests},
+    )
 
 
 def _repair(path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool) -> None:
@@ -136,8 +138,13 @@ def cached_images(
     elif _VERIFIED.get(str(path)) != _file_state(path):
         bad = bad_rows(arr, digests)
         if bad:
-            log.warning("cache %s: %d of %d images failed their checksum (first: image %d); decoding them again",
-                        path, len(bad), n, bad[0])
+            log.warning(
+                "cache %s: %d of %d images failed their checksum (first: image %d); decoding them again",
+                path,
+                len(bad),
+                n,
+                bad[0],
+            )
             del arr
             _repair(path, bad, decode, digests, progress)
     arr, digests, why = _open(path, n, crop)

@@ -30,8 +30,10 @@ def small_split_warnings(task: Task, spec: TaskSpec, info: Mapping[str, Any]) ->
     if "val" not in task.splits or len(task.splits["val"]) >= MIN_VAL_IMAGES:
         return []
     n_val = len(task.splits["val"])
-    head = (f"task {spec.name!r}: the validation split has only {n_val} image{'s' * (n_val != 1)} "
-            f"(at least {MIN_VAL_IMAGES} advised), so alpha is chosen on noise")
+    head = (
+        f"task {spec.name!r}: the validation split has only {n_val} image{'s' * (n_val != 1)} "
+        f"(at least {MIN_VAL_IMAGES} advised), so alpha is chosen on noise"
+    )
     if info.get("val", {}).get("official"):
         return [f"{head}; add validation images to the data"]
     pool = n_val + len(task.splits.get("train", ()))
@@ -76,7 +78,9 @@ def _builtin(spec: TaskSpec) -> tuple[Task, dict]:
         return digits_task(spec.val_fraction, spec.val_max, spec.split_seed)
     names = builtin_task_names()
     if spec.name not in names:
-        raise PaintError(f"unknown built-in task {spec.name!r}; built-ins are: {', '.join(names)} (or give source: folder/csv/hf/catalog)")
+        raise PaintError(
+            f"unknown built-in task {spec.name!r}; built-ins are: {', '.join(names)} (or give source: folder/csv/hf/catalog)"
+        )
     from paint.world.tasks import world_task
 
     task = world_task(spec.name, seed=spec.seed)

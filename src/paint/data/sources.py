@@ -50,7 +50,10 @@ def _read_catalog(spec: TaskSpec) -> SourceRead:
     if "test_fraction" not in spec.model_fields_set and entry.test_fraction:
         test_fraction = entry.test_fraction
     return SourceRead(
-        read, _classnames(spec, entry.classnames), tuple(spec.templates or entry.templates), test_fraction,
+        read,
+        _classnames(spec, entry.classnames),
+        tuple(spec.templates or entry.templates),
+        test_fraction,
         f"{entry.title} (catalog: {entry.role} task)",
         {"catalog": entry.name, "role": entry.role, "prompt_sources": entry.sources},
     )
@@ -80,8 +83,14 @@ def load_external_task(spec: TaskSpec) -> tuple[Task, dict[str, Any]]:
         raise PaintError(f"task {spec.name!r}: unknown source {spec.source!r}")
     got = SOURCES[spec.source](spec)
     splits, info = assemble_splits(got.read, spec, got.test_fraction)
-    info = {"source": spec.source, "path": str(spec.path), "n_classes": len(got.classnames), **got.extra, **info,
-            **got.read.info}
+    info = {
+        "source": spec.source,
+        "path": str(spec.path),
+        "n_classes": len(got.classnames),
+        **got.extra,
+        **info,
+        **got.read.info,
+    }
     task = Task(spec.name, got.classnames, got.templates, splits, got.description)
     for name in splits:
         task.split(name)  # label range and emptiness checked now, not mid-sweep

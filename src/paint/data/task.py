@@ -43,9 +43,7 @@ class ArraySplit:
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
-            raise PaintError(
-                f"split {self.identity}: {len(self.images)} images but {len(self.labels)} labels"
-            )
+            raise PaintError(f"split {self.identity}: {len(self.images)} images but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -124,9 +122,7 @@ class Task:
 
     def split(self, name: str) -> ImageSplit:
         if name not in self.splits:
-            raise PaintError(
-                f"task {self.name!r} has no split {name!r} (it has: {', '.join(self.splits) or 'none'})"
-            )
+            raise PaintError(f"task {self.name!r} has no split {name!r} (it has: {', '.join(self.splits) or 'none'})")
         split = self.splits[name]
         validate_split(self, name, split)
         return split
@@ -146,8 +142,12 @@ def validate_split(task: Task, split_name: str, split: ImageSplit) -> None:
 
 
 def holdout_split(
-    split: ImageSplit, fraction: float = 0.1, max_size: int = 5000, seed: int = 0,
-    held_out: str = "val", kept: str = "train",
+    split: ImageSplit,
+    fraction: float = 0.1,
+    max_size: int = 5000,
+    seed: int = 0,
+    held_out: str = "val",
+    kept: str = "train",
 ) -> tuple[SubsetSplit, SubsetSplit, dict]:
     """Hold out a validation set from a training split, as the PAINT code does.
 

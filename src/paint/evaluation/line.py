@@ -89,7 +89,9 @@ def loss_and_gradient(
                 head = d.head.detach().to(device=device, dtype=dtype)
                 n = len(labels)
                 for i in range(0, n, batch_size):
-                    pixels = normalize(torch.as_tensor(d.images[i : i + batch_size]).to(device), spec.mean, spec.std).to(dtype)
+                    pixels = normalize(
+                        torch.as_tensor(d.images[i : i + batch_size]).to(device), spec.mean, spec.std
+                    ).to(dtype)
                     y = labels[i : i + batch_size].to(device)
                     feats = F.normalize(image_features(model, pixels), dim=-1)  # (B, D)
                     logits = feats @ head.t()  # (B, C)
@@ -122,7 +124,9 @@ def weighted_loss(model: torch.nn.Module, data: Sequence[LossData], spec: ImageS
             labels = torch.as_tensor(np.asarray(d.labels), dtype=torch.long)
             head = d.head.detach().to(device=device, dtype=dtype)
             for i in range(0, len(labels), batch_size):
-                pixels = normalize(torch.as_tensor(d.images[i : i + batch_size]).to(device), spec.mean, spec.std).to(dtype)
+                pixels = normalize(torch.as_tensor(d.images[i : i + batch_size]).to(device), spec.mean, spec.std).to(
+                    dtype
+                )
                 logits = F.normalize(image_features(model, pixels), dim=-1) @ head.t()  # (B, C)
                 loss = F.cross_entropy(logits, labels[i : i + batch_size].to(device), reduction="sum")
                 total += float(loss) * d.weight / len(labels)
@@ -174,4 +178,9 @@ def line_derivative(
     """
     set_image_tower(model, line_point(theta_zs, theta_ft, alpha))
     lg = loss_and_gradient(model, data, spec, batch_size)
-    return LinePoint(alpha=float(alpha), loss=lg.loss, dloss=directional_derivative(lg.grads, theta_zs, theta_ft), accuracy=lg.accuracy)
+    return LinePoint(
+        alpha=float(alpha),
+        loss=lg.loss,
+        dloss=directional_derivative(lg.grads, theta_zs, theta_ft),
+        accuracy=lg.accuracy,
+    )

@@ -104,7 +104,11 @@ class ResultsStore:
             self._records[key] = rec
         self.skipped = bad
         if bad:
-            log.warning("%s: skipped %d unreadable line(s) (torn by a crash or a full disk); they will be measured again", self.path, bad)
+            log.warning(
+                "%s: skipped %d unreadable line(s) (torn by a crash or a full disk); they will be measured again",
+                self.path,
+                bad,
+            )
 
     def get(self, key: ResultKey) -> dict[str, Any] | None:
         return self._records.get(key.as_tuple())

@@ -152,7 +152,9 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
     path = Path(src)
     is_local = path.exists()
     if is_local and not (path / "config.json").is_file():
-        raise PaintError(f"model directory {path} has no config.json; point to a Hugging Face CLIP checkpoint directory")
+        raise PaintError(
+            f"model directory {path} has no config.json; point to a Hugging Face CLIP checkpoint directory"
+        )
     if not is_local and (src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1)):
         raise PaintError(f"model path {src} does not exist")
     if is_local:

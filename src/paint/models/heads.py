@@ -30,7 +30,9 @@ def head_cache_key(bundle: ClipBundle, classnames: Sequence[str], templates: Seq
 
 
 @torch.no_grad()  # not inference_mode: the head is used in autograd graphs when fine-tuning
-def build_head(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def build_head(
+    bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """The zero-shot head (C, D), computed in one batched pass over all class x template texts."""
     model, tok = bundle.model, bundle.tokenizer
     texts = [t.format(c) for c in classnames for t in templates]  # class-major: (C*T,)

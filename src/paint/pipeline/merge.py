@@ -76,9 +76,13 @@ class MergeConfig(StrictModel):
     method: str = Field("linear", description="a registry name, or greedy_soup (Python API, with an evaluate callback)")
     parameters: dict[str, Any] = Field(default_factory=dict, description="the method's parameters")
     output: str = Field(description="output directory (an HF checkpoint)")
-    include: list[str] | None = Field(None, description="fnmatch patterns of keys to merge; others are copied from base")
+    include: list[str] | None = Field(
+        None, description="fnmatch patterns of keys to merge; others are copied from base"
+    )
     max_shard_size: int | str = Field("2GB", description="largest output shard, e.g. 500MB")
-    chunk_size: int | str = Field(DEFAULT_CHUNK_BYTES, description="row-chunk size: larger tensors are merged in chunks")
+    chunk_size: int | str = Field(
+        DEFAULT_CHUNK_BYTES, description="row-chunk size: larger tensors are merged in chunks"
+    )
     hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
     overwrite: bool = False
     evaluate_on: TaskSpec | None = Field(
@@ -178,7 +182,9 @@ def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[
         if p == out or out in p.parents:
             raise PaintError(f"output {cfg.output} would overwrite input {s}; choose another output directory")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise PaintError(f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory")
+        raise PaintError(
+            f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory"
+        )
     readers = [CheckpointReader(s) for s in sources]
     check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {m.path}" for m in cfg.models])
     check_files(readers)
@@ -232,7 +238,10 @@ def _input_hashes(
 def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
     """README.md for the merged checkpoint: method and papers, inputs with hashes, results, config."""
     if cfg.method == GREEDY_SOUP:
-        papers, description = GREEDY_SOUP_PAPERS, "greedy soup: add models by validation accuracy while it does not fall"
+        papers, description = (
+            GREEDY_SOUP_PAPERS,
+            "greedy soup: add models by validation accuracy while it does not fall",
+        )
     else:
         m = get_method(cfg.method)
         papers, description = m.papers, m.description

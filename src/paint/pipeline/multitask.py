@@ -127,7 +127,9 @@ def patch_sequential(ctx: MultitaskRun) -> ModeResult:
     return ModeResult("sequential", theta, alphas, choices, len(patch))
 
 
-def parallel_line(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequence[float], i: int) -> tuple[StateDict, StateDict]:
+def parallel_line(
+    theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequence[float], i: int
+) -> tuple[StateDict, StateDict]:
     """The line along coordinate i: (theta with alpha_i = 0, theta with alpha_i = 1).
 
     When every other alpha is 0 the line is exactly theta_zs -> theta_i (no rounding), so
@@ -147,7 +149,9 @@ def parallel_merge(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Seq
     return add_task_vectors(theta_zs, [task_vector(theta_zs, t) for t in thetas], list(alphas))
 
 
-def search_parallel(ctx: MultitaskRun, thetas: Sequence[StateDict], sweeps: int = 1) -> tuple[list[float], list[Choice], StateDict]:
+def search_parallel(
+    ctx: MultitaskRun, thetas: Sequence[StateDict], sweeps: int = 1
+) -> tuple[list[float], list[Choice], StateDict]:
     """Coordinate-wise search of the alpha vector; returns (alphas, choices, final theta)."""
     alphas = [0.0] * len(thetas)
     choices: list[Choice] = []
@@ -217,13 +221,32 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], su
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f}"
 
-    head = ["mode", "alphas", *patch, "patch mean", *support, "support mean", "worst support drop", "fine-tunes", "model evals"]
+    head = [
+        "mode",
+        "alphas",
+        *patch,
+        "patch mean",
+        *support,
+        "support mean",
+        "worst support drop",
+        "fine-tunes",
+        "model evals",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         alphas = ", ".join(f"{a:.3g}" for a in r["alphas"]) or "-"
         drop = "-" if r["worst_support_drop"] is None else f"{100 * r['worst_support_drop']:+.1f}"
-        cells = [r["mode"], alphas, *(pct(r["test"][n]) for n in patch), pct(r["patch_mean"]),
-                 *(pct(r["test"][n]) for n in support), pct(r["support_mean"]), drop, str(r["finetunes"]), str(r["model_evals"])]
+        cells = [
+            r["mode"],
+            alphas,
+            *(pct(r["test"][n]) for n in patch),
+            pct(r["patch_mean"]),
+            *(pct(r["test"][n]) for n in support),
+            pct(r["support_mean"]),
+            drop,
+            str(r["finetunes"]),
+            str(r["model_evals"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -242,7 +265,9 @@ class MultitaskConfig(CachedRun, SelectionFields):
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     parallel_sweeps: int = Field(1, ge=1, description="coordinate-search passes over the alpha vector")
-    save_models: bool = Field(True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model")
+    save_models: bool = Field(
+        True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model"
+    )
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -259,8 +284,14 @@ class MultitaskConfig(CachedRun, SelectionFields):
         return self
 
 
-def start_run(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec],
-              marker: str = "comparison.json") -> tuple[MultitaskRun, Any]:
+def start_run(
+    cfg: Any,
+    out: Path,
+    resume: bool,
+    patch_specs: Sequence[TaskSpec],
+    support_specs: Sequence[TaskSpec],
+    marker: str = "comparison.json",
+) -> tuple[MultitaskRun, Any]:
     """Load model and tasks (checked before any output), open the run, prepare the pool.
 
     ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
@@ -268,8 +299,14 @@ def start_run(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec]
     """
     pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs, marker)
     theta_zs = bundle.image_tower_copy()
-    fp = sha256_strings([bundle.text_identity, hash_tensors(theta_zs), cfg.finetune.model_dump_json(),
-                         *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks)])
+    fp = sha256_strings(
+        [
+            bundle.text_identity,
+            hash_tensors(theta_zs),
+            cfg.finetune.model_dump_json(),
+            *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks),
+        ]
+    )
     return MultitaskRun(pool, theta_zs, cfg.selection, cfg.finetune, out, resume, fp), bundle
 
 
@@ -295,16 +332,27 @@ def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
         "patch_tasks": ctx.patch,
         "support_tasks": ctx.support,
         "selection": cfg.selection.model_dump(mode="json"),
-        "modes": {r.mode: {"alphas": r.alphas, "choices": [c.record() | {"alpha": c.alpha, "n_model_evals": c.n_model_evals, "sweep": c.sweep}
-                                                             for c in r.choices],
-                           "finetunes": r.n_finetunes, "model_evals": r.n_model_evals, "seconds": round(r.seconds, 2)}
-                  for r in results},
+        "modes": {
+            r.mode: {
+                "alphas": r.alphas,
+                "choices": [
+                    c.record() | {"alpha": c.alpha, "n_model_evals": c.n_model_evals, "sweep": c.sweep}
+                    for c in r.choices
+                ],
+                "finetunes": r.n_finetunes,
+                "model_evals": r.n_model_evals,
+                "seconds": round(r.seconds, 2),
+            }
+            for r in results
+        },
         "comparison": rows,
         "timing_s": {"total": round(time.time() - t0, 2)},
     }
     table = comparison_markdown(rows, ctx.patch, ctx.support)
-    header = (f"# Multi-task patching: {', '.join(ctx.patch)}\n\nTest accuracy (%); alphas chosen on validation "
-              f"by `{cfg.selection.strategy}` on `{cfg.selection.rule_name}`.")
+    header = (
+        f"# Multi-task patching: {', '.join(ctx.patch)}\n\nTest accuracy (%); alphas chosen on validation "
+        f"by `{cfg.selection.strategy}` on `{cfg.selection.rule_name}`."
+    )
     write_text_atomic(out / "comparison.md", f"{header}\n\n{table}\n")
     write_json_atomic(out / "comparison.json", summary)
     summary["table"] = table
@@ -314,8 +362,17 @@ def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
 def run_patch_multitask(cfg: Any, resume: bool) -> dict[str, Any]:
     """``paint patch`` with several patching tasks: run its ``modes`` and compare them."""
     mt = MultitaskConfig(
-        model=cfg.model, revision=cfg.revision, output_dir=cfg.output_dir, patch_tasks=cfg.patch_tasks,
-        support_tasks=cfg.support_tasks, modes=cfg.modes, finetune=cfg.finetune, selection=cfg.selection,
-        eval_batch_size=cfg.eval_batch_size, cache_dir=cfg.cache_dir, device=cfg.device, threads=cfg.threads,
+        model=cfg.model,
+        revision=cfg.revision,
+        output_dir=cfg.output_dir,
+        patch_tasks=cfg.patch_tasks,
+        support_tasks=cfg.support_tasks,
+        modes=cfg.modes,
+        finetune=cfg.finetune,
+        selection=cfg.selection,
+        eval_batch_size=cfg.eval_batch_size,
+        cache_dir=cfg.cache_dir,
+        device=cfg.device,
+        threads=cfg.threads,
     )
     return run_multitask(mt, resume=resume)

@@ -79,7 +79,9 @@ def finetune_tower(
     """
     set_image_tower(pool.model, theta_start)
     if sets is None:
-        sets = [TrainingSet(n, pool.task(n).images["train"], pool.task(n).labels["train"], pool.task(n).head) for n in names]
+        sets = [
+            TrainingSet(n, pool.task(n).images["train"], pool.task(n).labels["train"], pool.task(n).head) for n in names
+        ]
     fit = finetune(pool.model, list(sets), pool.spec, cfg, out_dir, resume=resume, fingerprint=fingerprint)
     state = pool.model.state_dict()
     return {k: state[k].detach().clone() for k in theta_start}, fit
@@ -101,8 +103,10 @@ def choose(
     from paint.progress import counter, ticking
 
     measure = pool.measure(line)
-    with counter(f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
-                 total=cfg.max_evals()) as bar:
+    with counter(
+        f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
+        total=cfg.max_evals(),
+    ) as bar:
         result = run_search(evaluator_for(cfg, ticking(measure, bar), patch, support, reference), cfg)
     sweep = [sweep_point(e.alpha, e.metrics) for e in sorted(result.evaluations, key=lambda e: e.alpha)]
     if reference is None and all(p["alpha"] != 0.0 for p in sweep):  # the zero-shot row is always in the table
@@ -140,7 +144,9 @@ def patch(
     return PatchOutcome(line, fit, choice, {"finetune": round(t1 - t0, 2), "sweep": round(time.time() - t1, 2)})
 
 
-def test_at(pool: TaskPool, line: Line, alphas: Mapping[str, float], tasks: Sequence[str] | None = None) -> dict[str, dict]:
+def test_at(
+    pool: TaskPool, line: Line, alphas: Mapping[str, float], tasks: Sequence[str] | None = None
+) -> dict[str, dict]:
     """Test accuracy of every task at each named alpha: ``{task: {"role", label: accuracy}}``."""
     at = {label: pool.evaluate_line(line, a, "test", tasks) for label, a in alphas.items()}
     names = tasks if tasks is not None else [t.name for t in pool.tasks]

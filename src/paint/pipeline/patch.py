@@ -127,8 +127,18 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         "support_tasks": names_s,
         "splits": {t.name: t.split_info for t in pool.tasks},
         "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
-        "timing_s": {"finetune": round(t_ft - t_start, 2), "sweep": round(t_sweep - t_ft, 2), "total": round(time.time() - t_start, 2)},
-        "outputs": {"model": "model", "results": "results.jsonl", "config": "config.yaml", "plot": "tradeoff.png", "report": "summary.md"},
+        "timing_s": {
+            "finetune": round(t_ft - t_start, 2),
+            "sweep": round(t_sweep - t_ft, 2),
+            "total": round(time.time() - t_start, 2),
+        },
+        "outputs": {
+            "model": "model",
+            "results": "results.jsonl",
+            "config": "config.yaml",
+            "plot": "tradeoff.png",
+            "report": "summary.md",
+        },
     }
     write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
     proc.wait_for_everyone()

@@ -70,7 +70,9 @@ def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dic
     return out
 
 
-def prepare_tasks(bundle: Any, loaded: Sequence[tuple[str, Any, dict]], cache_dir: Any, batch_size: int) -> list[PoolTask]:
+def prepare_tasks(
+    bundle: Any, loaded: Sequence[tuple[str, Any, dict]], cache_dir: Any, batch_size: int
+) -> list[PoolTask]:
     """Preprocess (cached) and build the zero-shot head (cached) of every loaded task."""
     from paint.models.heads import zeroshot_head
     from paint.progress import progress
@@ -158,7 +160,9 @@ class TaskPool:
                 if not loaded:
                     self.model.load_state_dict(dict(state()), strict=False)
                     loaded = True
-                metrics = evaluate_split(self.model, t.head, t.images[split], t.labels[split], self.spec, self.batch_size)
+                metrics = evaluate_split(
+                    self.model, t.head, t.images[split], t.labels[split], self.spec, self.batch_size
+                )
                 rec = self.store.put(rkey, metrics)
             out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
         return out
@@ -173,13 +177,17 @@ class TaskPool:
         """Metrics of one image-tower state (keyed by its content)."""
         return self.evaluate(lambda: theta, f"state-{state_id(theta)}", 0.0, split, tasks)
 
-    def sweep(self, line: Line, alphas: Sequence[float], split: str = "val", allow_extrapolation: bool = False) -> list[dict[str, Any]]:
+    def sweep(
+        self, line: Line, alphas: Sequence[float], split: str = "val", allow_extrapolation: bool = False
+    ) -> list[dict[str, Any]]:
         """Validation accuracy and loss of every task at each alpha, in order (with a progress bar)."""
         from paint.progress import progress
 
         points = []
         for alpha in progress(alphas, desc=f"alpha sweep ({split})"):
-            points.append(sweep_point(alpha, self.evaluate_line(line, alpha, split, allow_extrapolation=allow_extrapolation)))
+            points.append(
+                sweep_point(alpha, self.evaluate_line(line, alpha, split, allow_extrapolation=allow_extrapolation))
+            )
         return points
 
     def measure(self, line: Line, split: str = "val") -> Measure:
@@ -198,7 +206,9 @@ class TaskPool:
                 rec = self.store.get(key)
                 if rec is None or "dloss" not in rec:
                     data = [LossData(t.images[split], t.labels[split], t.head)]
-                    p = line_derivative(self.model, line.theta_zs, line.theta_ft, alpha, data, self.spec, self.batch_size)
+                    p = line_derivative(
+                        self.model, line.theta_zs, line.theta_ft, alpha, data, self.spec, self.batch_size
+                    )
                     n = int(len(t.labels[split]))
                     rec = self.store.put(key, {"accuracy": p.accuracy, "loss": p.loss, "dloss": p.dloss, "n": n})
                 out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "dloss": rec["dloss"], "n": rec["n"]}
@@ -211,8 +221,14 @@ class TaskPool:
         set_image_tower(self.model, theta)
 
 
-def start_pool(cfg: Any, out: Path, resume: bool, patch_specs: Sequence[TaskSpec], support_specs: Sequence[TaskSpec],
-               marker: str = "summary.json") -> tuple[TaskPool, Any]:
+def start_pool(
+    cfg: Any,
+    out: Path,
+    resume: bool,
+    patch_specs: Sequence[TaskSpec],
+    support_specs: Sequence[TaskSpec],
+    marker: str = "summary.json",
+) -> tuple[TaskPool, Any]:
     """Load the model and tasks (every check before any output), open the run, prepare the pool.
 
     ``cfg`` is any run config with model, revision, device, eval_batch_size and cache_path.

@@ -24,7 +24,9 @@ def test_table(test: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["| task | role | zero-shot | fine-tuned | patched | patched - zero-shot |", "|---|---|---|---|---|---|"]
     for task, r in test.items():
         delta = 100 * (r["patched"] - r["zeroshot"])
-        lines.append(f"| {task} | {r['role']} | {pct(r['zeroshot'])} | {pct(r['finetuned'])} | {pct(r['patched'])} | {delta:+.1f} |")
+        lines.append(
+            f"| {task} | {r['role']} | {pct(r['zeroshot'])} | {pct(r['finetuned'])} | {pct(r['patched'])} | {delta:+.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -61,7 +63,9 @@ def plot_tradeoff(
             ax.plot([x], [y], "s", color=ends[a][0], markersize=8, label=ends[a][1])
         if chosen is not None and abs(a - chosen) < 1e-12:
             ax.plot([x], [y], "*", color="tab:green", markersize=15, label=f"chosen alpha={a:.2g}")
-    ax.set_xlabel(f"mean support accuracy (%)\n{textwrap.fill(', '.join(support) or 'no support task', 70)}", fontsize=8)
+    ax.set_xlabel(
+        f"mean support accuracy (%)\n{textwrap.fill(', '.join(support) or 'no support task', 70)}", fontsize=8
+    )
     ax.set_ylabel(f"patching accuracy (%): {textwrap.shorten(', '.join(patch), 50)}", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -46,7 +46,9 @@ class SelectionConfig(StrictModel):
     def _consistent(self):
         bad = [a for a in self.alphas if not 0.0 <= a <= 1.0]
         if bad and not self.allow_extrapolation:
-            raise ValueError(f"alpha {bad[0]} is outside [0, 1]; set selection.allow_extrapolation: true to extrapolate")
+            raise ValueError(
+                f"alpha {bad[0]} is outside [0, 1]; set selection.allow_extrapolation: true to extrapolate"
+            )
         if self.allow_extrapolation and self.strategy != "grid":
             raise ValueError("allow_extrapolation needs strategy 'grid' (the searches stay in [0, 1])")
         if self.strategy == "derivative" and self.objective != "loss_sum":

@@ -44,7 +44,9 @@ class Objective(Protocol):
 def _mean(metrics: TaskMetrics, tasks: Sequence[str], key: str) -> float:
     missing = [t for t in tasks if t not in metrics or key not in metrics[t]]
     if missing:
-        raise PaintError(f"no {key} measured for task {missing[0]!r}; the objective needs every patching and support task")
+        raise PaintError(
+            f"no {key} measured for task {missing[0]!r}; the objective needs every patching and support task"
+        )
     return float(np.mean([metrics[t][key] for t in tasks]))
 
 
@@ -75,7 +77,9 @@ class MeanAccuracy:
         return -float(np.mean(parts))
 
     def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
-        raise PaintError("objective 'mean_accuracy' has no derivative; use objective 'loss_sum' with strategy 'derivative'")
+        raise PaintError(
+            "objective 'mean_accuracy' has no derivative; use objective 'loss_sum' with strategy 'derivative'"
+        )
 
     def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool:
         return True
@@ -120,7 +124,9 @@ class Constrained:
         return 1.0 + self.violation(metrics, reference)  # > every feasible value
 
     def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
-        raise PaintError("objective 'constrained' has no derivative; use objective 'loss_sum' with strategy 'derivative'")
+        raise PaintError(
+            "objective 'constrained' has no derivative; use objective 'loss_sum' with strategy 'derivative'"
+        )
 
 
 @dataclass(frozen=True)
@@ -174,7 +180,9 @@ def make_objective(
         return MeanAccuracy(groups)
     if name == "constrained":
         if constraint not in ("each", "mean"):
-            raise PaintError(f"unknown constraint {constraint!r}; use 'each' (every support task) or 'mean' (their mean)")
+            raise PaintError(
+                f"unknown constraint {constraint!r}; use 'each' (every support task) or 'mean' (their mean)"
+            )
         return Constrained(groups, epsilon, constraint)
     if name == "loss_sum":
         return LossSum(groups)

@@ -21,13 +21,20 @@ from paint.selection.evaluator import Evaluator, alpha_key
 from paint.selection.objectives import TaskMetrics, make_objective
 
 SweepPoint = Mapping[str, Any]  # {"alpha": float, "val": {task: accuracy}, "val_loss"?: {task: loss}}
-REPORTED_RULES: tuple[tuple[str, str], ...] = (("mean_accuracy", "mean"), ("constrained", "each"), ("constrained", "mean"))
+REPORTED_RULES: tuple[tuple[str, str], ...] = (
+    ("mean_accuracy", "mean"),
+    ("constrained", "each"),
+    ("constrained", "mean"),
+)
 
 
 def point_metrics(point: SweepPoint) -> TaskMetrics:
     """A sweep point's validation metrics as the objectives read them."""
     losses = point.get("val_loss") or {}
-    return {t: {"accuracy": float(a), **({"loss": float(losses[t])} if t in losses else {})} for t, a in point["val"].items()}
+    return {
+        t: {"accuracy": float(a), **({"loss": float(losses[t])} if t in losses else {})}
+        for t, a in point["val"].items()
+    }
 
 
 def select_alpha(
@@ -63,11 +70,22 @@ def select_alpha(
     if 0.0 not in by_alpha and reference is None:
         raise PaintError("choosing alpha needs alpha 0 in the sweep (the zero-shot reference)")
     name = "mean_accuracy" if objective == "mean" else objective
-    ev = Evaluator(lambda a, grad: by_alpha[a], make_objective(name, patch, support, epsilon, constraint), None, reference, bounds=None)
+    ev = Evaluator(
+        lambda a, grad: by_alpha[a],
+        make_objective(name, patch, support, epsilon, constraint),
+        None,
+        reference,
+        bounds=None,
+    )
     for a in sorted(by_alpha):
         ev(a)
     best = ev.best()
-    out: dict[str, Any] = {"alpha": best.alpha, "rule": rule_key(name, constraint), "score": -best.value, "feasible": best.feasible}
+    out: dict[str, Any] = {
+        "alpha": best.alpha,
+        "rule": rule_key(name, constraint),
+        "score": -best.value,
+        "feasible": best.feasible,
+    }
     if name == "constrained":
         out.update(epsilon=epsilon, constraint=constraint)
     return out

@@ -1,13 +1,13 @@
 """Search strategies for one mixing coefficient, behind one registry (:data:`STRATEGIES`).
 
-  - ``grid``: the paper's 11 points 0, 0.1, ..., 1 or any list.
-  - ``bounded``: scipy's bounded Brent / golden-section scalar minimiser.
-  - ``quasiconvex``: bracket the minimum, fit a polynomial of degree <= 5 to the evaluations in
-    the bracket (numpy.polynomial) and evaluate at the real root of its derivative.
-  - ``derivative``: scipy's Brent root finder (bisection + secant) on the sign of the exact
-    derivative along the line, dL/dalpha = grad L(theta_alpha) . (theta_ft - theta_zs).
-  - ``boundary`` (``constrained`` only): bisection for the largest alpha that keeps the support
-    tasks within epsilon, where the constrained optimum sits when support accuracy falls with alpha.
+- ``grid``: the paper's 11 points 0, 0.1, ..., 1 or any list.
+- ``bounded``: scipy's bounded Brent / golden-section scalar minimiser.
+- ``quasiconvex``: bracket the minimum, fit a polynomial of degree <= 5 to the evaluations in
+  the bracket (numpy.polynomial) and evaluate at the real root of its derivative.
+- ``derivative``: scipy's Brent root finder (bisection + secant) on the sign of the exact
+  derivative along the line, dL/dalpha = grad L(theta_alpha) . (theta_ft - theta_zs).
+- ``boundary`` (``constrained`` only): bisection for the largest alpha that keeps the support
+  tasks within epsilon, where the constrained optimum sits when support accuracy falls with alpha.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def search_bounded(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
         ev.reference()
         if ev.is_measured(0.0):
             ev(0.0)  # already paid for as the reference, so a free candidate
-        minimize_scalar(ev, bounds=(0.0, 1.0), method="bounded", options={"xatol": cfg.xtol, "maxiter": cfg.max_evals()})
+        minimize_scalar(
+            ev, bounds=(0.0, 1.0), method="bounded", options={"xatol": cfg.xtol, "maxiter": cfg.max_evals()}
+        )
     except BudgetExhausted:
         stopped = "budget"
     return _result("bounded", ev, stopped)
@@ -187,7 +189,9 @@ def search_derivative(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
     from scipy.optimize import brentq
 
     if not ev.objective.differentiable:
-        raise PaintError(f"objective {ev.objective.name!r} has no derivative; use objective 'loss_sum' with strategy 'derivative'")
+        raise PaintError(
+            f"objective {ev.objective.name!r} has no derivative; use objective 'loss_sum' with strategy 'derivative'"
+        )
     stopped = "converged"
     try:
         d0 = ev.derivative(0.0)
@@ -259,8 +263,18 @@ def run_search(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
     return strategy(ev, cfg)
 
 
-def evaluator_for(cfg: SelectionConfig, measure: Measure, patch: Sequence[str], support: Sequence[str] = (),
-                  reference: TaskMetrics | None = None) -> Evaluator:
+def evaluator_for(
+    cfg: SelectionConfig,
+    measure: Measure,
+    patch: Sequence[str],
+    support: Sequence[str] = (),
+    reference: TaskMetrics | None = None,
+) -> Evaluator:
     """The evaluator a config asks for over a measure of the given tasks."""
-    return Evaluator(measure, make_objective(cfg.objective, patch, support, cfg.epsilon, cfg.constraint), cfg.max_evals(), reference,
-                     bounds=None if cfg.allow_extrapolation else (0.0, 1.0))
+    return Evaluator(
+        measure,
+        make_objective(cfg.objective, patch, support, cfg.epsilon, cfg.constraint),
+        cfg.max_evals(),
+        reference,
+        bounds=None if cfg.allow_extrapolation else (0.0, 1.0),
+    )

@@ -188,15 +188,29 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     supports = [t for _, t, _ in load_tasks(cfg.support_tasks, "support")]  # fail before any output
     open_run(out, cfg, resume)
     data = prepare_counting(cfg, bundle, task, counts, splits, supports)
-    pool = TaskPool(bundle.model, bundle.spec, data.pool_tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
+    pool = TaskPool(
+        bundle.model, bundle.spec, data.pool_tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size
+    )
     theta_zs = bundle.image_tower_copy()
     fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
-    res = patch(pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, out / "finetune", resume, fingerprint,
-                sets=[data.train])
+    res = patch(
+        pool,
+        theta_zs,
+        patch_names,
+        support_names,
+        cfg.finetune,
+        cfg.selection,
+        out / "finetune",
+        resume,
+        fingerprint,
+        sets=[data.train],
+    )
     chosen = res.choice.alpha
-    test = {label: counting_test_row(pool, res.line.at(a), a, data, counts, cfg.heldout, kinds)
-            for label, a in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0))}
+    test = {
+        label: counting_test_row(pool, res.line.at(a), a, data, counts, cfg.heldout, kinds)
+        for label, a in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0))
+    }
     pool.load(theta_zs)
     summary = {
         "model": cfg.model,
@@ -205,13 +219,20 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
         "counts": counts,
         "heldout": {str(c): kinds[c] for c in cfg.heldout},
         "seen_counts": [c for c in counts if c not in cfg.heldout],
-        "sizes": {"train": int(len(data.train.labels)), "val_seen": int(len(pool.task(patch_names[0]).labels["val"])),
-                  "test": int(len(data.y_test))},
+        "sizes": {
+            "train": int(len(data.train.labels)),
+            "val_seen": int(len(pool.task(patch_names[0]).labels["val"])),
+            "test": int(len(data.y_test)),
+        },
         "alpha": chosen,
         "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
         "sweep": res.choice.sweep,
         "test": test,
-        "finetune": {"history": res.fit.history, "steps": res.fit.steps, "resumed_from_epoch": res.fit.resumed_from_epoch},
+        "finetune": {
+            "history": res.fit.history,
+            "steps": res.fit.steps,
+            "resumed_from_epoch": res.fit.resumed_from_epoch,
+        },
         "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }
     _write_reports(out, summary)
@@ -230,8 +251,14 @@ class CountingData:
     support_test: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]
 
 
-def prepare_counting(cfg: CountingConfig, bundle: Any, task: Task, counts: list[int], splits: dict[str, ImageSplit],
-                     supports: Sequence[Task]) -> CountingData:
+def prepare_counting(
+    cfg: CountingConfig,
+    bundle: Any,
+    task: Task,
+    counts: list[int],
+    splits: dict[str, ImageSplit],
+    supports: Sequence[Task],
+) -> CountingData:
     """Preprocess (cached) every split the study uses and build the heads."""
     from paint.data.preprocess import preprocess_split
     from paint.models.heads import zeroshot_head
@@ -254,7 +281,9 @@ def prepare_counting(cfg: CountingConfig, bundle: Any, task: Task, counts: list[
         return PoolTask(name, role, t.classnames, t.templates, {"val": x}, {"val": y}, {}, h, {})
 
     pool_tasks = [entry(f"{task.name}/seen", "patch", splits["val"], head, task)]
-    pool_tasks += [entry(f"{task.name}/{c} (report only)", "heldout", splits[f"val-{c}"], head, task) for c in cfg.heldout]
+    pool_tasks += [
+        entry(f"{task.name}/{c} (report only)", "heldout", splits[f"val-{c}"], head, task) for c in cfg.heldout
+    ]
     support_test = {}
     for st in supports:
         h = zeroshot_head(bundle, st.classnames, st.templates, cache_dir=cfg.cache_path)
@@ -264,8 +293,15 @@ def prepare_counting(cfg: CountingConfig, bundle: Any, task: Task, counts: list[
     return CountingData(pool_tasks, TrainingSet(task.name, x_train, y_train, head), head, x_test, y_test, support_test)
 
 
-def counting_test_row(pool: Any, theta: Any, alpha: float, data: CountingData, counts: list[int], heldout: Sequence[int],
-                      kinds: dict[int, str]) -> dict[str, Any]:
+def counting_test_row(
+    pool: Any,
+    theta: Any,
+    alpha: float,
+    data: CountingData,
+    counts: list[int],
+    heldout: Sequence[int],
+    kinds: dict[int, str],
+) -> dict[str, Any]:
     """Test accuracy at one image tower: all, seen counts, each count, held-out kinds, support tasks."""
     from paint.evaluation.results import metrics_from_logits, predict
 
@@ -284,8 +320,10 @@ def counting_test_row(pool: Any, theta: Any, alpha: float, data: CountingData, c
     for kind in ("interpolation", "extrapolation"):
         cs = [c for c, k in kinds.items() if k == kind]
         row[kind] = float(np.mean([per_count.get(c, float("nan")) for c in cs])) if cs else None
-    row["support"] = {name: metrics_from_logits(predict(pool.model, h, xt, pool.spec, bs), yt)["accuracy"]
-                      for name, (h, xt, yt) in data.support_test.items()}
+    row["support"] = {
+        name: metrics_from_logits(predict(pool.model, h, xt, pool.spec, bs), yt)["accuracy"]
+        for name, (h, xt, yt) in data.support_test.items()
+    }
     row["support_mean"] = float(np.mean(list(row["support"].values()))) if row["support"] else None
     return row
 
@@ -301,7 +339,11 @@ def counting_table(summary: dict[str, Any]) -> str:
     for label in ("zeroshot", "patched", "finetuned"):
         r = summary["test"][label]
         sm = "-" if r["support_mean"] is None else f"{100 * r['support_mean']:.1f}"
-        cells = [label, f"{r['alpha']:.2g}", f"{100 * r['seen']:.1f}"] + [f"{100 * r['heldout'][c]:.1f}" for c in held] + [sm]
+        cells = (
+            [label, f"{r['alpha']:.2g}", f"{100 * r['seen']:.1f}"]
+            + [f"{100 * r['heldout'][c]:.1f}" for c in held]
+            + [sm]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -316,7 +358,12 @@ def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     for j, label in enumerate(("zeroshot", "patched", "finetuned")):
         pc = {int(k): v for k, v in summary["test"][label]["per_count"].items()}
         xs = np.arange(len(counts)) + (j - 1) * width
-        ax1.bar(xs, [100 * pc.get(c, np.nan) for c in counts], width, label=f"{label} (alpha={summary['test'][label]['alpha']:.2g})")
+        ax1.bar(
+            xs,
+            [100 * pc.get(c, np.nan) for c in counts],
+            width,
+            label=f"{label} (alpha={summary['test'][label]['alpha']:.2g})",
+        )
     for i, c in enumerate(counts):
         if str(c) in summary["heldout"]:
             ax1.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.25, lw=0, zorder=0)

@@ -41,6 +41,8 @@ def demo_config(output_dir: str | Path, quick: bool = False, model: str = DEFAUL
     )
 
 
-def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False, resume: bool = False, model: str = DEFAULT_MODEL) -> dict[str, Any]:
+def run_demo(
+    output_dir: str | Path = "runs/demo", quick: bool = False, resume: bool = False, model: str = DEFAULT_MODEL
+) -> dict[str, Any]:
     """Run the demo; returns the same summary as ``paint patch`` (also in ``summary.json``)."""
     return run_patch(demo_config(output_dir, quick, model), resume=resume)

@@ -52,7 +52,9 @@ def cosine(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> floa
     na = np.sqrt(sum(float((a[k].double() ** 2).sum()) for k in keys))
     nb = np.sqrt(sum(float((b[k].double() ** 2).sum()) for k in keys))
     if na == 0 or nb == 0:
-        raise PaintError("cosine of a zero vector: the fine-tuned weights equal the zero-shot ones, or the gradient vanished")
+        raise PaintError(
+            "cosine of a zero vector: the fine-tuned weights equal the zero-shot ones, or the gradient vanished"
+        )
     return float(dot / (na * nb))
 
 
@@ -74,7 +76,9 @@ def gradient_similarity(
     return cosine(diff, lg.grads)
 
 
-def bkt_from_losses(alphas: Sequence[float], losses: Sequence[float], loss0: float, distance: float) -> tuple[float, float]:
+def bkt_from_losses(
+    alphas: Sequence[float], losses: Sequence[float], loss0: float, distance: float
+) -> tuple[float, float]:
     """(BackwardKnowledgeTransfer, the alpha attaining it) from support losses along the line."""
     if distance <= 0:
         raise PaintError("the fine-tuned weights equal the zero-shot ones: BackwardKnowledgeTransfer is undefined")
@@ -118,7 +122,9 @@ def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> fl
     X = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     Y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     if X.ndim != 2 or Y.ndim != 2 or X.shape[0] != Y.shape[0]:
-        raise PaintError(f"linear CKA needs two (n, features) matrices with the same n, got {tuple(X.shape)} and {tuple(Y.shape)}")
+        raise PaintError(
+            f"linear CKA needs two (n, features) matrices with the same n, got {tuple(X.shape)} and {tuple(Y.shape)}"
+        )
     X = X - X.mean(dim=0, keepdim=True)
     Y = Y - Y.mean(dim=0, keepdim=True)
     cross = torch.linalg.matrix_norm(Y.t() @ X) ** 2
@@ -129,7 +135,9 @@ def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> fl
 
 
 @torch.inference_mode()
-def image_embeddings(model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256) -> torch.Tensor:
+def image_embeddings(
+    model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256
+) -> torch.Tensor:
     """L2-normalised image embeddings (N, D), the ones the zero-shot head scores."""
     from paint.data.preprocess import normalize
     from paint.models.clip import image_features
@@ -144,7 +152,12 @@ def image_embeddings(model: torch.nn.Module, images: torch.Tensor, spec: ImageSp
 
 
 def feature_cka(
-    model: torch.nn.Module, theta_zs: StateDict, theta_ft: StateDict, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256
+    model: torch.nn.Module,
+    theta_zs: StateDict,
+    theta_ft: StateDict,
+    images: torch.Tensor,
+    spec: ImageSpec,
+    batch_size: int = 256,
 ) -> float:
     """Linear CKA between zero-shot and fine-tuned image embeddings of ``images``."""
     set_image_tower(model, theta_zs)
@@ -175,9 +188,13 @@ def transfer_metrics(
         out["support_tasks"] = list(support)
         with phase("GradientSimilarity: support-loss gradient at the zero-shot model"):
             out["gradient_similarity"] = gradient_similarity(model, theta_zs, theta_ft, data, spec, batch_size)
-        out["backward_knowledge_transfer"] = backward_knowledge_transfer(model, theta_zs, theta_ft, data, spec, alphas, batch_size)
-    out["cka"] = {name: feature_cka(model, theta_zs, theta_ft, imgs, spec, batch_size)
-                  for name, imgs in progress(cka_images.items(), desc="linear CKA", total=len(cka_images), unit="task")}
+        out["backward_knowledge_transfer"] = backward_knowledge_transfer(
+            model, theta_zs, theta_ft, data, spec, alphas, batch_size
+        )
+    out["cka"] = {
+        name: feature_cka(model, theta_zs, theta_ft, imgs, spec, batch_size)
+        for name, imgs in progress(cka_images.items(), desc="linear CKA", total=len(cka_images), unit="task")
+    }
     set_image_tower(model, theta_zs)
     return out
 
@@ -195,7 +212,9 @@ def complete_state(theta_zs: StateDict, theta_ft: StateDict) -> dict[str, torch.
 
     missing = [k for k in theta_zs if k not in theta_ft and theta_zs[k].is_floating_point()]
     if missing:
-        raise PaintError(f"the fine-tuned weights lack image-tower tensor {missing[0]!r}; are they from the same architecture?")
+        raise PaintError(
+            f"the fine-tuned weights lack image-tower tensor {missing[0]!r}; are they from the same architecture?"
+        )
     out = {k: (theta_ft[k] if k in theta_ft else theta_zs[k]).to(theta_zs[k].device) for k in theta_zs}
     check_compatible(theta_zs, out, ("zero-shot image tower", "fine-tuned image tower"))
     return out
@@ -275,10 +294,21 @@ def run_metrics(run_dir: str, split: str = "val", alphas: Sequence[float] = BKT_
     run = Path(run_dir)
     trained = run / "finetune" / "checkpoint" / "trainable.safetensors"
     if not (run / "config.yaml").is_file() or not trained.is_file():
-        raise PaintError(f"{run} is not a paint patch run (needs config.yaml and finetune/checkpoint/trainable.safetensors)")
+        raise PaintError(
+            f"{run} is not a paint patch run (needs config.yaml and finetune/checkpoint/trainable.safetensors)"
+        )
     cfg = load_config(PatchConfig, run / "config.yaml")
-    out = pair_metrics(cfg.model, load_file(str(trained)), cfg.support_tasks, cfg.patch_tasks, split, alphas,
-                       cfg.eval_batch_size, str(cfg.cache_path), cfg.device)
+    out = pair_metrics(
+        cfg.model,
+        load_file(str(trained)),
+        cfg.support_tasks,
+        cfg.patch_tasks,
+        split,
+        alphas,
+        cfg.eval_batch_size,
+        str(cfg.cache_path),
+        cfg.device,
+    )
     out["run_dir"] = str(run)
     write_json_atomic(run / "metrics.json", out)
     return out

@@ -32,7 +32,9 @@ class TransferConfig(CachedRun, SelectionFields):
     revision: str | None = None
     output_dir: str
     tasks: list[TaskSpec] = Field(min_length=2, description="each is patched in turn; all are evaluated")
-    support_tasks: list[TaskSpec] = Field(default_factory=list, description="kept within epsilon by the constrained objective")
+    support_tasks: list[TaskSpec] = Field(
+        default_factory=list, description="kept within epsilon by the constrained objective"
+    )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
@@ -48,7 +50,9 @@ class TransferConfig(CachedRun, SelectionFields):
         return self
 
 
-def delta_matrix(zeroshot: dict[str, float], patched: dict[str, dict[str, float]], tasks: Sequence[str]) -> list[list[float]]:
+def delta_matrix(
+    zeroshot: dict[str, float], patched: dict[str, dict[str, float]], tasks: Sequence[str]
+) -> list[list[float]]:
     """rows: patched-on task, columns: evaluated task; accuracy minus zero-shot, in points."""
     return [[100.0 * (patched[src][dst] - zeroshot[dst]) for dst in tasks] for src in tasks]
 
@@ -78,8 +82,15 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
     ax.set_ylabel("patched on")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{m[i, j]:+.1f}", ha="center", va="center", fontsize=8,
-                    color="white" if abs(m[i, j]) > 0.6 * lim else "black")
+            ax.text(
+                j,
+                i,
+                f"{m[i, j]:+.1f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if abs(m[i, j]) > 0.6 * lim else "black",
+            )
     fig.colorbar(im, ax=ax, label="accuracy - zero-shot (points)")
     ax.set_title(title or "Broad transfer: accuracy change after patching", fontsize=9)
     from paint.plotting import save_figure
@@ -105,8 +116,13 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     for i, name in enumerate(names):
         # The objective sees only task i as patching (plus the support tasks): the other tasks
         # of the list must not influence the choice whose transfer to them is measured.
-        sub = TaskPool(pool.model, pool.spec, [t for t in pool.tasks if t.name == name or t.role == "support"],
-                       pool.store, pool.batch_size)
+        sub = TaskPool(
+            pool.model,
+            pool.spec,
+            [t for t in pool.tasks if t.name == name or t.role == "support"],
+            pool.store,
+            pool.batch_size,
+        )
         one = MultitaskRun(sub, ctx.theta_zs, cfg.selection, cfg.finetune, out, resume, ctx.fingerprint)
         theta_ft = one.finetune_from(ctx.theta_zs, [name], f"{i}-{name}/finetune")
         line = Line.between(ctx.theta_zs, theta_ft, f"transfer/{i}/")

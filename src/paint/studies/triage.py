@@ -222,7 +222,9 @@ def triage_features(
 
 
 def _triage_features(feats, labels, zeroshot_test, shots, draws, cs, threshold, max_iter, seed) -> dict[str, Any]:
-    probe, best_c, val_scores = fit_probe(feats["train"], labels["train"], feats["val"], labels["val"], cs, max_iter, seed)
+    probe, best_c, val_scores = fit_probe(
+        feats["train"], labels["train"], feats["val"], labels["val"], cs, max_iter, seed
+    )
     probe_test = float(probe.score(feats["test"], labels["test"]))
     curve = []
     for k in shots:
@@ -232,7 +234,14 @@ def _triage_features(feats, labels, zeroshot_test, shots, draws, cs, threshold, 
             if len(np.unique(labels["train"][idx])) < 2:
                 continue
             p, c, _ = fit_probe(
-                feats["train"][idx], labels["train"][idx], feats["val"], labels["val"], cs, max_iter, seed, refit_on_val=False
+                feats["train"][idx],
+                labels["train"][idx],
+                feats["val"],
+                labels["val"],
+                cs,
+                max_iter,
+                seed,
+                refit_on_val=False,
             )
             accs.append(float(p.score(feats["test"], labels["test"])))
             cs_chosen.append(c)
@@ -357,7 +366,9 @@ def _task_features(bundle, task, cfg: TriageConfig) -> tuple[dict[str, np.ndarra
             s = SubsetSplit(s, keep, f"{s.identity}/cap{cap}-{cfg.seed}")
         y = np.asarray(s.labels)
         images = preprocess_split(s, bundle.spec, cache_dir=cache / "images" if cache else None, progress=True)
-        feats[split] = extract_features(bundle.model, images, bundle.spec, cfg.batch_size, desc=f"{task.name}/{split}").numpy()
+        feats[split] = extract_features(
+            bundle.model, images, bundle.spec, cfg.batch_size, desc=f"{task.name}/{split}"
+        ).numpy()
         labels[split] = y
     head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cache)
     zs = zeroshot_accuracy(torch.from_numpy(feats["test"]), head, labels["test"])
@@ -420,6 +431,8 @@ def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
         "tasks": results,
     }
     write_json_atomic(out / "triage.json", summary)
-    write_text_atomic(out / "triage.md", "# Linear-probe triage\n\n" + triage_table(results, cfg.shots, cfg.threshold) + "\n")
+    write_text_atomic(
+        out / "triage.md", "# Linear-probe triage\n\n" + triage_table(results, cfg.shots, cfg.threshold) + "\n"
+    )
     plot_kshot(results, out / "kshot.png")
     return summary

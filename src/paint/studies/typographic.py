@@ -122,7 +122,9 @@ def parse_attacked_filename(filename: str) -> tuple[str, str, int | None]:
     stem = Path(filename).stem
     m = _NAME_RE.match(stem)
     if not m:
-        raise PaintError(f"{filename!r} does not follow the typographic naming convention label=<class>_text=<class>.png")
+        raise PaintError(
+            f"{filename!r} does not follow the typographic naming convention label=<class>_text=<class>.png"
+        )
     index = m.group("index")
     return decode_name(m.group("label")), decode_name(m.group("text")), int(index) if index is not None else None
 
@@ -152,9 +154,19 @@ def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: 
             split.image(i).save(tmp / names[i], format="PNG")
         with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
             for i, name in enumerate(names):
-                rec = {"file": name, "index": i, "label": split.classnames[labels[i]], "text": split.classnames[texts[i]]}
+                rec = {
+                    "file": name,
+                    "index": i,
+                    "label": split.classnames[labels[i]],
+                    "text": split.classnames[texts[i]],
+                }
                 f.write(json.dumps(rec) + "\n")
-        meta = {"style": split.style.model_dump(mode="json"), "seed": split.seed, "classnames": list(split.classnames), "source": split.base.identity}
+        meta = {
+            "style": split.style.model_dump(mode="json"),
+            "seed": split.seed,
+            "classnames": list(split.classnames),
+            "source": split.base.identity,
+        }
         (tmp / "attack.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return names
 
@@ -180,7 +192,9 @@ class TypographicSplit:
             return im.convert("RGB")
 
 
-def read_attacked_dir(path: str | Path, classnames: Sequence[str] | None = None) -> tuple[TypographicSplit, tuple[str, ...]]:
+def read_attacked_dir(
+    path: str | Path, classnames: Sequence[str] | None = None
+) -> tuple[TypographicSplit, tuple[str, ...]]:
     """Read a folder in the convention (ours or the paper's released data) as a split.
 
     Args:
@@ -204,17 +218,26 @@ def read_attacked_dir(path: str | Path, classnames: Sequence[str] | None = None)
             if line.strip():
                 rec = json.loads(line)
                 manifest[rec["file"]] = int(rec["index"])
-    names = tuple(classnames) if classnames is not None else tuple(sorted({n for lab, txt, _ in parsed for n in (lab, txt)}))
+    names = (
+        tuple(classnames)
+        if classnames is not None
+        else tuple(sorted({n for lab, txt, _ in parsed for n in (lab, txt)}))
+    )
     lookup = {n: i for i, n in enumerate(names)}
     for p, (lab, txt, _) in zip(files, parsed):
         for n in (lab, txt):
             if n not in lookup:
-                raise PaintError(f"{p.name}: class {n!r} is not among the task's class names; pass the right task or class names")
+                raise PaintError(
+                    f"{p.name}: class {n!r} is not among the task's class names; pass the right task or class names"
+                )
     source = [manifest.get(p.name, idx if idx is not None else -1) for p, (_, _, idx) in zip(files, parsed)]
     order = sorted(range(len(files)), key=lambda k: (source[k] < 0, source[k], files[k].name))
     files = [files[k] for k in order]
     parsed = [parsed[k] for k in order]
-    identity = "typographic-dir/" + sha256_strings([str(root.resolve())] + [f"{p.name}:{p.stat().st_size}" for p in files])[:16]
+    identity = (
+        "typographic-dir/"
+        + sha256_strings([str(root.resolve())] + [f"{p.name}:{p.stat().st_size}" for p in files])[:16]
+    )
     split = TypographicSplit(
         paths=tuple(str(p) for p in files),
         labels=np.array([lookup[lab] for lab, _, _ in parsed], dtype=np.int64),
@@ -226,7 +249,10 @@ def read_attacked_dir(path: str | Path, classnames: Sequence[str] | None = None)
 
 
 def typographic_task(
-    path: str | Path, name: str = "typographic", classnames: Sequence[str] | None = None, templates: Sequence[str] = ("a photo of a {}.",)
+    path: str | Path,
+    name: str = "typographic",
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] = ("a photo of a {}.",),
 ) -> Task:
     """A :class:`Task` from a folder in the convention: its sub-folders train/val/test become splits
     when present, else the whole folder is the "test" split."""
@@ -243,7 +269,13 @@ def typographic_task(
     for s in subs or ["."]:
         split, names = read_attacked_dir(root / s, names)
         splits[s if s != "." else "test"] = split
-    return Task(name=name, classnames=names, templates=tuple(templates), splits=splits, description=f"typographic attacks from {root}")
+    return Task(
+        name=name,
+        classnames=names,
+        templates=tuple(templates),
+        splits=splits,
+        description=f"typographic attacks from {root}",
+    )
 
 
 # --------------------------------------------------------------------------- metrics
@@ -319,7 +351,9 @@ class TypographicConfig(CachedRun, SelectionFields):
     model: str = "paint:default"
     output_dir: str
     patch_task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="shapes"))
-    transfer_tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="colours"), TaskSpec(name="rendered-digits")])
+    transfer_tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [TaskSpec(name="colours"), TaskSpec(name="rendered-digits")]
+    )
     support_tasks: list[TaskSpec] = Field(default_factory=list)
     transfer_clean_in_selection: bool = True
     attack: AttackStyle = Field(default_factory=AttackStyle)
@@ -373,23 +407,53 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     out = Path(cfg.output_dir)
     check_output_dir(out, resume)
     bundle = load_clip(cfg.model, device=pick_device(cfg.device))
-    loaded = load_tasks([cfg.patch_task], "patch") + load_tasks(cfg.transfer_tasks, "transfer") + load_tasks(cfg.support_tasks, "support")
+    loaded = (
+        load_tasks([cfg.patch_task], "patch")
+        + load_tasks(cfg.transfer_tasks, "transfer")
+        + load_tasks(cfg.support_tasks, "support")
+    )
     open_run(out, cfg, resume)
     views = [prepare_views(cfg, bundle, role, task, k, out, resume) for k, (role, task, _) in enumerate(loaded)]
-    pool = TaskPool(bundle.model, bundle.spec, [t for v in views for t in v.pool_tasks], ResultsStore(out / "results.jsonl"),
-                    cfg.eval_batch_size)
+    pool = TaskPool(
+        bundle.model,
+        bundle.spec,
+        [t for v in views for t in v.pool_tasks],
+        ResultsStore(out / "results.jsonl"),
+        cfg.eval_batch_size,
+    )
     theta_zs = bundle.image_tower_copy()
     # test styles do not change training
-    fingerprint = sha256_strings(["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})])
+    fingerprint = sha256_strings(
+        ["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})]
+    )
     p = cfg.patch_task.name
     patch_names = [f"{p}/attacked"]
     clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
     support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
     train = next(v.train for v in views if v.train is not None)
-    res = patch(pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, out / "finetune", resume, fingerprint, sets=[train])
+    res = patch(
+        pool,
+        theta_zs,
+        patch_names,
+        support_names,
+        cfg.finetune,
+        cfg.selection,
+        out / "finetune",
+        resume,
+        fingerprint,
+        sets=[train],
+    )
     alphas = {"zeroshot": 0.0, "patched": res.choice.alpha, "finetuned": 1.0}
-    test = {v.name: {"role": v.role, **{label: test_views(pool, res.line.at(a), v, cfg.eval_batch_size) | {"alpha": a}
-                                        for label, a in alphas.items()}} for v in views}
+    test = {
+        v.name: {
+            "role": v.role,
+            **{
+                label: test_views(pool, res.line.at(a), v, cfg.eval_batch_size) | {"alpha": a}
+                for label, a in alphas.items()
+            },
+        }
+        for v in views
+    }
     pool.load(theta_zs)
     summary = {
         "model": cfg.model,
@@ -403,7 +467,11 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
         "test": test,
         "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",
         "test_styles": {n: st.model_dump(mode="json") for n, st in cfg.test_styles.items()},
-        "finetune": {"history": res.fit.history, "steps": res.fit.steps, "resumed_from_epoch": res.fit.resumed_from_epoch},
+        "finetune": {
+            "history": res.fit.history,
+            "steps": res.fit.steps,
+            "resumed_from_epoch": res.fit.resumed_from_epoch,
+        },
         "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }
     _write_typographic_reports(out, summary)
@@ -422,7 +490,9 @@ class TaskViews:
     train: Any = None  # TrainingSet of the patch task
 
 
-def prepare_views(cfg: TypographicConfig, bundle: Any, role: str, task: Task, k: int, out: Path, resume: bool) -> TaskViews:
+def prepare_views(
+    cfg: TypographicConfig, bundle: Any, role: str, task: Task, k: int, out: Path, resume: bool
+) -> TaskViews:
     """Preprocess a task's clean and attacked splits (cached) and build its head."""
     from paint.data.preprocess import preprocess_split
     from paint.models.heads import zeroshot_head
@@ -435,7 +505,10 @@ def prepare_views(cfg: TypographicConfig, bundle: Any, role: str, task: Task, k:
 
     head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
     clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
-    attacked = {s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i) for i, s in enumerate(("val", "test"))}
+    attacked = {
+        s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i)
+        for i, s in enumerate(("val", "test"))
+    }
     labels = {s: np.asarray(clean[s].labels) for s in clean}
     imgs_c = {s: pre(clean[s]) for s in clean}
     imgs_a = {"val": pre(attacked["val"])}
@@ -444,8 +517,10 @@ def prepare_views(cfg: TypographicConfig, bundle: Any, role: str, task: Task, k:
         imgs_a["test"], texts = pre(back, cached=False), back.texts
     else:
         imgs_a["test"], texts = pre(attacked["test"]), attacked["test"].texts
-    pool_tasks = [PoolTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {})
-                  for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a))]
+    pool_tasks = [
+        PoolTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {})
+        for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a))
+    ]
     test = {"clean": imgs_c["test"], "attacked": imgs_a["test"], "labels": labels["test"], "texts": texts, "styles": {}}
     if role != "support":
         for n, st in cfg.test_styles.items():
@@ -457,13 +532,17 @@ def prepare_views(cfg: TypographicConfig, bundle: Any, role: str, task: Task, k:
     return views
 
 
-def write_and_read_back(split: AttackedSplit, folder: Path, classnames: Sequence[str], resume: bool) -> TypographicSplit:
+def write_and_read_back(
+    split: AttackedSplit, folder: Path, classnames: Sequence[str], resume: bool
+) -> TypographicSplit:
     """The attacked test set goes to disk in the paper's convention and is read back from there."""
     if not (resume and (folder / "attack.json").is_file()):
         write_attacked_dataset(split, folder)
     back, _ = read_attacked_dir(folder, classnames)
     if not (np.array_equal(back.labels, split.labels) and np.array_equal(back.texts, split.texts)):
-        raise PaintError(f"{folder}: the attacked images read back do not match what was written; delete the folder and rerun")
+        raise PaintError(
+            f"{folder}: the attacked images read back do not match what was written; delete the folder and rerun"
+        )
     return back
 
 
@@ -489,8 +568,10 @@ def test_views(pool: Any, theta: Any, views: TaskViews, batch_size: int) -> dict
     la = predict(pool.model, views.head, t["attacked"], pool.spec, batch_size)
     row = attack_metrics(lc, la, t["labels"], t["texts"])
     if t["styles"]:
-        row["styles"] = {n: attack_metrics(lc, predict(pool.model, views.head, imgs, pool.spec, batch_size), t["labels"], texts)
-                         for n, (imgs, texts) in t["styles"].items()}
+        row["styles"] = {
+            n: attack_metrics(lc, predict(pool.model, views.head, imgs, pool.spec, batch_size), t["labels"], texts)
+            for n, (imgs, texts) in t["styles"].items()
+        }
     return row
 
 
@@ -521,7 +602,10 @@ def styles_table(test: dict[str, dict[str, Any]]) -> str:
         if "styles" not in r["zeroshot"]:
             continue
         for label in ("zeroshot", "patched", "finetuned"):
-            cells = [f"{100 * m['attacked_accuracy']:.1f} / {100 * m['attack_success_rate']:.0f}" for m in (r[label]["styles"][n] for n in names)]
+            cells = [
+                f"{100 * m['attacked_accuracy']:.1f} / {100 * m['attack_success_rate']:.0f}"
+                for m in (r[label]["styles"][n] for n in names)
+            ]
             lines.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -541,7 +625,15 @@ def plot_typographic_sweep(
             key = f"{t}/{kind}"
             if key in sweep[0]["val"]:
                 role = " [patched]" if t == patch_task else ""
-                ax.plot(alphas, [100 * pt["val"][key] for pt in sweep], ls, marker="o", markersize=3, color=colour, label=f"{t}{role} ({kind})")
+                ax.plot(
+                    alphas,
+                    [100 * pt["val"][key] for pt in sweep],
+                    ls,
+                    marker="o",
+                    markersize=3,
+                    color=colour,
+                    label=f"{t}{role} ({kind})",
+                )
     if chosen is not None:
         ax.axvline(chosen, color="k", alpha=0.4, linestyle=":", label=f"chosen alpha={chosen:.2g}")
     ax.set_xlabel("alpha")
@@ -579,7 +671,9 @@ def _write_typographic_reports(out: Path, summary: dict[str, Any]) -> None:
                     "",
                     styles_table(summary["test"]),
                     "",
-                    "Styles: " + "; ".join(f"`{n}`: {json.dumps(st)}" for n, st in summary.get("test_styles", {}).items()) + ".",
+                    "Styles: "
+                    + "; ".join(f"`{n}`: {json.dumps(st)}" for n, st in summary.get("test_styles", {}).items())
+                    + ".",
                     "",
                 ]
                 if styles_table(summary["test"])

@@ -78,7 +78,9 @@ class FrozenHeadLoss:
     ``DistributedSampler.set_epoch``), which reseeds the augmentation.
     """
 
-    def __init__(self, heads: list[torch.Tensor], spec: ImageSpec, label_smoothing: float, augment: str = "none", seed: int = 0):
+    def __init__(
+        self, heads: list[torch.Tensor], spec: ImageSpec, label_smoothing: float, augment: str = "none", seed: int = 0
+    ):
         self.heads, self.spec, self.label_smoothing = heads, spec, label_smoothing
         self.augment, self.seed = augment, seed
         self.generator = augment_generator(seed, 0)

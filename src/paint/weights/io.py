@@ -202,9 +202,7 @@ def _check_covered(path: Path, infos: Mapping[str, TensorInfo]) -> None:
     want = sum(info.nbytes for info in infos.values())
     if have != want:
         what = "truncated" if have < want else "longer than its header says"
-        raise PaintError(
-            f"{path} is {what} ({have} of {want} tensor data bytes); re-download or re-create it"
-        )
+        raise PaintError(f"{path} is {what} ({have} of {want} tensor data bytes); re-download or re-create it")
 
 
 class CheckpointReader:
@@ -359,7 +357,9 @@ def safetensors_spans(path: str | os.PathLike) -> tuple[int, dict[str, tuple[int
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
     start = 8 + n
-    return start, {k: (start + int(header[k]["data_offsets"][0]), start + int(header[k]["data_offsets"][1])) for k in infos}
+    return start, {
+        k: (start + int(header[k]["data_offsets"][0]), start + int(header[k]["data_offsets"][1])) for k in infos
+    }
 
 
 def check_safetensors_size(path: str | os.PathLike) -> None:
@@ -438,7 +438,11 @@ def _header_bytes(keys: Sequence[str], infos: Mapping[str, TensorInfo], metadata
         info = infos[k]
         if info.dtype not in _TORCH_TO_ST:
             raise PaintError(f"tensor {k!r} has dtype {info.dtype}, which safetensors cannot store")
-        header[k] = {"dtype": _TORCH_TO_ST[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+        header[k] = {
+            "dtype": _TORCH_TO_ST[info.dtype],
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header so that data starts 8-byte aligned

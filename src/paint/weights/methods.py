@@ -56,13 +56,14 @@ class Paper:
 PAINT = Paper("Patching open-vocabulary models by interpolating weights", "2208.05592")
 WISE_FT = Paper("Robust fine-tuning of zero-shot models", "2109.01903")
 SOUPS = Paper(
-    "Model soups: averaging weights of multiple fine-tuned models improves accuracy without increasing "
-    "inference time",
+    "Model soups: averaging weights of multiple fine-tuned models improves accuracy without increasing inference time",
     "2203.05482",
 )
 TASK_ARITHMETIC = Paper("Editing Models with Task Arithmetic", "2212.04089")
 TIES = Paper("TIES-Merging: Resolving Interference When Merging Models", "2306.01708")
-DARE = Paper("Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", "2311.03099")
+DARE = Paper(
+    "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", "2311.03099"
+)
 MODEL_STOCK = Paper("Model Stock: All we need is just a few fine-tuned models", "2403.19522")
 
 
@@ -260,7 +261,12 @@ def model_stock_prepare(
 
 
 def model_stock_merge(
-    base: torch.Tensor, models: Sequence[torch.Tensor], weights: Sequence[float], params: NoParams, key: str, state: float
+    base: torch.Tensor,
+    models: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    params: NoParams,
+    key: str,
+    state: float,
 ) -> torch.Tensor:
     """Model Stock: ``t * mean_i(theta_i) + (1 - t) * base``, ``t`` from :func:`model_stock_prepare`.
 

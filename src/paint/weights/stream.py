@@ -233,7 +233,9 @@ def stream_merge_into(
         reads.start()
         for key, info in tqdm(infos.items(), total=len(infos), unit="tensor", desc="merge", disable=not progress):
             sel = selected(key) and info.dtype.is_floating_point
-            writer.write(key, merge_key(key, info, reads.read, len(readers) - 1, method, weights, params, sel, chunk_bytes))
+            writer.write(
+                key, merge_key(key, info, reads.read, len(readers) - 1, method, weights, params, sel, chunk_bytes)
+            )
             merged += sel
             copied += not sel
         digests = reads.digests()

@@ -27,7 +27,20 @@ KINDS: tuple[str, ...] = ("shape", "digit", "word", "count")
 # model read written names as objects on blank images but not over a shape.
 KIND_WEIGHTS: tuple[float, ...] = (0.30, 0.30, 0.18, 0.22)
 
-EXTRA_WORDS: tuple[str, ...] = ("cat", "dog", "stop", "yes", "no", "sun", "tree", "car", "house", "paint", "hello", "apple")
+EXTRA_WORDS: tuple[str, ...] = (
+    "cat",
+    "dog",
+    "stop",
+    "yes",
+    "no",
+    "sun",
+    "tree",
+    "car",
+    "house",
+    "paint",
+    "hello",
+    "apple",
+)
 WORDS: tuple[str, ...] = R.SHAPES + R.COLOUR_NAMES + R.DIGIT_WORDS + EXTRA_WORDS
 # The class family of each written word that names a thing of the world (others have none).
 WORD_FAMILIES: dict[str, str] = {

@@ -283,11 +283,16 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
 
     def make_loader(epoch: int) -> torch.utils.data.DataLoader:
         ds = CorpusBatches(cfg, tokenizer, epoch, max_len)
-        return torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, collate_fn=_first, num_workers=cfg.num_workers)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=1, shuffle=False, collate_fn=_first, num_workers=cfg.num_workers
+        )
 
     def on_epoch_end(epoch: int, m: "torch.nn.Module") -> dict[str, float]:
         export_hf(m, tokenizer, processor, out / "model")
-        record: dict[str, Any] = {"wall_s": round(time.time() - t0, 1), "logit_scale": float(m.logit_scale.detach().exp())}
+        record: dict[str, Any] = {
+            "wall_s": round(time.time() - t0, 1),
+            "logit_scale": float(m.logit_scale.detach().exp()),
+        }
         if cfg.eval_images and cfg.eval_tasks:
             accs = zero_shot(m, tokenizer, processor, cfg.eval_tasks, split="val", limit=cfg.eval_images)
             record.update({f"zs_val/{k}": round(v, 2) for k, v in accs.items()})

@@ -82,7 +82,9 @@ def read_dtd(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEFAUL
             if cls not in index:
                 raise PaintError(f"{lst}: class {cls!r} is not one of the {len(index)} DTD classes")
             labels.append(index[cls])
-        splits[s], bad = file_split(f"dtd/{s}", base, [str(base / "images" / r) for r in rel], labels, len(index), max_bad)
+        splits[s], bad = file_split(
+            f"dtd/{s}", base, [str(base / "images" / r) for r in rel], labels, len(index), max_bad
+        )
         n_bad += bad
     return ReadResult(splits, info={"partition": 1, "bad_images": n_bad})
 
@@ -93,7 +95,12 @@ def read_gtsrb(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEFA
     layout = entry["layout"]
     n = len(entry["classnames"])
     train_dir = first_existing(
-        [root / "GTSRB" / "Final_Training" / "Images", root / "Final_Training" / "Images", root / "GTSRB" / "Training", root / "Training"]
+        [
+            root / "GTSRB" / "Final_Training" / "Images",
+            root / "Final_Training" / "Images",
+            root / "GTSRB" / "Training",
+            root / "Training",
+        ]
     )
     if train_dir is None:
         raise PaintError(f"{root}: GTSRB training images not found; expected layout: {layout}")
@@ -106,7 +113,10 @@ def read_gtsrb(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEFA
         labels += [int(d.name)] * len(files)
     train, bad_tr = file_split("gtsrb/train", root, paths, labels, n, max_bad)
     test_dir = first_existing([root / "GTSRB" / "Final_Test" / "Images", root / "Final_Test" / "Images"])
-    gt = first_existing([root / "GT-final_test.csv", root / "GTSRB" / "GT-final_test.csv"] + ([test_dir / "GT-final_test.csv"] if test_dir else []))
+    gt = first_existing(
+        [root / "GT-final_test.csv", root / "GTSRB" / "GT-final_test.csv"]
+        + ([test_dir / "GT-final_test.csv"] if test_dir else [])
+    )
     if test_dir is None or gt is None:
         raise PaintError(f"{root}: GTSRB test images or GT-final_test.csv not found; expected layout: {layout}")
     with open(gt, newline="", encoding="utf-8") as f:
@@ -128,7 +138,9 @@ def read_sun397(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEF
     root = Path(root)
     layout = entry["layout"]
     base = first_existing([root / "SUN397"]) or root
-    class_file = require_file(first_existing([base / "ClassName.txt", root / "ClassName.txt"]) or base / "ClassName.txt", layout)
+    class_file = require_file(
+        first_existing([base / "ClassName.txt", root / "ClassName.txt"]) or base / "ClassName.txt", layout
+    )
     dirs = read_list_file(class_file)  # "/a/abbey", ...
     wanted = {_norm_scene(c): i for i, c in enumerate(entry["classnames"])}
     dir_label = {}
@@ -139,10 +151,14 @@ def read_sun397(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEF
         dir_label[d.rstrip("/")] = wanted[key]
     splits, n_bad = {}, 0
     for s, fname in (("train", "Training_01.txt"), ("test", "Testing_01.txt")):
-        lst = require_file(first_existing([root / fname, root / "Partitions" / fname, base / fname]) or root / fname, layout)
+        lst = require_file(
+            first_existing([root / fname, root / "Partitions" / fname, base / fname]) or root / fname, layout
+        )
         rel = read_list_file(lst)  # "/a/abbey/sun_xxx.jpg"
         labels = [dir_label[r.rsplit("/", 1)[0]] for r in rel]
-        splits[s], bad = file_split(f"sun397/{s}", base, [str(base / r.lstrip("/")) for r in rel], labels, len(wanted), max_bad)
+        splits[s], bad = file_split(
+            f"sun397/{s}", base, [str(base / r.lstrip("/")) for r in rel], labels, len(wanted), max_bad
+        )
         n_bad += bad
     return ReadResult(splits, info={"partition": 1, "bad_images": n_bad})
 
@@ -196,6 +212,8 @@ def read_food101(root: str | Path, entry: Mapping[str, Any], max_bad: float = DE
             if cls not in index:
                 raise PaintError(f"{base / 'meta' / (s + '.txt')}: class {cls!r} is not one of the Food-101 classes")
             labels.append(index[cls])
-        splits[s], bad = file_split(f"food101/{s}", base, [str(base / "images" / f"{r}.jpg") for r in rel], labels, len(index), max_bad)
+        splits[s], bad = file_split(
+            f"food101/{s}", base, [str(base / "images" / f"{r}.jpg") for r in rel], labels, len(index), max_bad
+        )
         n_bad += bad
     return ReadResult(splits, info={"bad_images": n_bad})

@@ -28,9 +28,21 @@ DEFAULT_MAX_BAD = 0.01
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 __all__ = [
-    "DEFAULT_MAX_BAD", "IMAGE_EXTS", "FileSplit", "ReadResult", "array_identity", "check_labels", "file_split",
-    "files_identity", "filter_readable", "first_existing", "list_images", "read_list_file", "require_dir",
-    "require_file", "subset_files",
+    "DEFAULT_MAX_BAD",
+    "IMAGE_EXTS",
+    "FileSplit",
+    "ReadResult",
+    "array_identity",
+    "check_labels",
+    "file_split",
+    "files_identity",
+    "filter_readable",
+    "first_existing",
+    "list_images",
+    "read_list_file",
+    "require_dir",
+    "require_file",
+    "subset_files",
 ]
 
 
@@ -105,8 +117,13 @@ def filter_readable(
         log.warning("%s: skipped %d unreadable of %d images (e.g. %s: %s)", where, n_bad, len(paths), first, why)
     huge = [p for p, r, k in zip(paths, results, ok) if r.huge and k]
     if huge:
-        log.warning("%s: %d images exceed %d pixels (e.g. %s); they decode slowly and need much memory",
-                    where, len(huge), Image.MAX_IMAGE_PIXELS, huge[0])
+        log.warning(
+            "%s: %d images exceed %d pixels (e.g. %s); they decode slowly and need much memory",
+            where,
+            len(huge),
+            Image.MAX_IMAGE_PIXELS,
+            huge[0],
+        )
     kept = [p for p, k in zip(paths, ok) if k]
     return kept, np.asarray(labels)[ok], n_bad
 

@@ -71,7 +71,9 @@ def read_image_folder(
             folders = sorted({p.name for s in subsets for p in (root / s).iterdir() if p.is_dir()})
         folders = _match_folders(root / subsets[0], folders)
         for s in subsets:
-            split, names, bad = read_class_folders(root / s, _match_folders(root / s, folders), f"folder/{s}", max_bad, layout)
+            split, names, bad = read_class_folders(
+                root / s, _match_folders(root / s, folders), f"folder/{s}", max_bad, layout
+            )
             splits[s], n_bad = split, n_bad + bad
     else:
         if folders is not None:

@@ -67,10 +67,14 @@ def _load_hf(path_or_id: str) -> Any:
         try:
             return datasets.load_dataset(path_or_id)
         except Exception as e:
-            raise PaintError(f"Hugging Face dataset {path_or_id!r} could not be loaded ({type(e).__name__}); "
-                             "offline? use a local save_to_disk/parquet/imagefolder directory") from None
-    raise PaintError(f"{path_or_id}: not a directory, parquet file or hub id; expected a datasets save_to_disk, "
-                     "parquet or imagefolder directory")
+            raise PaintError(
+                f"Hugging Face dataset {path_or_id!r} could not be loaded ({type(e).__name__}); "
+                "offline? use a local save_to_disk/parquet/imagefolder directory"
+            ) from None
+    raise PaintError(
+        f"{path_or_id}: not a directory, parquet file or hub id; expected a datasets save_to_disk, "
+        "parquet or imagefolder directory"
+    )
 
 
 def read_hf(
@@ -89,8 +93,10 @@ def read_hf(
             continue
         for col in (image_column, label_column):
             if col not in d.column_names:
-                raise PaintError(f"{path_or_id} split {key!r}: no column {col!r} (columns: {', '.join(d.column_names)}); "
-                                 "set image_column / label_column")
+                raise PaintError(
+                    f"{path_or_id} split {key!r}: no column {col!r} (columns: {', '.join(d.column_names)}); "
+                    "set image_column / label_column"
+                )
         feat = d.features[label_column]
         if getattr(feat, "names", None):
             names = tuple(feat.names)

@@ -52,7 +52,9 @@ def devkit_labels(meta_path: Path, truth_path: Path, n_classes: int) -> tuple[li
     labels = []
     for line_no, line in enumerate(truth_path.read_text(encoding="utf-8").split(), start=1):
         if not line.isdigit() or int(line) not in id_to_wnid:
-            raise PaintError(f"{truth_path} line {line_no}: {line!r} is not an ILSVRC2012_ID of a leaf synset in meta.mat")
+            raise PaintError(
+                f"{truth_path} line {line_no}: {line!r} is not an ILSVRC2012_ID of a leaf synset in meta.mat"
+            )
         labels.append(index[id_to_wnid[int(line)]])
     return labels, wnids
 

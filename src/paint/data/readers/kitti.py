@@ -47,12 +47,18 @@ def kitti_video_splits(mapping_rand: str, mapping_lines: Sequence[str], n_images
 def _kitti_mapping(root: Path, layout: str) -> tuple[str, list[str]]:
     for d in (root, root / "raw"):
         if (d / "mapping" / "train_rand.txt").is_file() and (d / "mapping" / "train_mapping.txt").is_file():
-            return (d / "mapping" / "train_rand.txt").read_text(), (d / "mapping" / "train_mapping.txt").read_text().splitlines()
+            return (d / "mapping" / "train_rand.txt").read_text(), (
+                d / "mapping" / "train_mapping.txt"
+            ).read_text().splitlines()
         z = d / "devkit_object.zip"
         if z.is_file():
             with zipfile.ZipFile(z) as f:
-                return f.read("mapping/train_rand.txt").decode(), f.read("mapping/train_mapping.txt").decode().splitlines()
-    raise PaintError(f"{root}: KITTI devkit mapping (train_rand.txt, train_mapping.txt) not found; expected layout: {layout}")
+                return f.read("mapping/train_rand.txt").decode(), f.read(
+                    "mapping/train_mapping.txt"
+                ).decode().splitlines()
+    raise PaintError(
+        f"{root}: KITTI devkit mapping (train_rand.txt, train_mapping.txt) not found; expected layout: {layout}"
+    )
 
 
 def read_kitti_distance(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEFAULT_MAX_BAD) -> ReadResult:

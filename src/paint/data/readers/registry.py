@@ -57,12 +57,16 @@ READERS: dict[str, FormatReader] = {
         lambda root, e, max_bad: idx.read_mnist_like(root, len(e["classnames"]), e["name"]), _idx_probes
     ),
     "cifar": FormatReader(lambda root, e, max_bad: cifar.read_cifar(root, len(e["classnames"])), _cifar_probes),
-    "svhn_mat": FormatReader(lambda root, e, max_bad: svhn_stl10.read_svhn(root), _static(["train_32x32.mat"], ["test_32x32.mat"])),
+    "svhn_mat": FormatReader(
+        lambda root, e, max_bad: svhn_stl10.read_svhn(root), _static(["train_32x32.mat"], ["test_32x32.mat"])
+    ),
     "stl10_binary": FormatReader(
         lambda root, e, max_bad: svhn_stl10.read_stl10(root), _static(["stl10_binary/test_X.bin", "test_X.bin"])
     ),
     "stanford_cars": FormatReader(benchmarks.read_stanford_cars, _static(["cars_train"], ["cars_test"])),
-    "dtd": FormatReader(benchmarks.read_dtd, _static(["images", "dtd/images"], ["labels/test1.txt", "dtd/labels/test1.txt"])),
+    "dtd": FormatReader(
+        benchmarks.read_dtd, _static(["images", "dtd/images"], ["labels/test1.txt", "dtd/labels/test1.txt"])
+    ),
     "eurosat": FormatReader(benchmarks.read_eurosat, _static(["train", "2750", "EuroSAT_RGB", "EuroSAT", "Forest"])),
     "gtsrb": FormatReader(
         benchmarks.read_gtsrb,
