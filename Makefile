@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup clean
+.PHONY: demo test lint setup clean
 
 $(BIN)/paint: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,14 @@ setup: $(BIN)/paint
 demo: setup
 	$(BIN)/paint demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+# Style and layer rules: ruff (lint + format) and the import-linter contracts in pyproject.toml.
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs .paint-cache

@@ -30,8 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from paint.search import (
+from paint.selection.search import (
     STRATEGIES,
     CurveValue,
     Evaluator,
@@ -119,10 +118,10 @@ def real(args) -> dict:
 
     from paint.config import load_config
     from paint.data.spec import TaskSpec
-    from paint.evaluate import ResultsStore
-    from paint.line import line_measure
+    from paint.evaluation.line import line_measure
+    from paint.evaluation.results import ResultsStore
     from paint.models.clip import load_clip
-    from paint.patch import PatchConfig, load_tasks, prepare
+    from paint.pipeline.patch import PatchConfig, load_tasks, prepare
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
     from paint.utils import hash_tensors
 
@@ -143,9 +142,11 @@ def real(args) -> dict:
     if args.run_dir:
         from safetensors.torch import load_file
 
-        from paint.metrics import complete_state
+        from paint.studies.metrics import complete_state
 
-        theta_ft = complete_state(theta_zs, load_file(str(Path(args.run_dir) / "finetune" / "checkpoint" / "trainable.safetensors")))
+        theta_ft = complete_state(
+            theta_zs, load_file(str(Path(args.run_dir) / "finetune" / "checkpoint" / "trainable.safetensors"))
+        )
     else:
         ft_path = out / f"theta_ft-{hash_tensors(theta_zs)[:12]}-e{args.epochs}.safetensors"
         if ft_path.is_file():
@@ -154,9 +155,16 @@ def real(args) -> dict:
             theta_ft = load_file(str(ft_path))
         else:
             patch = [t for t in tasks if t.role == "patch"]
-            ft_cfg = FinetuneConfig(epochs=args.epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=0)
+            ft_cfg = FinetuneConfig(
+                epochs=args.epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=0
+            )
             t0 = time.time()
-            finetune(bundle.model, [TrainingSet(t.name, t.images["train"], t.labels["train"], t.head) for t in patch], bundle.spec, ft_cfg)
+            finetune(
+                bundle.model,
+                [TrainingSet(t.name, t.images["train"], t.labels["train"], t.head) for t in patch],
+                bundle.spec,
+                ft_cfg,
+            )
             print(f"fine-tuned {args.epochs} epochs in {time.time() - t0:.0f}s", flush=True)
             theta_ft = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
             from safetensors.torch import save_file
@@ -180,8 +188,11 @@ def real(args) -> dict:
 
     patch = [t.name for t in tasks if t.role == "patch"]
     support = [t.name for t in tasks if t.role == "support"]
-    print(f"\nreal objective: {model_src}, patching {patch}, support {support}; "
-          f"val images per evaluation: {sum(len(t.labels['val']) for t in tasks)}", flush=True)
+    print(
+        f"\nreal objective: {model_src}, patching {patch}, support {support}; "
+        f"val images per evaluation: {sum(len(t.labels['val']) for t in tasks)}",
+        flush=True,
+    )
     results = {}
     for objective in args.objectives:
         obj = make_objective(objective, patch, support, args.epsilon)
@@ -200,8 +211,10 @@ def real(args) -> dict:
     if max(cost[False] + cost[True], default=0.0) < 0.05:
         print("\nevery measurement came from the results file (rerun): no timing to report")
     else:
-        print(f"\nmedian seconds per evaluation (results-file hits included): forward {fwd:.2f}, "
-              f"forward+backward {bwd:.2f} (x{bwd / fwd:.1f})")
+        print(
+            f"\nmedian seconds per evaluation (results-file hits included): forward {fwd:.2f}, "
+            f"forward+backward {bwd:.2f} (x{bwd / fwd:.1f})"
+        )
     results["seconds_per_eval"] = {"forward": fwd, "forward_backward": bwd}
     return results
 

@@ -33,7 +33,7 @@ def colour_task(n: int, size: int, seed: int) -> tuple[torch.Tensor, np.ndarray]
 def main(model_dir: str, out_dir: str, batch_size: int) -> None:
     from safetensors.torch import save_file
 
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
@@ -46,7 +46,14 @@ def main(model_dir: str, out_dir: str, batch_size: int) -> None:
     xte, yte = colour_task(96, bundle.spec.crop, 1)
     acc0 = evaluate_split(bundle.model, head, xte, yte, bundle.spec)["accuracy"]
     cfg = FinetuneConfig(batch_size=batch_size, cpu=True, **CFG)
-    res = finetune(bundle.model, [TrainingSet("colours", xtr, ytr, head)], bundle.spec, cfg, out_dir=out / "run", fingerprint="dist-test")
+    res = finetune(
+        bundle.model,
+        [TrainingSet("colours", xtr, ytr, head)],
+        bundle.spec,
+        cfg,
+        out_dir=out / "run",
+        fingerprint="dist-test",
+    )
 
     from accelerate import PartialState
 

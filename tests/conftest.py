@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_WORDS = (
     "a photo of the number zero one two three four five six seven eight nine "
-    "this is red green blue circle square triangle cat dog : . \""
+    'this is red green blue circle square triangle cat dog : . "'
 ).split()
 
 
@@ -32,7 +32,11 @@ def make_tokenizer(words=TINY_WORDS, max_length: int = 16):
         single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         model_max_length=max_length,
     )
 
@@ -48,13 +52,23 @@ def make_tiny_clip(out: Path, seed: int = 0, hidden: int = 32, image_size: int =
     torch.manual_seed(seed)
     cfg = CLIPConfig(
         text_config=dict(
-            vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-            num_attention_heads=2, max_position_embeddings=16, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=2,
-            image_size=image_size, patch_size=4,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            image_size=image_size,
+            patch_size=4,
         ),
         projection_dim=16,
     )

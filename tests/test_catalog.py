@@ -50,7 +50,10 @@ def test_catalog_spot_checks_against_clip_prompts():
     assert catalog_entry("kitti").templates == ("{}",)
     assert catalog_entry("mnist").templates == ('a photo of the number: "{}".',)
     assert catalog_entry("eurosat").classnames[0] == "forest"
-    assert catalog_entry("eurosat").folders[catalog_entry("eurosat").classnames.index("brushland or shrubland")] == "HerbaceousVegetation"
+    assert (
+        catalog_entry("eurosat").folders[catalog_entry("eurosat").classnames.index("brushland or shrubland")]
+        == "HerbaceousVegetation"
+    )
     assert catalog_entry("cifar100").classnames[26] == "crab"
     assert catalog_entry("sun397").classnames[8] == "apartment building outdoor"
     assert catalog_entry("cars").classnames[0] == "AM General Hummer SUV 2000"
@@ -96,3 +99,21 @@ def test_cli_tasks_list_and_show(tmp_path, capsys):
     assert "not found under" in out
     assert main(["tasks", "show", "nope"]) == 2
     assert "not in the catalog" in capsys.readouterr().err
+
+
+def test_one_reader_registry_serves_reading_and_locating(tmp_path, monkeypatch):
+    from paint.data.catalog import locate
+    from paint.data.readers import READERS, FormatReader, ReadResult, read_catalog_layout
+
+    assert {e.reader for e in list_catalog()} <= set(READERS), "a catalog entry names an unregistered reader"
+    calls = []
+    fake = FormatReader(
+        lambda root, e, max_bad: calls.append((root, e["name"])) or ReadResult({}), lambda e: [["MARK"]]
+    )
+    monkeypatch.setitem(READERS, "svhn_mat", fake)  # replacing the entry changes both dispatch sites
+    (tmp_path / "MARK").touch()
+    assert locate(catalog_entry("svhn"), tmp_path) == tmp_path
+    read_catalog_layout(tmp_path, catalog_entry("svhn").as_mapping())
+    assert calls == [(tmp_path, "svhn")]
+    with pytest.raises(PaintError, match="names unknown reader 'nope'; known readers: cifar, dtd, eurosat"):
+        read_catalog_layout(tmp_path, {**catalog_entry("svhn").as_mapping(), "reader": "nope"})

@@ -15,7 +15,7 @@ def _config(tmp_path: Path, model: Path, **extra) -> Path:
         "output_dir": str(tmp_path / "run"),
         "patch_tasks": ["digits"],
         "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64, "warmup_steps": 2, "max_steps": 4},
-        "sweep": {"alphas": [0.0, 0.5, 1.0]},
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
         "eval_batch_size": 512,
     }
     cfg.update(extra)
@@ -43,10 +43,15 @@ def test_patch_end_to_end(tiny_clip_dir, tmp_path, capsys):
     # The patched checkpoint is a standard HF checkpoint, and no checkpoint per alpha was written.
     CLIPModel.from_pretrained(run / "model")
     weights = sorted(str(p.relative_to(run)) for p in run.rglob("*.safetensors") if "cache" not in p.parts)
-    assert weights == ["finetune/checkpoint/optimizer.safetensors", "finetune/checkpoint/trainable.safetensors", "model/model.safetensors"]
+    assert weights == [
+        "finetune/checkpoint/optimizer.safetensors",
+        "finetune/checkpoint/trainable.safetensors",
+        "model/model.safetensors",
+    ]
     # The resolved config round-trips.
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["finetune"]["max_steps"] == 4 and resolved["selection"]["rule"] == "mean"
+    assert resolved["finetune"]["max_steps"] == 4 and resolved["selection"]["objective"] == "constrained"
+    assert resolved["selection"]["constraint"] == "mean" and resolved["selection"]["epsilon"] == 1.0  # the one default
     # A second run without --resume is refused; with --resume it re-evaluates nothing.
     n_results = len((run / "results.jsonl").read_text().splitlines())
     assert main(["patch", str(cfg)]) == 2
@@ -72,7 +77,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
     _bad(capsys, ["patch", str(cfg)], "learning_rate: unknown field")
     cfg = _config(tmp_path, tiny_clip_dir, eval_batch_size="big")
     _bad(capsys, ["patch", str(cfg)], "eval_batch_size")
-    cfg = _config(tmp_path, tiny_clip_dir, sweep={"alphas": [0.0, 1.5]})
+    cfg = _config(tmp_path, tiny_clip_dir, selection={"alphas": [0.0, 1.5]})
     _bad(capsys, ["patch", str(cfg)], "outside [0, 1]")
     cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["no-such-task"])
     _bad(capsys, ["patch", str(cfg)], "no-such-task")
@@ -86,7 +91,21 @@ def test_interpolate_refuses_different_architectures(tiny_clip_dir, tmp_path, ca
     from tests.conftest import make_tiny_clip
 
     other = make_tiny_clip(tmp_path / "wide", hidden=48)
-    _bad(capsys, ["interpolate", "--zeroshot", str(tiny_clip_dir), "--finetuned", str(other), "--alpha", "0.5", "--out", str(tmp_path / "o")], "shape")
+    _bad(
+        capsys,
+        [
+            "interpolate",
+            "--zeroshot",
+            str(tiny_clip_dir),
+            "--finetuned",
+            str(other),
+            "--alpha",
+            "0.5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        "shape",
+    )
     assert not (tmp_path / "o").exists()
 
 
@@ -94,7 +113,22 @@ def test_interpolate_writes_a_loadable_checkpoint(tiny_clip_dir, tiny_clip_dir_b
     import torch
 
     out = tmp_path / "mid"
-    assert main(["interpolate", "--zeroshot", str(tiny_clip_dir), "--finetuned", str(tiny_clip_dir_b), "--alpha", "0.25", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--zeroshot",
+                str(tiny_clip_dir),
+                "--finetuned",
+                str(tiny_clip_dir_b),
+                "--alpha",
+                "0.25",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     a, b, m = (CLIPModel.from_pretrained(p).state_dict() for p in (tiny_clip_dir, tiny_clip_dir_b, out))
     k = "vision_model.encoder.layers.0.mlp.fc1.weight"
     torch.testing.assert_close(m[k], 0.75 * a[k] + 0.25 * b[k])
@@ -128,7 +162,12 @@ def test_bad_data_gives_one_line_and_exit_2(tiny_clip_dir, tmp_path, capsys):
 def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
     pets = _folder(tmp_path / "pets", {"cat": 10, "dog": 10})
     spec = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
-    cfg = _config(tmp_path, tiny_clip_dir, support_tasks=[spec], selection={"rule": "constrained", "epsilon": 1.0})
+    cfg = _config(
+        tmp_path,
+        tiny_clip_dir,
+        support_tasks=[spec],
+        selection={"alphas": [0.0, 0.5, 1.0], "objective": "constrained", "constraint": "each", "epsilon": 1.0},
+    )
     assert main(["patch", str(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test"]["pets"]["role"] == "support"
@@ -140,12 +179,12 @@ def test_patch_with_a_folder_support_task(tiny_clip_dir, tmp_path):
 
 def test_patch_with_a_search_strategy_evaluates_fewer_points(tiny_clip_dir, tmp_path):
     search = {"strategy": "bounded", "objective": "mean_accuracy", "budget": 5}
-    cfg = _config(tmp_path, tiny_clip_dir, search=search)
+    cfg = _config(tmp_path, tiny_clip_dir, selection=search)
     assert main(["patch", str(cfg)]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     info = summary["selection"]["search"]
     assert info["strategy"] == "bounded" and info["n_model_evals"] <= 5
-    assert summary["alpha"] == info["alpha"] and summary["selection"]["rule"] == "search:bounded/mean_accuracy"
+    assert summary["alpha"] == info["alpha"] and summary["selection"]["rule"] == "search:bounded/mean"
     assert {p["alpha"] for p in summary["sweep"]} == set(info["alphas_evaluated"]) | {0.0}
     assert 0.0 <= summary["test"]["digits"]["patched"] <= 1.0
 
@@ -153,8 +192,13 @@ def test_patch_with_a_search_strategy_evaluates_fewer_points(tiny_clip_dir, tmp_
 def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
     pets = _folder(tmp_path / "pets", {"cat": 12, "dog": 12})
     second = {"name": "pets", "source": "folder", "path": str(pets), "templates": ["a photo of the {}."]}
-    cfg = _config(tmp_path, tiny_clip_dir, patch_tasks=["digits", second], modes=["joint", "parallel"],
-                  sweep={"alphas": [0.0, 0.5, 1.0]})
+    cfg = _config(
+        tmp_path,
+        tiny_clip_dir,
+        patch_tasks=["digits", second],
+        modes=["joint", "parallel"],
+        selection={"alphas": [0.0, 0.5, 1.0]},
+    )
     assert main(["patch", str(cfg)]) == 0
     run = tmp_path / "run"
     comparison = json.loads((run / "comparison.json").read_text())
@@ -167,12 +211,12 @@ def test_patch_with_several_tasks_compares_modes(tiny_clip_dir, tmp_path):
 
 def test_shipped_example_configs_validate():
     from paint.config import load_config
-    from paint.patch import PatchConfig
+    from paint.pipeline.patch import PatchConfig
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(PatchConfig, root / "examples" / "patch-digits.yaml")
     assert cfg.selection.constraint == "mean" and cfg.patch_tasks[0].name == "digits"
-    from paint.multitask import MultitaskConfig
+    from paint.pipeline.multitask import MultitaskConfig
 
     mt = load_config(MultitaskConfig, root / "examples" / "multitask-digits-counting.yaml")
-    assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.search.constraint == "mean"
+    assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.selection.constraint == "mean"

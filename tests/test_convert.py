@@ -16,8 +16,8 @@ from torch import nn
 
 from paint.cli import main
 from paint.errors import PaintError
+from paint.models.convert import convert_checkpoint, convert_clip_state_dict
 from paint.weights import io
-from paint.weights.convert import convert_checkpoint, convert_clip_state_dict
 
 
 class QuickGELU(nn.Module):
@@ -31,7 +31,9 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))])
+            OrderedDict(
+                [("c_fc", nn.Linear(width, 4 * width)), ("gelu", QuickGELU()), ("c_proj", nn.Linear(4 * width, width))]
+            )
         )
         self.ln_2 = nn.LayerNorm(width)
         self.attn_mask = attn_mask
@@ -137,7 +139,12 @@ def test_openai_state_dict_converts_to_same_features(reference, tmp_path):
     torch.save(model.state_dict(), src)
     summary = convert_checkpoint(src, tmp_path / "hf")
     assert summary["format"] == "openai"
-    assert (summary["vision_heads"], summary["text_heads"], summary["image_size"], summary["patch_size"]) == (2, 1, 32, 8)
+    assert (summary["vision_heads"], summary["text_heads"], summary["image_size"], summary["patch_size"]) == (
+        2,
+        1,
+        32,
+        8,
+    )
     hf, hf_img, hf_txt = _hf_features(tmp_path / "hf", images, ids)
     torch.testing.assert_close(hf_img, img, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(hf_txt, txt, atol=1e-5, rtol=1e-5)
@@ -169,3 +176,36 @@ def test_safetensors_source_and_errors(reference, tmp_path, capsys):
         convert_clip_state_dict({k: v for k, v in sd.items() if k != "text_projection"})
     assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_convert_without_tokenizer_writes_openai_preprocessing_and_says_what_is_missing(reference, tmp_path, capsys):
+    from paint.models.clip import load_clip, pil_image_processor_class
+
+    torch.save(reference[0].state_dict(), tmp_path / "ViT-tiny.pt")
+    out = tmp_path / "hf"
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "ViT-tiny.pt"), str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("threads:")]
+    assert len(err) == 1 and "no tokenizer" in err[0] and "--tokenizer-from" in err[0], err
+    proc = pil_image_processor_class().from_pretrained(out)  # the image side loads
+    assert proc.size == {"shortest_edge": 32} and proc.crop_size == {"height": 32, "width": 32}  # grid 4 x patch 8
+    assert int(proc.resample) == 3 and proc.do_center_crop  # bicubic, centre crop
+    assert list(proc.image_mean) == pytest.approx([0.48145466, 0.4578275, 0.40821073])
+    assert list(proc.image_std) == pytest.approx([0.26862954, 0.26130258, 0.27577711])
+    with pytest.raises(PaintError, match=r"has no tokenizer \(written by `paint convert` without --tokenizer-from\)"):
+        load_clip(str(out))
+
+
+def test_convert_with_tokenizer_from_loads_in_paint(reference, tiny_clip_dir, tmp_path, capsys):
+    from paint.models.clip import load_clip
+
+    torch.save(reference[0].state_dict(), tmp_path / "ViT-tiny.pt")
+    capsys.readouterr()
+    args = ["convert", str(tmp_path / "ViT-tiny.pt"), str(tmp_path / "hf"), "--tokenizer-from", str(tiny_clip_dir)]
+    assert main(args) == 0
+    assert "no tokenizer" not in capsys.readouterr().err
+    bundle = load_clip(str(tmp_path / "hf"))
+    assert bundle.tokenizer.get_vocab() == load_clip(str(tiny_clip_dir)).tokenizer.get_vocab()
+    assert bundle.spec.crop == 16  # the reference directory's processor, copied over the default
+    with pytest.raises(PaintError, match="--tokenizer-from .* has no tokenizer"):
+        convert_checkpoint(tmp_path / "ViT-tiny.pt", tmp_path / "hf2", tokenizer_from=tmp_path)

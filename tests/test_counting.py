@@ -9,14 +9,14 @@ import pytest
 import torch
 import yaml
 
-from paint.counting import (
+from paint.errors import PaintError
+from paint.studies.counting import (
     class_counts,
     counting_splits,
     heldout_kinds,
     per_count_accuracy,
     seen_mask,
 )
-from paint.errors import PaintError
 from paint.world.tasks import world_task
 
 
@@ -52,9 +52,9 @@ def test_heldout_kinds_and_errors():
     counts = list(range(1, 11))
     assert heldout_kinds(counts, [5, 10]) == {5: "interpolation", 10: "extrapolation"}
     assert heldout_kinds(counts, [1, 6]) == {1: "extrapolation", 6: "interpolation"}
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="held-out count 11 is not a class"):
         heldout_kinds(counts, [11])
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="at least two seen counts"):
         heldout_kinds(counts, counts[:-1])  # one seen count is not enough to fine-tune
     assert seen_mask(np.array([0, 4, 9, 3]), counts, [5, 10]).tolist() == [True, False, False, True]
 
@@ -66,17 +66,17 @@ def test_per_count_accuracy():
 
 
 def test_counting_workflow_trains_only_on_seen_counts(tmp_path, tiny_clip_dir, monkeypatch):
-    import paint.train.finetune as ft
+    import paint.pipeline.operation as op
     from paint.cli import main
 
     seen_labels = []
-    real = ft.finetune
+    real = op.finetune  # the one fine-tuning call of every workflow (the patch operation)
 
     def spy(model, sets, *args, **kwargs):
         seen_labels.extend(int(v) for s in sets for v in np.asarray(s.labels))
         return real(model, sets, *args, **kwargs)
 
-    monkeypatch.setattr(ft, "finetune", spy)
+    monkeypatch.setattr(op, "finetune", spy)
     cfg = {
         "model": str(tiny_clip_dir),
         "output_dir": str(tmp_path / "run"),
@@ -84,7 +84,7 @@ def test_counting_workflow_trains_only_on_seen_counts(tmp_path, tiny_clip_dir, m
         "support_tasks": ["shapes"],
         "max_train": 60,
         "max_eval": 40,
-        "alphas": [0.0, 0.5, 1.0],
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
     }
     path = tmp_path / "counting.yaml"
@@ -109,11 +109,11 @@ def test_counting_workflow_trains_only_on_seen_counts(tmp_path, tiny_clip_dir, m
 
 def test_counting_config_rejects_duplicates(tmp_path):
     from paint.config import parse_config
-    from paint.counting import CountingConfig
+    from paint.studies.counting import CountingConfig
 
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="heldout lists a count twice"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "heldout": [5, 5]})
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="must all differ"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "support_tasks": ["shapes", "shapes"]})
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="must all differ"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "support_tasks": ["counting"]})

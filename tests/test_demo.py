@@ -1,4 +1,4 @@
-"""paint demo with a reduced budget: it finishes, and its report and checkpoint parse."""
+"""paint demo with a reduced budget: the demo's claim holds, and its report and checkpoint parse."""
 
 import json
 
@@ -25,6 +25,16 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     for task, r in summary["test"].items():
         assert r["role"] == ("patch" if task == "digits" else "support")
         assert all(0.0 <= r[k] <= 1.0 for k in ("zeroshot", "finetuned", "patched"))
+    # The demo's claim, on its quick run (3 fine-tuning steps; measured: digits 48.0 -> 60.7, support
+    # mean 95.3 -> 94.9 on test): the patching task gains a lot, the support tasks stay within the bound.
+    test = summary["test"]
+    support = [t for t, r in test.items() if r["role"] == "support"]
+    assert test["digits"]["patched"] >= test["digits"]["zeroshot"] + 0.05
+    assert summary["selection"]["rule"] == "constrained-mean" and summary["selection"]["epsilon"] == 1.0
+    val = {p["alpha"]: p["val"] for p in summary["sweep"]}
+    mean = lambda accs: sum(accs[t] for t in support) / len(support)  # noqa: E731
+    assert mean(val[summary["alpha"]]) >= mean(val[0.0]) - 0.01 - 1e-9  # the guarantee, on validation
+    assert mean({t: test[t]["patched"] for t in support}) >= mean({t: test[t]["zeroshot"] for t in support}) - 0.015
     assert "chosen alpha" in (out / "summary.md").read_text()
     assert (out / "tradeoff.png").stat().st_size > 1000
     assert "pipeline_tag: zero-shot-image-classification" in (out / "model" / "README.md").read_text()

@@ -34,15 +34,34 @@ def _free_port() -> int:
 
 def _launch(model_dir: Path, out: Path, batch_per_process: int, processes: int) -> subprocess.CompletedProcess:
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-        str(WORKER), str(model_dir), str(out), str(batch_per_process),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(_free_port()),
+        str(WORKER),
+        str(model_dir),
+        str(out),
+        str(batch_per_process),
     ]
     env = dict(
-        os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+        os.environ,
+        CUDA_VISIBLE_DEVICES="",
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
         PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
     )
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -53,7 +72,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cl
         pytest.skip("this torch build has no gloo backend: cannot start CPU process groups")
     from safetensors.torch import load_file
 
-    from paint.evaluate import evaluate_split
+    from paint.evaluation.results import evaluate_split
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
@@ -97,7 +116,12 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cl
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: extra threads only fight the shared CPU
     try:
-        single = finetune(bundle.model, [TrainingSet("colours", xtr, ytr, head)], bundle.spec, FinetuneConfig(batch_size=32, cpu=True, **CFG))
+        single = finetune(
+            bundle.model,
+            [TrainingSet("colours", xtr, ytr, head)],
+            bundle.spec,
+            FinetuneConfig(batch_size=32, cpu=True, **CFG),
+        )
     finally:
         torch.set_num_threads(threads)
     assert single.steps == result["steps"]
@@ -109,5 +133,9 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tiny_cl
     assert worst < 1e-3 and worst < 1e-2 * moved, (worst, moved)
     for a, b in zip(single.history, result["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4, abs=1e-5)
-    assert evaluate_split(bundle.model, head, xte, yte, bundle.spec)["accuracy"] == pytest.approx(result["acc_after"], abs=1 / 96 + 1e-9)
-    print(f"launch {launch_s:.1f}s, max |2proc - 1proc| = {worst:.2e} (training moved {moved:.2e}), acc {result['acc_before']:.3f} -> {result['acc_after']:.3f}")
+    assert evaluate_split(bundle.model, head, xte, yte, bundle.spec)["accuracy"] == pytest.approx(
+        result["acc_after"], abs=1 / 96 + 1e-9
+    )
+    print(
+        f"launch {launch_s:.1f}s, max |2proc - 1proc| = {worst:.2e} (training moved {moved:.2e}), acc {result['acc_before']:.3f} -> {result['acc_after']:.3f}"
+    )

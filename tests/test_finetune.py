@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from paint.evaluate import evaluate_split
+from paint.evaluation.results import evaluate_split
 from paint.models.clip import load_clip
 from paint.models.heads import zeroshot_head
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
@@ -64,17 +64,48 @@ def test_interrupted_run_resumes_to_the_same_weights(tiny_clip_dir, tmp_path):
         return {}
 
     with pytest.raises(KeyboardInterrupt):
-        finetune(bundle2.model, sets2, bundle2.spec, CFG, out_dir=tmp_path, fingerprint="x", on_epoch_end=crash_after_first_epoch)
+        finetune(
+            bundle2.model,
+            sets2,
+            bundle2.spec,
+            CFG,
+            out_dir=tmp_path,
+            fingerprint="x",
+            on_epoch_end=crash_after_first_epoch,
+        )
     assert (tmp_path / "checkpoint" / "trainable.safetensors").is_file()
 
     bundle3, head3, _, _ = _setup(tiny_clip_dir)
     from paint.errors import PaintError
 
     with pytest.raises(PaintError, match="--resume"):
-        finetune(bundle3.model, [TrainingSet("colours", xtr, ytr, head3)], bundle3.spec, CFG, out_dir=tmp_path, fingerprint="x")
+        finetune(
+            bundle3.model,
+            [TrainingSet("colours", xtr, ytr, head3)],
+            bundle3.spec,
+            CFG,
+            out_dir=tmp_path,
+            fingerprint="x",
+        )
     with pytest.raises(PaintError, match="different run"):
-        finetune(bundle3.model, [TrainingSet("colours", xtr, ytr, head3)], bundle3.spec, CFG, out_dir=tmp_path, resume=True, fingerprint="y")
-    res = finetune(bundle3.model, [TrainingSet("colours", xtr, ytr, head3)], bundle3.spec, CFG, out_dir=tmp_path, resume=True, fingerprint="x")
+        finetune(
+            bundle3.model,
+            [TrainingSet("colours", xtr, ytr, head3)],
+            bundle3.spec,
+            CFG,
+            out_dir=tmp_path,
+            resume=True,
+            fingerprint="y",
+        )
+    res = finetune(
+        bundle3.model,
+        [TrainingSet("colours", xtr, ytr, head3)],
+        bundle3.spec,
+        CFG,
+        out_dir=tmp_path,
+        resume=True,
+        fingerprint="x",
+    )
     assert res.resumed_from_epoch == 0
     got = bundle3.model.state_dict()
     for k in reference:

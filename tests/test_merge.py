@@ -12,10 +12,11 @@ import yaml
 from paint.cli import main
 from paint.config import load_config
 from paint.errors import PaintError
-from paint.merge import CONFIG_NAME, MergeConfig, run_merge
+from paint.pipeline.merge import CONFIG_NAME, MergeConfig, run_merge
 from paint.weights import io
 from paint.weights.methods import METHODS
 from paint.weights.ops import interpolate
+from paint.weights.reads import InputReads
 from paint.weights.stream import merge_checkpoints, merge_state_dicts
 
 PARAMS = {
@@ -136,6 +137,7 @@ def test_mismatches_name_the_tensor_before_any_data_is_read(tmp_path, tiny_sds, 
     reads = []
     monkeypatch.setattr(io.CheckpointReader, "get", lambda self, key: reads.append(key))
     monkeypatch.setattr(io.CheckpointReader, "get_rows", lambda self, key, a, z: reads.append(key))
+    monkeypatch.setattr(InputReads, "read", lambda self, i, key, a=None, z=None: reads.append(key))
     cases = [(bad_shape, r"'layer.weight' has shape \(16, 16\)"), (bad_dtype, "'layer.bias' has dtype"),
              (missing, "'scale' is in the base model but not")]  # fmt: skip
     for model, pattern in cases:
@@ -175,7 +177,7 @@ def test_run_merge_writes_hf_checkpoint_with_model_card(clip_dirs, tmp_path):
     assert hashes[0]["sha256"] == io.file_sha256(clip_dirs / "base" / "model.safetensors")
     assert "2306.01708" in card and '"val_accuracy": 0.75' in card and "density: 0.5" in card
     resolved = load_config(MergeConfig, out / CONFIG_NAME)  # the resolved config round-trips
-    assert resolved == cfg.model_copy(update={"parameters": {"density": 0.5, "scaling": 1.0}})
+    assert resolved == cfg.model_copy(update={"parameters": {"density": 0.5, "scaling": 1.0, "normalize": True}})
     model = CLIPModel.from_pretrained(out)
     expected = merge_state_dicts(
         io.load_state_dict(clip_dirs / "base"),
@@ -246,8 +248,8 @@ def test_accuracy_evaluator_drives_greedy_soup_on_clip(clip_dirs, tmp_path):
     from transformers import CLIPModel
 
     from paint.data.preprocess import ImageSpec
-    from paint.evaluate import evaluate_split
-    from paint.merge import accuracy_evaluator
+    from paint.evaluation.results import evaluate_split
+    from paint.pipeline.merge import accuracy_evaluator
 
     model = CLIPModel.from_pretrained(clip_dirs / "base").eval()
     g = torch.Generator().manual_seed(0)
@@ -290,8 +292,15 @@ def test_cli_greedy_soup_scores_on_a_task(tiny_clip_dir, tmp_path, capsys):
     path = tmp_path / "soup.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["merge", str(path), "--no-progress"]) == 0
-    assert "validation accuracy of the merge on digits" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation accuracy of the merge on digits" in out
     summary = json.loads((tmp_path / "soup" / "merge_summary.json").read_text())
+    # the kept ingredients, in order, each with the soup's val accuracy once it was added
+    kept = summary["evaluation"]["kept"]
+    assert f"greedy soup kept {len(kept)} of 2 models" in out
+    for i, k in enumerate(kept, 1):
+        assert f"  {i}. {k['path']}: {100 * k['val_accuracy']:.1f}%" in out
+    assert kept[-1]["val_accuracy"] == summary["evaluation"]["val_accuracy"]
     assert len(summary["evaluation"]["individual"]) == 2
     assert 0.0 <= summary["evaluation"]["val_accuracy"] <= 1.0
     CLIPModel.from_pretrained(tmp_path / "soup")

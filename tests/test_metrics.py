@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.errors import PaintError
-from paint.line import LossData
-from paint.metrics import (
+from paint.evaluation.line import LossData
+from paint.studies.metrics import (
     backward_knowledge_transfer,
     bkt_from_losses,
     feature_cka,
@@ -54,7 +54,7 @@ def test_linear_cka_invariances():
     assert linear_cka(X, X) == pytest.approx(1.0)
     Y = torch.randn(50, 4, generator=g, dtype=torch.float64)
     assert 0.0 <= linear_cka(X, Y) < 0.5
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="the same n"):
         linear_cka(X, Y[:10])
 
 
@@ -63,7 +63,7 @@ def test_bkt_by_hand():
     assert bkt_from_losses([0.5, 1.0], [0.8, 0.9], 1.0, 2.0) == (pytest.approx(0.2), 0.5)
     # Every alpha hurts: the least negative one wins.
     assert bkt_from_losses([0.5, 1.0], [1.5, 1.2], 1.0, 1.0) == (pytest.approx(-0.2), 1.0)
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="BackwardKnowledgeTransfer is undefined"):
         bkt_from_losses([0.5], [1.0], 1.0, 0.0)
 
 

@@ -1,3 +1,7 @@
+import logging
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +44,7 @@ def test_head_matches_zero_shot_pipeline(tiny_clip_dir):
     from transformers import pipeline
 
     from paint.data.preprocess import clip_transform, normalize
-    from paint.evaluate import logits_for
+    from paint.evaluation.results import logits_for
 
     bundle = load_clip(str(tiny_clip_dir))
     classes = ["cat", "dog", "circle", "square"]
@@ -48,9 +52,7 @@ def test_head_matches_zero_shot_pipeline(tiny_clip_dir):
     images = _images(4)
     pipe = pipeline("zero-shot-image-classification", model=str(tiny_clip_dir), device="cpu")
     head = zeroshot_head(bundle, classes, [template])
-    pixels = torch.stack(
-        [torch.from_numpy(clip_transform(im, bundle.spec.resize, bundle.spec.crop)) for im in images]
-    )
+    pixels = torch.stack([torch.from_numpy(clip_transform(im, bundle.spec.resize, bundle.spec.crop)) for im in images])
     with torch.inference_mode():
         probs = logits_for(bundle.model, head, normalize(pixels, bundle.spec.mean, bundle.spec.std)).softmax(-1)
     for img, p in zip(images, probs):
@@ -83,3 +85,68 @@ def test_head_is_normalized_mean_times_logit_scale(tiny_clip_dir):
     head = zeroshot_head(bundle, ["cat", "dog", "red"], ["a photo of the {}.", "this is {}."])
     norms = head.norm(dim=-1)
     torch.testing.assert_close(norms, torch.full_like(norms, float(bundle.model.logit_scale.detach().exp())))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_saved_checkpoint_files_get_the_umask_mode(tiny_clip_dir, tmp_path, umask):
+    """safetensors creates its file 0600; model.safetensors must be as readable as config.json beside it."""
+    bundle = load_clip(str(tiny_clip_dir))
+    old = os.umask(umask)
+    try:
+        out = save_clip(bundle, tmp_path / "copy")
+        head = zeroshot_head(bundle, ["cat", "dog"], ["a photo of the {}."], cache_dir=tmp_path / "cache")
+        assert head.shape[0] == 2
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == want and modes["config.json"] == want, modes
+    (entry,) = (tmp_path / "cache" / "heads").iterdir()
+    assert entry.stat().st_mode & 0o777 == want
+
+
+def _corrupt_flip(path):
+    raw = bytearray(path.read_bytes())
+    for i in range(len(raw) - 64, len(raw), 4):  # flip bytes inside the head's data (the file's tail)
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+def _corrupt_truncate(path):
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 100])
+
+
+def _corrupt_header(path):
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + path.read_bytes()[24:])
+
+
+@pytest.mark.parametrize("corrupt", [_corrupt_flip, _corrupt_truncate, _corrupt_header])
+def test_corrupt_head_cache_entry_is_rebuilt_with_one_warning(tiny_clip_dir, tmp_path, caplog, corrupt):
+    bundle = load_clip(str(tiny_clip_dir))
+    classes, templates = ["cat", "dog", "red", "blue"], ["a photo of the {}.", "this is {}."]
+    fresh = zeroshot_head(bundle, classes, templates, cache_dir=tmp_path)
+    (entry,) = (tmp_path / "heads").iterdir()
+    corrupt(entry)
+    with caplog.at_level(logging.WARNING, logger="paint.models.heads"):
+        again = zeroshot_head(bundle, classes, templates, cache_dir=tmp_path)
+    assert torch.equal(again, fresh)  # the rebuilt head, not the corrupt bytes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(entry) in warnings[0] and "rebuilding" in warnings[0], warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="paint.models.heads"):
+        assert torch.equal(zeroshot_head(bundle, classes, templates, cache_dir=tmp_path), fresh)
+    assert not caplog.records  # the rebuilt entry is sound again
+
+
+def test_head_cache_entry_under_another_key_is_not_used(tiny_clip_dir, tmp_path, caplog):
+    bundle = load_clip(str(tiny_clip_dir))
+    templates = ["a photo of the {}."]
+    zeroshot_head(bundle, ["cat", "dog"], templates, cache_dir=tmp_path)
+    (first,) = (tmp_path / "heads").iterdir()
+    other = tmp_path / "heads" / f"{head_cache_key(bundle, ['red', 'blue'], templates)}.safetensors"
+    shutil.copy(first, other)  # a sound file, but the head of other classes
+    with caplog.at_level(logging.WARNING, logger="paint.models.heads"):
+        head = zeroshot_head(bundle, ["red", "blue"], templates, cache_dir=tmp_path)
+    assert torch.equal(head, zeroshot_head(bundle, ["red", "blue"], templates))
+    assert "another key" in caplog.text

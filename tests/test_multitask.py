@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from paint.evaluate import ResultsStore
-from paint.search import SearchConfig
+from paint.evaluation.results import ResultsStore
+from paint.selection import SelectionConfig
 from paint.train.finetune import FinetuneConfig
 
 
@@ -21,6 +21,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 FT = dict(epochs=1, lr=3e-3, batch_size=32, warmup_steps=0, weight_decay=0.0, max_steps=4, seed=0, cpu=True)
 
@@ -35,21 +36,31 @@ def _colour_images(n, size, seed, palette):
 
 def _prepared(bundle, name, role, classnames, palette, seed):
     from paint.models.heads import zeroshot_head
-    from paint.patch import PreparedTask
+    from paint.pipeline.pool import PoolTask
 
     size = bundle.spec.crop
     images, labels = {}, {}
     for i, split in enumerate(("train", "val", "test")):
         images[split], labels[split] = _colour_images((64, 32, 32)[i], size, seed + i, palette)
     head = zeroshot_head(bundle, classnames, ["a photo of the {}."])
-    return PreparedTask(name, role, tuple(classnames), ("a photo of the {}.",), images, labels,
-                        {s: f"{name}/{s}" for s in images}, head, {})
+    return PoolTask(
+        name,
+        role,
+        tuple(classnames),
+        ("a photo of the {}.",),
+        images,
+        labels,
+        {s: f"{name}/{s}" for s in images},
+        head,
+        {},
+    )
 
 
 @pytest.fixture()
 def ctx(tiny_clip_dir, tmp_path):
     from paint.models.clip import load_clip
-    from paint.multitask import PatchContext
+    from paint.pipeline.multitask import MultitaskRun
+    from paint.pipeline.pool import TaskPool
 
     bundle = load_clip(str(tiny_clip_dir))
     tasks = [
@@ -58,32 +69,32 @@ def ctx(tiny_clip_dir, tmp_path):
         _prepared(bundle, "sup", "support", ["circle", "square"], [[90, 90, 90], [160, 160, 160]], 20),
     ]
     theta_zs = {k: v.clone() for k, v in bundle.image_tower_state().items()}
-    search = SearchConfig(strategy="grid", objective="mean_accuracy", grid=[0.0, 0.5, 1.0], budget=3)
-    return PatchContext(bundle.model, bundle.spec, tasks, theta_zs, search, FinetuneConfig(**FT),
-                        ResultsStore(tmp_path / "results.jsonl"), 64, tmp_path, False, "test")
+    selection = SelectionConfig(strategy="grid", objective="mean_accuracy", alphas=[0.0, 0.5, 1.0], budget=3)
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(tmp_path / "results.jsonl"), 64)
+    return MultitaskRun(pool, theta_zs, selection, FinetuneConfig(**FT), tmp_path, False, "test")
 
 
 def test_three_modes_and_comparison(ctx):
-    from paint.multitask import comparison_markdown, comparison_rows, run_mode
+    from paint.pipeline.multitask import comparison_markdown, comparison_rows, run_mode
 
     results = {m: run_mode(ctx, m) for m in ("joint", "sequential", "parallel")}
     assert len(results["joint"].alphas) == 1 and results["joint"].n_finetunes == 1
-    assert len(results["sequential"].alphas) == 2 and len(results["sequential"].searches) == 2
+    assert len(results["sequential"].alphas) == 2 and len(results["sequential"].choices) == 2
     assert len(results["parallel"].alphas) == 2 and results["parallel"].n_finetunes == 2
     for r in results.values():
         assert all(0.0 <= a <= 1.0 for a in r.alphas)
-        assert all(s.n_model_evals <= 3 for s in r.searches)
+        assert all(s.n_model_evals <= 3 for s in r.choices)
         assert set(r.theta) == set(ctx.theta_zs)
     # Sequential step 2 starts from step 1's patch: its search was on tasks {rgb, cmy}.
-    assert set(results["sequential"].searches[1].evaluations[0].metrics) == {"rgb", "cmy", "sup"}
+    assert set(results["sequential"].choices[1].sweep[0]["val"]) == {"rgb", "cmy", "sup"}
     rows = comparison_rows(ctx, list(results.values()))
     assert [r["mode"] for r in rows] == ["zero-shot", "joint", "sequential", "parallel"]
-    table = comparison_markdown(rows, ctx.patch_names, ctx.support_names)
+    table = comparison_markdown(rows, ctx.patch, ctx.support)
     assert table.count("\n") == 5 and "worst support drop" in table
 
 
 def test_parallel_merge_matches_coordinate_lines(ctx):
-    from paint.multitask import parallel_line, parallel_merge
+    from paint.pipeline.multitask import parallel_line, parallel_merge
 
     g = torch.Generator().manual_seed(0)
     thetas = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in ctx.theta_zs.items()} for _ in range(2)]
@@ -91,7 +102,7 @@ def test_parallel_merge_matches_coordinate_lines(ctx):
     assert base is ctx.theta_zs and end is thetas[1]  # exact line when the other alphas are 0
     base, end = parallel_line(ctx.theta_zs, thetas, [0.3, 0.0], 1)
     merged = parallel_merge(ctx.theta_zs, thetas, [0.3, 0.6])
-    from paint.line import line_point
+    from paint.evaluation.line import line_point
 
     point = line_point(base, end, 0.6)
     for k in merged:
@@ -101,21 +112,38 @@ def test_parallel_merge_matches_coordinate_lines(ctx):
 def test_parallel_with_one_task_equals_single_task_patching(tiny_clip_dir, tmp_path):
     """`paint multitask` in parallel mode on one task == `paint patch`: same alpha, same weights."""
     from paint.config import parse_config
-    from paint.multitask import MultitaskConfig, run_multitask
-    from paint.patch import PatchConfig, run_patch
+    from paint.pipeline.multitask import MultitaskConfig, run_multitask
+    from paint.pipeline.patch import PatchConfig, run_patch
 
-    common = {"model": str(tiny_clip_dir), "patch_tasks": ["digits"], "device": "cpu", "eval_batch_size": 128,
-              "finetune": {**FT, "lr": 1e-2, "batch_size": 64, "max_steps": 6}}
-    single = run_patch(parse_config(PatchConfig, {**common, "output_dir": str(tmp_path / "single"),
-                                                   "sweep": {"alphas": [0.0, 0.3, 0.6, 1.0]}, "selection": {"rule": "mean"}}))
-    search = {"strategy": "grid", "objective": "mean_accuracy", "grid": [0.0, 0.3, 0.6, 1.0]}
-    multi = run_multitask(parse_config(MultitaskConfig, {**common, "output_dir": str(tmp_path / "multi"), "modes": ["parallel"],
-                                                          "search": search}))
+    common = {
+        "model": str(tiny_clip_dir),
+        "patch_tasks": ["digits"],
+        "device": "cpu",
+        "eval_batch_size": 128,
+        "finetune": {**FT, "lr": 1e-2, "batch_size": 64, "max_steps": 6},
+    }
+    single = run_patch(
+        parse_config(
+            PatchConfig,
+            {
+                **common,
+                "output_dir": str(tmp_path / "single"),
+                "selection": {"alphas": [0.0, 0.3, 0.6, 1.0], "objective": "mean_accuracy"},
+            },
+        )
+    )
+    search = {"strategy": "grid", "objective": "mean_accuracy", "alphas": [0.0, 0.3, 0.6, 1.0]}
+    multi = run_multitask(
+        parse_config(
+            MultitaskConfig,
+            {**common, "output_dir": str(tmp_path / "multi"), "modes": ["parallel"], "selection": search},
+        )
+    )
     assert multi["modes"]["parallel"]["alphas"] == [single["alpha"]]
     assert single["alpha"] > 0  # fine-tuning helped, so the equality is not the trivial alpha 0
     # The same validation accuracies along the line.
-    evs = multi["modes"]["parallel"]["searches"][0]["evaluations"]
-    assert {e["alpha"]: e["metrics"]["digits"]["accuracy"] for e in evs} == {p["alpha"]: p["val"]["digits"] for p in single["sweep"]}
+    line = multi["modes"]["parallel"]["choices"][0]["sweep"]
+    assert {p["alpha"]: p["val"]["digits"] for p in line} == {p["alpha"]: p["val"]["digits"] for p in single["sweep"]}
     a = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "multi" / "parallel" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from paint.data.image_cache import cache_path
 from paint.data.preprocess import (
     ImageSpec,
     augment_batch,
-    cache_path,
     clip_transform,
     normalize,
     preprocess_split,

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from paint.errors import PaintError
-from paint.pretrain import (
+from paint.world.pretrain import (
     CorpusBatches,
     PretrainConfig,
     build_clip,
@@ -21,15 +21,37 @@ from paint.pretrain import (
 )
 
 TINY_CLIP = {
-    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32},
-    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+    "text_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 32,
+    },
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    },
     "projection_dim": 32,
 }
 
 
 def tiny_config(**kw) -> PretrainConfig:
-    base = dict(clip=TINY_CLIP, batch_size=16, steps_per_epoch=10, epochs=2, warmup_steps=3, lr=2e-3,
-                tokenizer_captions=300, eval_images=0, threads=1)
+    base = dict(
+        clip=TINY_CLIP,
+        batch_size=16,
+        steps_per_epoch=10,
+        epochs=2,
+        warmup_steps=3,
+        lr=2e-3,
+        tokenizer_captions=300,
+        eval_images=0,
+        threads=1,
+    )
     return PretrainConfig(**{**base, **kw})
 
 
@@ -52,7 +74,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(tmp_path):
     assert saved["batch_size"] == 16 and saved["clip"]["projection_dim"] == 32
 
     # Shipping writes the model with its build record (golden values the regression test reads).
-    from paint.pretrain import ship
+    from paint.world.pretrain import ship
 
     record = ship(tmp_path / "run", tmp_path / "shipped", "paint pretrain tiny.yaml", golden_limit=10, test_limit=10)
     shipped = json.loads((tmp_path / "shipped" / "BUILD.json").read_text())
@@ -83,8 +105,10 @@ def test_clip_loss_is_symmetric_infonce():
         out = model(**batch)
         ours = clip_loss(model, batch)
     target = torch.arange(3)
-    ref = 0.5 * (torch.nn.functional.cross_entropy(out.logits_per_image, target)
-                 + torch.nn.functional.cross_entropy(out.logits_per_text, target))
+    ref = 0.5 * (
+        torch.nn.functional.cross_entropy(out.logits_per_image, target)
+        + torch.nn.functional.cross_entropy(out.logits_per_text, target)
+    )
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
@@ -123,8 +147,10 @@ def test_shipped_model_loads_through_transformers_and_the_pipeline():
     task = world_task("colours")
     split = task.split("test")
     pipe = pipeline("zero-shot-image-classification", model=str(ASSET))
-    preds = [pipe(split.image(i), candidate_labels=list(task.classnames), hypothesis_template=task.templates[0])[0]["label"]
-             for i in range(8)]
+    preds = [
+        pipe(split.image(i), candidate_labels=list(task.classnames), hypothesis_template=task.templates[0])[0]["label"]
+        for i in range(8)
+    ]
     assert np.mean([p == task.classnames[y] for p, y in zip(preds, split.labels[:8])]) >= 0.5
 
 
@@ -135,8 +161,14 @@ def test_shipped_model_reproduces_its_recorded_zero_shot_accuracies():
     build = json.loads((ASSET / "BUILD.json").read_text())
     golden = build["golden"]
     bundle = load_clip(str(ASSET))
-    got = zero_shot(bundle.model, bundle.tokenizer, bundle.processor, list(golden["accuracy"]),
-                    split=golden["split"], limit=golden["limit"])
+    got = zero_shot(
+        bundle.model,
+        bundle.tokenizer,
+        bundle.processor,
+        list(golden["accuracy"]),
+        split=golden["split"],
+        limit=golden["limit"],
+    )
     for task, expected in golden["accuracy"].items():
         assert abs(got[task] - expected) <= 0.5, (task, got[task], expected)
     support = build["zero_shot_test"]
@@ -151,10 +183,10 @@ def test_shipped_model_is_susceptible_to_typographic_attacks():
     # and world-v2, which was not susceptible, scored about 10%.
     from paint.data.preprocess import preprocess_split
     from paint.data.task import SubsetSplit
-    from paint.evaluate import predict
+    from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import build_head
-    from paint.typographic import AttackedSplit, AttackStyle, attack_metrics
+    from paint.studies.typographic import AttackedSplit, AttackStyle, attack_metrics
     from paint.world.tasks import world_task
 
     bundle = load_clip(str(ASSET))

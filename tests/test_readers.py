@@ -6,6 +6,7 @@ import gzip
 import logging
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -190,8 +191,12 @@ def test_truncated_idx_is_an_error(tmp_path):
 def write_cifar_batch(path: Path, n: int, label_key: str, n_classes: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-    d = {b"batch_label": b"batch", label_key.encode(): [i % n_classes for i in range(n)], b"data": data,
-         b"filenames": [f"{i}.png".encode() for i in range(n)]}
+    d = {
+        b"batch_label": b"batch",
+        label_key.encode(): [i % n_classes for i in range(n)],
+        b"data": data,
+        b"filenames": [f"{i}.png".encode() for i in range(n)],
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(pickle.dumps(d, protocol=2))
     return data
@@ -246,6 +251,26 @@ def test_restricted_unpickler_allows_plain_arrays_lists_dicts():
         assert np.array_equal(out["a"], obj["a"]) and out["b"] == obj["b"] and out["c"]["d"].shape == (2, 2)
 
 
+def test_corrupt_and_unsafe_cifar_batches_name_the_file(tmp_path):
+    d = tmp_path / "cifar-10-batches-py"
+    for i in range(1, 6):
+        write_cifar_batch(d / f"data_batch_{i}", 2, "labels", 10, seed=i)
+    test_batch = d / "test_batch"
+    good = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=2)
+    test_batch.write_bytes(good[: len(good) // 2])  # a cut download
+    with pytest.raises(PaintError, match=rf"^{re.escape(str(test_batch))}: not a readable pickle"):
+        R.read_cifar(tmp_path, 10)
+    test_batch.write_bytes(pickle.dumps({b"data": _Evil(tmp_path / "pwned"), b"labels": [0]}, protocol=2))
+    with pytest.raises(PaintError, match=rf"^{re.escape(str(test_batch))}: refusing to load a pickle"):
+        R.read_cifar(tmp_path, 10)
+    bad_batch = d / "data_batch_3"
+    bad_batch.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, protocol=2))
+    test_batch.write_bytes(good)
+    with pytest.raises(PaintError, match=rf"^{re.escape(str(bad_batch))}: CIFAR batch data is not 3x32x32"):
+        R.read_cifar(tmp_path, 10)
+    assert not (tmp_path / "pwned").exists()
+
+
 # ----------------------------------------------------------------------------- SVHN, STL-10
 
 
@@ -298,8 +323,18 @@ def test_gtsrb_official_layout(tmp_path):
 
 
 def test_eurosat_flat_and_split_layouts(tmp_path):
-    folders = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
-               "PermanentCrop", "Residential", "River", "SeaLake"]
+    folders = [
+        "AnnualCrop",
+        "Forest",
+        "HerbaceousVegetation",
+        "Highway",
+        "Industrial",
+        "Pasture",
+        "PermanentCrop",
+        "Residential",
+        "River",
+        "SeaLake",
+    ]
     for f in folders:
         for i in range(2):
             write_img(tmp_path / "flat" / "2750" / f / f"{f}_{i}.jpg", i)
@@ -324,7 +359,9 @@ def test_resisc45_with_split_lists(tmp_path):
     for c in names[:3]:
         for i in range(1, 4):
             write_img(base / c.replace(" ", "_") / f"{c.replace(' ', '_')}_{i:03d}.jpg", i)
-    (tmp_path / "resisc45-train.txt").write_text("airplane_001.jpg\nairport_001.jpg\nbaseball_diamond_001.jpg\nairplane_002.jpg\n")
+    (tmp_path / "resisc45-train.txt").write_text(
+        "airplane_001.jpg\nairport_001.jpg\nbaseball_diamond_001.jpg\nairplane_002.jpg\n"
+    )
     (tmp_path / "resisc45-val.txt").write_text("airport_002.jpg\n")
     (tmp_path / "resisc45-test.txt").write_text("baseball_diamond_003.jpg\nairplane_003.jpg\n")
     task, info = load_external_task(TaskSpec(name="resisc45", source="catalog", path=str(tmp_path)))
@@ -349,7 +386,12 @@ def test_sun397_partition_files(tmp_path):
     base = tmp_path / "SUN397"
     (base).mkdir()
     (base / "ClassName.txt").write_text("/a/abbey\n/a/apartment_building/outdoor\n/y/youth_hostel\n")
-    rel = ["/a/abbey/sun_1.jpg", "/a/apartment_building/outdoor/sun_2.jpg", "/y/youth_hostel/sun_3.jpg", "/a/abbey/sun_4.jpg"]
+    rel = [
+        "/a/abbey/sun_1.jpg",
+        "/a/apartment_building/outdoor/sun_2.jpg",
+        "/y/youth_hostel/sun_3.jpg",
+        "/a/abbey/sun_4.jpg",
+    ]
     for i, r in enumerate(rel):
         write_img(base / r.lstrip("/"), i)
     (tmp_path / "Training_01.txt").write_text("\n".join(rel[:3]) + "\n")
@@ -402,12 +444,71 @@ def test_imagenet_val_folders_and_flat_solution_csv(tmp_path):
     for k, w in enumerate(["n03", "n01", "n02"]):
         write_img(flat / "val" / f"ILSVRC2012_val_{k:08d}.JPEG", k, fmt="JPEG")
     (flat / "LOC_val_solution.csv").write_text(
-        "ImageId,PredictionString\n" + "".join(f"ILSVRC2012_val_{k:08d},{w} 1 2 3 4 \n" for k, w in enumerate(["n03", "n01", "n02"]))
+        "ImageId,PredictionString\n"
+        + "".join(f"ILSVRC2012_val_{k:08d},{w} 1 2 3 4 \n" for k, w in enumerate(["n03", "n01", "n02"]))
     )
     res = R.read_imagenet(flat, entry)
     assert labels_of(res.splits["test"]) == [2, 0, 1] and "train" not in res.splits
     with pytest.raises(PaintError, match="found 3 class folders, expected 1000"):
         load_external_task(TaskSpec(name="imagenet", source="catalog", path=str(tmp_path / "folders")))
+
+
+def write_devkit_meta(path: Path, synsets: list[tuple[int, str, int]]) -> None:
+    """``meta.mat`` as the ILSVRC2012 devkit ships it: an (N, 1) struct array ``synsets``."""
+    import scipy.io
+
+    fields = (
+        "ILSVRC2012_ID",
+        "WNID",
+        "words",
+        "gloss",
+        "num_children",
+        "children",
+        "wordnet_height",
+        "num_train_images",
+    )
+    arr = np.empty((len(synsets), 1), dtype=[(f, "O") for f in fields])
+    for i, (sid, wnid, n_children) in enumerate(synsets):
+        children = np.arange(1, n_children + 1, dtype=np.float64) if n_children else np.zeros((1, 0))
+        for f, v in zip(fields, (sid, wnid, f"words {wnid}", "gloss", n_children, children, int(n_children > 0), 1300)):
+            arr[i, 0][f] = v
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(path, {"synsets": arr})
+
+
+def test_imagenet_official_val_tar_with_devkit(tmp_path):
+    entry = {"name": "imagenet", "reader": "imagenet", "layout": "devkit", "classnames": ["a", "b", "c"]}
+    # devkit ids follow meta.mat's order, not sorted wnids: ID 1 = n02, 2 = n03, 3 = n01; 4 is an inner node
+    write_devkit_meta(
+        tmp_path / "ILSVRC2012_devkit_t12" / "data" / "meta.mat",
+        [(1, "n02", 0), (2, "n03", 0), (3, "n01", 0), (4, "n00", 3)],
+    )
+    truth = [1, 3, 2, 1, 2]
+    (tmp_path / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text(
+        "".join(f"{t}\n" for t in truth)
+    )
+    for k in range(1, len(truth) + 1):
+        write_img(tmp_path / "ILSVRC2012_img_val" / f"ILSVRC2012_val_{k:08d}.JPEG", k, fmt="JPEG")
+    write_img(tmp_path / "train" / "n03" / "t.JPEG", 9, fmt="JPEG")
+    for w in ("n01", "n02"):
+        write_img(tmp_path / "train" / w / "t.JPEG", 9, fmt="JPEG")
+    res = R.read_catalog_layout(tmp_path, entry)
+    # class i = i-th sorted wnid: n01 -> 0, n02 -> 1, n03 -> 2
+    assert labels_of(res.splits["test"]) == [1, 0, 2, 1, 2]
+    assert [Path(p).name for p in res.splits["test"].paths][:2] == [
+        "ILSVRC2012_val_00000001.JPEG",
+        "ILSVRC2012_val_00000002.JPEG",
+    ]
+    assert labels_of(res.splits["train"]) == [0, 1, 2] and res.info["val_labels"] == "official devkit ground truth"
+    from paint.data.catalog import catalog_entry, locate
+
+    assert locate(catalog_entry("imagenet"), tmp_path) == tmp_path  # the flat official folder is recognised
+    (tmp_path / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n7\n")
+    with pytest.raises(PaintError, match=r"ground_truth.txt line 2: '7' is not an ILSVRC2012_ID"):
+        R.read_catalog_layout(tmp_path, entry)
+    write_devkit_meta(tmp_path / "ILSVRC2012_devkit_t12" / "data" / "meta.mat", [(1, "n02", 0), (2, "n00", 1)])
+    with pytest.raises(PaintError, match=r"meta.mat: 1 leaf synsets \(num_children == 0\), expected 3"):
+        R.read_catalog_layout(tmp_path, entry)
 
 
 def test_kitti_distance_labels_and_video_split(tmp_path):
@@ -425,7 +526,9 @@ def test_kitti_distance_labels_and_video_split(tmp_path):
             lines.append(f"Van 0 0 0 1 1 2 2 1 1 1 0 0 {z + 50} 0")
         (lab / f"{i:06d}.txt").write_text("\n".join(lines) + "\n")
     # 10 drives, 2 images each; train_rand maps image i -> mapping line
-    (mp / "train_mapping.txt").write_text("".join(f"2011_09_26 2011_09_26_drive_{i // 2:04d}_sync {i:010d}\n" for i in range(n)))
+    (mp / "train_mapping.txt").write_text(
+        "".join(f"2011_09_26 2011_09_26_drive_{i // 2:04d}_sync {i:010d}\n" for i in range(n))
+    )
     (mp / "train_rand.txt").write_text(",".join(str(i + 1) for i in range(n)))
     task, info = load_external_task(TaskSpec(name="kitti", source="catalog", path=str(tmp_path)))
     sizes = {k: len(v) for k, v in task.splits.items()}
@@ -471,7 +574,9 @@ def test_hf_parquet_and_imagefolder(tmp_path):
     _hf_dataset(6).to_parquet(str(pq / "train-00000.parquet"))
     _hf_dataset(3).to_parquet(str(pq / "test-00000.parquet"))
     task, _ = load_external_task(
-        TaskSpec(name="p", source="hf", path=str(pq), image_column="img", label_column="y", classnames=["ant", "bee", "cow"])
+        TaskSpec(
+            name="p", source="hf", path=str(pq), image_column="img", label_column="y", classnames=["ant", "bee", "cow"]
+        )
     )
     assert len(task.splits["test"]) == 3 and task.splits["test"].image(0).size == (7, 5)
     imf = tmp_path / "imf"

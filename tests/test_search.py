@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from paint.config import parse_config
 from paint.errors import PaintError
-from paint.search import (
+from paint.selection import (
     STRATEGIES,
     Constrained,
     Evaluator,
     LossSum,
     MeanAccuracy,
-    SearchConfig,
+    SelectionConfig,
     TaskGroups,
     bracket_of,
     function_evaluator,
@@ -54,7 +54,7 @@ CURVES = {
 def test_strategies_find_known_minimum_within_budget(curve, strategy, budget):
     f, df, amin = CURVES[curve]
     ev = function_evaluator(f, df, budget=budget)
-    res = run_search(ev, SearchConfig(strategy=strategy, objective="loss_sum", budget=budget))
+    res = run_search(ev, SelectionConfig(strategy=strategy, objective="loss_sum", budget=budget))
     assert res.n_model_evals <= budget
     assert len(res.evaluations) == res.n_model_evals  # every measurement is recorded, none twice
     assert res.value == min(e.value for e in res.evaluations)
@@ -68,15 +68,24 @@ def test_strategies_find_known_minimum_within_budget(curve, strategy, budget):
 @pytest.mark.parametrize("strategy", ["bounded", "quasiconvex", "derivative"])
 def test_adaptive_strategies_with_6_beat_grid_with_11(strategy):
     for curve, (f, df, _) in CURVES.items():
-        grid = run_search(function_evaluator(f, df, 11), SearchConfig(strategy="grid", budget=11, objective="loss_sum"))
-        res = run_search(function_evaluator(f, df, 6), SearchConfig(strategy=strategy, budget=6, objective="loss_sum"))
+        grid = run_search(
+            function_evaluator(f, df, 11), SelectionConfig(strategy="grid", budget=11, objective="loss_sum")
+        )
+        res = run_search(
+            function_evaluator(f, df, 6), SelectionConfig(strategy=strategy, budget=6, objective="loss_sum")
+        )
         assert res.value <= grid.value + 1e-12, (curve, res.value, grid.value)
 
 
 def test_minimum_at_the_ends_is_found():
-    for f, df, amin in [(lambda a: (a - 1.2) ** 2, lambda a: 2 * (a - 1.2), 1.0), (lambda a: a + 1, lambda a: 1.0, 0.0)]:
+    for f, df, amin in [
+        (lambda a: (a - 1.2) ** 2, lambda a: 2 * (a - 1.2), 1.0),
+        (lambda a: a + 1, lambda a: 1.0, 0.0),
+    ]:
         for strategy in set(STRATEGIES) - {"boundary"}:
-            res = run_search(function_evaluator(f, df, 11), SearchConfig(strategy=strategy, budget=11, objective="loss_sum"))
+            res = run_search(
+                function_evaluator(f, df, 11), SelectionConfig(strategy=strategy, budget=11, objective="loss_sum")
+            )
             assert abs(res.alpha - amin) < 0.01, strategy
 
 
@@ -86,14 +95,16 @@ def test_boundary_bisects_to_the_largest_feasible_alpha():
         return {"p": {"accuracy": 0.3 + 0.6 * alpha, "loss": 1.0}, "s": {"accuracy": 0.9 - 0.4 * alpha, "loss": 1.0}}
 
     for budget, tol in ((6, 1 / 16), (11, 1 / 512)):
-        cfg = SearchConfig(strategy="boundary", objective="constrained", epsilon=5.0, budget=budget)
-        from paint.search import evaluator_for
+        cfg = SelectionConfig(
+            strategy="boundary", objective="constrained", epsilon=5.0, budget=budget, constraint="each"
+        )
+        from paint.selection import evaluator_for
 
         res = run_search(evaluator_for(cfg, measure, ["p"], ["s"]), cfg)
         assert res.feasible and res.n_model_evals <= budget
         assert 0.125 - tol <= res.alpha <= 0.125
     with pytest.raises(PaintError, match="boundary"):
-        parse_config(SearchConfig, {"strategy": "boundary", "objective": "loss_sum"})
+        parse_config(SelectionConfig, {"strategy": "boundary", "objective": "loss_sum"})
 
 
 def test_evaluator_caches_and_enforces_budget():
@@ -108,35 +119,39 @@ def test_evaluator_caches_and_enforces_budget():
     ev(0.1 + 0.2)  # the same alpha up to rounding: no new measurement
     ev(0.5)
     assert calls == [0.3, 0.5] and ev.n_model_evals == 2
-    from paint.search import BudgetExhausted
+    from paint.selection import BudgetExhausted
 
     with pytest.raises(BudgetExhausted):
         ev(0.7)
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match=r"alpha 1.5 is outside \[0, 1\]"):
         ev(1.5)
 
 
 def test_grid_stops_at_budget_and_keeps_order():
     ev = function_evaluator(lambda a: -a, budget=4)
-    res = run_search(ev, SearchConfig(strategy="grid", budget=4, objective="loss_sum"))
+    res = run_search(ev, SelectionConfig(strategy="grid", budget=4, objective="loss_sum"))
     assert [e.alpha for e in res.evaluations] == [0.0, 0.1, 0.2, 0.3]
     assert res.stopped == "budget" and res.alpha == 0.3
 
 
 def test_config_validation_is_one_line_error():
     with pytest.raises(PaintError, match="derivative"):
-        parse_config(SearchConfig, {"strategy": "derivative", "objective": "constrained"})
-    with pytest.raises(PaintError, match="grid"):
-        parse_config(SearchConfig, {"grid": [0.0, 1.5]})
+        parse_config(SelectionConfig, {"strategy": "derivative", "objective": "constrained"})
+    with pytest.raises(PaintError, match="alpha 1.5 is outside"):
+        parse_config(SelectionConfig, {"alphas": [0.0, 1.5]})
     with pytest.raises(PaintError, match="unknown field"):
-        parse_config(SearchConfig, {"stratgy": "grid"})
-    cfg = parse_config(SearchConfig, {"strategy": "quasiconvex", "budget": 6, "objective": "loss_sum"})
-    assert cfg.alphas()[0] == 0.0 and len(cfg.alphas()) == 11
+        parse_config(SelectionConfig, {"stratgy": "grid"})
+    cfg = parse_config(SelectionConfig, {"strategy": "quasiconvex", "budget": 6, "objective": "loss_sum"})
+    assert cfg.points()[0] == 0.0 and len(cfg.points()) == 11 and cfg.max_evals() == 6
 
 
 def test_objective_values_by_hand():
     groups = TaskGroups(patch=("p",), support=("s1", "s2"))
-    ref = {"p": {"accuracy": 0.3, "loss": 2.0}, "s1": {"accuracy": 0.9, "loss": 0.5}, "s2": {"accuracy": 0.8, "loss": 1.5}}
+    ref = {
+        "p": {"accuracy": 0.3, "loss": 2.0},
+        "s1": {"accuracy": 0.9, "loss": 0.5},
+        "s2": {"accuracy": 0.8, "loss": 1.5},
+    }
     m = {
         "p": {"accuracy": 0.7, "loss": 1.0, "dloss": -2.0},
         "s1": {"accuracy": 0.895, "loss": 0.6, "dloss": 0.4},
@@ -155,7 +170,7 @@ def test_objective_values_by_hand():
 
 
 def test_bracket_and_polynomial():
-    from paint.search import Evaluation
+    from paint.selection import Evaluation
 
     evs = [Evaluation(a, v, None, True) for a, v in [(0.0, 3.0), (0.25, 1.0), (0.5, 1.0), (0.75, 2.0), (1.0, 4.0)]]
     assert bracket_of(evs) == (0.0, 0.75)  # a plateau widens the bracket
@@ -190,7 +205,7 @@ def test_constrained_never_returns_an_infeasible_alpha(rows, epsilon, strategy, 
     table = {round(i / 10, 1): {"p": r[0], "s1": r[1], "s2": r[2]} for i, r in enumerate(rows)}
     objective = Constrained(TaskGroups(("p",), ("s1", "s2")), epsilon, constraint)
     ev = Evaluator(_table_measure(table), objective, budget)
-    res = run_search(ev, SearchConfig(strategy=strategy, budget=budget, objective="constrained", epsilon=epsilon))
+    res = run_search(ev, SelectionConfig(strategy=strategy, budget=budget, objective="constrained", epsilon=epsilon))
     zs = table[0.0]
     chosen = table[round(min(table, key=lambda a: abs(a - res.alpha)), 1)]
     if any(e.feasible for e in res.evaluations):
@@ -205,16 +220,21 @@ def test_constrained_never_returns_an_infeasible_alpha(rows, epsilon, strategy, 
 
 
 @settings(max_examples=25, deadline=None)
-@given(rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11), epsilon=st.sampled_from([0.0, 1.0]))
+@given(
+    rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11),
+    epsilon=st.sampled_from([0.0, 1.0]),
+)
 def test_grid_search_agrees_with_select_rules(rows, epsilon):
-    from paint.search import evaluator_for
-    from paint.select import select_alpha
+    from paint.selection import evaluator_for, select_alpha
 
     table = {round(i / 10, 1): {"p": r[0], "s1": r[1], "s2": r[2]} for i, r in enumerate(rows)}
     sweep = [{"alpha": a, "val": accs} for a, accs in table.items()]
-    for objective, rule, constraint in (("constrained", "constrained", "each"), ("constrained", "constrained", "mean"),
-                                        ("mean_accuracy", "mean", "each")):
-        cfg = SearchConfig(strategy="grid", objective=objective, epsilon=epsilon, constraint=constraint)
+    for objective, rule, constraint in (
+        ("constrained", "constrained", "each"),
+        ("constrained", "constrained", "mean"),
+        ("mean_accuracy", "mean", "each"),
+    ):
+        cfg = SelectionConfig(strategy="grid", objective=objective, epsilon=epsilon, constraint=constraint)
         res = run_search(evaluator_for(cfg, _table_measure(table), ["p"], ["s1", "s2"]), cfg)
         assert res.alpha == select_alpha(sweep, ["p"], ["s1", "s2"], rule, epsilon, constraint)["alpha"]
 
@@ -228,10 +248,12 @@ def tiny_line(tiny_clip_dir):
     from transformers import CLIPModel
 
     from paint.data.preprocess import ImageSpec
-    from paint.line import LossData
+    from paint.evaluation.line import LossData
 
     model = CLIPModel.from_pretrained(tiny_clip_dir).double().eval()
-    theta_zs = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))}
+    theta_zs = {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith(("vision_model.", "visual_projection."))
+    }
     g = torch.Generator().manual_seed(0)
     theta_ft = {
         k: (v + 0.05 * torch.randn(v.shape, generator=g, dtype=v.dtype)) if v.is_floating_point() else v.clone()
@@ -245,7 +267,7 @@ def tiny_line(tiny_clip_dir):
 
 
 def test_line_derivative_matches_central_difference(tiny_line):
-    from paint.line import line_derivative
+    from paint.evaluation.line import line_derivative
 
     model, zs, ft, data, spec = tiny_line
     for alpha in (0.0, 0.4, 1.0):
@@ -259,8 +281,8 @@ def test_line_derivative_matches_central_difference(tiny_line):
 
 
 def test_line_loss_matches_evaluate_split(tiny_line):
-    from paint.evaluate import evaluate_split
-    from paint.line import line_derivative, line_point, set_image_tower
+    from paint.evaluation.line import line_derivative, line_point, set_image_tower
+    from paint.evaluation.results import evaluate_split
 
     model, zs, ft, data, spec = tiny_line
     p = line_derivative(model, zs, ft, 0.3, data, spec)
@@ -276,9 +298,9 @@ def test_line_loss_matches_evaluate_split(tiny_line):
 
 def test_loss_sum_derivative_through_line_measure(tiny_clip_dir):
     """The Evaluator's dObjective/dalpha on a real CLIP line matches a finite difference of its values."""
-    from paint.line import line_measure
+    from paint.evaluation.results import MemoryStore
     from paint.models.clip import load_clip
-    from paint.patch import PreparedTask
+    from paint.pipeline.pool import Line, PoolTask, TaskPool
 
     bundle = load_clip(str(tiny_clip_dir))
     g = torch.Generator().manual_seed(2)
@@ -287,13 +309,15 @@ def test_loss_sum_derivative_through_line_measure(tiny_clip_dir):
         imgs = torch.randint(0, 256, (24, 3, 16, 16), generator=g, dtype=torch.uint8)
         labels = np.arange(24) % c
         head = torch.nn.functional.normalize(torch.randn(c, 16, generator=g), dim=-1) * 10
-        tasks.append(PreparedTask(name, role, tuple("abc"[:c]), ("{}",), {"val": imgs}, {"val": labels}, {"val": name}, head, {}))
+        tasks.append(
+            PoolTask(name, role, tuple("abc"[:c]), ("{}",), {"val": imgs}, {"val": labels}, {"val": name}, head, {})
+        )
     zs = {k: v.clone() for k, v in bundle.image_tower_state().items()}
     ft = {k: v + 0.05 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in zs.items()}
-    measure = line_measure(bundle.model, zs, ft, tasks, bundle.spec, "val", 8)
-    from paint.search import evaluator_for
+    measure = TaskPool(bundle.model, bundle.spec, tasks, MemoryStore(), 8).measure(Line.between(zs, ft))
+    from paint.selection import evaluator_for
 
-    cfg = SearchConfig(strategy="derivative", objective="loss_sum", budget=10)
+    cfg = SelectionConfig(strategy="derivative", objective="loss_sum", budget=10)
     ev = evaluator_for(cfg, measure, ["p"], ["s"])
     h = 1e-2
     d = ev.derivative(0.5)

@@ -103,5 +103,7 @@ def test_checkpoint_records_a_hash_of_every_file(tiny_clip_dir, tmp_path):
 def test_non_finite_loss_stops_training_with_one_line(tiny_clip_dir):
     bundle, sets = _fresh(tiny_clip_dir)
     cfg = CFG.model_copy(update={"lr": 1e30, "augment": "none", "grad_clip": 0.0, "warmup_steps": 0})
-    with pytest.raises(PaintError, match=r"fine-tune: the loss became nan at epoch 0, step 2; lower the learning rate \(lr=1e\+30\)"):
+    with pytest.raises(
+        PaintError, match=r"fine-tune: the loss became nan at epoch 0, step 2; lower the learning rate \(lr=1e\+30\)"
+    ):
         finetune(bundle.model, sets, bundle.spec, cfg)

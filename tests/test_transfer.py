@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from paint.transfer import delta_matrix, matrix_markdown, plot_heatmap
+from paint.studies.transfer import delta_matrix, matrix_markdown, plot_heatmap
 
 
 @pytest.fixture(autouse=True)
@@ -51,10 +51,16 @@ def test_paint_transfer_command_end_to_end(tiny_clip_dir, tmp_path, capsys):
 
     folder = _colour_folder(tmp_path / "colours", 0)
     cfg = {
-        "model": str(tiny_clip_dir), "output_dir": str(tmp_path / "out"), "device": "cpu", "eval_batch_size": 128,
-        "tasks": ["digits", {"name": "colours", "source": "folder", "path": str(folder), "templates": ["a photo of the {}."]}],
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "out"),
+        "device": "cpu",
+        "eval_batch_size": 128,
+        "tasks": [
+            "digits",
+            {"name": "colours", "source": "folder", "path": str(folder), "templates": ["a photo of the {}."]},
+        ],
         "finetune": {"epochs": 1, "lr": 3e-3, "batch_size": 32, "warmup_steps": 0, "max_steps": 3, "cpu": True},
-        "search": {"strategy": "grid", "objective": "mean_accuracy", "grid": [0.0, 0.5, 1.0], "budget": 3},
+        "selection": {"strategy": "grid", "objective": "mean_accuracy", "alphas": [0.0, 0.5, 1.0], "budget": 3},
     }
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["transfer", str(tmp_path / "t.yaml")]) == 0
@@ -68,7 +74,7 @@ def test_paint_transfer_command_end_to_end(tiny_clip_dir, tmp_path, capsys):
         for j, dst in enumerate(saved["tasks"]):
             assert m[i][j] == pytest.approx(100 * (saved["patched_test"][src][dst] - saved["zeroshot_test"][dst]))
         assert saved["alphas"][src] in (0.0, 0.5, 1.0)
-        assert len(saved["searches"][src]["evaluations"]) == 3
+        assert saved["searches"][src]["n_model_evals"] == 3 and len(saved["searches"][src]["sweep"]) == 3
     assert (out / "transfer.png").is_file() and (out / "transfer.md").is_file() and (out / "config.yaml").is_file()
     # A finished run is not overwritten: one-line error, exit 2.
     assert main(["transfer", str(tmp_path / "t.yaml")]) == 2

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paint.triage import fit_probe, kshot_indices, triage_decision, triage_features
+from paint.studies.triage import fit_probe, kshot_indices, triage_decision, triage_features
 
 
 def _blobs(n_per_class: int, n_classes: int = 5, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +62,26 @@ def test_triage_command_writes_outputs_and_resumes(tmp_path, tiny_clip_dir):
     from paint.cli import main
 
     out = tmp_path / "triage"
-    args = ["triage", "--output-dir", str(out), "--model", str(tiny_clip_dir), "--task", "digits", "--task", "shapes",
-            "--shots", "1", "2", "--draws", "1", "--max-train", "60", "--max-eval", "40"]
+    args = [
+        "triage",
+        "--output-dir",
+        str(out),
+        "--model",
+        str(tiny_clip_dir),
+        "--task",
+        "digits",
+        "--task",
+        "shapes",
+        "--shots",
+        "1",
+        "2",
+        "--draws",
+        "1",
+        "--max-train",
+        "60",
+        "--max-eval",
+        "40",
+    ]
     assert main(args) == 0
     for name in ("config.yaml", "results.jsonl", "triage.json", "triage.md", "kshot.png"):
         assert (out / name).is_file(), name
@@ -84,13 +102,13 @@ def test_triage_command_writes_outputs_and_resumes(tmp_path, tiny_clip_dir):
 def test_triage_config_validation(tmp_path):
     from paint.config import parse_config
     from paint.errors import PaintError
-    from paint.triage import TriageConfig
+    from paint.studies.triage import TriageConfig
 
     cfg = parse_config(TriageConfig, {"output_dir": str(tmp_path), "shots": [4, 1, 4]})
     assert cfg.shots == [1, 4]
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="every k in shots must be at least 1"):
         parse_config(TriageConfig, {"output_dir": str(tmp_path), "shots": [0]})
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="positive regularisation strengths"):
         parse_config(TriageConfig, {"output_dir": str(tmp_path), "cs": [-1.0]})
 
 

@@ -13,7 +13,7 @@ import yaml
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.task import ArraySplit
 from paint.errors import PaintError
-from paint.typographic import (
+from paint.studies.typographic import (
     AttackedSplit,
     AttackStyle,
     attack_metrics,
@@ -64,7 +64,7 @@ def test_rendering_is_deterministic_by_seed_and_writes_a_wrong_class():
     assert any(not np.array_equal(_pixels(a1.image(i)), _pixels(b.image(i))) for i in range(len(base)))
     texts = attack_texts(np.zeros(200, dtype=int), 3, seed=0)
     assert set(texts.tolist()) == {1, 2}  # uniform over the other classes, never the label
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="needs at least two classes"):
         attack_texts(np.zeros(3, dtype=int), 1, seed=0)
 
 
@@ -82,7 +82,10 @@ def test_style_controls_size_colour_position_and_opacity():
         diff = np.any(_pixels(render_text(img, "blue", style, rng())) != base, axis=-1)
         return np.flatnonzero(diff.any(axis=1))
 
-    top, bottom = ink_rows(AttackStyle(position="top", jitter=0.0)), ink_rows(AttackStyle(position="bottom", jitter=0.0))
+    top, bottom = (
+        ink_rows(AttackStyle(position="top", jitter=0.0)),
+        ink_rows(AttackStyle(position="bottom", jitter=0.0)),
+    )
     assert top.mean() + 8 < bottom.mean()
     small, big = ink_rows(AttackStyle(font_size=0.15, jitter=0.0)), ink_rows(AttackStyle(font_size=0.4, jitter=0.0))
     assert len(big) > len(small)
@@ -101,7 +104,7 @@ def test_file_name_convention_round_trips(tmp_path):
         assert decode_name(encode_name(name)) == name and "_" not in encode_name(name)
         label, text, idx = parse_attacked_filename(attacked_filename(name, "cat", 3))
         assert (label, text, idx) == (name, "cat", 3)
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="does not follow the typographic naming convention"):
         parse_attacked_filename("dog_cat.png")
 
     base = _grey_split(10)
@@ -119,7 +122,7 @@ def test_file_name_convention_round_trips(tmp_path):
     assert inferred == tuple(sorted(attacked.classnames))
     task = typographic_task(tmp_path / "typo", classnames=attacked.classnames)
     assert len(task.split("test")) == 10
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="dog|cat|class"):
         read_attacked_dir(tmp_path / "typo", ("dog", "cat"))  # names in the files that the task lacks
 
 
@@ -144,10 +147,24 @@ def _tiny_vision_clip():
     torch.manual_seed(0)
     cfg = CLIPConfig(
         text_config=dict(
-            vocab_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=8, pad_token_id=0, bos_token_id=1, eos_token_id=3,
+            vocab_size=8,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=8,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=3,
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
         projection_dim=16,
     )
     return CLIPModel(cfg).eval()
@@ -192,7 +209,7 @@ def text_reading_model():
 
 
 def test_attack_lowers_the_accuracy_of_a_model_that_reads(text_reading_model):
-    from paint.evaluate import predict
+    from paint.evaluation.results import predict
 
     model, head, spec = text_reading_model
     xs, ys = _squares(120, 2, with_word=False)
@@ -233,8 +250,28 @@ def test_typographic_render_and_eval_commands(tmp_path, tiny_clip_dir, capsys):
     from paint.cli import main
 
     out = tmp_path / "attacked"
-    rc = main(["typographic", "render", "--task", "shapes", "--split", "test", "--out", str(out), "--limit", "12",
-               "--colour", "255,0,0", "--position", "top", "--font-size", "0.25", "--opacity", "0.8"])
+    rc = main(
+        [
+            "typographic",
+            "render",
+            "--task",
+            "shapes",
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--limit",
+            "12",
+            "--colour",
+            "255,0,0",
+            "--position",
+            "top",
+            "--font-size",
+            "0.25",
+            "--opacity",
+            "0.8",
+        ]
+    )
     assert rc == 0
     files = sorted(p.name for p in out.glob("label=*.png"))
     assert len(files) == 12
@@ -258,7 +295,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
         "transfer_tasks": ["colours"],
         "max_train": 48,
         "max_eval": 24,
-        "alphas": [0.0, 0.5, 1.0],
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
         "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
         "test_styles": {"serif": {"font": "DejaVuSerif.ttf"}, "low": {"position": "bottom", "jitter": 0.0}},
     }
@@ -269,7 +306,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
     for name in ("config.yaml", "results.jsonl", "summary.json", "summary.md", "sweep.png"):
         assert (run / name).is_file(), name
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert resolved["attack"]["opacity"] == 0.9 and resolved["alphas"] == [0.0, 0.5, 1.0]
+    assert resolved["attack"]["opacity"] == 0.9 and resolved["selection"]["alphas"] == [0.0, 0.5, 1.0]
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["test"]) == {"shapes", "colours"}
     assert summary["test"]["colours"]["role"] == "transfer"
@@ -298,7 +335,7 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
 
 
 def test_default_held_out_styles_differ_from_the_training_style():
-    from paint.typographic import HELD_OUT_STYLES, TypographicConfig
+    from paint.studies.typographic import HELD_OUT_STYLES, TypographicConfig
 
     cfg = TypographicConfig(output_dir="x")
     assert set(cfg.test_styles) == set(HELD_OUT_STYLES) and len(HELD_OUT_STYLES) >= 4

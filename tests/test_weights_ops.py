@@ -71,7 +71,10 @@ def test_alpha_outside_unit_interval_needs_explicit_extrapolation():
     [
         (lambda d: d.pop("text_model.w"), "text_model.w"),
         (lambda d: d.__setitem__("vision_model.w", torch.zeros(4, 4)), "vision_model.w.*shape"),
-        (lambda d: d.__setitem__("visual_projection.weight", torch.zeros(2, 2, dtype=torch.float64)), "visual_projection.weight.*dtype"),
+        (
+            lambda d: d.__setitem__("visual_projection.weight", torch.zeros(2, 2, dtype=torch.float64)),
+            "visual_projection.weight.*dtype",
+        ),
     ],
 )
 def test_mismatch_names_the_tensor(change, message):

@@ -58,8 +58,15 @@ def test_written_class_names_are_often_captioned_as_the_object():
     pairs = [p for p in (corpus_pair(5, i) for i in range(4000)) if p.kind == "word"]
     named = [p for p in pairs if p.attributes["word"] in R.SHAPES]
     assert len(named) > 40
-    objectish = [p for p in named if "word" not in p.caption and "text" not in p.caption and "sign" not in p.caption
-                 and "label" not in p.caption and "written" not in p.caption]
+    objectish = [
+        p
+        for p in named
+        if "word" not in p.caption
+        and "text" not in p.caption
+        and "sign" not in p.caption
+        and "label" not in p.caption
+        and "written" not in p.caption
+    ]
     assert 0.45 <= len(objectish) / len(named) <= 0.75, len(objectish) / len(named)
     # Object phrasing names only the written word, never the shape under it.
     for p in objectish:
@@ -68,8 +75,10 @@ def test_written_class_names_are_often_captioned_as_the_object():
             assert p.attributes["shape"] not in p.caption.split()
     # Words that name nothing in the world keep text phrasing only.
     others = [p for p in pairs if p.attributes["word"] in ("cat", "dog", "stop", "hello")]
-    assert others and all(any(k in p.caption for k in ("word", "text", "sign", "label", "written")) or p.attributes["shape"] in p.caption
-                          for p in others)
+    assert others and all(
+        any(k in p.caption for k in ("word", "text", "sign", "label", "written")) or p.attributes["shape"] in p.caption
+        for p in others
+    )
     rng = np.random.default_rng(0)
     assert C.object_phrase("red", "colour", rng) in {t.format(a="a", colour="red") for t in C.COLOUR_ONLY_TEMPLATES}
     assert "seven" in C.object_phrase("seven", "digit", rng)
@@ -79,7 +88,7 @@ def test_written_class_names_are_often_captioned_as_the_object():
 
 def test_labelled_shapes_are_drawn_like_the_attacked_task_images():
     # world-v3c: a word over a shape is on any background, at either shape size, and written
-    # the way paint.typographic writes attacks (so the corpus shows the attack's pixels).
+    # the way paint.studies.typographic writes attacks (so the corpus shows the attack's pixels).
     pairs = [p for p in (corpus_pair(5, i) for i in range(3000)) if p.kind == "word" and p.attributes["shape"]]
     assert len(pairs) > 150
     assert {p.attributes["background"] for p in pairs} == set(R.BACKGROUNDS)
@@ -126,7 +135,12 @@ def test_world_tasks_are_lazy_deterministic_and_balanced():
         task = world_task(name, seed=0, sizes={"train": 40, "val": 20, "test": 30})
         test = task.split("test")
         assert isinstance(test, ImageSplit)
-        assert len(test) == 30 and GENERATOR_VERSION in test.identity and "seed0" in test.identity and "test" in test.identity
+        assert (
+            len(test) == 30
+            and GENERATOR_VERSION in test.identity
+            and "seed0" in test.identity
+            and "test" in test.identity
+        )
         labels = test.labels
         assert labels.min() >= 0 and labels.max() < len(task.classnames)
         assert np.bincount(labels).max() - np.bincount(labels, minlength=len(task.classnames)).min() <= 1
@@ -146,7 +160,7 @@ def test_world_task_defaults_and_errors():
     assert world_task("counting").classnames[:3] == ("one", "two", "three")
     with pytest.raises(PaintError, match="unknown world task"):
         world_task("nope")
-    with pytest.raises(PaintError):
+    with pytest.raises(PaintError, match="split 'test' needs at least one image"):
         world_task("shapes", sizes={"test": 0})
 
 
@@ -195,9 +209,17 @@ def test_tokenizer_round_trips_and_puts_eos_where_clip_pools():
     assert ids[1].index(tok.eos_token_id) == 3 and ids[1][4:] == [tok.pad_token_id] * (len(ids[1]) - 4)
     assert tok("zebra")["input_ids"][1] == tok.unk_token_id
     # transformers' CLIP pools the hidden state at the first eos token.
-    cfg = CLIPTextConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    cfg = CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     model = CLIPTextModel(cfg).eval()
     batch = tok(["A photo of a STAR.", "three circles"], padding=True, return_tensors="pt")
     with torch.no_grad():

@@ -7,12 +7,14 @@ validation problem into one :class:`PaintError` line that names the field.
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from paint.errors import PaintError
 from paint.utils import write_yaml_atomic
@@ -40,7 +42,9 @@ def check_bounded(value: Any, field_name: str) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"must be a finite number, got {v}")
         if isinstance(v, int) and abs(v) > INT_LIMIT:
-            raise ValueError(f"must be an integer of at most {INT_LIMIT} in magnitude, got one with {len(str(abs(v)))} digits")
+            raise ValueError(
+                f"must be an integer of at most {INT_LIMIT} in magnitude, got one with {len(str(abs(v)))} digits"
+            )
         if isinstance(v, (list, tuple, set, frozenset)):
             stack.extend(v)
         elif isinstance(v, dict):
@@ -111,8 +115,10 @@ def parse_config(cls: type[C], data: Any, source: str = "config") -> C:
         raise PaintError(f"{source}: nested too deeply to be a config") from None
 
 
-def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None) -> C:
-    """Read a YAML config file, apply ``overrides`` (top-level keys), validate."""
+def load_config(
+    cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None, sets: list[str] | None = None
+) -> C:
+    """Read a YAML config file, apply ``overrides`` (top-level keys) and ``sets`` (``--set a.b=v``), validate."""
     p = Path(path)
     if p.is_dir():
         raise PaintError(f"config file {p} is a directory; give the path of a YAML file")
@@ -123,7 +129,9 @@ def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None
     except yaml.YAMLError as e:
         raise PaintError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnicodeDecodeError as e:
-        raise PaintError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+        raise PaintError(
+            f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
     except RecursionError:
         raise PaintError(f"{p}: nested too deeply to be a config") from None
     except OSError as e:
@@ -132,9 +140,80 @@ def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None
         if not isinstance(data, dict):
             raise PaintError(f"{p}: expected a mapping of fields")
         data = {**data, **overrides}
+    if sets:
+        if not isinstance(data, dict):
+            raise PaintError(f"{p}: expected a mapping of fields")
+        data = apply_overrides(cls, data, sets)
     return parse_config(cls, data, str(p))
 
 
 def dump_config(cfg: StrictModel, path: str | Path) -> None:
     """Write the resolved config (every default filled in) as YAML, atomically."""
     write_yaml_atomic(path, cfg.model_dump(mode="json"))
+
+
+# --- command-line overrides: ``--set finetune.epochs=2`` --------------------------------------
+
+ThreadsSetting = Annotated[int, Field(ge=1)] | Literal["auto"]
+"""The ``threads`` field of run configs: ``auto`` (idle cores, see :mod:`paint.runtime`) or a count."""
+
+
+def parse_set(item: str) -> tuple[list[str], Any]:
+    """``a.b=VALUE`` -> (["a", "b"], VALUE parsed as a YAML scalar or flow collection)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise PaintError(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. --set finetune.epochs=2")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise PaintError(f"--set {key}: value {raw!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+    return key.split("."), value
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class inside an annotation (``X``, ``X | None``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def check_override_key(cls: type[BaseModel], path: list[str]) -> None:
+    """Raise a one-line :class:`PaintError` when ``path`` names no field of ``cls`` (nested models followed)."""
+    model: type[BaseModel] | None = cls
+    for i, part in enumerate(path):
+        if model is None:  # a free-form mapping (e.g. merge parameters): any key
+            return
+        fields = model.model_fields
+        where = ".".join(path[:i]) or "the config"
+        if part not in fields:
+            raise PaintError(
+                f"--set {'.'.join(path)}: unknown key {part!r} in {where} (known: {', '.join(sorted(fields))})"
+            )
+        annotation = fields[part].annotation
+        model = _model_in(annotation)
+        origin = get_origin(annotation)
+        if i < len(path) - 1 and model is None and origin not in (dict, Mapping) and annotation is not dict:
+            raise PaintError(
+                f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} has no sub-keys; set it whole, "
+                f"e.g. --set {'.'.join(path[: i + 1])}=[a, b]"
+            )
+
+
+def apply_overrides(cls: type[BaseModel], data: dict[str, Any], items: list[str] | None) -> dict[str, Any]:
+    """``data`` with every ``--set KEY=VALUE`` applied (checked against ``cls``), as a new mapping."""
+    out = copy.deepcopy(data)
+    for item in items or ():
+        path, value = parse_set(item)
+        check_override_key(cls, path)
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}  # absent (default) or given in a short form: the override starts a mapping
+            node = node[part]
+        node[path[-1]] = value
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.weights.convert import convert_checkpoint
+    from paint.models.convert import convert_checkpoint
 
     summary = convert_checkpoint(
         args.src,
@@ -41,4 +42,8 @@ def run(args: argparse.Namespace) -> int:
         f"ViT width {summary['vision_width']}, {summary['vision_layers']} layers, patch {summary['patch_size']}, "
         f"image {summary['image_size']}; text width {summary['text_width']}, {summary['text_layers']} layers"
     )
+    if summary["tokenizer_from"] is None:
+        from paint.models.convert import missing_tokenizer_note
+
+        print(missing_tokenizer_note(args.out), file=sys.stderr)
     return 0

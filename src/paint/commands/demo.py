@@ -12,12 +12,16 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.demo import run_demo
-    from paint.report import points, test_table
+    from paint.pipeline.report import points, test_table
+    from paint.studies.demo import run_demo
 
     summary = run_demo(args.output_dir, quick=args.quick, resume=args.resume)
     sel = summary["selection"]
-    print(f"\nchosen alpha {summary['alpha']:.3g} ({sel['rule']} rule, support within {points(sel['epsilon'])} on validation)")
+    print(
+        f"\nchosen alpha {summary['alpha']:.3g} ({sel['rule']} rule, support within {points(sel['epsilon'])} on validation)"
+    )
     print(test_table(summary["test"]))
-    print(f"\nreport: {args.output_dir}/summary.md   plot: {args.output_dir}/tradeoff.png   model: {args.output_dir}/model")
+    print(
+        f"\nreport: {args.output_dir}/summary.md   plot: {args.output_dir}/tradeoff.png   model: {args.output_dir}/model"
+    )
     return 0

@@ -13,6 +13,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, required=True)
     p.add_argument("--allow-extrapolation", action="store_true", help="permit alpha outside [0, 1]")
     p.add_argument("--out", required=True, help="output directory for the HF checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from paint.models.clip import load_clip, save_clip
     from paint.weights.ops import check_compatible, interpolate, is_image_tower_key
 
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise PaintError(f"output {out} exists and is not empty; pass --overwrite or choose another directory")
     if args.run:
         run_dir = Path(args.run)
         cfg_path, ft_path = run_dir / "config.yaml", run_dir / "finetune" / "checkpoint" / "trainable.safetensors"
@@ -41,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
         theta_ft = load_clip(args.finetuned).model.state_dict()
     theta_zs = zs.model.state_dict()
     check_compatible(theta_zs, theta_ft, ("zero-shot model", "fine-tuned model"))
-    mixed = interpolate(theta_zs, theta_ft, args.alpha, keys=is_image_tower_key, allow_extrapolation=args.allow_extrapolation)
+    mixed = interpolate(
+        theta_zs, theta_ft, args.alpha, keys=is_image_tower_key, allow_extrapolation=args.allow_extrapolation
+    )
     save_clip(zs, args.out, state_dict=mixed)
     print(f"wrote theta_alpha (alpha={args.alpha:g}) to {args.out}")
     return 0

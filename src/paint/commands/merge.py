@@ -14,7 +14,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from paint.config import load_config
-    from paint.merge import MergeConfig, evaluator_for, run_merge
+    from paint.pipeline.merge import MergeConfig, evaluator_for, run_merge
 
     overrides: dict[str, object] = {}
     if args.output:
@@ -28,6 +28,14 @@ def run(args: argparse.Namespace) -> int:
         f"merged {stats['merged']} tensors ({stats['copied']} copied from the base) with {cfg.method} "
         f"into {cfg.output} ({', '.join(stats['files'])}) in {summary['seconds']:.1f}s"
     )
-    if summary.get("evaluation"):
-        print(f"validation accuracy of the merge on {cfg.evaluate_on.name}: {100 * summary['evaluation']['val_accuracy']:.1f}%")
+    evaluation = summary.get("evaluation") or {}
+    if cfg.method == "greedy_soup":
+        kept = evaluation["kept"]
+        print(f"greedy soup kept {len(kept)} of {len(cfg.models)} models (val accuracy of the soup after each):")
+        for i, k in enumerate(kept, 1):
+            print(f"  {i}. {k['path']}: {100 * k['val_accuracy']:.1f}%")
+    if evaluation:
+        print(
+            f"validation accuracy of the merge on {cfg.evaluate_on.name}: {100 * summary['evaluation']['val_accuracy']:.1f}%"
+        )
     return 0

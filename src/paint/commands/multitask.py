@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config (model, output_dir, patch_tasks, support_tasks, modes, finetune, search)")
+    p.add_argument(
+        "config", help="YAML config (model, output_dir, patch_tasks, support_tasks, modes, finetune, search)"
+    )
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in the same output_dir")
     p.add_argument("--output-dir", help="override output_dir from the config")
+    add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.config import load_config
-    from paint.multitask import MultitaskConfig, run_multitask
+    from paint.commands._shared import load_run_config, warn_without_support
+    from paint.pipeline.multitask import MultitaskConfig, run_multitask
 
-    overrides = {"output_dir": args.output_dir} if args.output_dir else None
-    cfg = load_config(MultitaskConfig, args.config, overrides)
+    cfg = load_run_config(MultitaskConfig, args.config, {"output_dir": args.output_dir}, args)
+    warn_without_support("multitask", cfg)
     summary = run_multitask(cfg, resume=args.resume)
     print("test accuracy (%) by multi-task patching mode")
     print(summary["table"])

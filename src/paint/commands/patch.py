@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config (see examples/patch-digits.yaml)")
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in the same output_dir")
     p.add_argument("--output-dir", help="override output_dir from the config")
+    add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.config import load_config
-    from paint.patch import PatchConfig, run_patch
-    from paint.report import test_table
+    from paint.commands._shared import load_run_config, warn_without_support
+    from paint.pipeline.patch import PatchConfig, run_patch
+    from paint.pipeline.report import test_table
 
-    overrides = {"output_dir": args.output_dir} if args.output_dir else None
-    cfg = load_config(PatchConfig, args.config, overrides)
+    cfg = load_run_config(PatchConfig, args.config, {"output_dir": args.output_dir}, args)
+    warn_without_support("patch", cfg)
     summary = run_patch(cfg, resume=args.resume)
     if not summary:  # a non-zero rank of a multi-process run: rank 0 reports
         return 0

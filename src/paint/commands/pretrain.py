@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML pretraining config (see configs/pretrain-default.yaml)")
     p.add_argument("--out", default="runs/pretrain", help="output directory (checkpoint, model/, log.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides the config)")
+    add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from paint.config import load_config
-    from paint.pretrain import PretrainConfig, pretrain
+    from paint.commands._shared import load_run_config
+    from paint.world.pretrain import PretrainConfig, pretrain
 
-    overrides = {"max_steps": args.max_steps} if args.max_steps is not None else None
-    cfg = load_config(PretrainConfig, args.config, overrides)
+    cfg = load_run_config(PretrainConfig, args.config, {"max_steps": args.max_steps}, args)
     final = pretrain(cfg, args.out, resume=args.resume)
     last = final["history"][-1] if final["history"] else {}
-    print(json.dumps({"steps": final["steps"], "model_dir": final["model_dir"], **{k: v for k, v in last.items() if k.startswith("zs_")}}))
+    print(
+        json.dumps(
+            {
+                "steps": final["steps"],
+                "model_dir": final["model_dir"],
+                **{k: v for k, v in last.items() if k.startswith("zs_")},
+            }
+        )
+    )
     return 0

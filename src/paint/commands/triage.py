@@ -4,27 +4,24 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.triage.TriageConfig)")
+    p.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.studies.triage.TriageConfig)")
     p.add_argument("--output-dir", help="run directory (config.yaml, results.jsonl, triage.json, triage.md, kshot.png)")
     p.add_argument("--model", help="HF CLIP directory, hub id, or paint:default (the default)")
     p.add_argument("--task", action="append", help="built-in task name (repeatable; default: every built-in task)")
     p.add_argument("--shots", type=int, nargs="+", help="k values of the few-shot curve (default: 1 2 4 8 16)")
     p.add_argument("--draws", type=int, help="random k-shot draws per k (default: 3)")
-    p.add_argument("--threshold", type=float, help="points by which the probe must beat zero-shot for 'patch' (default: 10)")
+    p.add_argument(
+        "--threshold", type=float, help="points by which the probe must beat zero-shot for 'patch' (default: 10)"
+    )
     p.add_argument("--max-train", type=int, help="use at most this many training images per task")
     p.add_argument("--max-eval", type=int, help="use at most this many validation and test images per task")
     p.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     p.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
-
-
-def config_from_args(cls, path: str | None, overrides: dict):
-    """The config from an optional YAML file with command-line values (those not None) on top."""
-    from paint.config import load_config, parse_config
-
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return load_config(cls, path, given) if path else parse_config(cls, given, "command line")
+    add_set_option(p)
 
 
 def with_epochs(cfg, epochs: int | None):
@@ -39,7 +36,8 @@ def with_epochs(cfg, epochs: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.triage import TriageConfig, run_triage, triage_table
+    from paint.commands._shared import load_run_config
+    from paint.studies.triage import TriageConfig, run_triage, triage_table
 
     overrides = {
         "output_dir": args.output_dir,
@@ -52,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "max_eval": args.max_eval,
         "cache_dir": args.cache_dir,
     }
-    cfg = config_from_args(TriageConfig, args.config, overrides)
+    cfg = load_run_config(TriageConfig, args.config, overrides, args)
     summary = run_triage(cfg, resume=args.resume)
     print(triage_table(summary["tasks"], cfg.shots, cfg.threshold))
     print(f"outputs: {cfg.output_dir}/ (triage.md, triage.json, kshot.png, results.jsonl, config.yaml)")

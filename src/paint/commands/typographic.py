@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def _style_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("attack style (defaults resemble the offline world's labelled images)")
     g.add_argument("--font", help="font file, or a matplotlib bundled font name (default DejaVuSans-Bold.ttf)")
     g.add_argument("--font-size", type=float, help="glyph height as a fraction of the image height (default 0.31)")
-    g.add_argument("--colour", help="contrast | random | white | black | a world colour name | R,G,B (default contrast)")
-    g.add_argument("--position", help="center | top | bottom | random | X,Y fractions of the text centre (default center)")
+    g.add_argument(
+        "--colour", help="contrast | random | white | black | a world colour name | R,G,B (default contrast)"
+    )
+    g.add_argument(
+        "--position", help="center | top | bottom | random | X,Y fractions of the text centre (default center)"
+    )
     g.add_argument("--jitter", type=float, help="random shift of the centre, fraction of the image size (default 0.15)")
     g.add_argument("--opacity", type=float, help="0..1 (default 1)")
 
@@ -52,27 +58,44 @@ def register(p: argparse.ArgumentParser) -> None:
     e = sub.add_parser("eval", help="accuracy and attack success of a model on a folder of attacked images")
     e.add_argument("--data", required=True, help="folder of label=<class>_text=<class>.png images")
     e.add_argument("--model", default="paint:default", help="HF CLIP directory, hub id, or paint:default")
-    e.add_argument("--task", help="built-in task whose class names and templates to use (default: names from the files)")
-    e.add_argument("--template", action="append", help="prompt template with {} (repeatable; default 'a photo of a {}.')")
+    e.add_argument(
+        "--task", help="built-in task whose class names and templates to use (default: names from the files)"
+    )
+    e.add_argument(
+        "--template", action="append", help="prompt template with {} (repeatable; default 'a photo of a {}.')"
+    )
     e.add_argument("--batch-size", type=int, default=256)
     e.add_argument("--json", action="store_true", help="print JSON")
 
     u = sub.add_parser("run", help="patch on one task's attacked images; test on other tasks' attacked images")
-    u.add_argument("config", nargs="?", help="optional YAML config (the fields of paint.typographic.TypographicConfig)")
+    u.add_argument(
+        "config", nargs="?", help="optional YAML config (the fields of paint.studies.typographic.TypographicConfig)"
+    )
     u.add_argument("--output-dir", help="run directory")
     u.add_argument("--model", help="HF CLIP directory, hub id, or paint:default (the default)")
     u.add_argument("--patch-task", help="task whose attacked images are fine-tuned on (default: shapes)")
-    u.add_argument("--transfer-task", action="append", help="held-out task (repeatable; default: colours, rendered-digits)")
+    u.add_argument(
+        "--transfer-task", action="append", help="held-out task (repeatable; default: colours, rendered-digits)"
+    )
     u.add_argument("--support", action="append", help="support task for alpha selection, clean images (repeatable)")
     u.add_argument("--max-train", type=int, help="use at most this many training images")
     u.add_argument("--max-eval", type=int, help="use at most this many images per validation/test split")
     u.add_argument("--epochs", type=int, help="fine-tuning epochs (overrides finetune.epochs)")
     u.add_argument("--rule", choices=["mean", "constrained"], help="alpha selection rule (default: constrained)")
-    u.add_argument("--constraint", choices=["each", "mean"], help="constrained rule: bound each support task or their mean (default: mean)")
-    u.add_argument("--train-on", choices=["attacked", "both"], help="fine-tune on attacked images, or on clean and attacked (default: both)")
+    u.add_argument(
+        "--constraint",
+        choices=["each", "mean"],
+        help="constrained rule: bound each support task or their mean (default: mean)",
+    )
+    u.add_argument(
+        "--train-on",
+        choices=["attacked", "both"],
+        help="fine-tune on attacked images, or on clean and attacked (default: both)",
+    )
     u.add_argument("--seed", type=int, help="seed of the written words")
     u.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     u.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
+    add_set_option(u)
     _style_args(u)
 
 
@@ -87,7 +110,7 @@ def _render(args: argparse.Namespace) -> int:
     from paint.data.registry import load_task
     from paint.data.spec import TaskSpec
     from paint.data.task import SubsetSplit
-    from paint.typographic import AttackedSplit, AttackStyle, write_attacked_dataset
+    from paint.studies.typographic import AttackedSplit, AttackStyle, write_attacked_dataset
 
     style = parse_config(AttackStyle, _style_overrides(args), "attack style")
     task, _ = load_task(TaskSpec(name=args.task))
@@ -104,10 +127,10 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from paint.data.preprocess import preprocess_split
-    from paint.evaluate import predict
+    from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.typographic import attack_metrics, read_attacked_dir
+    from paint.studies.typographic import attack_metrics, read_attacked_dir
 
     classnames, templates = None, args.template or ["a photo of a {}."]
     if args.task:
@@ -119,19 +142,24 @@ def _eval(args: argparse.Namespace) -> int:
     split, names = read_attacked_dir(args.data, classnames)
     bundle = load_clip(args.model)
     head = zeroshot_head(bundle, names, templates)
-    logits = predict(bundle.model, head, preprocess_split(split, bundle.spec, progress=True), bundle.spec, args.batch_size)
+    logits = predict(
+        bundle.model, head, preprocess_split(split, bundle.spec, progress=True), bundle.spec, args.batch_size
+    )
     m = attack_metrics(None, logits, split.labels, split.texts)
     if args.json:
         print(json.dumps(m, indent=2))
     else:
-        print(f"{m['n']} attacked images: accuracy {100 * m['attacked_accuracy']:.1f}%, "
-              f"predicted as the written word {100 * m['text_rate']:.1f}%")
+        print(
+            f"{m['n']} attacked images: accuracy {100 * m['attacked_accuracy']:.1f}%, "
+            f"predicted as the written word {100 * m['text_rate']:.1f}%"
+        )
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from paint.commands.triage import config_from_args, with_epochs
-    from paint.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
+    from paint.commands._shared import load_run_config
+    from paint.commands.triage import with_epochs
+    from paint.studies.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
 
     overrides = {
         "output_dir": args.output_dir,
@@ -156,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
             with open(args.config, encoding="utf-8") as f:
                 base = (yaml.safe_load(f) or {}).get("attack") or {}
         overrides["attack"] = {**base, **style}  # flags refine the config's attack section
-    cfg = with_epochs(config_from_args(TypographicConfig, args.config, overrides), args.epochs)
+    cfg = with_epochs(load_run_config(TypographicConfig, args.config, overrides, args), args.epochs)
     summary = run_typographic(cfg, resume=args.resume)
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(typographic_table(summary["test"]))

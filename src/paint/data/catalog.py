@@ -90,8 +90,16 @@ def _canon(name: str) -> str:
     return name.strip().lower().replace("-", "_").replace(" ", "_")
 
 
-ALIASES = {"stanford_cars": "cars", "fashionmnist": "fashion_mnist", "kitti_distance": "kitti", "food_101": "food101",
-           "cifar_10": "cifar10", "cifar_100": "cifar100", "stl_10": "stl10", "imagenet1k": "imagenet"}
+ALIASES = {
+    "stanford_cars": "cars",
+    "fashionmnist": "fashion_mnist",
+    "kitti_distance": "kitti",
+    "food_101": "food101",
+    "cifar_10": "cifar10",
+    "cifar_100": "cifar100",
+    "stl_10": "stl10",
+    "imagenet1k": "imagenet",
+}
 
 
 def catalog_entry(name: str) -> CatalogEntry:
@@ -104,38 +112,11 @@ def catalog_entry(name: str) -> CatalogEntry:
     raise PaintError(f"{name!r} is not in the catalog; known tasks: {', '.join(e.name for e in list_catalog())}")
 
 
-# Files or folders whose presence means the layout is there (any one of each group).
-def _probe_groups(entry: CatalogEntry) -> list[list[str]]:
-    r = entry.reader
-    if r == "idx":
-        stems = ["train-images-idx3-ubyte", "t10k-images-idx3-ubyte"]
-        subs = ["", "raw/", "MNIST/raw/", "FashionMNIST/raw/"]
-        return [[f"{d}{s}{gz}" for d in subs for gz in ("", ".gz")] for s in stems]
-    if r == "cifar":
-        if len(entry.classnames) == 10:
-            return [["cifar-10-batches-py/test_batch", "test_batch"]]
-        return [["cifar-100-python/test", "test"]]
-    return {
-        "stanford_cars": [["cars_train"], ["cars_test"]],
-        "dtd": [["images", "dtd/images"], ["labels/test1.txt", "dtd/labels/test1.txt"]],
-        "eurosat": [["train", "2750", "EuroSAT_RGB", "EuroSAT", "Forest"]],
-        "gtsrb": [
-            ["GTSRB/Final_Training/Images", "Final_Training/Images", "GTSRB/Training", "Training"],
-            ["GT-final_test.csv", "GTSRB/GT-final_test.csv", "GTSRB/Final_Test/Images/GT-final_test.csv"],
-        ],
-        "kitti_distance": [["training/image_2", "raw/training/image_2"]],
-        "resisc45": [["NWPU-RESISC45", "resisc45"]],
-        "sun397": [["SUN397/ClassName.txt", "ClassName.txt"]],
-        "svhn_mat": [["train_32x32.mat"], ["test_32x32.mat"]],
-        "stl10_binary": [["stl10_binary/test_X.bin", "test_X.bin"]],
-        "food101": [["food-101/meta/test.txt", "meta/test.txt"]],
-        "imagenet": [["val"]],
-    }.get(r, [])
-
-
 def locate(entry: CatalogEntry, root: str | Path) -> Path | None:
     """The directory holding ``entry``'s data: ``root/<name>`` or ``root`` itself; None if absent."""
-    groups = _probe_groups(entry)
+    from paint.data.readers.registry import probe_groups
+
+    groups = probe_groups(entry.as_mapping())
     for cand in (Path(root) / entry.name, Path(root)):
         if cand.is_dir() and groups and all(any((cand / p).exists() for p in g) for g in groups):
             return cand

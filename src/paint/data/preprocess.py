@@ -6,27 +6,25 @@ happens on the fly per batch, so one decoded copy serves every alpha of a sweep.
 
 With ``cache_dir`` the uint8 array is stored as a ``.npy`` file keyed by the split's
 ``identity``, the resize and the crop, and later calls memory-map it instead of decoding
-again. Changing the resolution changes the key, so a stale array is never reused.
+again. Changing the resolution changes the key, so a stale array is never reused; a
+checksum per image catches a damaged file (:mod:`paint.data.image_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from paint.data.task import ImageSplit
+from paint.data.image_cache import cache_path, cached_images
+from paint.data.task import ImageSplit, image_source
 from paint.errors import PaintError
-from paint.utils import atomic_path, write_json_atomic
-
-CACHE_FORMAT = 1  # bump when the transform changes, so old arrays are not reused
+from paint.progress import progress as tqdm
 
 
 @dataclass(frozen=True)
@@ -84,48 +82,21 @@ def clip_transform(img: Image.Image, resize: int, crop: int) -> np.ndarray:
     return np.ascontiguousarray(arr[top : top + crop, left : left + crop].transpose(2, 0, 1))
 
 
-def cache_key(identity: str, resize: int, crop: int) -> str:
-    """Cache key of one split at one resolution: a hash of identity, resize, crop and format."""
-    text = f"{identity}\0{resize}\0{crop}\0{CACHE_FORMAT}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+def decode_one(split: ImageSplit, spec: ImageSpec, index: int) -> np.ndarray:
+    """Image ``index`` of ``split`` through :func:`clip_transform`; a failure names the file.
 
-
-def cache_path(cache_dir: str | Path, identity: str, resize: int, crop: int) -> Path:
-    """Where the cached uint8 array of a split lives (a readable prefix + the key)."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", identity)[-60:].strip("_") or "split"
-    return Path(cache_dir) / f"{stem}-{crop}px-{cache_key(identity, resize, crop)}.npy"
-
-
-def _decode_all(split: ImageSplit, out: np.ndarray, spec: ImageSpec, progress: bool) -> None:
-    """Fill ``out`` (N, 3, crop, crop) with every image of the split through :func:`clip_transform`."""
-    from tqdm.auto import tqdm
-
-    n = len(split)
-    for i in tqdm(range(n), desc=f"preprocess {split.identity}", disable=not progress, unit="img", leave=False):
-        try:
-            img = split.image(i)
-        except PaintError:
-            raise
-        except Exception as e:  # a file that passed the header check but does not decode
-            raise PaintError(
-                f"split {split.identity}: image {i} could not be decoded ({type(e).__name__}: {e}); "
-                "remove or replace the file and run again"
-            ) from None
-        out[i] = clip_transform(img, spec.resize, spec.crop)
-
-
-def load_cached(path: Path, n: int, crop: int) -> torch.Tensor | None:
-    """Memory-map a cached array if it exists and has the expected shape; else None."""
-    if not path.is_file():
-        return None
+    Readers check every file at read time (truncated JPEGs included) and skip bad ones, so a
+    failure here means the file changed or broke after the task was loaded.
+    """
     try:
-        # copy-on-write: pages come from disk lazily, and torch gets a writable buffer
-        arr = np.load(path, mmap_mode="c")
-    except (OSError, ValueError):
-        return None
-    if arr.dtype != np.uint8 or arr.shape != (n, 3, crop, crop):
-        return None
-    return torch.from_numpy(arr)
+        return clip_transform(split.image(index), spec.resize, spec.crop)
+    except PaintError:
+        raise
+    except Exception as e:
+        raise PaintError(
+            f"{image_source(split, index)}: could not be decoded ({type(e).__name__}: {e}); it is image {index} of "
+            f"split {split.identity}; remove or replace the file and run again"
+        ) from None
 
 
 def preprocess_split(
@@ -137,32 +108,20 @@ def preprocess_split(
         split: the images.
         spec: resize, crop (mean and std are applied later, per batch, by :func:`normalize`).
         cache_dir: if given, the array is cached there as ``.npy`` keyed by the split's
-            identity, resize and crop, written atomically, and memory-mapped on later calls.
+            identity, resize and crop, with a checksum per image (see :mod:`paint.data.image_cache`),
+            written atomically, verified and memory-mapped on later calls.
         progress: show a progress bar while decoding.
     """
     n = len(split)
+    decode = partial(decode_one, split, spec)
     if cache_dir is None:
         out = np.empty((n, 3, spec.crop, spec.crop), dtype=np.uint8)
-        _decode_all(split, out, spec, progress)
+        for i in tqdm(range(n), desc=f"preprocess {split.identity}", disable=not progress, unit="img", leave=False):
+            out[i] = decode(i)
         return torch.from_numpy(out)
     path = cache_path(cache_dir, split.identity, spec.resize, spec.crop)
-    cached = load_cached(path, n, spec.crop)
-    if cached is not None:
-        return cached
-    with atomic_path(path) as tmp:
-        # decode straight into a memory-mapped file: peak memory stays at one image
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, spec.crop, spec.crop))
-        _decode_all(split, mm, spec, progress)
-        mm.flush()
-        del mm
-    write_json_atomic(
-        path.with_suffix(".json"),
-        {"identity": split.identity, "resize": spec.resize, "crop": spec.crop, "n": n, "format": CACHE_FORMAT},
-    )
-    cached = load_cached(path, n, spec.crop)
-    if cached is None:  # pragma: no cover - the file was just written
-        raise PaintError(f"cache file {path} could not be read back; check free disk space")
-    return cached
+    meta = {"identity": split.identity, "resize": spec.resize, "crop": spec.crop}
+    return torch.from_numpy(cached_images(path, n, spec.crop, decode, meta, progress))
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -212,17 +171,3 @@ def augment_batch(
     grid = F.affine_grid(theta.to(batch.device), [b, 3, h, w], align_corners=False)  # (B, H, W, 2)
     out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def cache_info(cache_dir: str | Path) -> list[dict]:
-    """The cached arrays in a directory (identity, resolution, size on disk)."""
-    out = []
-    for meta in sorted(Path(cache_dir).glob("*.json")):
-        npy = meta.with_suffix(".npy")
-        if npy.is_file():
-            try:
-                rec = json.loads(meta.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                continue
-            out.append({**rec, "path": str(npy), "bytes": npy.stat().st_size})
-    return out

@@ -10,6 +10,8 @@ fixed seed (0), so every run is tested on the same images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from paint.data.readers import (
@@ -27,40 +29,69 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 TEST_SEED = 0  # the derived test split does not move with split_seed
 
 
+@dataclass(frozen=True)
+class SourceRead:
+    """What one source gives a task: the read data, names, templates and where they came from."""
+
+    read: ReadResult
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    test_fraction: float
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_catalog(spec: TaskSpec) -> SourceRead:
+    from paint.data.catalog import catalog_entry
+
+    entry = catalog_entry(spec.name)
+    read = read_catalog_layout(spec.path, entry.as_mapping(), spec.max_bad_fraction)
+    test_fraction = spec.test_fraction
+    if "test_fraction" not in spec.model_fields_set and entry.test_fraction:
+        test_fraction = entry.test_fraction
+    return SourceRead(
+        read,
+        _classnames(spec, entry.classnames),
+        tuple(spec.templates or entry.templates),
+        test_fraction,
+        f"{entry.title} (catalog: {entry.role} task)",
+        {"catalog": entry.name, "role": entry.role, "prompt_sources": entry.sources},
+    )
+
+
+def _read_user(read: ReadResult, spec: TaskSpec) -> SourceRead:
+    classnames, templates = _user_names(spec, read)
+    return SourceRead(read, classnames, templates, spec.test_fraction)
+
+
+# source name -> reader; TaskSpec's Literal keeps ``source`` within these keys (and "builtin")
+SOURCES: dict[str, Callable[[TaskSpec], SourceRead]] = {
+    "catalog": _read_catalog,
+    "folder": lambda spec: _read_user(read_image_folder(spec.path, spec.classnames, spec.max_bad_fraction), spec),
+    "csv": lambda spec: _read_user(read_csv_list(spec.path, spec.classnames, spec.max_bad_fraction), spec),
+    "hf": lambda spec: _read_user(read_hf(spec.path, spec.image_column, spec.label_column, spec.classnames), spec),
+}
+
+
 def load_external_task(spec: TaskSpec) -> tuple[Task, dict[str, Any]]:
     """The task a non-builtin spec names, and its split definition (seeds, sizes, index hashes)."""
     if spec.source == "builtin":
         raise PaintError(f"task {spec.name!r} is a built-in; load it with paint.data.registry.load_task")
     if not spec.path:
         raise PaintError(f"task {spec.name!r}: source {spec.source!r} needs a path")
-    test_fraction = spec.test_fraction
-    description = ""
-    extra: dict[str, Any] = {}
-    if spec.source == "catalog":
-        from paint.data.catalog import catalog_entry
-
-        entry = catalog_entry(spec.name)
-        read = read_catalog_layout(spec.path, entry.as_mapping(), spec.max_bad_fraction)
-        classnames = _classnames(spec, entry.classnames)
-        templates = tuple(spec.templates or entry.templates)
-        if "test_fraction" not in spec.model_fields_set and entry.test_fraction:
-            test_fraction = entry.test_fraction
-        description = f"{entry.title} (catalog: {entry.role} task)"
-        extra = {"catalog": entry.name, "role": entry.role, "prompt_sources": entry.sources}
-    elif spec.source == "folder":
-        read = read_image_folder(spec.path, spec.classnames, spec.max_bad_fraction)
-        classnames, templates = _user_names(spec, read)
-    elif spec.source == "csv":
-        read = read_csv_list(spec.path, spec.classnames, spec.max_bad_fraction)
-        classnames, templates = _user_names(spec, read)
-    elif spec.source == "hf":
-        read = read_hf(spec.path, spec.image_column, spec.label_column, spec.classnames)
-        classnames, templates = _user_names(spec, read)
-    else:  # pragma: no cover - TaskSpec's Literal forbids it
+    if spec.source not in SOURCES:  # pragma: no cover - TaskSpec's Literal forbids it
         raise PaintError(f"task {spec.name!r}: unknown source {spec.source!r}")
-    splits, info = assemble_splits(read, spec, test_fraction)
-    info = {"source": spec.source, "path": str(spec.path), "n_classes": len(classnames), **extra, **info, **read.info}
-    task = Task(spec.name, tuple(classnames), tuple(templates), splits, description)
+    got = SOURCES[spec.source](spec)
+    splits, info = assemble_splits(got.read, spec, got.test_fraction)
+    info = {
+        "source": spec.source,
+        "path": str(spec.path),
+        "n_classes": len(got.classnames),
+        **got.extra,
+        **info,
+        **got.read.info,
+    }
+    task = Task(spec.name, got.classnames, got.templates, splits, got.description)
     for name in splits:
         task.split(name)  # label range and emptiness checked now, not mid-sweep
     return task, info

@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from paint.data.images import open_rgb
 from paint.errors import PaintError
 
 
@@ -42,9 +43,7 @@ class ArraySplit:
 
     def __post_init__(self) -> None:
         if len(self.images) != len(self.labels):
-            raise PaintError(
-                f"split {self.identity}: {len(self.images)} images but {len(self.labels)} labels"
-            )
+            raise PaintError(f"split {self.identity}: {len(self.images)} images but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,8 +70,7 @@ class FileSplit:
         path = self.paths[index]
         if self.opener is not None:
             return self.opener(path).convert("RGB")
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return open_rgb(path)
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,18 @@ class SubsetSplit:
         return self.base.image(int(self.indices[index]))
 
 
+def image_source(split: ImageSplit, index: int) -> str:
+    """Where image ``index`` of ``split`` comes from: its file path when it has one, else ``identity[index]``.
+
+    Errors name the file a user can fix, not a position in a derived split.
+    """
+    while isinstance(split, SubsetSplit):
+        split, index = split.base, int(split.indices[index])
+    if isinstance(split, FileSplit):
+        return split.paths[index]
+    return f"{split.identity}[{index}]"
+
+
 @dataclass(frozen=True)
 class Task:
     """A classification task: class names, prompt templates (with ``{}``) and splits."""
@@ -112,9 +122,7 @@ class Task:
 
     def split(self, name: str) -> ImageSplit:
         if name not in self.splits:
-            raise PaintError(
-                f"task {self.name!r} has no split {name!r} (it has: {', '.join(self.splits) or 'none'})"
-            )
+            raise PaintError(f"task {self.name!r} has no split {name!r} (it has: {', '.join(self.splits) or 'none'})")
         split = self.splits[name]
         validate_split(self, name, split)
         return split
@@ -134,8 +142,12 @@ def validate_split(task: Task, split_name: str, split: ImageSplit) -> None:
 
 
 def holdout_split(
-    split: ImageSplit, fraction: float = 0.1, max_size: int = 5000, seed: int = 0,
-    held_out: str = "val", kept: str = "train",
+    split: ImageSplit,
+    fraction: float = 0.1,
+    max_size: int = 5000,
+    seed: int = 0,
+    held_out: str = "val",
+    kept: str = "train",
 ) -> tuple[SubsetSplit, SubsetSplit, dict]:
     """Hold out a validation set from a training split, as the PAINT code does.
 

@@ -8,10 +8,13 @@ derives from them: the image spec for preprocessing and an identity hash of the 
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,8 +69,72 @@ class ClipBundle:
         return {k: v.detach().clone() for k, v in self.image_tower_state().items()}
 
 
+# Files that hold a tokenizer's vocabulary (BPE json + merges, a fast-tokenizer json, or sentencepiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model")
+
+
+def check_tokenizer_files(path: Path) -> None:
+    """A local checkpoint has a tokenizer; else one line that says how to add one (``paint convert`` writes none)."""
+    if any((path / name).is_file() for name in TOKENIZER_FILES):
+        return
+    origin = " (written by `paint convert` without --tokenizer-from)" if (path / "conversion.json").is_file() else ""
+    raise PaintError(
+        f"model directory {path} has no tokenizer{origin}: none of {', '.join(TOKENIZER_FILES)}; re-run "
+        "`paint convert` with --tokenizer-from <an HF CLIP directory with the same vocabulary>, or copy that "
+        "directory's tokenizer files in"
+    )
+
+
+def weights_file(path: Path) -> Path:
+    """The weights file transformers reads from a local directory (for naming it in errors)."""
+    from paint.weights.io import LEGACY_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
+
+    for name in (SAFE_WEIGHTS, SAFE_INDEX, *LEGACY_WEIGHTS):
+        if (path / name).is_file():
+            return path / name
+    return path
+
+
+def check_loading_info(src: str, model: "torch.nn.Module", info: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose tensors do not exactly cover the model its config.json describes.
+
+    transformers (5.x, with ``ignore_mismatched_sizes=True``) re-initialises mismatched and missing
+    tensors at random and ignores unexpected ones, logging a warning that paint silences; a model
+    that is partly random weights would give plausible-looking, wrong numbers. The first offending
+    tensor is named in the model's own order, so the message is stable.
+    """
+    order = {k: i for i, k in enumerate(model.state_dict())}
+
+    def first(keys: Any) -> list:
+        return sorted(keys, key=lambda k: (order.get(k[0] if isinstance(k, tuple) else k, len(order)), str(k)))
+
+    mismatched = first(info.get("mismatched_keys") or ())
+    if mismatched:
+        key, ckpt, want = mismatched[0]
+        raise PaintError(
+            f"checkpoint {src} does not match its config.json: tensor {key!r} has shape {tuple(ckpt)} in the weights "
+            f"but {tuple(want)} in the model the config describes ({len(mismatched)} tensor(s) differ)"
+        )
+    missing = first(info.get("missing_keys") or ())
+    if missing:
+        raise PaintError(
+            f"checkpoint {src} has no tensor {missing[0]!r} ({len(missing)} of the model's {len(order)} missing); "
+            "refusing to fill them with random weights"
+        )
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        raise PaintError(
+            f"checkpoint {src} holds tensor {unexpected[0]!r} ({len(unexpected)} in all) that the model its "
+            "config.json describes has no place for; the config and the weights disagree"
+        )
+
+
 def load_clip(source: str, revision: str | None = None, device: str | torch.device = "cpu") -> ClipBundle:
     """Load a CLIPModel, its tokenizer and its image processor.
+
+    A bad checkpoint ends in one :class:`PaintError` line that names the file, not a traceback:
+    weights that would need arbitrary pickle (refused, nothing runs), a truncated or malformed
+    safetensors file, weights that disagree with config.json or do not cover the model, no tokenizer.
 
     Args:
         source: a local checkpoint directory, ``paint:default``, or a hub id (needs network
@@ -75,33 +142,58 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
         revision: hub revision (branch, tag or commit).
         device: where the model goes.
     """
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
+
+    from paint.weights.io import SAFE_INDEX, SAFE_WEIGHTS, open_checkpoint, unsafe_pickle_error
 
     src = resolve_model_source(source)
     path = Path(src)
     is_local = path.exists()
     if is_local and not (path / "config.json").is_file():
-        raise PaintError(f"model directory {path} has no config.json; point to a Hugging Face CLIP checkpoint directory")
+        raise PaintError(
+            f"model directory {path} has no config.json; point to a Hugging Face CLIP checkpoint directory"
+        )
     if not is_local and (src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1)):
         raise PaintError(f"model path {src} does not exist")
+    if is_local:
+        check_tokenizer_files(path)
+        if (path / SAFE_INDEX).is_file() or (path / SAFE_WEIGHTS).is_file():
+            open_checkpoint(path)  # headers only: a truncated or malformed file is named before transformers reads it
+    named = weights_file(path) if is_local else src
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # a checkpoint load is quick; its bar is noise in paint's output
     try:
-        model = CLIPModel.from_pretrained(src, revision=revision)
+        model, info = CLIPModel.from_pretrained(
+            src, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+        check_loading_info(src, model, info)
         tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
         processor = pil_image_processor_class().from_pretrained(src, revision=revision)
+    except pickle.UnpicklingError as e:
+        raise unsafe_pickle_error(named, e) from None
+    except SafetensorError as e:
+        raise PaintError(f"{named} is not a readable safetensors file ({_first_line(e)})") from None
+    except RuntimeError as e:  # transformers' own load errors (state dict, weight conversion); others are bugs
+        if not str(e).startswith(("Error(s) in loading state_dict", "We encountered some issues")):
+            raise
+        raise PaintError(f"cannot load CLIP weights from {named}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
         where = "directory" if is_local else "hub id (offline, or not in the local cache?)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PaintError(f"cannot load CLIP model from {where} {src!r}: {first}") from None
+        raise PaintError(f"cannot load CLIP model from {where} {src!r}: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     model.to(device).eval()
     return ClipBundle(model=model, tokenizer=tokenizer, processor=processor, source=src)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def pil_image_processor_class() -> type:
@@ -131,6 +223,8 @@ def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, tor
     """
     from transformers.utils import logging as hf_logging
 
+    from paint.weights.io import new_file_mode
+
     out = Path(out_dir)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # one small file: transformers' shard bar is noise here
@@ -142,6 +236,9 @@ def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, tor
                 bundle.model.save_pretrained(tmp, state_dict=dict(state_dict), safe_serialization=True)
             bundle.tokenizer.save_pretrained(tmp)
             bundle.processor.save_pretrained(tmp)
+            mode = new_file_mode()
+            for f in tmp.glob("*.safetensors"):  # safetensors writes 0600; the other files get the umask's mode
+                os.chmod(f, mode)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -4,11 +4,14 @@ head[c] = normalize(mean_t normalize(text_embedding(template_t(class_c)))) * exp
 
 so ``logits = normalize(image_embedding) @ head.T`` are exactly CLIP's logits_per_image
 (and, for a single template, transformers' zero-shot pipeline). Heads are cached on disk under
-a key made of the model's text-side identity, the class names and the templates.
+a key made of the model's text-side identity, the class names and the templates; each entry
+stores a content hash of the head, checked on every read, so a corrupt entry (flipped bytes,
+a truncated file) is rebuilt instead of silently skewing every accuracy computed with it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,15 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from paint.models.clip import ClipBundle, text_features
-from paint.utils import atomic_path, sha256_strings
+from paint.utils import atomic_path, hash_tensors, sha256_strings
+from paint.weights.io import save_safetensors_file
+
+log = logging.getLogger(__name__)
 
 
 def head_cache_key(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    return sha256_strings(["head-v1", bundle.text_identity, *classnames, "\x1e", *templates])
+    return sha256_strings(["head-v2", bundle.text_identity, *classnames, "\x1e", *templates])
 
 
 @torch.no_grad()  # not inference_mode: the head is used in autograd graphs when fine-tuning
-def build_head(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def build_head(
+    bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """The zero-shot head (C, D), computed in one batched pass over all class x template texts."""
     model, tok = bundle.model, bundle.tokenizer
     texts = [t.format(c) for c in classnames for t in templates]  # class-major: (C*T,)
@@ -50,12 +58,42 @@ def zeroshot_head(
     """The zero-shot head (C, D), from the cache when the same model, classes and templates were seen."""
     if cache_dir is None:
         return build_head(bundle, classnames, templates, batch_size)
-    from safetensors.torch import load_file, save_file
-
     path = Path(cache_dir) / "heads" / f"{head_cache_key(bundle, classnames, templates)}.safetensors"
     if path.is_file():
-        return load_file(str(path))["head"]
+        head, problem = read_cached_head(path, path.stem)
+        if head is not None:
+            return head
+        log.warning("zero-shot head cache entry %s is corrupt (%s); rebuilding it", path, problem)
     head = build_head(bundle, classnames, templates, batch_size)
     with atomic_path(path) as tmp:
-        save_file({"head": head.contiguous()}, str(tmp))
+        save_safetensors_file({"head": head.contiguous()}, tmp, metadata={"key": path.stem, "sha256": _digest(head)})
     return head
+
+
+def _digest(head: torch.Tensor) -> str:
+    return hash_tensors({"head": head})
+
+
+def read_cached_head(path: Path, key: str) -> tuple[torch.Tensor | None, str | None]:
+    """A cached head and None, or None and why the entry cannot be trusted.
+
+    The stored hash covers dtype, shape and bytes, and the stored key must be the file's own
+    (a file copied under another key's name is not that key's head).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if "head" not in f.keys():
+                return None, "no 'head' tensor"
+            head = f.get_tensor("head")
+    except (SafetensorError, OSError, ValueError) as e:
+        return None, f"unreadable: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+    if "sha256" not in meta:
+        return None, "no content hash"
+    if meta.get("key") != key:
+        return None, "stored under another key"
+    if _digest(head) != meta["sha256"]:
+        return None, "content hash mismatch"
+    return head, None

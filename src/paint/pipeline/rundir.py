@@ -148,7 +148,9 @@ class RunDir:
         if resume:
             return self
         if (out / self.finished_marker).exists():
-            raise PaintError(f"{out} already holds a finished run; choose a new output_dir (or pass --resume to redo its reports)")
+            raise PaintError(
+                f"{out} already holds a finished run; choose a new output_dir (or pass --resume to redo its reports)"
+            )
         raise PaintError(f"{out} holds an unfinished run; pass --resume to continue it, or choose a new output_dir")
 
     def check_config(self, config: Any, ignore: Iterable[str] = DEFAULT_IGNORED) -> None:
@@ -159,7 +161,9 @@ class RunDir:
         try:
             stored = yaml.safe_load(stored_path.read_text(encoding="utf-8")) or {}
         except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as e:
-            raise PaintError(f"cannot read {stored_path} to compare configs ({type(e).__name__}); use a new output_dir") from None
+            raise PaintError(
+                f"cannot read {stored_path} to compare configs ({type(e).__name__}); use a new output_dir"
+            ) from None
         diffs = config_differences(stored, config_mapping(config), ignore)
         if diffs:
             field, old, new = diffs[0]

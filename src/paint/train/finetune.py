@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from paint.config import StrictModel
 from paint.data.preprocess import ImageSpec, normalize
-from paint.evaluate import logits_for
+from paint.evaluation.results import logits_for
 from paint.models.clip import image_features
 from paint.train.loop import FitResult, LoopConfig, fit
 from paint.weights.ops import is_image_tower_key
@@ -78,7 +78,9 @@ class FrozenHeadLoss:
     ``DistributedSampler.set_epoch``), which reseeds the augmentation.
     """
 
-    def __init__(self, heads: list[torch.Tensor], spec: ImageSpec, label_smoothing: float, augment: str = "none", seed: int = 0):
+    def __init__(
+        self, heads: list[torch.Tensor], spec: ImageSpec, label_smoothing: float, augment: str = "none", seed: int = 0
+    ):
         self.heads, self.spec, self.label_smoothing = heads, spec, label_smoothing
         self.augment, self.seed = augment, seed
         self.generator = augment_generator(seed, 0)

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import atomic_path, sha256_file
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -86,7 +86,9 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
-def make_optimizer(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(
+    named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on biases, norms, embeddings' scales)."""
     decay, no_decay = [], []
     for name, p in named_params:
@@ -154,7 +156,9 @@ def verify_checkpoint(path: Path) -> None:
         sums = json.loads(sums_path.read_text())["sha256"]
         assert isinstance(sums, dict) and "state.json" in sums and "trainable.safetensors" in sums
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise PaintError(f"checkpoint {path} is damaged ({CHECKSUMS} is unreadable); delete {path} to start training over") from None
+        raise PaintError(
+            f"checkpoint {path} is damaged ({CHECKSUMS} is unreadable); delete {path} to start training over"
+        ) from None
     for name, expected in sums.items():
         f = path / name
         if not f.is_file():
@@ -248,28 +252,37 @@ def fit(
     ckpt = checkpoint_dir / "checkpoint" if checkpoint_dir is not None else None
     if ckpt is not None and (ckpt / "state.json").exists():
         if not resume:
-            raise PaintError(f"{ckpt} already holds a checkpoint; pass --resume to continue it or use a new output directory")
+            raise PaintError(
+                f"{ckpt} already holds a checkpoint; pass --resume to continue it or use a new output directory"
+            )
         # Every rank reads the checkpoint before wrapping, so all start from the same weights.
         tensors, opt_tensors, state = load_checkpoint(ckpt)
         if state.get("fingerprint") != fingerprint:
-            raise PaintError(f"the checkpoint in {ckpt} was made by a different run (config or data changed); use a new output directory")
+            raise PaintError(
+                f"the checkpoint in {ckpt} was made by a different run (config or data changed); use a new output directory"
+            )
         model.load_state_dict(tensors, strict=False)
         if state.get("optimizer") is not None:
             optimizer.load_state_dict(_unflatten_optimizer_state(opt_tensors, state["optimizer"]))
         elif accelerator.is_main_process:
-            log.warning("%s: the checkpoint holds no optimizer state (FSDP run); AdamW restarts from zero moments", desc)
+            log.warning(
+                "%s: the checkpoint holds no optimizer state (FSDP run); AdamW restarts from zero moments", desc
+            )
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         result.history = state["history"]
         result.resumed_from_epoch = state["epoch"]
     if fsdp and ckpt is not None and accelerator.is_main_process:
-        log.warning("%s: FSDP run: checkpoints keep the weights but not the sharded optimizer state; a resume restarts AdamW", desc)
+        log.warning(
+            "%s: FSDP run: checkpoints keep the weights but not the sharded optimizer state; a resume restarts AdamW",
+            desc,
+        )
 
     # The loss runs inside the wrapper's forward: DDP arms its gradient all-reduce (and FSDP
     # gathers its shards) in forward, and loss_fn may call submodules (vision_model, ...) directly.
     wrapped, optimizer = accelerator.prepare(_LossModule(model, loss_fn), optimizer)
     wrapped.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
     for epoch in range(start_epoch, cfg.epochs):
         if step >= total:
             break
@@ -323,7 +336,13 @@ def fit(
                     {k: v for k, v in _strip_prefix(full, "model.").items() if k in names},
                     None if fsdp else optimizer,
                     scheduler,
-                    {"epoch": epoch, "step": step, "history": result.history, "fingerprint": fingerprint, "done": step >= total or epoch == cfg.epochs - 1},
+                    {
+                        "epoch": epoch,
+                        "step": step,
+                        "history": result.history,
+                        "fingerprint": fingerprint,
+                        "done": step >= total or epoch == cfg.epochs - 1,
+                    },
                 )
         accelerator.wait_for_everyone()
     bar.close()
@@ -349,4 +368,4 @@ class _LossModule(nn.Module):
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

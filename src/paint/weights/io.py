@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import struct
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -130,6 +131,29 @@ def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def pickle_refusal_line(exc: BaseException) -> str:
+    """torch's one useful line from a refused ``weights_only`` load: the global it would have had to import.
+
+    torch's message is a dozen lines of advice; the line naming the blocked ``GLOBAL`` is the one
+    that tells a user what the file contains (its first sentence, without ANSI styling).
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    line = next((ln for ln in lines if "GLOBAL" in ln), next((ln for ln in lines if "nsupported" in ln), None))
+    if line is None:
+        return lines[0][:160] if lines else "an unsupported global"
+    line = line.removeprefix("WeightsUnpickler error:").strip()
+    return line.split(". ")[0].rstrip(".")[:200]
+
+
+def unsafe_pickle_error(path: str | os.PathLike, exc: BaseException) -> PaintError:
+    """The one-line error for a file that ``torch.load(weights_only=True)`` refused (nothing in it ran)."""
+    return PaintError(
+        f"{path} would need arbitrary pickle to load ({pickle_refusal_line(exc)}); refused and nothing in it was "
+        "run. Re-save its state dict as safetensors in a trusted environment"
+    )
+
+
 def load_legacy(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a ``.bin`` / ``.pt`` state dict with ``torch.load(weights_only=True)`` only.
 
@@ -152,11 +176,7 @@ def load_legacy(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 raise
             obj = _load(mmap=False)  # the pre-1.6 format cannot be memory-mapped
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[-1][:160] if str(e).strip() else "unsupported global"
-        raise PaintError(
-            f"{p} would need arbitrary pickle to load ({first}); refused and nothing in it was run. "
-            "Re-save its state dict as safetensors in a trusted environment"
-        ) from None
+        raise unsafe_pickle_error(p, e) from None
     except RuntimeError as e:
         if "TorchScript" in str(e):
             raise PaintError(
@@ -167,6 +187,22 @@ def load_legacy(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (OSError, EOFError) as e:
         raise PaintError(f"{p} could not be read ({e})") from None
     return _unwrap_state_dict(obj, p)
+
+
+def _check_covered(path: Path, infos: Mapping[str, TensorInfo]) -> None:
+    """The file holds exactly the bytes its header promises: a truncated (or padded) file is caught at open.
+
+    The format stores tensors back to back after the header, so the data size is the sum of the
+    tensors' sizes; safetensors itself only notices when a reader maps the file, with an error
+    that does not name it.
+    """
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    have = path.stat().st_size - 8 - n
+    want = sum(info.nbytes for info in infos.values())
+    if have != want:
+        what = "truncated" if have < want else "longer than its header says"
+        raise PaintError(f"{path} is {what} ({have} of {want} tensor data bytes); re-download or re-create it")
 
 
 class CheckpointReader:
@@ -210,6 +246,7 @@ class CheckpointReader:
     def _open_safetensors(self, files: Sequence[Path]) -> None:
         for f in files:
             infos, _ = read_safetensors_header(f)
+            _check_covered(f, infos)
             for k, info in infos.items():
                 if k in self.infos:
                     raise PaintError(f"{self.path}: tensor {k!r} appears in more than one shard")
@@ -312,6 +349,41 @@ def file_sha256(path: str | os.PathLike, block: int = 16 * 1024**2) -> str:
     return h.hexdigest()
 
 
+def safetensors_spans(path: str | os.PathLike) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Where each tensor's bytes lie in a safetensors file: (data start, key -> absolute [begin, end))."""
+    p = Path(path)
+    infos, _ = read_safetensors_header(p)  # validates the header; the offsets are read again below
+    with open(p, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    start = 8 + n
+    return start, {
+        k: (start + int(header[k]["data_offsets"][0]), start + int(header[k]["data_offsets"][1])) for k in infos
+    }
+
+
+def check_safetensors_size(path: str | os.PathLike) -> None:
+    """Raise :class:`PaintError` (one line naming the file) when a tensor's bytes do not fit in the file.
+
+    Catches truncated downloads and copies before a merge starts, instead of failing mid-merge.
+    """
+    p = Path(path)
+    infos, _ = read_safetensors_header(p)
+    start, spans = safetensors_spans(p)
+    size = p.stat().st_size
+    for key, (begin, end) in spans.items():
+        if end - begin != infos[key].nbytes or begin < start:
+            raise PaintError(
+                f"{p} is malformed: tensor {key!r} has data offsets for {end - begin} bytes but its shape and dtype "
+                f"need {infos[key].nbytes}; re-save or re-download it"
+            )
+        if end > size:
+            raise PaintError(
+                f"{p} is truncated: tensor {key!r} ends at byte {end} but the file has {size} bytes; "
+                "re-download or re-save it"
+            )
+
+
 # ---------------------------------------------------------------------------- writing
 
 
@@ -366,7 +438,11 @@ def _header_bytes(keys: Sequence[str], infos: Mapping[str, TensorInfo], metadata
         info = infos[k]
         if info.dtype not in _TORCH_TO_ST:
             raise PaintError(f"tensor {k!r} has dtype {info.dtype}, which safetensors cannot store")
-        header[k] = {"dtype": _TORCH_TO_ST[info.dtype], "shape": list(info.shape), "data_offsets": [offset, offset + info.nbytes]}
+        header[k] = {
+            "dtype": _TORCH_TO_ST[info.dtype],
+            "shape": list(info.shape),
+            "data_offsets": [offset, offset + info.nbytes],
+        }
         offset += info.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header so that data starts 8-byte aligned
@@ -511,3 +587,36 @@ def save_state_dict(
             tmp.mkdir()
             write_state_dict_into(sd, tmp, limit)
     return target
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process umask (0o644 under the usual 022).
+
+    Read from ``/proc`` where it can be: setting the umask to find it would briefly change it for
+    every thread of the process.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_safetensors_file(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """``safetensors.torch.save_file`` with the mode other outputs get (not atomic by itself).
+
+    safetensors (0.8) creates its file with mode 0600 whatever the umask, so a model or cache
+    written with it could not be read by the group that reads every other output.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(path)
+    save_file(dict(tensors), str(out), metadata=dict(metadata) if metadata else None)
+    os.chmod(out, new_file_mode())
+    return out

@@ -87,16 +87,10 @@ def interpolate(
 def task_vector(base: StateDict, finetuned: StateDict, keys: KeyFilter | None = None) -> dict[str, torch.Tensor]:
     """``finetuned - base`` over floating-point tensors selected by ``keys``."""
     check_compatible(base, finetuned, ("base model", "fine-tuned model"))
-    return {
-        k: finetuned[k] - base[k]
-        for k in base
-        if base[k].is_floating_point() and (keys is None or keys(k))
-    }
+    return {k: finetuned[k] - base[k] for k in base if base[k].is_floating_point() and (keys is None or keys(k))}
 
 
-def add_task_vectors(
-    base: StateDict, vectors: list[StateDict], coefficients: list[float]
-) -> dict[str, torch.Tensor]:
+def add_task_vectors(base: StateDict, vectors: list[StateDict], coefficients: list[float]) -> dict[str, torch.Tensor]:
     """``base + sum_i c_i * tau_i``; keys absent from every vector are copied from ``base``."""
     if len(vectors) != len(coefficients):
         raise PaintError(f"{len(vectors)} task vectors but {len(coefficients)} coefficients")

@@ -3,8 +3,10 @@
 For each key of the base checkpoint, read that tensor from the base and from every model,
 apply the merge method, and hand the result to :class:`paint.weights.io.ShardedWriter`.
 Integer and boolean tensors, and keys not selected by ``include``, are copied from the
-base. Elementwise methods (linear, task arithmetic) process tensors larger than
-``chunk_bytes`` in row chunks, so even a 150 MB embedding never needs three full copies.
+base. Tensors larger than ``chunk_bytes`` are processed in row chunks by every method: a
+method that needs a whole-tensor statistic (TIES threshold, DARE norm, Model Stock angle)
+first makes a pass over the chunks, one model at a time (see :mod:`paint.weights.methods`),
+so even a 150 MB embedding never needs a full-size temporary.
 
 :func:`merge_state_dicts` is the in-memory twin for state dicts already loaded; it runs the
 same per-key code (:func:`merge_key`), so its result is bit-identical to the streamed one.
@@ -16,26 +18,29 @@ import fnmatch
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import atomic_path
+from paint.weights.chunks import single
 from paint.weights.io import (
     DEFAULT_SHARD_BYTES,
     CheckpointReader,
     LazyStateDict,
     ShardedWriter,
     TensorInfo,
+    check_safetensors_size,
 )
 from paint.weights.methods import MergeMethod, check_weights, get_method
 from paint.weights.ops import check_compatible
+from paint.weights.reads import InputReads
 
-DEFAULT_CHUNK_BYTES = 16 * 1024**2
+DEFAULT_CHUNK_BYTES = 4 * 1024**2
 
 # read(source index, key, start row, stop row); rows None means the whole tensor.
 RowReader = Callable[[int, str, "int | None", "int | None"], torch.Tensor]
@@ -51,6 +56,7 @@ class MergeStats:
     bytes: int
     files: list[str]
     seconds: float
+    sha256: dict[str, str] = field(default_factory=dict)  # input file -> hash (when asked for)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,21 +110,35 @@ def merge_key(
     selected: bool,
     chunk_bytes: int,
 ) -> Iterator[torch.Tensor]:
-    """Yield the merged tensor ``key`` as consecutive row chunks (one chunk when taken whole).
+    """Yield the merged tensor ``key`` as consecutive row chunks (one chunk when small).
 
-    Source 0 is the base, sources 1..n_models the models.
+    Source 0 is the base, sources 1..n_models the models. A method with a ``prepare`` pass
+    re-reads the chunks it needs; a tensor taken whole is read once.
     """
-    merge = selected and info.dtype.is_floating_point
-    ranges = row_ranges(info, chunk_bytes) if (not merge or method.elementwise) else None
-    for start, stop in ranges or [(None, None)]:
-        if not merge:
+    ranges = row_ranges(info, chunk_bytes)
+    if not (selected and info.dtype.is_floating_point):
+        for start, stop in ranges or [(None, None)]:
             yield read(0, key, start, stop)
-            continue
-        models = [read(i + 1, key, start, stop) for i in range(n_models)]
+        return
+    needed = range(n_models + 1) if method.uses_base else range(1, n_models + 1)
+    if ranges is None:
+        whole = {i: read(i, key, None, None) for i in needed}
+        source = single(whole)
+        ranges = [(None, None)]
+    else:
+        whole = {}
+
+        def source(i: int) -> Iterator[torch.Tensor]:
+            return (read(i, key, a, b) for a, b in ranges)
+
+    state = method.prepare(source, n_models, weights, params, key) if method.prepare else None
+    for start, stop in ranges:
+        rows = whole or {i: read(i, key, start, stop) for i in needed}
+        models = [rows[i + 1] for i in range(n_models)]
         # A method that ignores the base only needs its dtype, which models[0] shares: skip the read.
-        base = read(0, key, start, stop) if method.uses_base else models[0]
-        out = method.fn(base, models, weights, params, key)
-        del models, base  # free the inputs before the output is written
+        base = rows[0] if method.uses_base else models[0]
+        out = method.combine(base, models, weights, params, key, state)
+        del models, base, rows  # free the inputs before the output is written
         yield out
 
 
@@ -151,7 +171,7 @@ def merge_state_dicts(
         weights: one weight or coefficient per model (default 1 each).
         params: the method's parameters (mapping or its params model).
         include: fnmatch patterns of keys to merge; the others are copied from the base.
-        chunk_bytes: row-chunk size for elementwise methods (same default as streaming).
+        chunk_bytes: row-chunk size (same default as streaming).
     """
     m, w, p = resolve(method, len(models), weights, params)
     check_layouts(_layout(base), [_layout(x) for x in models], [f"model {i}" for i in range(len(models))])
@@ -170,10 +190,19 @@ def merge_state_dicts(
     return out
 
 
+def check_files(readers: Sequence[CheckpointReader]) -> None:
+    """Every safetensors input holds all the bytes its header promises (a truncated file fails here, not mid-merge)."""
+    for r in readers:
+        for f in r.files:
+            if f.suffix == ".safetensors":
+                check_safetensors_size(f)
+
+
 def open_inputs(base: str | os.PathLike, models: Sequence[str | os.PathLike]) -> list[CheckpointReader]:
-    """Open base and models lazily and check their layouts agree (headers only, no tensor data)."""
+    """Open base and models lazily and check their layouts and sizes agree (headers only, no tensor data)."""
     readers = [CheckpointReader(base)] + [CheckpointReader(p) for p in models]
     check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {p}" for p in models])
+    check_files(readers)
     return readers
 
 
@@ -187,25 +216,32 @@ def stream_merge_into(
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: bool = True,
+    hash_inputs: bool = False,
 ) -> MergeStats:
-    """Stream a merge of opened, checked inputs (``readers[0]`` the base) into an existing directory."""
+    """Stream a merge of opened, checked inputs (``readers[0]`` the base) into an existing directory.
+
+    With ``hash_inputs`` the sha256 of every distinct input file is computed from the bytes
+    the merge reads (see :mod:`paint.weights.reads`) and returned in ``MergeStats.sha256``.
+    """
     t0 = time.perf_counter()
     infos = readers[0].infos
     selected = key_selector(include)
-
-    def read(i: int, key: str, start: int | None, stop: int | None) -> torch.Tensor:
-        return readers[i].get(key) if start is None else readers[i].get_rows(key, start, stop)
-
+    reads = InputReads(readers, hashing=hash_inputs, unread=() if method.uses_base else (0,))
     writer = ShardedWriter(out_dir, infos, max_shard_bytes)
     merged = copied = 0
     try:
+        reads.start()
         for key, info in tqdm(infos.items(), total=len(infos), unit="tensor", desc="merge", disable=not progress):
             sel = selected(key) and info.dtype.is_floating_point
-            writer.write(key, merge_key(key, info, read, len(readers) - 1, method, weights, params, sel, chunk_bytes))
+            writer.write(
+                key, merge_key(key, info, reads.read, len(readers) - 1, method, weights, params, sel, chunk_bytes)
+            )
             merged += sel
             copied += not sel
+        digests = reads.digests()
     finally:
         writer.abort()
+        reads.close()
     files = writer.close()
     return MergeStats(
         tensors=len(infos),
@@ -214,6 +250,7 @@ def stream_merge_into(
         bytes=sum(i.nbytes for i in infos.values()),
         files=[f.name for f in files],
         seconds=time.perf_counter() - t0,
+        sha256={str(p): h for p, h in digests.items()},
     )
 
 
@@ -231,7 +268,7 @@ def merge_checkpoints(
 ) -> MergeStats:
     """Merge checkpoints on disk into an HF safetensors directory, streamed and atomic.
 
-    Only the weights are written; :func:`paint.merge.run_merge` adds config, tokenizer and
+    Only the weights are written; :func:`paint.pipeline.merge.run_merge` adds config, tokenizer and
     model card. Arguments as in :func:`merge_state_dicts`, plus the shard size.
     """
     m, w, p = resolve(method, len(models), weights, params)

@@ -27,7 +27,20 @@ KINDS: tuple[str, ...] = ("shape", "digit", "word", "count")
 # model read written names as objects on blank images but not over a shape.
 KIND_WEIGHTS: tuple[float, ...] = (0.30, 0.30, 0.18, 0.22)
 
-EXTRA_WORDS: tuple[str, ...] = ("cat", "dog", "stop", "yes", "no", "sun", "tree", "car", "house", "paint", "hello", "apple")
+EXTRA_WORDS: tuple[str, ...] = (
+    "cat",
+    "dog",
+    "stop",
+    "yes",
+    "no",
+    "sun",
+    "tree",
+    "car",
+    "house",
+    "paint",
+    "hello",
+    "apple",
+)
 WORDS: tuple[str, ...] = R.SHAPES + R.COLOUR_NAMES + R.DIGIT_WORDS + EXTRA_WORDS
 # The class family of each written word that names a thing of the world (others have none).
 WORD_FAMILIES: dict[str, str] = {
@@ -82,7 +95,7 @@ def word_pair(rng: np.random.Generator) -> Pair:
     if rng.random() < LABELLED_SHARE:
         # A shape with a label on it: the typographic-attack setting, captioned honestly. world-v3c:
         # drawn like the shapes task (any background, either size) with the word written the way
-        # paint.typographic writes attacks (its default style), not large shapes on plain backgrounds.
+        # paint.studies.typographic writes attacks (its default style), not large shapes on plain backgrounds.
         shape = _choice(rng, R.SHAPES)
         colour, bg = _choice(rng, R.COLOUR_NAMES), _choice(rng, R.BACKGROUNDS)
         base = R.render_shape(shape, colour, bg, rng)

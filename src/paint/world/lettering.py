@@ -2,7 +2,7 @@
 
 :func:`render_text` writes a word on any image in an :class:`AttackStyle` (font, size, colour,
 position, opacity); the pixels are a pure function of (image, word, style, random stream).
-``paint.typographic`` attacks task images with it, and the world's corpus draws its labelled
+``paint.studies.typographic`` attacks task images with it, and the world's corpus draws its labelled
 shapes with it (world-v3c), so the pretraining data shows the attack's pixels.
 """
 
@@ -22,6 +22,7 @@ from paint.world.render import COLOURS, load_font
 
 SUPERSAMPLE = 4  # text is drawn at 4x and box-filtered down: clean edges at 32 px
 NAMED_INKS: dict[str, tuple[int, int, int]] = {"white": (255, 255, 255), "black": (0, 0, 0)}
+
 
 class AttackStyle(StrictModel):
     """How the misleading word is drawn.
@@ -49,7 +50,9 @@ class AttackStyle(StrictModel):
     def _colour(cls, v):
         if isinstance(v, str):
             if v not in ("contrast", "random") and v not in NAMED_INKS and v not in _world_colours():
-                raise ValueError(f"unknown colour {v!r}; use contrast, random, white, black, a world colour or [r, g, b]")
+                raise ValueError(
+                    f"unknown colour {v!r}; use contrast, random, white, black, a world colour or [r, g, b]"
+                )
         elif any(not 0 <= c <= 255 for c in v):
             raise ValueError("colour channels must be in 0..255")
         return v
@@ -80,7 +83,9 @@ def font_path(font: str) -> Path:
     bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / font
     if bundled.is_file():
         return bundled
-    raise PaintError(f"font {font!r} is neither a file nor one of matplotlib's bundled fonts (e.g. DejaVuSans-Bold.ttf)")
+    raise PaintError(
+        f"font {font!r} is neither a file nor one of matplotlib's bundled fonts (e.g. DejaVuSans-Bold.ttf)"
+    )
 
 
 def _load_font(font: str, px: int) -> ImageFont.FreeTypeFont:

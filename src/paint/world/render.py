@@ -143,7 +143,9 @@ def render_background(kind: str, rng: np.random.Generator) -> Image.Image:
 
 
 def _regular_polygon(n: int, cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
-    return [(cx + r * math.sin(rot + 2 * math.pi * k / n), cy - r * math.cos(rot + 2 * math.pi * k / n)) for k in range(n)]
+    return [
+        (cx + r * math.sin(rot + 2 * math.pi * k / n), cy - r * math.cos(rot + 2 * math.pi * k / n)) for k in range(n)
+    ]
 
 
 def _star(cx: float, cy: float, r: float, rot: float) -> list[tuple[float, float]]:
@@ -252,7 +254,9 @@ def render_count(
             items.append((shape, cx, cy, rng.uniform(2.4, 3.2), rng.uniform(-0.2, 0.2), jitter_colour(rgb, rng)))
     elif layout == "scatter":
         centres, radii = _scatter(count, rng)
-        items = [(shape, cx, cy, r, rng.uniform(-0.2, 0.2), jitter_colour(rgb, rng)) for (cx, cy), r in zip(centres, radii)]
+        items = [
+            (shape, cx, cy, r, rng.uniform(-0.2, 0.2), jitter_colour(rgb, rng)) for (cx, cy), r in zip(centres, radii)
+        ]
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return composite_shapes(render_background(background, rng), items)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from paint.utils import atomic_path
 from paint.world import render as R
 from paint.world.corpus import corpus_pair
 
@@ -62,13 +61,10 @@ def sample_rows(seed: int = 0, per_row: int = 8, max_pairs: int = 5000) -> dict[
 
 def contact_sheet(path: str | Path, seed: int = 0, per_row: int = 8) -> Path:
     """Draw :func:`sample_rows` as a grid of images with captions and write a PNG atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from paint.plotting import new_figure, save_figure
 
     rows = sample_rows(seed, per_row)
-    fig, axes = plt.subplots(len(ROWS), per_row, figsize=(per_row * 1.55, len(ROWS) * 1.9))
+    fig, axes = new_figure(len(ROWS), per_row, figsize=(per_row * 1.55, len(ROWS) * 1.9), dpi=110)
     for r, (title, note) in enumerate(ROWS):
         for c in range(per_row):
             ax = axes[r, c]
@@ -81,12 +77,7 @@ def contact_sheet(path: str | Path, seed: int = 0, per_row: int = 8) -> Path:
             if c == 0:
                 ax.set_ylabel("\n".join([title, *textwrap.wrap(f"({note})", 20)]), fontsize=7)
     fig.suptitle(f"paint's offline world (seed {seed}): {R.SIZE}x{R.SIZE} images and their captions", fontsize=10)
-    fig.tight_layout()
-    out = Path(path)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,7 +119,9 @@ class WorldSplit:
     identity: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "identity", f"paint-world/{GENERATOR_VERSION}/{self.task}/{self.split}/seed{self.seed}/n{self.size}")
+        object.__setattr__(
+            self, "identity", f"paint-world/{GENERATOR_VERSION}/{self.task}/{self.split}/seed{self.seed}/n{self.size}"
+        )
 
     def __len__(self) -> int:
         return self.size
@@ -154,7 +156,9 @@ def world_task(name: str, seed: int = 0, sizes: dict | None = None) -> Task:
         if int(n) < 1:
             raise PaintError(f"world task {name!r}: split {split!r} needs at least one image, got {n}")
     splits = {split: WorldSplit(name, split, seed, int(n)) for split, n in sizes.items()}
-    return Task(name=name, classnames=CLASSNAMES[name], templates=TEMPLATES[name], splits=splits, description=DESCRIPTIONS[name])
+    return Task(
+        name=name, classnames=CLASSNAMES[name], templates=TEMPLATES[name], splits=splits, description=DESCRIPTIONS[name]
+    )
 
 
 def task_texts() -> list[str]:

@@ -1,0 +1,169 @@
+"""The on-disk cache of preprocessed images: one memory-mapped uint8 ``.npy`` per split and resolution.
+
+Each ``.npy`` (N, 3, S, S) has a ``.json`` beside it with the split's identity, the
+resolution and a SHA-256 (first 16 bytes) of every image row. The key (file name) says
+*which* data the array should hold; the row digests say whether it *does*: a zeroed or
+partly overwritten file used to be trusted and silently cost accuracy (29.0% instead of
+48.0% on a zeroed cache). When the cache is opened the rows are hashed once per process
+and file state (about 0.25 s for 3,000 images at 224 px, against minutes to decode them),
+and a row that fails is decoded again in place, with one warning line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from paint.errors import PaintError
+from paint.utils import atomic_path, write_json_atomic
+
+log = logging.getLogger("paint.data")
+
+CACHE_FORMAT = 2  # bump when the transform or the file layout changes, so old arrays are not reused
+ROW_HASH = "sha256[:16]"
+Decoder = Callable[[int], np.ndarray]  # image index -> (3, S, S) uint8
+
+# path -> (size, mtime_ns) of files whose rows were verified in this process: a sweep that
+# opens the same cache once per alpha hashes it once
+_VERIFIED: dict[str, tuple[int, int]] = {}
+
+
+def cache_key(identity: str, resize: int, crop: int) -> str:
+    """Cache key of one split at one resolution: a hash of identity, resize, crop and format."""
+    text = f"{identity}\0{resize}\0{crop}\0{CACHE_FORMAT}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def cache_path(cache_dir: str | Path, identity: str, resize: int, crop: int) -> Path:
+    """Where the cached uint8 array of a split lives (a readable prefix + the key)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", identity)[-60:].strip("_") or "split"
+    return Path(cache_dir) / f"{stem}-{crop}px-{cache_key(identity, resize, crop)}.npy"
+
+
+def row_digest(row: np.ndarray) -> str:
+    """Hex digest of one preprocessed image (3, S, S) uint8."""
+    return hashlib.sha256(np.ascontiguousarray(row)).hexdigest()[:32]
+
+
+def bad_rows(arr: np.ndarray, digests: Sequence[str]) -> list[int]:
+    """Indices of rows whose bytes no longer match their stored digest."""
+    return [i for i in range(len(arr)) if row_digest(arr[i]) != digests[i]]
+
+
+def _fill(out: np.ndarray, rows: Iterable[int], decode: Decoder, digests: list[str], desc: str, progress: bool) -> None:
+    """Decode ``rows`` into ``out`` and record their digests."""
+    from paint.progress import progress as tqdm
+
+    for i in tqdm(list(rows), desc=desc, disable=not progress, unit="img", leave=False):
+        out[i] = decode(i)
+        digests[i] = row_digest(out[i])
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def _open(path: Path, n: int, crop: int) -> tuple[np.ndarray | None, list[str] | None, str]:
+    """The mapped array and its digests, or (None, None, why not); "" when there is simply no file."""
+    if not path.is_file():
+        return None, None, ""
+    try:
+        arr = np.load(path, mmap_mode="c")  # copy-on-write: lazy pages, and torch gets a writable buffer
+    except (OSError, ValueError) as e:
+        return None, None, f"not a readable .npy ({e})"
+    if arr.dtype != np.uint8 or arr.shape != (n, 3, crop, crop):
+        return None, None, f"holds {arr.dtype} {arr.shape}, expected uint8 {(n, 3, crop, crop)}"
+    try:
+        digests = json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).get("row_digests")
+    except (OSError, json.JSONDecodeError):
+        digests = None
+    if not isinstance(digests, list) or len(digests) != n:
+        return None, None, "its row checksums are missing"
+    return arr, digests, ""
+
+
+def _build(path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool) -> None:
+    """Decode every image straight into a memory-mapped file (peak memory: one image), then its digests."""
+    digests = [""] * n
+    with atomic_path(path) as tmp:
+        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, crop, crop))
+        _fill(mm, range(n), decode, digests, f"preprocess {meta.get('identity', path.name)}", progress)
+        mm.flush()
+        del mm
+    write_json_atomic(
+        path.with_suffix(".json"),
+        {**meta, "n": n, "format": CACHE_FORMAT, "row_hash": ROW_HASH, "row_digests": digests},
+    )
+
+
+def _repair(path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool) -> None:
+    """Decode ``rows`` again and write them in place; rewrite the digests if a damaged sidecar held wrong ones."""
+    mm = np.load(path, mmap_mode="r+")
+    fresh = list(digests)
+    _fill(mm, rows, decode, fresh, f"repair {path.name}", progress)
+    mm.flush()
+    del mm
+    if fresh != digests:  # decoding is deterministic: a stored digest, not the fresh row, was wrong
+        meta_path = path.with_suffix(".json")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        write_json_atomic(meta_path, {**meta, "row_digests": fresh})
+
+
+def cached_images(
+    path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool = False
+) -> np.ndarray:
+    """The verified cache at ``path`` (memory-mapped, copy-on-write), built or repaired as needed.
+
+    Args:
+        path: from :func:`cache_path`.
+        n, crop: the expected shape (n, 3, crop, crop).
+        decode: image index -> (3, crop, crop) uint8, used for missing or damaged rows.
+        meta: identity and resolution, stored in the sidecar ``.json``.
+        progress: show a progress bar while decoding.
+    """
+    arr, digests, why = _open(path, n, crop)
+    if arr is None:
+        if why:
+            log.warning("cache %s: %s; rebuilding it", path, why)
+        _build(path, n, crop, decode, meta, progress)
+    elif _VERIFIED.get(str(path)) != _file_state(path):
+        bad = bad_rows(arr, digests)
+        if bad:
+            log.warning(
+                "cache %s: %d of %d images failed their checksum (first: image %d); decoding them again",
+                path,
+                len(bad),
+                n,
+                bad[0],
+            )
+            del arr
+            _repair(path, bad, decode, digests, progress)
+    arr, digests, why = _open(path, n, crop)
+    if arr is None:  # pragma: no cover - the file was just written
+        raise PaintError(f"cache file {path} could not be read back ({why}); check free disk space")
+    _VERIFIED[str(path)] = _file_state(path)
+    return arr
+
+
+def cache_info(cache_dir: str | Path) -> list[dict]:
+    """The cached arrays in a directory (identity, resolution, size on disk; digests left out)."""
+    out = []
+    for meta in sorted(Path(cache_dir).glob("*.json")):
+        npy = meta.with_suffix(".npy")
+        if npy.is_file():
+            try:
+                rec = json.loads(meta.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                continue
+            rec.pop("row_digests", None)
+            out.append({**rec, "path": str(npy), "bytes": npy.stat().st_size})
+    return out

@@ -1,0 +1,138 @@
+"""Evaluation: accuracy and mean cross-entropy of a model + head on preprocessed images.
+
+Images arrive as uint8 ``(N, 3, S, S)`` (see :mod:`paint.data.preprocess`); each batch is
+normalised on the fly. Results are stored in a JSONL file keyed by (model, alpha, task,
+split) so a re-run skips what is already measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from paint.data.preprocess import ImageSpec, normalize
+from paint.models.clip import image_features
+from paint.utils import append_jsonl, read_jsonl_checked
+
+log = logging.getLogger(__name__)
+
+
+def logits_for(model: torch.nn.Module, head: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    """CLIP logits (B, C) against a zero-shot head (C, D) that already carries the logit scale."""
+    feats = F.normalize(image_features(model, pixel_values).float(), dim=-1)  # (B, D)
+    return feats @ head.t().to(feats.device)
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    head: torch.Tensor,
+    images: torch.Tensor,
+    spec: ImageSpec,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Logits (N, C) for uint8 images (N, 3, S, S)."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch_size):
+        batch = normalize(torch.as_tensor(images[i : i + batch_size]).to(device), spec.mean, spec.std)
+        out.append(logits_for(model, head, batch).cpu())
+    return torch.cat(out) if out else torch.empty(0, head.shape[0])
+
+
+def metrics_from_logits(logits: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Accuracy (fraction), mean cross-entropy and count."""
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    return {
+        "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
+        "loss": float(F.cross_entropy(logits.float(), y)),
+        "n": int(len(y)),
+    }
+
+
+def evaluate_split(
+    model: torch.nn.Module,
+    head: torch.Tensor,
+    images: torch.Tensor,
+    labels: Sequence[int] | np.ndarray,
+    spec: ImageSpec,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` with ``head`` on one split."""
+    model.eval()
+    return metrics_from_logits(predict(model, head, images, spec, batch_size), labels)
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    model: str
+    alpha: float
+    task: str
+    split: str
+
+    def as_tuple(self) -> tuple[str, float, str, str]:
+        return (self.model, round(float(self.alpha), 10), self.task, self.split)
+
+
+class ResultsStore:
+    """Evaluation results in a JSONL file, one record per (model, alpha, task, split).
+
+    Appends are flushed and fsynced, so a crashed sweep resumes where it stopped. Lines that
+    cannot be read back (a torn last line after a kill or a full disk, a record without its
+    key fields) are skipped and reported in one warning; those points are measured again.
+    """
+
+    KEY_FIELDS = ("model", "alpha", "task", "split")
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._records: dict[tuple, dict[str, Any]] = {}
+        records, bad = read_jsonl_checked(self.path)
+        for rec in records:
+            try:
+                key = ResultKey(*(rec[f] for f in self.KEY_FIELDS)).as_tuple()
+            except (KeyError, TypeError, ValueError):
+                bad += 1
+                continue
+            self._records[key] = rec
+        self.skipped = bad
+        if bad:
+            log.warning(
+                "%s: skipped %d unreadable line(s) (torn by a crash or a full disk); they will be measured again",
+                self.path,
+                bad,
+            )
+
+    def get(self, key: ResultKey) -> dict[str, Any] | None:
+        return self._records.get(key.as_tuple())
+
+    def put(self, key: ResultKey, metrics: dict[str, Any]) -> dict[str, Any]:
+        rec = {"model": key.model, "alpha": float(key.alpha), "task": key.task, "split": key.split, **metrics}
+        append_jsonl(self.path, rec)
+        self._records[key.as_tuple()] = rec
+        return rec
+
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records.values())
+
+
+class MemoryStore:
+    """The :class:`ResultsStore` interface without a file (nothing persists)."""
+
+    def __init__(self) -> None:
+        self._records: dict[tuple, dict] = {}
+
+    def get(self, key):
+        return self._records.get(key.as_tuple())
+
+    def put(self, key, metrics: dict) -> dict:
+        rec = {"model": key.model, "alpha": float(key.alpha), "task": key.task, "split": key.split, **metrics}
+        self._records[key.as_tuple()] = rec
+        return rec

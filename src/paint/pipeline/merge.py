@@ -1,0 +1,391 @@
+"""``paint merge``: a validated merge config -> a standard HF checkpoint with a model card.
+
+:func:`run_merge` checks everything before any tensor data is read (every file exists,
+keys, shapes and dtypes agree, the method and its parameters are valid), then streams the
+merge tensor by tensor into a temporary directory, adds the base's config, tokenizer and
+processor files, a model card (README.md) and the resolved config, and moves the directory
+into place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import Field, field_validator
+
+from paint.config import StrictModel, dump_config
+from paint.data.spec import TaskSpec
+from paint.errors import PaintError
+from paint.utils import atomic_path, write_json_atomic, write_text_atomic
+from paint.weights.io import (
+    CheckpointReader,
+    file_sha256,
+    parse_size,
+    write_state_dict_into,
+)
+from paint.weights.methods import GREEDY_SOUP, METHODS, get_method
+from paint.weights.soup import GREEDY_SOUP_PAPERS, greedy_soup
+from paint.weights.stream import (
+    DEFAULT_CHUNK_BYTES,
+    check_files,
+    check_layouts,
+    resolve,
+    stream_merge_into,
+)
+
+# Files of an HF model directory that describe the model rather than hold its weights.
+CARRIED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "chat_template.json",
+)
+CONFIG_NAME = "merge_config.yaml"
+SUMMARY_NAME = "merge_summary.json"
+
+Evaluate = Callable[[Mapping[str, torch.Tensor]], float]
+
+
+class ModelInput(StrictModel):
+    """One model to merge."""
+
+    path: str = Field(description="HF directory, .safetensors or legacy .bin/.pt file")
+    weight: float = Field(1.0, description="weight (linear) or coefficient (task arithmetic, TIES, DARE)")
+
+
+class MergeConfig(StrictModel):
+    """A merge: base, models with weights, method with parameters, output."""
+
+    base: str = Field(description="base (pre-trained / zero-shot) checkpoint; its config and tokenizer are copied")
+    models: list[ModelInput] = Field(min_length=1)
+    method: str = Field("linear", description="a registry name, or greedy_soup (Python API, with an evaluate callback)")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="the method's parameters")
+    output: str = Field(description="output directory (an HF checkpoint)")
+    include: list[str] | None = Field(
+        None, description="fnmatch patterns of keys to merge; others are copied from base"
+    )
+    max_shard_size: int | str = Field("2GB", description="largest output shard, e.g. 500MB")
+    chunk_size: int | str = Field(
+        DEFAULT_CHUNK_BYTES, description="row-chunk size: larger tensors are merged in chunks"
+    )
+    hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
+    overwrite: bool = False
+    evaluate_on: TaskSpec | None = Field(
+        None, description="a task whose validation split scores the merge (required by greedy_soup); head from the base"
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS and v != GREEDY_SOUP:
+            raise ValueError(f"unknown method {v!r}; choose one of: {', '.join([*METHODS, GREEDY_SOUP])}")
+        return v
+
+    @field_validator("max_shard_size", "chunk_size")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        try:
+            parse_size(v)
+        except PaintError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+
+def accuracy_evaluator(
+    model: torch.nn.Module,
+    head: torch.Tensor,
+    images: torch.Tensor,
+    labels: Any,
+    spec: Any,
+    batch_size: int = 256,
+) -> Evaluate:
+    """An ``evaluate(state_dict) -> accuracy`` callback on one validation split, for greedy soup.
+
+    Each call loads the state dict into ``model`` (its weights are replaced) and runs
+    :func:`paint.evaluation.results.evaluate_split` with the given zero-shot ``head``.
+
+    Args:
+        model: a transformers CLIPModel of the merged architecture.
+        head: (C, D) zero-shot head, e.g. from :func:`paint.models.heads.zeroshot_head`.
+        images: (N, 3, H, W) uint8 validation images.
+        labels: (N,) class indices.
+        spec: the model's :class:`paint.data.preprocess.ImageSpec`.
+        batch_size: evaluation batch size.
+    """
+    from paint.evaluation.results import evaluate_split
+
+    def evaluate(state_dict: Mapping[str, torch.Tensor]) -> float:
+        model.load_state_dict(dict(state_dict), strict=True)
+        return float(evaluate_split(model, head, images, labels, spec, batch_size)["accuracy"])
+
+    return evaluate
+
+
+def evaluator_for(cfg: MergeConfig, split: str = "val") -> Evaluate | None:
+    """The ``evaluate_on`` task as an accuracy callback: the base model's architecture and zero-shot head."""
+    if cfg.evaluate_on is None:
+        return None
+    from paint.data.preprocess import preprocess_split
+    from paint.data.registry import load_task
+    from paint.models.clip import load_clip
+    from paint.models.heads import zeroshot_head
+
+    task, _ = load_task(cfg.evaluate_on)
+    data = task.split(split)
+    bundle = load_clip(cfg.base)
+    head = zeroshot_head(bundle, task.classnames, task.templates)
+    images = preprocess_split(data, bundle.spec, progress=True)
+    return accuracy_evaluator(bundle.model, head, images, data.labels, bundle.spec)
+
+
+def _resolve_source(path: str) -> str:
+    """``paint:default`` and friends -> a path (the model module owns that mapping)."""
+    from paint.models.clip import resolve_model_source
+
+    return resolve_model_source(path)
+
+
+def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[list[CheckpointReader], Any]:
+    """Every check that needs no tensor data; return the opened inputs and the validated parameters."""
+    weights = [m.weight for m in cfg.models]
+    if cfg.method == GREEDY_SOUP:
+        if evaluate is None:
+            raise PaintError(
+                "greedy_soup needs an evaluation: set evaluate_on to a task (its val split scores each soup)"
+            )
+        if cfg.parameters:
+            raise PaintError(f"greedy_soup takes no parameters, got {sorted(cfg.parameters)}")
+        if cfg.include is not None or any(m.weight != 1.0 for m in cfg.models):
+            raise PaintError("greedy_soup averages whole models uniformly; remove include and per-model weights")
+        params = None
+    else:
+        _, _, params = resolve(cfg.method, len(weights), weights, cfg.parameters)
+    out = Path(cfg.output).resolve()
+    sources = [_resolve_source(cfg.base)] + [_resolve_source(m.path) for m in cfg.models]
+    for s in sources:
+        p = Path(s).resolve()
+        if p == out or out in p.parents:
+            raise PaintError(f"output {cfg.output} would overwrite input {s}; choose another output directory")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise PaintError(
+            f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory"
+        )
+    readers = [CheckpointReader(s) for s in sources]
+    check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {m.path}" for m in cfg.models])
+    check_files(readers)
+    check_carried_files(Path(readers[0].path))
+    return readers, params
+
+
+def check_carried_files(base: Path) -> None:
+    """The base's JSON files that the output will carry (config, tokenizer, processor) parse as JSON objects."""
+    if not base.is_dir():
+        return
+    for name in CARRIED_FILES:
+        path = base / name
+        if not name.endswith(".json") or not path.is_file():
+            continue
+        try:
+            ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+            why = "is not a JSON object"
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            ok, why = False, f"is not valid JSON ({str(e).splitlines()[0]})"
+        if not ok:
+            raise PaintError(f"base file {path} {why}; fix or remove it (the merge would copy it into the output)")
+
+
+def _carry_files(base: Path, dest: Path) -> list[str]:
+    """Copy config, tokenizer and processor files from a base directory; return their names."""
+    if not base.is_dir():
+        return []
+    copied = []
+    for name in CARRIED_FILES:
+        if (base / name).is_file():
+            shutil.copy2(base / name, dest / name)
+            copied.append(name)
+    return copied
+
+
+def _input_hashes(
+    readers: list[CheckpointReader], labels: list[str], known: Mapping[str, str] | None = None
+) -> list[dict[str, str]]:
+    """One row per input file; each distinct file is hashed once (``known``: hashes computed while streaming)."""
+    digests = {Path(p).resolve(): h for p, h in (known or {}).items()}
+    rows = []
+    for label, r in zip(labels, readers):
+        for f in r.files:
+            if f.resolve() not in digests:
+                digests[f.resolve()] = file_sha256(f)
+            rows.append({"input": label, "file": str(f), "sha256": digests[f.resolve()]})
+    return rows
+
+
+def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
+    """README.md for the merged checkpoint: method and papers, inputs with hashes, results, config."""
+    if cfg.method == GREEDY_SOUP:
+        papers, description = (
+            GREEDY_SOUP_PAPERS,
+            "greedy soup: add models by validation accuracy while it does not fall",
+        )
+    else:
+        m = get_method(cfg.method)
+        papers, description = m.papers, m.description
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags:",
+        "- paint",
+        "- merge",
+        f"- {cfg.method}",
+        "---",
+        "",
+        f"# Merged model ({cfg.method})",
+        "",
+        f"Made with `paint merge`: {description}.",
+        "",
+        "## Method",
+        "",
+        *[f"- {p.cite()}" for p in papers],
+        "",
+        f"Parameters: `{json.dumps(summary['parameters'], sort_keys=True)}`",
+        "",
+        "## Inputs",
+        "",
+        "| role | path | weight |",
+        "|---|---|---|",
+        f"| base | `{cfg.base}` | |",
+        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
+        "",
+    ]
+    if summary.get("input_hashes"):
+        lines += ["| input | file | sha256 |", "|---|---|---|"]
+        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
+        lines.append("")
+    lines += ["## Evaluation", ""]
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        lines.append("```json")
+        lines.append(json.dumps(evaluation, indent=2, sort_keys=True))
+        lines.append("```")
+    else:
+        lines.append("Not evaluated by the merge.")
+    stats = summary["stats"]
+    lines += [
+        "",
+        "## Output",
+        "",
+        f"{stats['tensors']} tensors ({stats['merged']} merged, {stats['copied']} copied from the base), "
+        f"{stats['bytes'] / 1e6:.1f} MB in {', '.join(stats['files'])}.",
+        "",
+        f"## Merge config (`{CONFIG_NAME}`)",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _soup_into(tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], evaluate: Evaluate) -> dict[str, Any]:
+    """Greedy soup written into ``tmp``: stats and evaluation (ingredients kept, with the val score after each)."""
+    soup = greedy_soup([r.as_mapping() for r in readers[1:]], evaluate)
+    files = write_state_dict_into(soup.state_dict, tmp, parse_size(cfg.max_shard_size))
+    tensors = soup.state_dict.values()
+    stats = {
+        "tensors": len(soup.state_dict),
+        "merged": sum(t.is_floating_point() for t in tensors),
+        "copied": sum(not t.is_floating_point() for t in tensors),
+        "bytes": sum(t.numel() * t.element_size() for t in tensors),
+        "files": [f.name for f in files],
+    }
+    evaluation = {
+        "val_accuracy": soup.accuracy,
+        "ingredients": [cfg.models[i].path for i in soup.ingredients],
+        "kept": [{"path": cfg.models[i].path, "val_accuracy": a} for i, a in soup.kept()],
+        "individual": {cfg.models[i].path: a for i, a in enumerate(soup.individual)},
+        "history": soup.history,
+    }
+    return {"stats": stats, "evaluation": evaluation, "parameters": {}, "hashes": {}}
+
+
+def _stream_into(
+    tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], params: Any, evaluate: Evaluate | None, progress: bool
+) -> dict[str, Any]:
+    """The streamed merge written into ``tmp``: stats, parameters, input hashes and the optional evaluation."""
+    weights = [m.weight for m in cfg.models]
+    method, w, p = resolve(cfg.method, len(weights), weights, params)
+    merged = stream_merge_into(
+        tmp,
+        readers,
+        method,
+        w,
+        p,
+        include=cfg.include,
+        max_shard_bytes=parse_size(cfg.max_shard_size),
+        chunk_bytes=parse_size(cfg.chunk_size),
+        progress=progress,
+        hash_inputs=cfg.hash_inputs,
+    )
+    evaluation = None
+    if evaluate is not None:
+        evaluation = {"val_accuracy": float(evaluate(CheckpointReader(tmp).as_mapping()))}
+    return {"stats": merged.as_dict(), "evaluation": evaluation, "parameters": p.model_dump(mode="json"),
+            "hashes": merged.sha256}  # fmt: skip
+
+
+def run_merge(cfg: MergeConfig, evaluate: Evaluate | None = None, progress: bool = True) -> dict[str, Any]:
+    """Validate, stream the merge, and write an HF checkpoint with model card and resolved config.
+
+    Args:
+        cfg: the merge.
+        evaluate: ``evaluate(state_dict) -> validation accuracy``; required by greedy soup
+            (it picks the ingredients), otherwise applied to the merged weights and recorded.
+        progress: show a progress bar counting tensors.
+
+    Returns:
+        The summary also written to ``merge_summary.json``: stats, parameters, input hashes,
+        evaluation.
+    """
+    t0 = time.perf_counter()
+    readers, params = validate_merge(cfg, evaluate)
+    labels = ["base"] + [f"model {i}" for i in range(len(cfg.models))]
+    out = Path(cfg.output)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        if cfg.method == GREEDY_SOUP:
+            assert evaluate is not None  # checked in validate_merge
+            done = _soup_into(tmp, cfg, readers, evaluate)
+        else:
+            done = _stream_into(tmp, cfg, readers, params, evaluate, progress)
+        summary: dict[str, Any] = {
+            "method": cfg.method,
+            "parameters": done["parameters"],
+            "weights": [m.weight for m in cfg.models],
+            "stats": done["stats"],
+            "carried_files": _carry_files(Path(readers[0].path), tmp),
+            "input_hashes": _input_hashes(readers, labels, done["hashes"]) if cfg.hash_inputs else [],
+            "evaluation": done["evaluation"],
+            "output": str(out),
+        }
+        resolved = cfg.model_copy(update={"parameters": done["parameters"]})  # every method default filled in
+        dump_config(resolved, tmp / CONFIG_NAME)
+        write_text_atomic(tmp / "README.md", model_card(resolved, summary))
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json_atomic(tmp / SUMMARY_NAME, summary)
+    return summary

@@ -1,0 +1,153 @@
+"""The patch operation: fine-tune the image tower -> choose the coefficient on validation -> test.
+
+Every workflow patches through these three steps on a :class:`paint.pipeline.pool.TaskPool`:
+
+- :func:`finetune_tower` fine-tunes from any image-tower state on the named pool tasks (their
+  zero-shot heads frozen) and returns theta_ft (the epoch checkpoints make it resumable);
+- :func:`choose` evaluates the line theta_zs -> theta_ft on validation with the configured
+  selection (grid or search, one :class:`paint.selection.SelectionConfig`) and returns the chosen
+  alpha, every reported rule's choice and the evaluated points;
+- :func:`test_at` evaluates the test splits at named alphas (zero-shot, patched, fine-tuned).
+
+:func:`patch` chains the first two; ``paint patch``, the multi-task modes, transfer, the case
+studies and the demo all call these and none re-implements the sequence.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from paint.evaluation.line import set_image_tower
+from paint.pipeline.pool import Line, TaskPool, sweep_point
+from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
+from paint.selection.objectives import TaskMetrics
+from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
+from paint.train.loop import FitResult
+from paint.types import StateDict
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A chosen coefficient and how it was chosen."""
+
+    alpha: float
+    rule: str  # e.g. "constrained-mean", or "search:bounded/mean" for a search strategy
+    epsilon: float
+    candidates: dict[str, dict[str, Any]]  # every reported rule's choice on the evaluated points
+    sweep: list[dict[str, Any]]  # evaluated points in alpha order: {"alpha", "val", "val_loss"}
+    search: dict[str, Any] | None = None  # the search record (strategy, evaluations, ...) unless grid
+    n_model_evals: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The ``selection`` entry of a run's summary."""
+        return {"rule": self.rule, "epsilon": self.epsilon, "candidates": self.candidates, "search": self.search}
+
+
+@dataclass
+class PatchOutcome:
+    """One patch: the line theta_zs -> theta_ft, the fine-tuning record, the choice, timings."""
+
+    line: Line
+    fit: FitResult
+    choice: Choice
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def theta(self) -> dict:
+        """The patched image tower at the chosen alpha."""
+        return self.line.at(self.choice.alpha)
+
+
+def finetune_tower(
+    pool: TaskPool,
+    theta_start: StateDict,
+    names: Sequence[str],
+    cfg: FinetuneConfig,
+    out_dir: Path | None,
+    resume: bool,
+    fingerprint: str,
+    sets: Sequence[TrainingSet] | None = None,
+) -> tuple[dict, FitResult]:
+    """Fine-tune the image tower from ``theta_start`` on the named pool tasks jointly; return (theta_ft, record).
+
+    ``sets`` replaces the pool tasks' training splits when a study trains on other images (attacked
+    copies, a subset of counts); each set is still scored against its own frozen head.
+    """
+    set_image_tower(pool.model, theta_start)
+    if sets is None:
+        sets = [
+            TrainingSet(n, pool.task(n).images["train"], pool.task(n).labels["train"], pool.task(n).head) for n in names
+        ]
+    fit = finetune(pool.model, list(sets), pool.spec, cfg, out_dir, resume=resume, fingerprint=fingerprint)
+    state = pool.model.state_dict()
+    return {k: state[k].detach().clone() for k in theta_start}, fit
+
+
+def choose(
+    pool: TaskPool,
+    line: Line,
+    cfg: SelectionConfig,
+    patch: Sequence[str],
+    support: Sequence[str],
+    reference: TaskMetrics | None = None,
+) -> Choice:
+    """Choose alpha on ``line`` on validation as ``cfg`` says; every evaluation goes to the pool's store.
+
+    ``reference`` is the zero-shot model's validation metrics when the line does not start there
+    (sequential multi-task patching); by default the line's alpha 0 is the reference.
+    """
+    from paint.progress import counter, ticking
+
+    measure = pool.measure(line)
+    with counter(
+        f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
+        total=cfg.max_evals(),
+    ) as bar:
+        result = run_search(evaluator_for(cfg, ticking(measure, bar), patch, support, reference), cfg)
+    sweep = [sweep_point(e.alpha, e.metrics) for e in sorted(result.evaluations, key=lambda e: e.alpha)]
+    if reference is None and all(p["alpha"] != 0.0 for p in sweep):  # the zero-shot row is always in the table
+        sweep.insert(0, sweep_point(0.0, measure(0.0, False)))
+    candidates = select_candidates(sweep, patch, support, cfg.epsilon, reference)
+    search = None
+    rule = cfg.rule_name
+    if cfg.strategy != "grid":
+        rule = f"search:{cfg.strategy}/{cfg.rule_name}"
+        search = {k: v for k, v in result.to_dict().items() if k != "evaluations"}
+        search["alphas_evaluated"] = [e.alpha for e in result.evaluations]
+    return Choice(result.alpha, rule, cfg.epsilon, candidates, sweep, search, result.n_model_evals)
+
+
+def patch(
+    pool: TaskPool,
+    theta_zs: StateDict,
+    patch_names: Sequence[str],
+    support_names: Sequence[str],
+    finetune_cfg: FinetuneConfig,
+    selection: SelectionConfig,
+    out_dir: Path | None,
+    resume: bool,
+    fingerprint: str,
+    sets: Sequence[TrainingSet] | None = None,
+    reference: TaskMetrics | None = None,
+    tag: str = "",
+) -> PatchOutcome:
+    """Fine-tune from ``theta_zs`` on ``patch_names`` and choose alpha on the line back to it."""
+    t0 = time.time()
+    theta_ft, fit = finetune_tower(pool, theta_zs, patch_names, finetune_cfg, out_dir, resume, fingerprint, sets)
+    t1 = time.time()
+    line = Line.between(theta_zs, theta_ft, tag)
+    choice = choose(pool, line, selection, patch_names, support_names, reference)
+    return PatchOutcome(line, fit, choice, {"finetune": round(t1 - t0, 2), "sweep": round(time.time() - t1, 2)})
+
+
+def test_at(
+    pool: TaskPool, line: Line, alphas: Mapping[str, float], tasks: Sequence[str] | None = None
+) -> dict[str, dict]:
+    """Test accuracy of every task at each named alpha: ``{task: {"role", label: accuracy}}``."""
+    at = {label: pool.evaluate_line(line, a, "test", tasks) for label, a in alphas.items()}
+    names = tasks if tasks is not None else [t.name for t in pool.tasks]
+    return {n: {"role": pool.task(n).role, **{label: at[label][n]["accuracy"] for label in alphas}} for n in names}

@@ -1,0 +1,183 @@
+"""``paint patch``: PAINT end to end on any Hugging Face CLIP checkpoint.
+
+load and check every task -> open the run directory -> prepare the task pool -> the patch
+operation (:mod:`paint.pipeline.operation`: fine-tune the image tower with the zero-shot heads
+frozen -> choose alpha on validation -> test at 0, the chosen alpha and 1) -> write the patched HF checkpoint, results, resolved config,
+Markdown summary, ``summary.json`` and the trade-off plot.
+
+Only theta_zs (the base model) and theta_ft (``finetune/checkpoint/trainable.safetensors``)
+are kept on disk; any theta_alpha is rebuilt from them (``paint interpolate``).
+Every evaluation goes to ``results.jsonl``; with ``--resume`` a run continues where it
+stopped (training from its last epoch checkpoint, the sweep from its last result).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from paint.config import CachedRun, ThreadsSetting, first_duplicate
+from paint.data.spec import TaskSpec
+from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
+from paint.pipeline.operation import choose, finetune_tower, test_at
+from paint.pipeline.pool import Line, PoolTask, start_pool
+from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
+from paint.pipeline.run import SUMMARY, check_output_dir
+from paint.pipeline.rundir import run_scope
+from paint.selection import SelectionFields
+from paint.train.finetune import FinetuneConfig
+from paint.utils import hash_tensors, sha256_strings, write_json_atomic
+
+
+class PatchConfig(CachedRun, SelectionFields):
+    """Everything ``paint patch`` needs; written back resolved as ``config.yaml``.
+
+    One patching task: fine-tune, choose alpha on validation (``selection``), test. Several
+    patching tasks: the paper's multi-task modes (``modes``: joint, sequential, parallel),
+    compared in a table (see :mod:`paint.pipeline.multitask`).
+    """
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    output_dir: str
+    patch_tasks: list[TaskSpec] = Field(min_length=1)
+    support_tasks: list[TaskSpec] = Field(default_factory=list)
+    modes: list[Literal["joint", "sequential", "parallel"]] = Field(
+        default_factory=lambda: ["joint"], min_length=1, description="multi-task modes, used with several patch_tasks"
+    )
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+
+    @field_validator("modes")
+    @classmethod
+    def _distinct_modes(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("a mode is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [t.name for t in self.patch_tasks + self.support_tasks]
+        dup = first_duplicate(names)
+        if dup:
+            raise ValueError(f"task {dup!r} is listed twice")
+        return self
+
+
+def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PoolTask]) -> str:
+    """What fine-tuning depends on: a checkpoint made under another fingerprint is refused on resume."""
+    patch = [t for t in tasks if t.role == "patch"]
+    parts = [bundle.text_identity, hash_tensors(bundle.image_tower_state()), cfg.finetune.model_dump_json()]
+    for t in patch:
+        parts += [t.name, t.identities["train"], *t.classnames, *t.templates]
+    return sha256_strings(parts)
+
+
+@run_scope
+def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
+    """Run PAINT as configured; return the summary (also written to ``summary.json``).
+
+    Example:
+        >>> from paint import PatchConfig, run_patch
+        >>> cfg = PatchConfig(output_dir="runs/digits", patch_tasks=["digits"], support_tasks=["shapes"])
+        >>> summary = run_patch(cfg)  # doctest: +SKIP
+        >>> summary["alpha"], summary["test"]["digits"]["patched"]  # doctest: +SKIP
+    """
+    if len(cfg.patch_tasks) > 1:
+        from paint.pipeline.multitask import run_patch_multitask
+
+        return run_patch_multitask(cfg, resume)
+    t_start = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
+    pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
+    names_p, names_s = pool.names("patch"), pool.names("support")
+    theta_zs = bundle.image_tower_copy()
+    fp = run_fingerprint(cfg, bundle, pool.tasks)
+    theta_ft, fit = finetune_tower(pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp)
+    t_ft = time.time()
+    from accelerate import PartialState  # multi-process fine-tuning: rank 0 alone chooses and writes
+
+    proc = PartialState()
+    if not proc.is_main_process:
+        proc.wait_for_everyone()
+        return {}
+    line = Line.between(theta_zs, theta_ft)
+    choice = choose(pool, line, cfg.selection, names_p, names_s)
+    t_sweep = time.time()
+    test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
+    patched = line.at(choice.alpha)  # the patched checkpoint: the base model with the image tower at theta_chosen
+    pool.load(patched)
+    summary: dict[str, Any] = {
+        "alpha": choice.alpha,
+        "sweep": choice.sweep,
+        "test": test,
+        "selection": choice.record(),
+        "model": cfg.model,
+        "patch_tasks": names_p,
+        "support_tasks": names_s,
+        "splits": {t.name: t.split_info for t in pool.tasks},
+        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
+        "timing_s": {
+            "finetune": round(t_ft - t_start, 2),
+            "sweep": round(t_sweep - t_ft, 2),
+            "total": round(time.time() - t_start, 2),
+        },
+        "outputs": {
+            "model": "model",
+            "results": "results.jsonl",
+            "config": "config.yaml",
+            "plot": "tradeoff.png",
+            "report": "summary.md",
+        },
+    }
+    write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
+    proc.wait_for_everyone()
+    return summary
+
+
+def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state: dict[str, torch.Tensor]) -> None:
+    """Checkpoint with model card, plot, Markdown summary; ``summary.json`` last (it marks a finished run)."""
+    config_yaml = (out / "config.yaml").read_text()
+    save_clip(bundle, out / "model", state_dict=state)
+    write_markdown(out / "model" / "README.md", model_card(summary, config_yaml))
+    patch, support = summary["patch_tasks"], summary["support_tasks"]
+    plot_tradeoff(summary["sweep"], patch, support, out / "tradeoff.png", chosen=summary["alpha"])
+    write_markdown(out / "summary.md", patch_markdown(summary))
+    write_json_atomic(out / SUMMARY, json.loads(json.dumps(summary, default=float)))
+
+
+def patch_markdown(summary: dict[str, Any]) -> str:
+    """``summary.md`` of a single-task patch run."""
+    patch, support = summary["patch_tasks"], summary["support_tasks"]
+    cands = summary["selection"]["candidates"]
+    rules = ", ".join(f"`{name}` {c['alpha']:.3g}" for name, c in cands.items())
+    return "\n".join(
+        [
+            f"# PAINT: patching {', '.join(patch)}",
+            "",
+            f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
+            f"on validation. All rules (support within {points(summary['selection']['epsilon'])} for the constrained ones): "
+            f"{rules}.",
+            "",
+            "## Test accuracy (%)",
+            "",
+            test_table(summary["test"]),
+            "",
+            "## Validation sweep (accuracy %)",
+            "",
+            sweep_table(summary["sweep"], patch + support, summary["alpha"]),
+            "",
+            "![trade-off](tradeoff.png)",
+            "",
+        ]
+    )

@@ -1,0 +1,244 @@
+"""The task pool: prepared tasks with their frozen heads, and the one way to evaluate a state on them.
+
+Every workflow (``paint patch``, the multi-task modes, transfer, the case studies, the demo)
+loads its tasks with :func:`load_tasks` (every check before any output is written), prepares
+them with :func:`prepare_tasks` (preprocessed images and zero-shot heads, both cached on disk)
+and evaluates image-tower states through a :class:`TaskPool`: ``pool.evaluate_line(line, alpha,
+split)`` or ``pool.evaluate_state(theta, split)`` -> ``{task: {"accuracy", "loss", "n"}}``, each
+result cached in the run's results store under (state or line id, alpha, task, split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from paint.data.preprocess import ImageSpec, preprocess_split
+from paint.data.spec import TaskSpec
+from paint.errors import PaintError
+from paint.evaluation.line import LossData, line_derivative, set_image_tower
+from paint.evaluation.results import MemoryStore, ResultKey, ResultsStore, evaluate_split
+from paint.selection.objectives import Measure, TaskMetrics
+from paint.types import StateDict
+from paint.utils import hash_tensors
+from paint.weights.ops import interpolate
+
+ROLE_SPLITS = {"patch": ("train", "val", "test")}  # every other role needs val and test only
+
+
+@dataclass
+class PoolTask:
+    """A task ready to evaluate: preprocessed images per split, labels, frozen head."""
+
+    name: str
+    role: str  # "patch" | "support" | any label a study gives (e.g. "transfer", "heldout")
+    classnames: tuple[str, ...]
+    templates: tuple[str, ...]
+    images: dict[str, torch.Tensor]  # split -> uint8 (N, 3, S, S)
+    labels: dict[str, np.ndarray]
+    identities: dict[str, str]
+    head: torch.Tensor  # (C, D), carries the logit scale
+    split_info: dict[str, Any]
+
+
+def pick_device(name: str) -> torch.device:
+    """The device for this process: under ``accelerate launch`` each rank gets its own GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PaintError("device: cuda was asked for but no CUDA GPU is visible")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    from accelerate import PartialState  # heavy: only when a GPU is there
+
+    return PartialState().device
+
+
+def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dict]]:
+    """Build every task and check the splits its role needs, before any output is written."""
+    from paint.data.registry import load_task
+
+    out = []
+    for spec in specs:
+        task, info = load_task(spec)
+        for split in ROLE_SPLITS.get(role, ("val", "test")):
+            task.split(split)  # raises on a missing or empty split, or labels outside the classes
+        out.append((role, task, info))
+    return out
+
+
+def prepare_tasks(
+    bundle: Any, loaded: Sequence[tuple[str, Any, dict]], cache_dir: Any, batch_size: int
+) -> list[PoolTask]:
+    """Preprocess (cached) and build the zero-shot head (cached) of every loaded task."""
+    from paint.models.heads import zeroshot_head
+    from paint.progress import progress
+
+    prepared = []
+    for role, task, info in progress(loaded, desc="prepare tasks (preprocess images, zero-shot heads)", unit="task"):
+        images, labels, ids = {}, {}, {}
+        for s in ROLE_SPLITS.get(role, ("val", "test")):
+            split = task.split(s)
+            images[s] = preprocess_split(split, bundle.spec, cache_dir=cache_dir / "images", progress=True)
+            labels[s] = np.asarray(split.labels)
+            ids[s] = split.identity
+        head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cache_dir, batch_size=batch_size)
+        prepared.append(PoolTask(task.name, role, task.classnames, task.templates, images, labels, ids, head, info))
+    return prepared
+
+
+def state_id(theta: StateDict) -> str:
+    """A short content id of an image-tower state (the results-store key of a single state)."""
+    return hash_tensors(theta)[:16]
+
+
+@dataclass(frozen=True)
+class Line:
+    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower."""
+
+    theta_zs: StateDict
+    theta_ft: StateDict
+    id: str
+
+    @classmethod
+    def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "") -> Line:
+        """The line between two image towers, keyed by both contents (and an optional tag)."""
+        return cls(theta_zs, theta_ft, f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}")
+
+    def at(self, alpha: float, allow_extrapolation: bool = True) -> dict[str, torch.Tensor]:
+        return interpolate(self.theta_zs, self.theta_ft, alpha, allow_extrapolation=allow_extrapolation)
+
+
+def sweep_point(alpha: float, metrics: TaskMetrics) -> dict[str, Any]:
+    """One row of a validation sweep as runs record it (accuracy and loss per task)."""
+    return {
+        "alpha": float(alpha),
+        "val": {n: m["accuracy"] for n, m in metrics.items()},
+        "val_loss": {n: m["loss"] for n, m in metrics.items()},
+    }
+
+
+@dataclass
+class TaskPool:
+    """Prepared tasks on one model; ``evaluate_*`` -> per-task metrics, cached in ``store``.
+
+    The model's image tower is overwritten by whatever state was evaluated last; callers that
+    need a particular state afterwards load it (see :func:`paint.evaluation.line.set_image_tower`).
+    """
+
+    model: torch.nn.Module
+    spec: ImageSpec
+    tasks: list[PoolTask]
+    store: ResultsStore | MemoryStore
+    batch_size: int = 256
+
+    def names(self, role: str) -> list[str]:
+        return [t.name for t in self.tasks if t.role == role]
+
+    def task(self, name: str) -> PoolTask:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def _selected(self, names: Sequence[str] | None) -> list[PoolTask]:
+        return list(self.tasks) if names is None else [self.task(n) for n in names]
+
+    def evaluate(
+        self, state: Callable[[], StateDict], key: str, alpha: float, split: str, tasks: Sequence[str] | None = None
+    ) -> TaskMetrics:
+        """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``."""
+        out: TaskMetrics = {}
+        loaded = False
+        for t in self._selected(tasks):
+            rkey = ResultKey(key, alpha, t.name, split)
+            rec = self.store.get(rkey)
+            if rec is None:
+                if not loaded:
+                    self.model.load_state_dict(dict(state()), strict=False)
+                    loaded = True
+                metrics = evaluate_split(
+                    self.model, t.head, t.images[split], t.labels[split], self.spec, self.batch_size
+                )
+                rec = self.store.put(rkey, metrics)
+            out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
+        return out
+
+    def evaluate_line(
+        self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True
+    ) -> TaskMetrics:
+        """Metrics at theta(alpha) on ``line``."""
+        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks)
+
+    def evaluate_state(self, theta: StateDict, split: str, tasks: Sequence[str] | None = None) -> TaskMetrics:
+        """Metrics of one image-tower state (keyed by its content)."""
+        return self.evaluate(lambda: theta, f"state-{state_id(theta)}", 0.0, split, tasks)
+
+    def sweep(
+        self, line: Line, alphas: Sequence[float], split: str = "val", allow_extrapolation: bool = False
+    ) -> list[dict[str, Any]]:
+        """Validation accuracy and loss of every task at each alpha, in order (with a progress bar)."""
+        from paint.progress import progress
+
+        points = []
+        for alpha in progress(alphas, desc=f"alpha sweep ({split})"):
+            points.append(
+                sweep_point(alpha, self.evaluate_line(line, alpha, split, allow_extrapolation=allow_extrapolation))
+            )
+        return points
+
+    def measure(self, line: Line, split: str = "val") -> Measure:
+        """The ``measure`` a :class:`paint.selection.Evaluator` calls: (alpha, need_derivative) -> metrics.
+
+        With a derivative, each task's loss, accuracy and exact dL/dalpha come from one forward and
+        one backward pass (:func:`paint.evaluation.line.line_derivative`) and are stored too.
+        """
+
+        def measure(alpha: float, grad: bool) -> TaskMetrics:
+            if not grad:
+                return self.evaluate_line(line, alpha, split)
+            out: TaskMetrics = {}
+            for t in self.tasks:
+                key = ResultKey(line.id, alpha, t.name, split)
+                rec = self.store.get(key)
+                if rec is None or "dloss" not in rec:
+                    data = [LossData(t.images[split], t.labels[split], t.head)]
+                    p = line_derivative(
+                        self.model, line.theta_zs, line.theta_ft, alpha, data, self.spec, self.batch_size
+                    )
+                    n = int(len(t.labels[split]))
+                    rec = self.store.put(key, {"accuracy": p.accuracy, "loss": p.loss, "dloss": p.dloss, "n": n})
+                out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "dloss": rec["dloss"], "n": rec["n"]}
+            return out
+
+        return measure
+
+    def load(self, theta: StateDict) -> None:
+        """Put an image-tower state into the model (for a study's own predictions)."""
+        set_image_tower(self.model, theta)
+
+
+def start_pool(
+    cfg: Any,
+    out: Path,
+    resume: bool,
+    patch_specs: Sequence[TaskSpec],
+    support_specs: Sequence[TaskSpec],
+    marker: str = "summary.json",
+) -> tuple[TaskPool, Any]:
+    """Load the model and tasks (every check before any output), open the run, prepare the pool.
+
+    ``cfg`` is any run config with model, revision, device, eval_batch_size and cache_path.
+    """
+    from paint.models.clip import load_clip
+    from paint.pipeline.run import open_run
+
+    loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
+    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
+    open_run(out, cfg, resume, marker)
+    tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
+    return pool, bundle

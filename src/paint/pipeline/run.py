@@ -1,0 +1,28 @@
+"""Opening a run directory: refuse or resume, lock, then write the resolved config (before any work).
+
+Every workflow opens its output directory through :func:`open_run` (a :class:`RunDir` from
+:mod:`paint.pipeline.rundir`: refusal rules, an exclusive lock held until the run function
+returns, the config compared on resume before anything is written, stale temporaries of a killed
+run removed), so these rules are the same everywhere. Run functions are decorated with
+:func:`paint.pipeline.rundir.run_scope`, which releases the lock however they end; the
+finished-run marker (``summary.json`` or a study's own) is written last by the workflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from paint.pipeline.rundir import RunDir
+
+SUMMARY = "summary.json"
+
+
+def check_output_dir(out: Path, resume: bool, marker: str = SUMMARY) -> None:
+    """Refuse to overwrite a finished run, or to silently restart an unfinished one (nothing is written)."""
+    RunDir(out, marker).check(resume)
+
+
+def open_run(out: Path, cfg: Any, resume: bool, marker: str = SUMMARY) -> RunDir:
+    """Check, lock, compare the config on resume, then write the resolved config."""
+    return RunDir(out, marker).start(cfg, resume)

@@ -1,0 +1,189 @@
+"""Objectives: how the validation metrics at one alpha become one number to minimise.
+
+A *measure* is the expensive part: alpha -> per-task validation metrics of the model
+``theta_alpha`` (``{"task": {"accuracy", "loss", "dloss"?}}``). An :class:`Objective` turns the
+metrics at alpha (and at the reference, the zero-shot model) into one number to minimise:
+
+  - ``mean_accuracy``: minus the mean of (mean patching accuracy, mean support accuracy), the
+    PAINT paper's "average of the patching and supported tasks".
+  - ``constrained``: minus the mean patching accuracy, subject to the support tasks staying
+    within ``epsilon`` points of their zero-shot accuracy (every task, or their mean). An
+    infeasible alpha scores ``1 + total violation`` (worse than every feasible alpha, and sloped
+    towards feasibility).
+  - ``loss_sum``: L_patch(alpha) / L_patch(0) + L_supp(alpha) / L_supp(0), the smooth proxy of
+    the quasi-convexity study (see REFERENCE.md); the only one with a derivative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from paint.errors import PaintError
+
+TaskMetrics = dict[str, dict[str, float]]  # task name -> {"accuracy", "loss", "dloss"?, ...}
+Measure = Callable[[float, bool], TaskMetrics]  # (alpha, need_derivative) -> metrics
+
+
+class Objective(Protocol):
+    """Turns metrics at alpha and at the reference (the zero-shot model) into a value to minimise."""
+
+    name: str
+    differentiable: bool
+
+    def value(self, metrics: TaskMetrics, reference: TaskMetrics) -> float: ...
+
+    def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float: ...
+
+    def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool: ...
+
+
+def _mean(metrics: TaskMetrics, tasks: Sequence[str], key: str) -> float:
+    missing = [t for t in tasks if t not in metrics or key not in metrics[t]]
+    if missing:
+        raise PaintError(
+            f"no {key} measured for task {missing[0]!r}; the objective needs every patching and support task"
+        )
+    return float(np.mean([metrics[t][key] for t in tasks]))
+
+
+@dataclass(frozen=True)
+class TaskGroups:
+    """Which tasks are patched and which must be preserved."""
+
+    patch: tuple[str, ...]
+    support: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.patch:
+            raise PaintError("an objective needs at least one patching task")
+
+
+@dataclass(frozen=True)
+class MeanAccuracy:
+    """Minus the mean of (mean patching accuracy, mean support accuracy); support may be empty."""
+
+    groups: TaskGroups
+    name: str = "mean_accuracy"
+    differentiable: bool = False
+
+    def value(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        parts = [_mean(metrics, self.groups.patch, "accuracy")]
+        if self.groups.support:
+            parts.append(_mean(metrics, self.groups.support, "accuracy"))
+        return -float(np.mean(parts))
+
+    def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        raise PaintError(
+            "objective 'mean_accuracy' has no derivative; use objective 'loss_sum' with strategy 'derivative'"
+        )
+
+    def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class Constrained:
+    """Largest mean patching accuracy with support accuracy within ``epsilon`` points of zero-shot.
+
+    Accuracies are fractions; ``epsilon`` is in percentage points (1.0 = one point).
+    ``constraint`` bounds every support task (``each``) or their mean (``mean``), as
+    :func:`paint.selection.rules.feasible` does.
+    """
+
+    groups: TaskGroups
+    epsilon: float = 1.0
+    constraint: str = "each"
+    name: str = "constrained"
+    differentiable: bool = False
+
+    def violation(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        """Total shortfall (fraction) of support accuracy below zero-shot minus epsilon."""
+        eps = self.epsilon / 100.0
+        if self.constraint == "mean":
+            if not self.groups.support:
+                return 0.0
+            floor = _mean(reference, self.groups.support, "accuracy") - eps
+            return max(0.0, floor - _mean(metrics, self.groups.support, "accuracy"))
+        total = 0.0
+        for t in self.groups.support:
+            floor = _mean(reference, (t,), "accuracy") - eps
+            total += max(0.0, floor - _mean(metrics, (t,), "accuracy"))
+        return total
+
+    def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool:
+        # A tiny slack so that floating-point noise in "acc0 - eps" never flips alpha = 0.
+        return self.violation(metrics, reference) <= 1e-12
+
+    def value(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        if self.feasible(metrics, reference):
+            return -_mean(metrics, self.groups.patch, "accuracy")  # in [-1, 0]
+        return 1.0 + self.violation(metrics, reference)  # > every feasible value
+
+    def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        raise PaintError(
+            "objective 'constrained' has no derivative; use objective 'loss_sum' with strategy 'derivative'"
+        )
+
+
+@dataclass(frozen=True)
+class LossSum:
+    """L_patch(a) / L_patch(0) + L_supp(a) / L_supp(0), each L a mean over its group's tasks."""
+
+    groups: TaskGroups
+    name: str = "loss_sum"
+    differentiable: bool = True
+
+    def _parts(self) -> list[tuple[str, ...]]:
+        return [g for g in (self.groups.patch, self.groups.support) if g]
+
+    def value(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        return float(sum(_mean(metrics, g, "loss") / _mean(reference, g, "loss") for g in self._parts()))
+
+    def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        return float(sum(_mean(metrics, g, "dloss") / _mean(reference, g, "loss") for g in self._parts()))
+
+    def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class CurveValue:
+    """The single task's ``loss`` as is: for synthetic curves and benchmarks."""
+
+    task: str = "curve"
+    name: str = "curve"
+    differentiable: bool = True
+
+    def value(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        return float(metrics[self.task]["loss"])
+
+    def derivative(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
+        return float(metrics[self.task]["dloss"])
+
+    def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool:
+        return True
+
+
+OBJECTIVES = ("mean_accuracy", "constrained", "loss_sum")
+
+
+def make_objective(
+    name: str, patch: Sequence[str], support: Sequence[str] = (), epsilon: float = 1.0, constraint: str = "each"
+) -> Objective:
+    """Build a named objective over the given patching and support task names."""
+    groups = TaskGroups(tuple(patch), tuple(support))
+    if name == "mean_accuracy":
+        return MeanAccuracy(groups)
+    if name == "constrained":
+        if constraint not in ("each", "mean"):
+            raise PaintError(
+                f"unknown constraint {constraint!r}; use 'each' (every support task) or 'mean' (their mean)"
+            )
+        return Constrained(groups, epsilon, constraint)
+    if name == "loss_sum":
+        return LossSum(groups)
+    raise PaintError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")

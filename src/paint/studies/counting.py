@@ -1,0 +1,409 @@
+"""Counting case study: patch on some counts, test on counts never seen in fine-tuning.
+
+PAINT's CLEVR study patches CLIP on counting and tests on counts held out of fine-tuning.
+Here the task is the offline world's ``counting`` (images with 1-10 small objects, class
+``i`` = ``i + 1`` objects, prompts like "a photo of {} objects"). Some counts are held out:
+
+- *interpolation*: held-out counts inside the range of the fine-tuned counts (a middle count);
+- *extrapolation*: held-out counts outside it (the largest count).
+
+Fine-tuning sees only images of the other ("seen") counts, with the frozen zero-shot head
+over *all* classes; alpha is chosen on validation images of seen counts and the support
+tasks only. Held-out counts appear only in the test report (and in a report-only
+validation curve). :func:`counting_splits` makes that guarantee and the tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from paint.config import CachedRun, ThreadsSetting
+from paint.data.spec import TaskSpec
+from paint.data.task import ImageSplit, SubsetSplit, Task
+from paint.errors import PaintError
+from paint.evaluation.results import ResultsStore
+from paint.pipeline.rundir import run_scope
+from paint.selection import SelectionFields
+from paint.train.finetune import FinetuneConfig
+from paint.utils import (
+    hash_tensors,
+    sha256_strings,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+
+def _demo_finetune() -> FinetuneConfig:
+    """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
+    return FinetuneConfig(epochs=15, lr=3e-4, batch_size=128, warmup_steps=20)
+
+
+def _default_support() -> list[TaskSpec]:
+    return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
+
+
+class CountingConfig(CachedRun, SelectionFields):
+    """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
+
+    ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
+    counts kept out of fine-tuning and of alpha selection.
+    """
+
+    model: str = "paint:default"
+    output_dir: str
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="counting"))
+    counts: list[int] | None = None
+    heldout: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
+    support_tasks: list[TaskSpec] = Field(default_factory=_default_support)
+    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    max_train: int | None = Field(None, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    seed: int = 0
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if len(set(self.heldout)) != len(self.heldout):
+            raise ValueError("heldout lists a count twice")
+        names = [self.task.name] + [t.name for t in self.support_tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("the counting task and the support tasks must all differ")
+        return self
+
+
+# --------------------------------------------------------------------------- splits (pure)
+
+
+def class_counts(task: Task, counts: Sequence[int] | None = None) -> list[int]:
+    """The number of objects of each class: ``counts`` if given, else 1..C."""
+    values = list(counts) if counts is not None else list(range(1, len(task.classnames) + 1))
+    if len(values) != len(task.classnames):
+        raise PaintError(f"counts lists {len(values)} values but task {task.name!r} has {len(task.classnames)} classes")
+    if len(set(values)) != len(values):
+        raise PaintError("counts must be distinct (one count per class)")
+    return values
+
+
+def heldout_kinds(counts: Sequence[int], heldout: Sequence[int]) -> dict[int, str]:
+    """Each held-out count -> "interpolation" (inside the seen range) or "extrapolation"."""
+    missing = [c for c in heldout if c not in counts]
+    if missing:
+        raise PaintError(f"held-out count {missing[0]} is not a class of the task (counts: {list(counts)})")
+    seen = [c for c in counts if c not in heldout]
+    if len(seen) < 2:
+        raise PaintError("hold out fewer counts: fine-tuning needs at least two seen counts")
+    lo, hi = min(seen), max(seen)
+    return {c: "interpolation" if lo < c < hi else "extrapolation" for c in heldout}
+
+
+def seen_mask(labels: np.ndarray, counts: Sequence[int], heldout: Sequence[int]) -> np.ndarray:
+    """True where an image's count is not held out."""
+    held_classes = [i for i, c in enumerate(counts) if c in set(heldout)]
+    return ~np.isin(np.asarray(labels), held_classes)
+
+
+def counting_splits(task: Task, counts: Sequence[int], heldout: Sequence[int]) -> dict[str, ImageSplit]:
+    """The splits of the study; held-out counts never reach "train" or "val".
+
+    Returns:
+        ``train`` and ``val``: seen counts only (fine-tuning and alpha selection);
+        ``test-seen``: test images of seen counts; ``test-<n>``: test images of held-out count n;
+        ``val-<n>``: validation images of held-out count n (report-only curve, never used to choose).
+    """
+    out: dict[str, ImageSplit] = {}
+    for name in ("train", "val"):
+        split = task.split(name)
+        keep = np.flatnonzero(seen_mask(split.labels, counts, heldout))
+        out[name] = SubsetSplit(split, keep, f"{split.identity}/seen-{_tag(heldout)}")
+    test = task.split("test")
+    keep = np.flatnonzero(seen_mask(test.labels, counts, heldout))
+    out["test-seen"] = SubsetSplit(test, keep, f"{test.identity}/seen-{_tag(heldout)}")
+    for c in heldout:
+        cls = list(counts).index(c)
+        for name, split in (("test", test), ("val", task.split("val"))):
+            idx = np.flatnonzero(np.asarray(split.labels) == cls)
+            if len(idx) == 0:
+                raise PaintError(f"task {task.name!r} split {name!r} has no image with {c} objects")
+            out[f"{name}-{c}"] = SubsetSplit(split, idx, f"{split.identity}/count{c}")
+    return out
+
+
+def _tag(heldout: Sequence[int]) -> str:
+    return "held" + "-".join(str(c) for c in sorted(heldout))
+
+
+def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
+    """At most ``n`` images (a seeded subset), for demo-sized runs."""
+    if n is None or len(split) <= n:
+        return split
+    idx = np.sort(np.random.default_rng([seed, 0xC0]).choice(len(split), size=n, replace=False))
+    return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
+
+
+def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequence[int]) -> dict[int, float]:
+    """Accuracy per count (over the classes present in ``labels``)."""
+    pred = logits.argmax(dim=1).numpy()
+    y = np.asarray(labels)
+    return {int(counts[c]): float((pred[y == c] == c).mean()) for c in np.unique(y)}
+
+
+# --------------------------------------------------------------------------- the workflow
+
+
+@run_scope
+def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the counting study; return the summary (also written to ``summary.json``).
+
+    Steps: split counting into seen and held-out counts; the patch operation (fine-tune the image
+    tower on seen counts, zero-shot head over all counts frozen; choose alpha on validation: seen
+    counts + support tasks); report test accuracy on seen counts, each held-out count
+    (interpolation / extrapolation) and the support tasks at alpha 0, the chosen alpha and 1.
+    """
+    from paint.data.registry import load_task
+    from paint.models.clip import load_clip
+    from paint.pipeline.operation import patch
+    from paint.pipeline.pool import TaskPool, load_tasks, pick_device
+    from paint.pipeline.run import check_output_dir, open_run
+
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
+    bundle = load_clip(cfg.model, device=pick_device(cfg.device))
+    task, _ = load_task(cfg.task)
+    counts = class_counts(task, cfg.counts)
+    kinds = heldout_kinds(counts, cfg.heldout)
+    splits = counting_splits(task, counts, cfg.heldout)
+    supports = [t for _, t, _ in load_tasks(cfg.support_tasks, "support")]  # fail before any output
+    open_run(out, cfg, resume)
+    data = prepare_counting(cfg, bundle, task, counts, splits, supports)
+    pool = TaskPool(
+        bundle.model, bundle.spec, data.pool_tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size
+    )
+    theta_zs = bundle.image_tower_copy()
+    fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
+    patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
+    res = patch(
+        pool,
+        theta_zs,
+        patch_names,
+        support_names,
+        cfg.finetune,
+        cfg.selection,
+        out / "finetune",
+        resume,
+        fingerprint,
+        sets=[data.train],
+    )
+    chosen = res.choice.alpha
+    test = {
+        label: counting_test_row(pool, res.line.at(a), a, data, counts, cfg.heldout, kinds)
+        for label, a in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0))
+    }
+    pool.load(theta_zs)
+    summary = {
+        "model": cfg.model,
+        "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
+        "task": task.name,
+        "counts": counts,
+        "heldout": {str(c): kinds[c] for c in cfg.heldout},
+        "seen_counts": [c for c in counts if c not in cfg.heldout],
+        "sizes": {
+            "train": int(len(data.train.labels)),
+            "val_seen": int(len(pool.task(patch_names[0]).labels["val"])),
+            "test": int(len(data.y_test)),
+        },
+        "alpha": chosen,
+        "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
+        "sweep": res.choice.sweep,
+        "test": test,
+        "finetune": {
+            "history": res.fit.history,
+            "steps": res.fit.steps,
+            "resumed_from_epoch": res.fit.resumed_from_epoch,
+        },
+        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
+    }
+    _write_reports(out, summary)
+    return summary
+
+
+@dataclass
+class CountingData:
+    """Preprocessed counting data: pool entries for the sweep, the training set, test images and support tests."""
+
+    pool_tasks: list[Any]
+    train: Any
+    head: torch.Tensor
+    x_test: torch.Tensor
+    y_test: np.ndarray
+    support_test: dict[str, tuple[torch.Tensor, torch.Tensor, np.ndarray]]
+
+
+def prepare_counting(
+    cfg: CountingConfig,
+    bundle: Any,
+    task: Task,
+    counts: list[int],
+    splits: dict[str, ImageSplit],
+    supports: Sequence[Task],
+) -> CountingData:
+    """Preprocess (cached) every split the study uses and build the heads."""
+    from paint.data.preprocess import preprocess_split
+    from paint.models.heads import zeroshot_head
+    from paint.pipeline.pool import PoolTask
+    from paint.train.finetune import TrainingSet
+
+    cache = cfg.cache_path / "images"
+
+    def images(split: ImageSplit, cap: int | None) -> tuple[torch.Tensor, np.ndarray]:
+        s = _cap(split, cap, cfg.seed)
+        return torch.as_tensor(preprocess_split(s, bundle.spec, cache_dir=cache, progress=True)), np.asarray(s.labels)
+
+    head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
+    x_train, y_train = images(splits["train"], cfg.max_train)
+    if np.isin(y_train, [counts.index(c) for c in cfg.heldout]).any():  # the guarantee, checked on the real data
+        raise PaintError("internal error: a held-out count reached the fine-tuning set")
+
+    def entry(name: str, role: str, split: ImageSplit, h: torch.Tensor, t: Task) -> PoolTask:
+        x, y = images(split, cfg.max_eval)
+        return PoolTask(name, role, t.classnames, t.templates, {"val": x}, {"val": y}, {}, h, {})
+
+    pool_tasks = [entry(f"{task.name}/seen", "patch", splits["val"], head, task)]
+    pool_tasks += [
+        entry(f"{task.name}/{c} (report only)", "heldout", splits[f"val-{c}"], head, task) for c in cfg.heldout
+    ]
+    support_test = {}
+    for st in supports:
+        h = zeroshot_head(bundle, st.classnames, st.templates, cache_dir=cfg.cache_path)
+        pool_tasks.append(entry(st.name, "support", st.split("val"), h, st))
+        support_test[st.name] = (h, *images(st.split("test"), cfg.max_eval))
+    x_test, y_test = images(task.split("test"), cfg.max_eval)
+    return CountingData(pool_tasks, TrainingSet(task.name, x_train, y_train, head), head, x_test, y_test, support_test)
+
+
+def counting_test_row(
+    pool: Any,
+    theta: Any,
+    alpha: float,
+    data: CountingData,
+    counts: list[int],
+    heldout: Sequence[int],
+    kinds: dict[int, str],
+) -> dict[str, Any]:
+    """Test accuracy at one image tower: all, seen counts, each count, held-out kinds, support tasks."""
+    from paint.evaluation.results import metrics_from_logits, predict
+
+    pool.load(theta)
+    bs = pool.batch_size
+    logits = predict(pool.model, data.head, data.x_test, pool.spec, bs)
+    per_count = per_count_accuracy(logits, data.y_test, counts)
+    seen = seen_mask(data.y_test, counts, heldout)
+    row = {
+        "alpha": alpha,
+        "all": metrics_from_logits(logits, data.y_test)["accuracy"],
+        "seen": metrics_from_logits(logits[torch.as_tensor(seen)], data.y_test[seen])["accuracy"],
+        "per_count": per_count,
+        "heldout": {str(c): per_count.get(c, float("nan")) for c in heldout},
+    }
+    for kind in ("interpolation", "extrapolation"):
+        cs = [c for c, k in kinds.items() if k == kind]
+        row[kind] = float(np.mean([per_count.get(c, float("nan")) for c in cs])) if cs else None
+    row["support"] = {
+        name: metrics_from_logits(predict(pool.model, h, xt, pool.spec, bs), yt)["accuracy"]
+        for name, (h, xt, yt) in data.support_test.items()
+    }
+    row["support_mean"] = float(np.mean(list(row["support"].values()))) if row["support"] else None
+    return row
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def counting_table(summary: dict[str, Any]) -> str:
+    """Markdown: seen, each held-out count, support mean, per model (test, %)."""
+    held = list(summary["heldout"])
+    head = ["model", "alpha", "seen counts"] + [f"{c} ({summary['heldout'][c][:6]}.)" for c in held] + ["support mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in ("zeroshot", "patched", "finetuned"):
+        r = summary["test"][label]
+        sm = "-" if r["support_mean"] is None else f"{100 * r['support_mean']:.1f}"
+        cells = (
+            [label, f"{r['alpha']:.2g}", f"{100 * r['seen']:.1f}"]
+            + [f"{100 * r['heldout'][c]:.1f}" for c in held]
+            + [sm]
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
+    """Left: test accuracy per count (held-out counts marked); right: validation sweep over alpha."""
+    from paint.plotting import new_figure
+
+    fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8), dpi=120)
+    counts = summary["counts"]
+    width = 0.27
+    for j, label in enumerate(("zeroshot", "patched", "finetuned")):
+        pc = {int(k): v for k, v in summary["test"][label]["per_count"].items()}
+        xs = np.arange(len(counts)) + (j - 1) * width
+        ax1.bar(
+            xs,
+            [100 * pc.get(c, np.nan) for c in counts],
+            width,
+            label=f"{label} (alpha={summary['test'][label]['alpha']:.2g})",
+        )
+    for i, c in enumerate(counts):
+        if str(c) in summary["heldout"]:
+            ax1.axvspan(i - 0.45, i + 0.45, color="gold", alpha=0.25, lw=0, zorder=0)
+    ax1.set_xticks(range(len(counts)), [str(c) for c in counts])
+    ax1.set_xlabel("number of objects (shaded: held out of fine-tuning)")
+    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_ylim(0, 105)
+    ax1.legend(fontsize=7)
+    alphas = [p["alpha"] for p in summary["sweep"]]
+    for name in summary["sweep"][0]["val"]:
+        ax2.plot(alphas, [100 * p["val"][name] for p in summary["sweep"]], "-o", markersize=3, label=name)
+    ax2.axvline(summary["alpha"], color="k", linestyle=":", alpha=0.5)
+    ax2.set_xlabel("alpha")
+    ax2.set_ylabel("validation accuracy (%)")
+    ax2.legend(fontsize=6)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"Counting: patched on counts {summary['seen_counts']}", fontsize=9)
+    from paint.plotting import save_figure
+
+    return save_figure(fig, path)
+
+
+def _write_reports(out: Path, summary: dict[str, Any]) -> None:
+    plot_counting(summary, out / "counting.png")
+    kinds = ", ".join(f"{c} ({k})" for c, k in summary["heldout"].items())
+    text = "\n".join(
+        [
+            f"# Counting: patched on counts {summary['seen_counts']}",
+            "",
+            f"Model `{summary['model']}`; held out of fine-tuning and of alpha selection: {kinds}. "
+            f"Alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule on validation "
+            f"(seen counts + support tasks: {', '.join(summary['selection']['support']) or 'none'}).",
+            "",
+            "## Test accuracy (%)",
+            "",
+            counting_table(summary),
+            "",
+            "![counting](counting.png)",
+            "",
+        ]
+    )
+    write_text_atomic(out / "summary.md", text)
+    write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=float)))

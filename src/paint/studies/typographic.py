@@ -1,0 +1,687 @@
+"""Typographic attacks: write a misleading class name on images, measure, and patch.
+
+A typographic attack writes another class's name on an image (a circle labelled "star");
+a model that reads text, as CLIP does, then predicts the written word. PAINT fine-tunes on
+attacked images with the *true* label and interpolates, which makes the model robust to the
+attack on other tasks too while clean accuracy holds.
+
+Pieces:
+
+- :class:`AttackStyle` and :func:`render_text` (from :mod:`paint.world.lettering`, which the
+  world's corpus shares): the word on any image, with font, size, colour, position and
+  opacity; the pixels are a pure function of (image, word, style, seed).
+- :func:`attack_texts` and :class:`AttackedSplit`: a seeded choice of a *different* class
+  per image and a lazily rendered attacked view of any split.
+- :func:`write_attacked_dataset` / :func:`read_attacked_dir`: the file-name convention of the
+  paper's released typographic data, ``label=<true class>_text=<written class>.png`` (an
+  ``_<index>`` suffix is added when a pair repeats), read back as a split with labels from
+  ``label=`` and the written class kept as ``texts``.
+- :func:`attack_metrics`: clean and attacked accuracy and the attack success rate.
+- :func:`run_typographic`: the case study (patch on one task's attacked images, measure on
+  held-out attacked images of other tasks).
+
+Attack success rate (ASR) here = among attacked images whose *clean* version the model
+classifies correctly, the fraction it classifies as the written class. ``text_rate`` is the
+same fraction over all attacked images.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import Field, model_validator
+
+from paint.config import CachedRun, ThreadsSetting, first_duplicate
+from paint.data.spec import TaskSpec
+from paint.data.task import ImageSplit, Task
+from paint.errors import PaintError
+from paint.evaluation.results import ResultsStore
+from paint.pipeline.rundir import run_scope
+from paint.selection import SelectionFields
+from paint.train.finetune import FinetuneConfig
+from paint.utils import atomic_path, hash_tensors, sha256_strings, write_json_atomic
+from paint.world.lettering import AttackStyle, render_text
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def attack_texts(labels: np.ndarray, n_classes: int, seed: int) -> np.ndarray:
+    """For each image, a class index different from its label, uniformly at random (seeded)."""
+    if n_classes < 2:
+        raise PaintError("a typographic attack needs at least two classes (the written word must be a wrong class)")
+    labels = np.asarray(labels, dtype=np.int64)
+    offsets = np.random.default_rng([seed, 0x7E47]).integers(1, n_classes, size=len(labels))
+    return (labels + offsets) % n_classes  # (N,), never equal to the label
+
+
+@dataclass(frozen=True)
+class AttackedSplit:
+    """An attacked view of a split: image i is ``base.image(i)`` with ``classnames[texts[i]]`` written on it."""
+
+    base: ImageSplit
+    classnames: tuple[str, ...]
+    style: AttackStyle
+    seed: int = 0
+    texts: np.ndarray = field(init=False)
+    identity: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        texts = attack_texts(np.asarray(self.base.labels), len(self.classnames), self.seed)
+        object.__setattr__(self, "texts", texts)
+        names = sha256_strings(self.classnames)[:8]
+        object.__setattr__(self, "identity", f"{self.base.identity}/typo-{self.style.key()}-{names}-s{self.seed}")
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.base.labels)
+
+    def image(self, index: int) -> Image.Image:
+        rng = np.random.default_rng([self.seed, 0x7E48, index])
+        return render_text(self.base.image(index), self.classnames[int(self.texts[index])], self.style, rng)
+
+
+# --------------------------------------------------------------------------- the file-name convention
+
+_NAME_RE = re.compile(r"^label=(?P<label>[^_]+)_text=(?P<text>[^_]+?)(?:_(?P<index>\d+))?$")
+
+
+def encode_name(name: str) -> str:
+    """A class name made safe for the convention: ``_`` separates fields, so it is escaped."""
+    return quote(name, safe=" ,'()+-.&!").replace("_", "%5F")
+
+
+def decode_name(text: str) -> str:
+    return unquote(text)
+
+
+def attacked_filename(label: str, text: str, index: int | None = None, suffix: str = ".png") -> str:
+    """``label=<label>_text=<text>[_<index>].png``: the paper's released typographic data."""
+    stem = f"label={encode_name(label)}_text={encode_name(text)}"
+    return f"{stem}_{index}{suffix}" if index is not None else f"{stem}{suffix}"
+
+
+def parse_attacked_filename(filename: str) -> tuple[str, str, int | None]:
+    """(label, text, index or None) from a file name in the convention.
+
+    Raises:
+        PaintError: when the name does not follow ``label=<a>_text=<b>[_<index>].<ext>``.
+    """
+    stem = Path(filename).stem
+    m = _NAME_RE.match(stem)
+    if not m:
+        raise PaintError(
+            f"{filename!r} does not follow the typographic naming convention label=<class>_text=<class>.png"
+        )
+    index = m.group("index")
+    return decode_name(m.group("label")), decode_name(m.group("text")), int(index) if index is not None else None
+
+
+def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: bool = True) -> list[str]:
+    """Render every image of ``split`` into ``out_dir`` as PNG files in the paper's convention.
+
+    The index suffix (the image's position in the source split) is added only to (label, text)
+    pairs that occur more than once. A ``manifest.jsonl`` (file, index, label, text) and an
+    ``attack.json`` (style, seed, class names) are written too. The directory is replaced atomically.
+
+    Returns:
+        The file names, in source order.
+    """
+    from collections import Counter
+
+    from paint.progress import progress as tqdm
+
+    labels, texts = split.labels, split.texts
+    pairs = Counter(zip(labels.tolist(), texts.tolist()))
+    names = []
+    for i, (y, t) in enumerate(zip(labels.tolist(), texts.tolist())):
+        names.append(attacked_filename(split.classnames[y], split.classnames[t], i if pairs[(y, t)] > 1 else None))
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for i in tqdm(range(len(split)), desc=f"write {Path(out_dir).name}", disable=not progress, leave=False):
+            split.image(i).save(tmp / names[i], format="PNG")
+        with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as f:
+            for i, name in enumerate(names):
+                rec = {
+                    "file": name,
+                    "index": i,
+                    "label": split.classnames[labels[i]],
+                    "text": split.classnames[texts[i]],
+                }
+                f.write(json.dumps(rec) + "\n")
+        meta = {
+            "style": split.style.model_dump(mode="json"),
+            "seed": split.seed,
+            "classnames": list(split.classnames),
+            "source": split.base.identity,
+        }
+        (tmp / "attack.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return names
+
+
+@dataclass(frozen=True)
+class TypographicSplit:
+    """Attacked images read from files in the convention: labels from ``label=``, texts from ``text=``.
+
+    ``source_index`` is the image's index in the split it was made from (-1 when unknown).
+    """
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    texts: np.ndarray
+    source_index: np.ndarray
+    identity: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def image(self, index: int) -> Image.Image:
+        with Image.open(self.paths[index]) as im:
+            return im.convert("RGB")
+
+
+def read_attacked_dir(
+    path: str | Path, classnames: Sequence[str] | None = None
+) -> tuple[TypographicSplit, tuple[str, ...]]:
+    """Read a folder in the convention (ours or the paper's released data) as a split.
+
+    Args:
+        path: the folder of ``label=..._text=...`` images (other files are ignored).
+        classnames: the task's class names, in label order; default: every name seen in
+            ``label=`` or ``text=``, sorted.
+
+    Returns:
+        (the split, the class names its labels index).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise PaintError(f"typographic data folder {root} does not exist")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name.startswith("label="))
+    if not files:
+        raise PaintError(f"{root} has no images named label=<class>_text=<class>.png")
+    parsed = [parse_attacked_filename(p.name) for p in files]
+    manifest = {}
+    if (root / "manifest.jsonl").is_file():
+        for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                manifest[rec["file"]] = int(rec["index"])
+    names = (
+        tuple(classnames)
+        if classnames is not None
+        else tuple(sorted({n for lab, txt, _ in parsed for n in (lab, txt)}))
+    )
+    lookup = {n: i for i, n in enumerate(names)}
+    for p, (lab, txt, _) in zip(files, parsed):
+        for n in (lab, txt):
+            if n not in lookup:
+                raise PaintError(
+                    f"{p.name}: class {n!r} is not among the task's class names; pass the right task or class names"
+                )
+    source = [manifest.get(p.name, idx if idx is not None else -1) for p, (_, _, idx) in zip(files, parsed)]
+    order = sorted(range(len(files)), key=lambda k: (source[k] < 0, source[k], files[k].name))
+    files = [files[k] for k in order]
+    parsed = [parsed[k] for k in order]
+    identity = (
+        "typographic-dir/"
+        + sha256_strings([str(root.resolve())] + [f"{p.name}:{p.stat().st_size}" for p in files])[:16]
+    )
+    split = TypographicSplit(
+        paths=tuple(str(p) for p in files),
+        labels=np.array([lookup[lab] for lab, _, _ in parsed], dtype=np.int64),
+        texts=np.array([lookup[txt] for _, txt, _ in parsed], dtype=np.int64),
+        source_index=np.array([source[k] for k in order], dtype=np.int64),
+        identity=identity,
+    )
+    return split, names
+
+
+def typographic_task(
+    path: str | Path,
+    name: str = "typographic",
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] = ("a photo of a {}.",),
+) -> Task:
+    """A :class:`Task` from a folder in the convention: its sub-folders train/val/test become splits
+    when present, else the whole folder is the "test" split."""
+    root = Path(path)
+    subs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
+    splits: dict[str, ImageSplit] = {}
+    names: tuple[str, ...] | None = tuple(classnames) if classnames is not None else None
+    if names is None and subs:
+        # One class list for every split: the union of names over all of them.
+        seen = set()
+        for s in subs:
+            seen.update(read_attacked_dir(root / s)[1])
+        names = tuple(sorted(seen))
+    for s in subs or ["."]:
+        split, names = read_attacked_dir(root / s, names)
+        splits[s if s != "." else "test"] = split
+    return Task(
+        name=name,
+        classnames=names,
+        templates=tuple(templates),
+        splits=splits,
+        description=f"typographic attacks from {root}",
+    )
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def attack_metrics(
+    clean_logits: torch.Tensor | None, attacked_logits: torch.Tensor, labels: np.ndarray, texts: np.ndarray
+) -> dict[str, float]:
+    """Clean and attacked accuracy, attack success rate and text rate (fractions).
+
+    Args:
+        clean_logits: (N, C) on the clean images, or None when only attacked images exist
+            (then the ASR is over all images).
+        attacked_logits: (N, C) on the same images with the word written on them.
+        labels: true classes (N,).
+        texts: written classes (N,).
+    """
+    y = np.asarray(labels)
+    t = np.asarray(texts)
+    pa = attacked_logits.argmax(dim=1).numpy()
+    out: dict[str, float] = {
+        "attacked_accuracy": float((pa == y).mean()),
+        "text_rate": float((pa == t).mean()),
+        "n": int(len(y)),
+    }
+    if clean_logits is not None:
+        pc = clean_logits.argmax(dim=1).numpy()
+        ok = pc == y
+        out["clean_accuracy"] = float(ok.mean())
+        out["n_clean_correct"] = int(ok.sum())
+        out["attack_success_rate"] = float((pa[ok] == t[ok]).mean()) if ok.any() else float("nan")
+    else:
+        out["attack_success_rate"] = out["text_rate"]
+    return out
+
+
+# --------------------------------------------------------------------------- the case study
+
+
+# Lettering styles a run also tests in by default (``TypographicConfig.test_styles``): each differs
+# from the default attack in one or two ways; the serif font is absent from the world's corpus.
+HELD_OUT_STYLES: dict[str, AttackStyle] = {
+    "bottom": AttackStyle(position="bottom", jitter=0.05),
+    "small": AttackStyle(font_size=0.22),
+    "serif": AttackStyle(font="DejaVuSerif.ttf"),
+    "faint": AttackStyle(opacity=0.6),
+    "random place and ink": AttackStyle(position="random", colour="random"),
+}
+
+
+def _demo_finetune() -> FinetuneConfig:
+    """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
+    return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
+
+
+class TypographicConfig(CachedRun, SelectionFields):
+    """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
+
+    The patched task is chosen by ``patch_task``; alpha is selected on validation using the
+    patch task's attacked images (the patching objective) and the clean validation images of
+    the patch task, of ``support_tasks`` and (``transfer_clean_in_selection``) of the transfer
+    tasks (the support constraint: clean accuracy must hold). ``transfer_tasks`` are never
+    trained on, and their *attacked* images are never used to choose alpha: their attacked
+    test images measure whether the patch transfers. By default the constraint bounds the mean
+    of those clean accuracies (``constraint``), and fine-tuning sees every training image both
+    clean and attacked (``train_on: both``): trained on attacked images alone, the fine-tuned
+    model loses clean accuracy on the patch task itself, which caps alpha. ``test_styles`` are
+    further lettering styles, never trained on nor used to choose alpha: the test sets of the
+    patch and transfer tasks are attacked in each of them too (same written words), to see
+    whether the patch holds beyond the style it was trained on.
+    """
+
+    model: str = "paint:default"
+    output_dir: str
+    patch_task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="shapes"))
+    transfer_tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [TaskSpec(name="colours"), TaskSpec(name="rendered-digits")]
+    )
+    support_tasks: list[TaskSpec] = Field(default_factory=list)
+    transfer_clean_in_selection: bool = True
+    attack: AttackStyle = Field(default_factory=AttackStyle)
+    test_styles: dict[str, AttackStyle] = Field(default_factory=lambda: dict(HELD_OUT_STYLES))
+    seed: int = 0
+    train_on: Literal["attacked", "both"] = "both"
+    max_train: int | None = Field(None, ge=1)
+    max_eval: int | None = Field(None, ge=1)
+    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    write_images: bool = True
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        names = [self.patch_task.name] + [t.name for t in self.transfer_tasks + self.support_tasks]
+        dup = first_duplicate(names)
+        if dup:
+            raise ValueError(f"task {dup!r} is listed twice (patch, transfer and support tasks must differ)")
+        return self
+
+
+def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
+    """At most ``n`` images of a split (a seeded subset), for demo-sized runs."""
+    from paint.data.task import SubsetSplit
+
+    if n is None or len(split) <= n:
+        return split
+    idx = np.sort(np.random.default_rng([seed, 0xCA9]).choice(len(split), size=n, replace=False))
+    return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
+
+
+@run_scope
+def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the typographic-attack case study; return the summary (also in ``summary.json``).
+
+    Steps: build attacked views of every task (the word = another class, seeded); write the
+    attacked test sets in the paper's file convention and read them back; the patch operation
+    (fine-tune the image tower on the patch task's clean + attacked training images, true labels,
+    head frozen; choose alpha on validation); report clean and attacked test accuracy and ASR at
+    alpha 0, the chosen alpha and 1, for the patch task and the held-out transfer tasks.
+    """
+    from paint.models.clip import load_clip
+    from paint.pipeline.operation import patch
+    from paint.pipeline.pool import TaskPool, load_tasks, pick_device
+    from paint.pipeline.run import check_output_dir, open_run
+
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume)
+    bundle = load_clip(cfg.model, device=pick_device(cfg.device))
+    loaded = (
+        load_tasks([cfg.patch_task], "patch")
+        + load_tasks(cfg.transfer_tasks, "transfer")
+        + load_tasks(cfg.support_tasks, "support")
+    )
+    open_run(out, cfg, resume)
+    views = [prepare_views(cfg, bundle, role, task, k, out, resume) for k, (role, task, _) in enumerate(loaded)]
+    pool = TaskPool(
+        bundle.model,
+        bundle.spec,
+        [t for v in views for t in v.pool_tasks],
+        ResultsStore(out / "results.jsonl"),
+        cfg.eval_batch_size,
+    )
+    theta_zs = bundle.image_tower_copy()
+    # test styles do not change training
+    fingerprint = sha256_strings(
+        ["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})]
+    )
+    p = cfg.patch_task.name
+    patch_names = [f"{p}/attacked"]
+    clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
+    support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
+    train = next(v.train for v in views if v.train is not None)
+    res = patch(
+        pool,
+        theta_zs,
+        patch_names,
+        support_names,
+        cfg.finetune,
+        cfg.selection,
+        out / "finetune",
+        resume,
+        fingerprint,
+        sets=[train],
+    )
+    alphas = {"zeroshot": 0.0, "patched": res.choice.alpha, "finetuned": 1.0}
+    test = {
+        v.name: {
+            "role": v.role,
+            **{
+                label: test_views(pool, res.line.at(a), v, cfg.eval_batch_size) | {"alpha": a}
+                for label, a in alphas.items()
+            },
+        }
+        for v in views
+    }
+    pool.load(theta_zs)
+    summary = {
+        "model": cfg.model,
+        "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
+        "patch_task": p,
+        "transfer_tasks": [t.name for t in cfg.transfer_tasks],
+        "support_tasks": [t.name for t in cfg.support_tasks],
+        "alpha": res.choice.alpha,
+        "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
+        "sweep": res.choice.sweep,
+        "test": test,
+        "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",
+        "test_styles": {n: st.model_dump(mode="json") for n, st in cfg.test_styles.items()},
+        "finetune": {
+            "history": res.fit.history,
+            "steps": res.fit.steps,
+            "resumed_from_epoch": res.fit.resumed_from_epoch,
+        },
+        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
+    }
+    _write_typographic_reports(out, summary)
+    return summary
+
+
+@dataclass
+class TaskViews:
+    """One task's clean and attacked views: pool entries for the sweep, test images, training set."""
+
+    name: str
+    role: str
+    pool_tasks: list[Any]
+    head: torch.Tensor
+    test: dict[str, Any]  # clean, attacked, labels, texts, styles: {name: (images, texts)}
+    train: Any = None  # TrainingSet of the patch task
+
+
+def prepare_views(
+    cfg: TypographicConfig, bundle: Any, role: str, task: Task, k: int, out: Path, resume: bool
+) -> TaskViews:
+    """Preprocess a task's clean and attacked splits (cached) and build its head."""
+    from paint.data.preprocess import preprocess_split
+    from paint.models.heads import zeroshot_head
+    from paint.pipeline.pool import PoolTask
+
+    cache = cfg.cache_path / "images"
+
+    def pre(split: Any, cached: bool = True) -> torch.Tensor:
+        return torch.as_tensor(preprocess_split(split, bundle.spec, cache_dir=cache if cached else None, progress=True))
+
+    head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
+    clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
+    attacked = {
+        s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i)
+        for i, s in enumerate(("val", "test"))
+    }
+    labels = {s: np.asarray(clean[s].labels) for s in clean}
+    imgs_c = {s: pre(clean[s]) for s in clean}
+    imgs_a = {"val": pre(attacked["val"])}
+    if cfg.write_images and role != "support":
+        back = write_and_read_back(attacked["test"], out / "data" / task.name / "test", task.classnames, resume)
+        imgs_a["test"], texts = pre(back, cached=False), back.texts
+    else:
+        imgs_a["test"], texts = pre(attacked["test"]), attacked["test"].texts
+    pool_tasks = [
+        PoolTask(f"{task.name}/{kind}", role, task.classnames, task.templates, imgs, labels, {}, head, {})
+        for kind, imgs in (("clean", imgs_c), ("attacked", imgs_a))
+    ]
+    test = {"clean": imgs_c["test"], "attacked": imgs_a["test"], "labels": labels["test"], "texts": texts, "styles": {}}
+    if role != "support":
+        for n, st in cfg.test_styles.items():
+            styled = AttackedSplit(clean["test"], task.classnames, st, attacked["test"].seed)
+            test["styles"][n] = (pre(styled), styled.texts)
+    views = TaskViews(task.name, role, pool_tasks, head, test)
+    if role == "patch":
+        views.train = attacked_training_set(cfg, task, head, pre)
+    return views
+
+
+def write_and_read_back(
+    split: AttackedSplit, folder: Path, classnames: Sequence[str], resume: bool
+) -> TypographicSplit:
+    """The attacked test set goes to disk in the paper's convention and is read back from there."""
+    if not (resume and (folder / "attack.json").is_file()):
+        write_attacked_dataset(split, folder)
+    back, _ = read_attacked_dir(folder, classnames)
+    if not (np.array_equal(back.labels, split.labels) and np.array_equal(back.texts, split.texts)):
+        raise PaintError(
+            f"{folder}: the attacked images read back do not match what was written; delete the folder and rerun"
+        )
+    return back
+
+
+def attacked_training_set(cfg: TypographicConfig, task: Task, head: torch.Tensor, pre: Any) -> Any:
+    """The patch task's training images, attacked (and clean too with ``train_on: both``), true labels."""
+    from paint.train.finetune import TrainingSet
+
+    base_train = _cap(task.split("train"), cfg.max_train, cfg.seed)
+    x = pre(AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7))
+    y = np.asarray(base_train.labels)
+    if cfg.train_on == "both":
+        x, y = torch.cat([pre(base_train), x]), np.concatenate([y, y])
+    return TrainingSet(task.name, x, y, head)
+
+
+def test_views(pool: Any, theta: Any, views: TaskViews, batch_size: int) -> dict[str, Any]:
+    """Clean and attacked test metrics (and per held-out style) of one task at one image tower."""
+    from paint.evaluation.results import predict
+
+    pool.load(theta)
+    t = views.test
+    lc = predict(pool.model, views.head, t["clean"], pool.spec, batch_size)
+    la = predict(pool.model, views.head, t["attacked"], pool.spec, batch_size)
+    row = attack_metrics(lc, la, t["labels"], t["texts"])
+    if t["styles"]:
+        row["styles"] = {
+            n: attack_metrics(lc, predict(pool.model, views.head, imgs, pool.spec, batch_size), t["labels"], texts)
+            for n, (imgs, texts) in t["styles"].items()
+        }
+    return row
+
+
+def typographic_table(test: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per task and model, clean accuracy, attacked accuracy, ASR (test, %)."""
+    lines = [
+        "| task | role | model | alpha | clean acc | attacked acc | attack success rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in test.items():
+        for label in ("zeroshot", "patched", "finetuned"):
+            m = r[label]
+            lines.append(
+                f"| {name} | {r['role']} | {label} | {m['alpha']:.2g} | {100 * m['clean_accuracy']:.1f} | "
+                f"{100 * m['attacked_accuracy']:.1f} | {100 * m['attack_success_rate']:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def styles_table(test: dict[str, dict[str, Any]]) -> str:
+    """Markdown: attacked accuracy / ASR (test, %) per task, model and held-out lettering style."""
+    names = [n for r in test.values() for n in r["zeroshot"].get("styles", {})]
+    names = list(dict.fromkeys(names))
+    if not names:
+        return ""
+    lines = ["| task | model | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for task, r in test.items():
+        if "styles" not in r["zeroshot"]:
+            continue
+        for label in ("zeroshot", "patched", "finetuned"):
+            cells = [
+                f"{100 * m['attacked_accuracy']:.1f} / {100 * m['attack_success_rate']:.0f}"
+                for m in (r[label]["styles"][n] for n in names)
+            ]
+            lines.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_typographic_sweep(
+    sweep: list[dict[str, Any]], path: str | Path, chosen: float | None = None, patch_task: str | None = None
+) -> Path:
+    """Validation accuracy against alpha: solid = clean, dashed = attacked, one colour per task."""
+    from paint.plotting import new_figure
+
+    alphas = [pt["alpha"] for pt in sweep]
+    tasks = sorted({n.rsplit("/", 1)[0] for n in sweep[0]["val"]})
+    fig, ax = new_figure(figsize=(6, 4.2), dpi=120)
+    for i, t in enumerate(tasks):
+        colour = f"C{i}"
+        for kind, ls in (("clean", "-"), ("attacked", "--")):
+            key = f"{t}/{kind}"
+            if key in sweep[0]["val"]:
+                role = " [patched]" if t == patch_task else ""
+                ax.plot(
+                    alphas,
+                    [100 * pt["val"][key] for pt in sweep],
+                    ls,
+                    marker="o",
+                    markersize=3,
+                    color=colour,
+                    label=f"{t}{role} ({kind})",
+                )
+    if chosen is not None:
+        ax.axvline(chosen, color="k", alpha=0.4, linestyle=":", label=f"chosen alpha={chosen:.2g}")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Typographic attack: clean (solid) vs attacked (dashed)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="best")
+    from paint.plotting import save_figure
+
+    return save_figure(fig, path)
+
+
+def _write_typographic_reports(out: Path, summary: dict[str, Any]) -> None:
+    from paint.utils import write_text_atomic
+
+    plot_typographic_sweep(summary["sweep"], out / "sweep.png", summary["alpha"], summary["patch_task"])
+    text = "\n".join(
+        [
+            f"# Typographic attack: patched on {summary['patch_task']}",
+            "",
+            f"Model `{summary['model']}`; alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
+            f"(patching objective: {', '.join(summary['selection']['patching'])}; support: {', '.join(summary['selection']['support'])}). "
+            f"Held out (never trained on; their attacked images never used to choose alpha): "
+            f"{', '.join(summary['transfer_tasks']) or 'none'}.",
+            "",
+            "## Test (%)",
+            "",
+            typographic_table(summary["test"]),
+            "",
+            f"Attack success rate: {summary['asr_definition']}.",
+            "",
+            *(
+                [
+                    "## Lettering styles never trained on (test; attacked accuracy % / attack success rate %)",
+                    "",
+                    styles_table(summary["test"]),
+                    "",
+                    "Styles: "
+                    + "; ".join(f"`{n}`: {json.dumps(st)}" for n, st in summary.get("test_styles", {}).items())
+                    + ".",
+                    "",
+                ]
+                if styles_table(summary["test"])
+                else []
+            ),
+            "![sweep](sweep.png)",
+            "",
+        ]
+    )
+    write_text_atomic(out / "summary.md", text)
+    write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=float)))

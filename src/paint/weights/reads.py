@@ -1,0 +1,174 @@
+"""Reading merge inputs tensor by tensor with plain file reads, hashing each file from the same bytes.
+
+A merge reads every input file once, front to back (tensors are merged in the base's file
+order), so the sha256 recorded in the model card can be computed from the bytes the merge
+reads anyway instead of reading every file a second time. Each distinct file (the base
+listed again as a model is one file) keeps a position up to which it is hashed; a read that
+starts there extends the hash, and at the end whatever was not read in order (out-of-order
+layouts, skipped bytes) is hashed from that position on. The hashing runs on one worker
+thread (hashlib releases the GIL), overlapping the merge's own work.
+
+Reading with ``os.preadv`` into a fresh tensor, rather than through a memory map, keeps the
+file's pages out of the process's resident memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paint.errors import PaintError
+from paint.weights.io import CheckpointReader, file_sha256, safetensors_spans
+
+_MAX_PENDING_BYTES = 16 * 1024**2  # buffers held for the hashing thread at most
+_BLOCK = 4 * 1024**2
+
+
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file read into one reused buffer (no per-block allocation on the hashing thread)."""
+    h, buf = hashlib.sha256(), bytearray(_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+class _File:
+    """One input file: an open descriptor, where its tensors lie, and its running hash."""
+
+    def __init__(self, path: Path, hashing: bool):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+        self.data_start, self.spans = safetensors_spans(path)
+        self.size = os.fstat(self.fd).st_size
+        self.sha = hashlib.sha256() if hashing else None
+        self.hashed = 0  # bytes [0, hashed) are in the hash (or queued for it)
+
+    def pread_into(self, buf: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(buf):
+            n = os.preadv(self.fd, [buf[done:]], offset + done)
+            if n <= 0:
+                raise PaintError(f"{self.path} is truncated: reading {len(buf)} bytes at offset {offset} hit its end")
+            done += n
+
+
+class InputReads:
+    """Row reads of every merge input (``readers[0]`` the base), with sha256 of each distinct file.
+
+    Args:
+        readers: the opened inputs.
+        hashing: compute the sha256 of every input file.
+        unread: inputs whose tensors the merge never reads (the base of a linear merge): their
+            files are hashed whole on a second thread while the merge runs.
+    """
+
+    def __init__(self, readers: Sequence[CheckpointReader], hashing: bool = False, unread: Sequence[int] = ()):
+        self.readers = list(readers)
+        self.hashing = hashing
+        self.unread = set(unread)
+        self._files: dict[Path, _File] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paint-sha256") if hashing else None
+        self._whole: dict[Path, Future[str]] = {}  # files nobody reads, hashed by a second thread from the start
+        self._pending: deque[tuple[Future[Any], int]] = deque()
+        self._pending_bytes = 0
+        self._where: list[dict[str, _File]] = []  # per input: key -> the file holding it (safetensors only)
+        for r in self.readers:
+            where: dict[str, _File] = {}
+            for path in (p.resolve() for p in r.files if p.suffix == ".safetensors"):
+                if path not in self._files:
+                    self._files[path] = _File(path, hashing)
+                where.update(dict.fromkeys(self._files[path].spans, self._files[path]))
+            self._where.append(where)
+
+    def read(self, i: int, key: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
+        """Tensor ``key`` of input ``i``, or its rows ``start:stop`` along dim 0."""
+        f = self._where[i].get(key)
+        if f is None:  # a legacy file, already in memory
+            reader = self.readers[i]
+            return reader.get(key) if start is None else reader.get_rows(key, start, stop)
+        info = self.readers[i].infos[key]
+        begin, _ = f.spans[key]
+        shape = list(info.shape)
+        if start is not None:
+            row_bytes = info.nbytes // info.shape[0]
+            begin += start * row_bytes
+            shape[0] = stop - start
+        out = torch.empty(shape, dtype=info.dtype)
+        if out.numel():
+            buf = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+            f.pread_into(buf, begin)
+            self._hash(f, buf, begin)
+        return out
+
+    def _hash(self, f: _File, buf: memoryview, begin: int) -> None:
+        """Extend the file's hash with ``buf`` (at ``begin``) when it continues what is hashed."""
+        if self._pool is None or f.sha is None or not begin <= f.hashed < begin + len(buf):
+            return
+        part = buf[f.hashed - begin :]
+        self._pending.append((self._pool.submit(f.sha.update, part), len(part)))
+        self._pending_bytes += len(part)
+        f.hashed += len(part)
+        while self._pending_bytes > _MAX_PENDING_BYTES:
+            done, n = self._pending.popleft()
+            done.result()
+            self._pending_bytes -= n
+
+    def start(self) -> None:
+        """Hash every file's header, and start hashing the unread files (call before the first read)."""
+        read = {p.resolve() for i, r in enumerate(self.readers) if i not in self.unread for p in r.files}
+        unread = {p.resolve() for i in self.unread for p in self.readers[i].files} - read
+        if self.hashing and unread:
+            background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paint-sha256-whole")
+            self._whole = {p: background.submit(_file_sha256, p) for p in sorted(unread)}
+            background.shutdown(wait=False)  # runs the queued hashes, then its thread ends
+        for path, f in self._files.items():
+            if f.sha is not None and f.hashed == 0 and path not in self._whole:
+                header = bytearray(f.data_start)
+                f.pread_into(memoryview(header), 0)
+                f.sha.update(header)
+                f.hashed = f.data_start
+
+    def digests(self) -> dict[Path, str]:
+        """sha256 of every input file (resolved path -> hex), hashing what the reads did not cover.
+
+        Legacy ``.bin`` / ``.pt`` files (read whole when opened) are hashed here in one go.
+        """
+        if not self.hashing:
+            return {}
+        while self._pending:
+            self._pending.popleft()[0].result()
+        self._pending_bytes = 0
+        out: dict[Path, str] = {p: h.result() for p, h in self._whole.items()}
+        for path, f in self._files.items():
+            if f.sha is None or path in out:
+                continue
+            block = memoryview(bytearray(_BLOCK))
+            while f.hashed < f.size:
+                part = block[: min(_BLOCK, f.size - f.hashed)]
+                f.pread_into(part, f.hashed)
+                f.sha.update(part)
+                f.hashed += len(part)
+            out[path] = f.sha.hexdigest()
+        for r in self.readers:
+            for path in (p.resolve() for p in r.files):
+                if path not in out:
+                    out[path] = file_sha256(path)
+        return out
+
+    def close(self) -> None:
+        for h in self._whole.values():
+            h.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        for f in self._files.values():
+            os.close(f.fd)
+        self._files = {}
