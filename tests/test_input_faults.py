@@ -16,10 +16,10 @@ import yaml
 from paint.cli import main
 from paint.config import load_config, parse_config
 from paint.errors import PaintError
-from paint.evaluate import ResultKey, ResultsStore
-from paint.patch import PatchConfig
-from paint.pretrain import PretrainConfig
+from paint.evaluation.results import ResultKey, ResultsStore
+from paint.pipeline.patch import PatchConfig
 from paint.utils import append_jsonl, atomic_path, read_jsonl
+from paint.world.pretrain import PretrainConfig
 
 BASE = {"model": "m", "output_dir": "o", "patch_tasks": ["digits"]}
 
@@ -83,8 +83,10 @@ def test_numbers_inside_free_form_fields_are_finite():
 
 def test_infinite_lr_in_a_yaml_file_is_refused_before_any_output(tiny_clip_dir, tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"model": str(tiny_clip_dir), "output_dir": str(tmp_path / "run"),
-                                   "patch_tasks": ["digits"]}) + "finetune: {lr: .inf}\n")
+    cfg.write_text(
+        yaml.safe_dump({"model": str(tiny_clip_dir), "output_dir": str(tmp_path / "run"), "patch_tasks": ["digits"]})
+        + "finetune: {lr: .inf}\n"
+    )
     _one_error_line(capsys, ["patch", str(cfg)], "finetune.lr: Input should be a finite number")
     assert not (tmp_path / "run").exists()
 
@@ -93,9 +95,15 @@ def test_infinite_lr_in_a_yaml_file_is_refused_before_any_output(tiny_clip_dir, 
 
 
 def _patch_config(tmp_path: Path, model: Path, **extra) -> Path:
-    cfg = {"model": str(model), "output_dir": str(tmp_path / "run"), "patch_tasks": ["digits"],
-           "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64, "warmup_steps": 2, "max_steps": 2},
-           "sweep": {"alphas": [0.0, 1.0]}, "eval_batch_size": 512, **extra}
+    cfg = {
+        "model": str(model),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits"],
+        "finetune": {"epochs": 1, "lr": 1e-3, "batch_size": 64, "warmup_steps": 2, "max_steps": 2},
+        "selection": {"strategy": "grid", "alphas": [0.0, 1.0]},
+        "eval_batch_size": 512,
+        **extra,
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -103,7 +111,9 @@ def _patch_config(tmp_path: Path, model: Path, **extra) -> Path:
 
 def test_output_dir_that_is_a_file_is_one_line(tiny_clip_dir, tmp_path, capsys):
     (tmp_path / "run").write_text("a file")
-    _one_error_line(capsys, ["patch", str(_patch_config(tmp_path, tiny_clip_dir))], "is an existing file, not a directory")
+    _one_error_line(
+        capsys, ["patch", str(_patch_config(tmp_path, tiny_clip_dir))], "is an existing file, not a directory"
+    )
 
 
 def test_a_second_paint_patch_on_a_locked_output_dir_is_refused(tiny_clip_dir, tmp_path, capsys):
@@ -113,8 +123,9 @@ def test_a_second_paint_patch_on_a_locked_output_dir_is_refused(tiny_clip_dir, t
     holder.start(PatchConfig(**BASE), resume=False)  # another run, still going
     (tmp_path / "run" / "config.yaml").unlink()
     try:
-        _one_error_line(capsys, ["patch", str(_patch_config(tmp_path, tiny_clip_dir)), "--resume"],
-                        "is in use by another paint run")
+        _one_error_line(
+            capsys, ["patch", str(_patch_config(tmp_path, tiny_clip_dir)), "--resume"], "is in use by another paint run"
+        )
     finally:
         holder.close()
     assert not (tmp_path / "run" / "results.jsonl").exists()
@@ -128,7 +139,9 @@ def test_a_refused_resume_does_not_overwrite_the_finished_runs_config(tiny_clip_
         run.write_summary({"alpha": 0.5})
     stored = (tmp_path / "run" / "config.yaml").read_bytes()
     changed = _patch_config(tmp_path, tiny_clip_dir, finetune={"epochs": 1, "lr": 5e-3, "batch_size": 64})
-    line = _one_error_line(capsys, ["patch", str(changed), "--resume"], "different config (finetune.lr: 0.001 there, 0.005 now")
+    line = _one_error_line(
+        capsys, ["patch", str(changed), "--resume"], "different config (finetune.lr: 0.001 there, 0.005 now"
+    )
     assert "and 2 more fields" in line  # warmup_steps and max_steps went back to their defaults
     assert (tmp_path / "run" / "config.yaml").read_bytes() == stored
 
@@ -155,7 +168,7 @@ def test_a_full_disk_under_safetensors_becomes_an_oserror_naming_the_output(tmp_
     from safetensors import SafetensorError
 
     # The message safetensors raises when the disk fills up under save_file / save_pretrained.
-    full = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    full = "Error while serializing: I/O error: No space left on device (os error 28)"
     with pytest.raises(OSError) as e:
         with atomic_path(tmp_path / "model") as tmp:
             tmp.mkdir()

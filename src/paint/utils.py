@@ -73,10 +73,10 @@ def clean_stale_temps(root: str | os.PathLike) -> list[Path]:
 
 def _as_os_error(err: Exception, path: Path) -> OSError | None:
     """An I/O failure reported by safetensors (a Rust ``IoError``) as an OSError naming ``path``."""
-    text = str(err)
-    if "IoError" not in text and "No space left" not in text:
+    text = str(err)  # e.g. "Error while serializing: I/O error: No space left on device (os error 28)"
+    if not any(marker in text for marker in ("I/O error", "IoError", "os error")):
         return None
-    m = re.search(r"code: (\d+)", text)
+    m = re.search(r"(?:os error |code: )(\d+)", text)
     code = int(m.group(1)) if m else errno.EIO
     return OSError(code, os.strerror(code), str(path))
 
