@@ -221,138 +221,197 @@ def fit(
         desc: progress-bar label.
         on_epoch_end: optional (epoch, unwrapped model) -> metrics added to the history.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, broadcast_object_list, set_seed
+    from accelerate.utils import set_seed
 
     names = set(trainable_names)
-    params = [(n, p) for n, p in model.named_parameters()]
+    params = freeze_all_but(model, names)
+    set_seed(cfg.seed)
+    run = _Training.start(model, params, names, make_loader, loss_fn, cfg, checkpoint_dir, fingerprint, desc)
+    run.restore(resume)
+    run.prepare()
+    for epoch in range(run.start_epoch, cfg.epochs):
+        if run.step >= run.total:
+            break
+        record = run.train_epoch(epoch, make_loader(epoch))
+        record.update(run.epoch_metrics(epoch, on_epoch_end))
+        run.result.history.append(record)
+        run.save(epoch)
+        run.accelerator.wait_for_everyone()
+    return run.finish()
+
+
+def freeze_all_but(model: nn.Module, names: set[str]) -> list[tuple[str, nn.Parameter]]:
+    """``requires_grad`` on exactly the named parameters; returns every (name, parameter)."""
+    params = list(model.named_parameters())
     unknown = names - {n for n, _ in params}
     if unknown:
         raise PaintError(f"unknown trainable parameter {sorted(unknown)[0]!r}")
     for n, p in params:
         p.requires_grad_(n in names)
-    set_seed(cfg.seed)
-    accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    optimizer = make_optimizer([(n, p) for n, p in params if n in names], cfg.lr, cfg.weight_decay)
+    return params
 
-    # Count steps on the sharded loader: with N processes each rank gets ~1/N of the batches.
-    steps_per_epoch = len(accelerator.prepare_data_loader(make_loader(0)))  # type: ignore[arg-type]
-    if steps_per_epoch == 0:
-        raise PaintError(f"{desc}: the training set yields no batch")
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    # Not passed to accelerator.prepare: its wrapper steps the schedule num_processes times per
-    # call (it assumes a schedule sized for one process); ours is sized in optimizer steps.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
 
-    result = FitResult()
-    start_epoch, step = 0, 0
-    ckpt = checkpoint_dir / "checkpoint" if checkpoint_dir is not None else None
-    if ckpt is not None and (ckpt / "state.json").exists():
-        if not resume:
-            raise PaintError(
-                f"{ckpt} already holds a checkpoint; pass --resume to continue it or use a new output directory"
-            )
-        # Every rank reads the checkpoint before wrapping, so all start from the same weights.
-        tensors, opt_tensors, state = load_checkpoint(ckpt)
-        if state.get("fingerprint") != fingerprint:
-            raise PaintError(
-                f"the checkpoint in {ckpt} was made by a different run (config or data changed); use a new output directory"
-            )
-        model.load_state_dict(tensors, strict=False)
-        if state.get("optimizer") is not None:
-            optimizer.load_state_dict(_unflatten_optimizer_state(opt_tensors, state["optimizer"]))
-        elif accelerator.is_main_process:
+@dataclass
+class _Training:
+    """One run of :func:`fit`: the accelerator, the wrapped model, optimiser, schedule and counters."""
+
+    model: nn.Module
+    names: set[str]
+    loss_fn: LossFn
+    cfg: LoopConfig
+    accelerator: Any
+    optimizer: Any
+    scheduler: Any
+    total: int
+    ckpt: Path | None
+    fingerprint: str
+    desc: str
+    fsdp: bool
+    result: FitResult = field(default_factory=FitResult)
+    start_epoch: int = 0
+    step: int = 0
+    wrapped: Any = None
+    bar: Any = None
+
+    @classmethod
+    def start(cls, model, params, names, make_loader, loss_fn, cfg, checkpoint_dir, fingerprint, desc) -> _Training:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+        optimizer = make_optimizer([(n, p) for n, p in params if n in names], cfg.lr, cfg.weight_decay)
+        # Count steps on the sharded loader: with N processes each rank gets ~1/N of the batches.
+        steps_per_epoch = len(accelerator.prepare_data_loader(make_loader(0)))  # type: ignore[arg-type]
+        if steps_per_epoch == 0:
+            raise PaintError(f"{desc}: the training set yields no batch")
+        total = cfg.epochs * steps_per_epoch
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        # Not passed to accelerator.prepare: its wrapper steps the schedule num_processes times per
+        # call (it assumes a schedule sized for one process); ours is sized in optimizer steps.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
+        ckpt = checkpoint_dir / "checkpoint" if checkpoint_dir is not None else None
+        fsdp = accelerator.distributed_type == DistributedType.FSDP
+        return cls(model, names, loss_fn, cfg, accelerator, optimizer, scheduler, total, ckpt, fingerprint, desc, fsdp)
+
+    def restore(self, resume: bool) -> None:
+        """Continue from the checkpoint when there is one (refused without ``resume`` or from another run)."""
+        ckpt, desc = self.ckpt, self.desc
+        if ckpt is not None and (ckpt / "state.json").exists():
+            if not resume:
+                raise PaintError(
+                    f"{ckpt} already holds a checkpoint; pass --resume to continue it or use a new output directory"
+                )
+            # Every rank reads the checkpoint before wrapping, so all start from the same weights.
+            tensors, opt_tensors, state = load_checkpoint(ckpt)
+            if state.get("fingerprint") != self.fingerprint:
+                raise PaintError(
+                    f"the checkpoint in {ckpt} was made by a different run (config or data changed); "
+                    "use a new output directory"
+                )
+            self.model.load_state_dict(tensors, strict=False)
+            if state.get("optimizer") is not None:
+                self.optimizer.load_state_dict(_unflatten_optimizer_state(opt_tensors, state["optimizer"]))
+            elif self.accelerator.is_main_process:
+                log.warning(
+                    "%s: the checkpoint holds no optimizer state (FSDP run); AdamW restarts from zero moments", desc
+                )
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_epoch, self.step = state["epoch"] + 1, state["step"]
+            self.result.history = state["history"]
+            self.result.resumed_from_epoch = state["epoch"]
+        if self.fsdp and ckpt is not None and self.accelerator.is_main_process:
             log.warning(
-                "%s: the checkpoint holds no optimizer state (FSDP run); AdamW restarts from zero moments", desc
+                "%s: FSDP run: checkpoints keep the weights but not the sharded optimizer state; a resume restarts AdamW",
+                desc,
             )
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step = state["epoch"] + 1, state["step"]
-        result.history = state["history"]
-        result.resumed_from_epoch = state["epoch"]
-    if fsdp and ckpt is not None and accelerator.is_main_process:
-        log.warning(
-            "%s: FSDP run: checkpoints keep the weights but not the sharded optimizer state; a resume restarts AdamW",
-            desc,
-        )
 
-    # The loss runs inside the wrapper's forward: DDP arms its gradient all-reduce (and FSDP
-    # gathers its shards) in forward, and loss_fn may call submodules (vision_model, ...) directly.
-    wrapped, optimizer = accelerator.prepare(_LossModule(model, loss_fn), optimizer)
-    wrapped.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
-    for epoch in range(start_epoch, cfg.epochs):
-        if step >= total:
-            break
-        loader = accelerator.prepare_data_loader(make_loader(epoch))
-        if hasattr(loss_fn, "set_epoch"):  # per-epoch randomness (augmentation): reseeded, so a resume repeats it
-            loss_fn.set_epoch(epoch)
+    def prepare(self) -> None:
+        """Wrap for the launch: the loss runs inside the wrapper's forward.
+
+        DDP arms its gradient all-reduce (and FSDP gathers its shards) in forward, and loss_fn may
+        call submodules (vision_model, ...) directly.
+        """
+        self.wrapped, self.optimizer = self.accelerator.prepare(_LossModule(self.model, self.loss_fn), self.optimizer)
+        self.wrapped.train()
+        disable = not self.accelerator.is_local_main_process
+        self.bar = tqdm(total=self.total, initial=self.step, desc=self.desc, disable=disable)
+
+    def train_epoch(self, epoch: int, batches: Iterable) -> dict[str, Any]:
+        """One epoch of optimizer steps (stopping at the step budget); the epoch's history record."""
+        acc, cfg = self.accelerator, self.cfg
+        loader = acc.prepare_data_loader(batches)
+        if hasattr(self.loss_fn, "set_epoch"):  # per-epoch randomness (augmentation): reseeded, so a resume repeats it
+            self.loss_fn.set_epoch(epoch)
         running, count = 0.0, 0
         for batch in loader:
-            loss = wrapped(batch)
-            if not _all_finite(accelerator, loss):
-                bar.close()
+            loss = self.wrapped(batch)
+            if not _all_finite(acc, loss):
+                self.bar.close()
                 raise PaintError(
-                    f"{desc}: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; "
+                    f"{self.desc}: the loss became {float(loss.detach())} at epoch {epoch}, step {self.step + 1}; "
                     f"lower the learning rate (lr={cfg.lr:g}) or check the data"
                 )
-            accelerator.backward(loss)
+            acc.backward(loss)
             if cfg.grad_clip and cfg.grad_clip > 0:
-                accelerator.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if not getattr(optimizer, "step_was_skipped", False):  # fp16 overflow: the step did not happen
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+                acc.clip_grad_norm_(self.wrapped.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if not getattr(self.optimizer, "step_was_skipped", False):  # fp16 overflow: the step did not happen
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
             running += float(loss.detach())
             count += 1
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}")
-            if step >= total:
+            self.bar.update(1)
+            self.bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}")
+            if self.step >= self.total:
                 break
         # Mean loss over every rank's batches, so the history is the same on all of them.
-        sums = accelerator.reduce(torch.tensor([running, float(count)], device=accelerator.device), reduction="sum")
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "loss": float(sums[0]) / max(1.0, float(sums[1]))}
-        if on_epoch_end is not None:
-            # Rank 0 alone evaluates and writes (the callback may export files); the others
-            # receive its metrics so that every rank keeps the same history.
-            extra: list[Any] = [None]
-            if accelerator.is_main_process:
-                unwrapped = accelerator.unwrap_model(wrapped).model
-                unwrapped.eval()
-                extra[0] = on_epoch_end(epoch, unwrapped)
-                unwrapped.train()
-            if accelerator.num_processes > 1:
-                broadcast_object_list(extra, from_process=0)
-            record.update(extra[0] or {})
-        result.history.append(record)
-        if ckpt is not None:
-            full = accelerator.get_state_dict(wrapped)  # collective under FSDP: every rank calls it
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    ckpt,
-                    {k: v for k, v in _strip_prefix(full, "model.").items() if k in names},
-                    None if fsdp else optimizer,
-                    scheduler,
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "history": result.history,
-                        "fingerprint": fingerprint,
-                        "done": step >= total or epoch == cfg.epochs - 1,
-                    },
-                )
-        accelerator.wait_for_everyone()
-    bar.close()
-    result.steps = step
-    model = accelerator.unwrap_model(wrapped).model
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    accelerator.free_memory()
-    return result
+        sums = acc.reduce(torch.tensor([running, float(count)], device=acc.device), reduction="sum")
+        return {"epoch": epoch, "step": self.step, "loss": float(sums[0]) / max(1.0, float(sums[1]))}
+
+    def epoch_metrics(self, epoch: int, on_epoch_end: Callable[[int, nn.Module], dict[str, float]] | None) -> dict:
+        """The callback's metrics: rank 0 alone evaluates (it may export files), every rank receives them."""
+        if on_epoch_end is None:
+            return {}
+        from accelerate.utils import broadcast_object_list
+
+        extra: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            unwrapped = self.accelerator.unwrap_model(self.wrapped).model
+            unwrapped.eval()
+            extra[0] = on_epoch_end(epoch, unwrapped)
+            unwrapped.train()
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(extra, from_process=0)
+        return extra[0] or {}
+
+    def save(self, epoch: int) -> None:
+        """The epoch-end checkpoint (trainable tensors, optimizer unless FSDP, schedule, history)."""
+        if self.ckpt is None:
+            return
+        full = self.accelerator.get_state_dict(self.wrapped)  # collective under FSDP: every rank calls it
+        if self.accelerator.is_main_process:
+            state = {
+                "epoch": epoch,
+                "step": self.step,
+                "history": self.result.history,
+                "fingerprint": self.fingerprint,
+                "done": self.step >= self.total or epoch == self.cfg.epochs - 1,
+            }
+            trainable = {k: v for k, v in _strip_prefix(full, "model.").items() if k in self.names}
+            save_checkpoint(self.ckpt, trainable, None if self.fsdp else self.optimizer, self.scheduler, state)
+
+    def finish(self) -> FitResult:
+        """Close the bar, unwrap, freeze everything again, release the accelerator's memory."""
+        self.bar.close()
+        self.result.steps = self.step
+        model = self.accelerator.unwrap_model(self.wrapped).model
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.accelerator.free_memory()
+        return self.result
 
 
 class _LossModule(nn.Module):
