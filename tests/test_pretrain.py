@@ -186,7 +186,8 @@ def test_shipped_model_is_susceptible_to_typographic_attacks():
     from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import build_head
-    from paint.studies.typographic import AttackedSplit, AttackStyle, attack_metrics
+    from paint.studies.attacks import AttackedSplit, attack_metrics
+    from paint.world.lettering import AttackStyle
     from paint.world.tasks import world_task
 
     bundle = load_clip(str(ASSET))

@@ -13,9 +13,8 @@ import yaml
 from paint.data.preprocess import ImageSpec, preprocess_split
 from paint.data.task import ArraySplit
 from paint.errors import PaintError
-from paint.studies.typographic import (
+from paint.studies.attacks import (
     AttackedSplit,
-    AttackStyle,
     attack_metrics,
     attack_texts,
     attacked_filename,
@@ -23,10 +22,10 @@ from paint.studies.typographic import (
     encode_name,
     parse_attacked_filename,
     read_attacked_dir,
-    render_text,
     typographic_task,
     write_attacked_dataset,
 )
+from paint.world.lettering import AttackStyle, render_text
 
 NAMES = ("red", "blue", "green")
 
@@ -335,7 +334,8 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
 
 
 def test_default_held_out_styles_differ_from_the_training_style():
-    from paint.studies.typographic import HELD_OUT_STYLES, TypographicConfig
+    from paint.studies.attacks import HELD_OUT_STYLES
+    from paint.studies.typographic import TypographicConfig
 
     cfg = TypographicConfig(output_dir="x")
     assert set(cfg.test_styles) == set(HELD_OUT_STYLES) and len(HELD_OUT_STYLES) >= 4

@@ -110,7 +110,8 @@ def _render(args: argparse.Namespace) -> int:
     from paint.data.registry import load_task
     from paint.data.spec import TaskSpec
     from paint.data.task import SubsetSplit
-    from paint.studies.typographic import AttackedSplit, AttackStyle, write_attacked_dataset
+    from paint.studies.attacks import AttackedSplit, write_attacked_dataset
+    from paint.world.lettering import AttackStyle
 
     style = parse_config(AttackStyle, _style_overrides(args), "attack style")
     task, _ = load_task(TaskSpec(name=args.task))
@@ -130,7 +131,7 @@ def _eval(args: argparse.Namespace) -> int:
     from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
-    from paint.studies.typographic import attack_metrics, read_attacked_dir
+    from paint.studies.attacks import attack_metrics, read_attacked_dir
 
     classnames, templates = None, args.template or ["a photo of a {}."]
     if args.task:
