@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from paint.evaluation.line import set_image_tower
-from paint.pipeline.pool import Line, TaskPool, sweep_point
+from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
@@ -151,3 +151,22 @@ def test_at(
     at = {label: pool.evaluate_line(line, a, "test", tasks) for label, a in alphas.items()}
     names = tasks if tasks is not None else [t.name for t in pool.tasks]
     return {n: {"role": pool.task(n).role, **{label: at[label][n]["accuracy"] for label in alphas}} for n in names}
+
+
+def outcome_record(
+    model: str, text_identity: str, res: PatchOutcome, patch: Sequence[str], support: Sequence[str], t0: float
+) -> dict[str, Any]:
+    """The part of a study's summary every patch run shares: model identity, choice, sweep, fine-tuning, timing."""
+    return {
+        "model": model,
+        "model_identity": {"text": text_identity[:16], "image_tower": state_id(res.line.theta_zs)},
+        "alpha": res.choice.alpha,
+        "selection": res.choice.record() | {"patching": list(patch), "support": list(support)},
+        "sweep": res.choice.sweep,
+        "finetune": {
+            "history": res.fit.history,
+            "steps": res.fit.steps,
+            "resumed_from_epoch": res.fit.resumed_from_epoch,
+        },
+        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
+    }

@@ -173,7 +173,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     """
     from paint.data.registry import load_task
     from paint.models.clip import load_clip
-    from paint.pipeline.operation import patch
+    from paint.pipeline.operation import outcome_record, patch
     from paint.pipeline.pool import TaskPool, load_tasks, pick_device
     from paint.pipeline.run import check_output_dir, open_run
 
@@ -188,33 +188,19 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     supports = [t for _, t, _ in load_tasks(cfg.support_tasks, "support")]  # fail before any output
     open_run(out, cfg, resume)
     data = prepare_counting(cfg, bundle, task, counts, splits, supports)
-    pool = TaskPool(
-        bundle.model, bundle.spec, data.pool_tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size
-    )
+    store = ResultsStore(out / "results.jsonl")
+    pool = TaskPool(bundle.model, bundle.spec, data.pool_tasks, store, cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
     fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
+    ft_dir, sel = out / "finetune", cfg.selection
     res = patch(
-        pool,
-        theta_zs,
-        patch_names,
-        support_names,
-        cfg.finetune,
-        cfg.selection,
-        out / "finetune",
-        resume,
-        fingerprint,
-        sets=[data.train],
+        pool, theta_zs, patch_names, support_names, cfg.finetune, sel, ft_dir, resume, fingerprint, [data.train]
     )
-    chosen = res.choice.alpha
-    test = {
-        label: counting_test_row(pool, res.line.at(a), a, data, counts, cfg.heldout, kinds)
-        for label, a in (("zeroshot", 0.0), ("patched", chosen), ("finetuned", 1.0))
-    }
+    alphas = (("zeroshot", 0.0), ("patched", res.choice.alpha), ("finetuned", 1.0))
+    test = {label: counting_test_row(pool, res.line.at(a), a, data, counts, cfg.heldout, kinds) for label, a in alphas}
     pool.load(theta_zs)
-    summary = {
-        "model": cfg.model,
-        "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
+    summary = outcome_record(cfg.model, bundle.text_identity, res, patch_names, support_names, t0) | {
         "task": task.name,
         "counts": counts,
         "heldout": {str(c): kinds[c] for c in cfg.heldout},
@@ -224,16 +210,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
             "val_seen": int(len(pool.task(patch_names[0]).labels["val"])),
             "test": int(len(data.y_test)),
         },
-        "alpha": chosen,
-        "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
-        "sweep": res.choice.sweep,
         "test": test,
-        "finetune": {
-            "history": res.fit.history,
-            "steps": res.fit.steps,
-            "resumed_from_epoch": res.fit.resumed_from_epoch,
-        },
-        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }
     _write_reports(out, summary)
     return summary

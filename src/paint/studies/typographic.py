@@ -131,7 +131,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     alpha 0, the chosen alpha and 1, for the patch task and the held-out transfer tasks.
     """
     from paint.models.clip import load_clip
-    from paint.pipeline.operation import patch
+    from paint.pipeline.operation import outcome_record, patch
     from paint.pipeline.pool import TaskPool, load_tasks, pick_device
     from paint.pipeline.run import check_output_dir, open_run
 
@@ -146,68 +146,47 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     )
     open_run(out, cfg, resume)
     views = [prepare_views(cfg, bundle, role, task, k, out, resume) for k, (role, task, _) in enumerate(loaded)]
-    pool = TaskPool(
-        bundle.model,
-        bundle.spec,
-        [t for v in views for t in v.pool_tasks],
-        ResultsStore(out / "results.jsonl"),
-        cfg.eval_batch_size,
-    )
+    tasks = [t for v in views for t in v.pool_tasks]
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
     # test styles do not change training
-    fingerprint = sha256_strings(
-        ["typographic-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})]
-    )
+    fp_parts = [bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})]
+    fingerprint = sha256_strings(["typographic-v1", *fp_parts])
     p = cfg.patch_task.name
-    patch_names = [f"{p}/attacked"]
-    clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
-    support_names = [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
-    train = next(v.train for v in views if v.train is not None)
+    patch_names, support_names = selection_tasks(cfg)
+    train = [next(v.train for v in views if v.train is not None)]
+    ft_dir = out / "finetune"
     res = patch(
-        pool,
-        theta_zs,
-        patch_names,
-        support_names,
-        cfg.finetune,
-        cfg.selection,
-        out / "finetune",
-        resume,
-        fingerprint,
-        sets=[train],
+        pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, ft_dir, resume, fingerprint, train
     )
-    alphas = {"zeroshot": 0.0, "patched": res.choice.alpha, "finetuned": 1.0}
-    test = {
-        v.name: {
-            "role": v.role,
-            **{
-                label: test_views(pool, res.line.at(a), v, cfg.eval_batch_size) | {"alpha": a}
-                for label, a in alphas.items()
-            },
-        }
-        for v in views
-    }
+    test = {v.name: test_at_alphas(pool, res.line, res.choice.alpha, v, cfg.eval_batch_size) for v in views}
     pool.load(theta_zs)
-    summary = {
-        "model": cfg.model,
-        "model_identity": {"text": bundle.text_identity[:16], "image_tower": hash_tensors(theta_zs)[:16]},
+    summary = outcome_record(cfg.model, bundle.text_identity, res, patch_names, support_names, t0) | {
         "patch_task": p,
         "transfer_tasks": [t.name for t in cfg.transfer_tasks],
         "support_tasks": [t.name for t in cfg.support_tasks],
-        "alpha": res.choice.alpha,
-        "selection": res.choice.record() | {"patching": patch_names, "support": support_names},
-        "sweep": res.choice.sweep,
         "test": test,
-        "asr_definition": "among attacked test images whose clean version is classified correctly, the fraction classified as the written class",
+        "asr_definition": "among attacked test images whose clean version is classified correctly, "
+        "the fraction classified as the written class",
         "test_styles": {n: st.model_dump(mode="json") for n, st in cfg.test_styles.items()},
-        "finetune": {
-            "history": res.fit.history,
-            "steps": res.fit.steps,
-            "resumed_from_epoch": res.fit.resumed_from_epoch,
-        },
-        "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }
     _write_typographic_reports(out, summary)
     return summary
+
+
+def selection_tasks(cfg: TypographicConfig) -> tuple[list[str], list[str]]:
+    """The pool tasks alpha is chosen on: the patch task attacked (patching); its clean images and the
+    clean images of the support (and, with ``transfer_clean_in_selection``, transfer) tasks (support)."""
+    p = cfg.patch_task.name
+    clean_support = cfg.support_tasks + (cfg.transfer_tasks if cfg.transfer_clean_in_selection else [])
+    return [f"{p}/attacked"], [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
+
+
+def test_at_alphas(pool: Any, line: Any, chosen: float, views: TaskViews, batch_size: int) -> dict[str, Any]:
+    """One task's test metrics at zero-shot, the chosen alpha and the fine-tuned end."""
+    alphas = {"zeroshot": 0.0, "patched": chosen, "finetuned": 1.0}
+    rows = {label: test_views(pool, line.at(a), views, batch_size) | {"alpha": a} for label, a in alphas.items()}
+    return {"role": views.role, **rows}
 
 
 @dataclass
