@@ -30,11 +30,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from paint.selection.search import (
+
+from paint.selection import (
     STRATEGIES,
     CurveValue,
     Evaluator,
-    SearchConfig,
+    SelectionConfig,
     compatible,
     function_evaluator,
     make_objective,
@@ -58,7 +59,7 @@ GRID101 = [round(i / 100, 10) for i in range(101)]
 
 def grid101_optimum(make_ev) -> float:
     ev = make_ev(None)
-    return run_search(ev, SearchConfig(strategy="grid", grid=GRID101, budget=101, objective="loss_sum")).value
+    return run_search(ev, SelectionConfig(strategy="grid", alphas=GRID101, budget=101, objective="loss_sum")).value
 
 
 def gap(value: float, ref: float) -> float:
@@ -70,7 +71,7 @@ def bench_curve(make_ev, objective: str, strategies) -> tuple[float, list[dict]]
     ref = grid101_optimum(make_ev)
     rows = []
     for name in strategies:
-        cfg_of = lambda b, name=name: SearchConfig(strategy=name, budget=b, objective=objective)  # noqa: E731
+        cfg_of = lambda b, name=name: SelectionConfig(strategy=name, budget=b, objective=objective)  # noqa: E731
         row = {"strategy": name}
         for b in (6, 11):
             r = run_search(make_ev(b), cfg_of(b))
@@ -118,10 +119,10 @@ def real(args) -> dict:
 
     from paint.config import load_config
     from paint.data.spec import TaskSpec
-    from paint.evaluation.line import line_measure
     from paint.evaluation.results import ResultsStore
     from paint.models.clip import load_clip
-    from paint.pipeline.patch import PatchConfig, load_tasks, prepare
+    from paint.pipeline.patch import PatchConfig
+    from paint.pipeline.pool import Line, TaskPool, load_tasks, prepare_tasks
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
     from paint.utils import hash_tensors
 
@@ -137,7 +138,7 @@ def real(args) -> dict:
         support_specs = [TaskSpec(name=n) for n in args.supports]
     bundle = load_clip(model_src)
     loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
-    tasks = prepare(bundle, loaded, out / "cache", 256)
+    tasks = prepare_tasks(bundle, loaded, out / "cache", 256)
     theta_zs = {k: v.detach().clone() for k, v in bundle.image_tower_state().items()}
     if args.run_dir:
         from safetensors.torch import load_file
@@ -170,9 +171,8 @@ def real(args) -> dict:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in theta_ft.items()}, str(ft_path))
-    model_id = f"bench-{hash_tensors(theta_zs)[:16]}-{hash_tensors(theta_ft)[:16]}"
     store = ResultsStore(out / "results.jsonl")
-    base = line_measure(bundle.model, theta_zs, theta_ft, tasks, bundle.spec, "val", 256, store, model_id)
+    base = TaskPool(bundle.model, bundle.spec, tasks, store, 256).measure(Line.between(theta_zs, theta_ft, "bench-"))
     memo: dict = {}
     cost = {False: [], True: []}
 
@@ -195,7 +195,7 @@ def real(args) -> dict:
     )
     results = {}
     for objective in args.objectives:
-        obj = make_objective(objective, patch, support, args.epsilon)
+        obj = make_objective(objective, patch, support, args.epsilon, args.constraint)
         strategies = [s for s in STRATEGIES if compatible(s, obj)]
 
         def make_ev(budget, obj=obj):
@@ -203,7 +203,9 @@ def real(args) -> dict:
 
         t0 = time.time()
         ref, rows = bench_curve(make_ev, objective, strategies)
-        best = run_search(make_ev(None), SearchConfig(strategy="grid", grid=GRID101, budget=101, objective=objective))
+        best = run_search(
+            make_ev(None), SelectionConfig(strategy="grid", alphas=GRID101, budget=101, objective=objective)
+        )
         print_table(f"real: {objective} (grid-101 argmin alpha {best.alpha:.2f}; {time.time() - t0:.0f}s)", ref, rows)
         results[objective] = {"grid101": ref, "grid101_alpha": best.alpha, "rows": rows}
     fwd = float(np.median(cost[False])) if cost[False] else float("nan")
@@ -227,6 +229,7 @@ def main() -> int:
     p.add_argument("--supports", nargs="+", default=["shapes", "colours", "rendered-digits", "backgrounds"])
     p.add_argument("--objectives", nargs="+", default=["loss_sum", "constrained", "mean_accuracy"])
     p.add_argument("--epsilon", type=float, default=1.0)
+    p.add_argument("--constraint", choices=["each", "mean"], default="each", help="constrained objective's bound")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/bench-search")

@@ -163,7 +163,7 @@ def test_objective_values_by_hand():
     assert LossSum(groups).value(m, ref) == pytest.approx(1.6)
     assert LossSum(groups).derivative(m, ref) == pytest.approx(-1.0 + 0.3)
     # constrained, 1 point: s2 dropped 2 points -> infeasible, violation 0.01
-    c1 = Constrained(groups, epsilon=1.0)
+    c1 = Constrained(groups, epsilon=1.0, constraint="each")
     assert not c1.feasible(m, ref) and c1.value(m, ref) == pytest.approx(1.01)
     c3 = Constrained(groups, epsilon=3.0)
     assert c3.feasible(m, ref) and c3.value(m, ref) == pytest.approx(-0.7)

@@ -96,7 +96,7 @@ class Constrained:
 
     groups: TaskGroups
     epsilon: float = 1.0
-    constraint: str = "each"
+    constraint: str = "mean"
     name: str = "constrained"
     differentiable: bool = False
 
@@ -172,7 +172,7 @@ OBJECTIVES = ("mean_accuracy", "constrained", "loss_sum")
 
 
 def make_objective(
-    name: str, patch: Sequence[str], support: Sequence[str] = (), epsilon: float = 1.0, constraint: str = "each"
+    name: str, patch: Sequence[str], support: Sequence[str] = (), epsilon: float = 1.0, constraint: str = "mean"
 ) -> Objective:
     """Build a named objective over the given patching and support task names."""
     groups = TaskGroups(tuple(patch), tuple(support))
