@@ -14,7 +14,9 @@ fresh subprocesses:
 Peak resident memory comes from the OS twice: ``ru_maxrss`` of each child via ``os.wait4``
 and the child's own ``VmHWM`` from ``/proc/self/status``. The parent stays small (stdlib
 only; generation runs in a child too) because a child's ``ru_maxrss`` also counts the
-parent's resident pages it shared between fork and exec. The naive and the streamed
+parent's resident pages it shared between fork and exec. Before each run the page
+cache's dirty pages are flushed (``os.sync``), so that no run pays for the writeback of
+the previous one's output (on a slow disk that dominates the wall time). The naive and the streamed
 linear outputs are compared tensor by tensor (they must be bit-identical). The goals:
 every method's peak <= 25% of one checkpoint + 300 MB; linear no slower than naive.
 
@@ -201,6 +203,7 @@ def main() -> int:
         for mode, method in runs:
             out = work / f"out-{mode}-{method.replace(' ', '_')}"
             shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # start every run with no dirty pages: none pays for an earlier run's writeback
             res = run_child(mode, method, paths, out)
             results.append(res)
             print(f"{res['name']:>22}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:6.2f}s", flush=True)
