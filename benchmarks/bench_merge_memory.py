@@ -138,7 +138,12 @@ def run_child(mode: str, method: str, paths: list[Path], out: Path) -> dict:
         raise SystemExit(f"{mode} {method} merge failed with exit code {os.waitstatus_to_exitcode(status)}")
     inner = json.loads(stdout.decode().strip().splitlines()[-1])
     peak = max(usage.ru_maxrss / 1024, inner["vmhwm_kb"] / 1024)
-    return {"name": "naive" if mode == "naive" else method, "peak_mb": peak, "wall_s": wall}
+    return {
+        "name": "naive" if mode == "naive" else method,
+        "peak_mb": peak,
+        "wall_s": wall,
+        "merge_s": inner["seconds"],
+    }
 
 
 def same_tensors(x: Path, y: Path) -> bool:
@@ -206,7 +211,11 @@ def main() -> int:
             os.sync()  # start every run with no dirty pages: none pays for an earlier run's writeback
             res = run_child(mode, method, paths, out)
             results.append(res)
-            print(f"{res['name']:>22}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:6.2f}s", flush=True)
+            print(
+                f"{res['name']:>22}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:6.2f}s"
+                f"   (after imports {res['merge_s']:6.2f}s)",
+                flush=True,
+            )
             if mode == "stream" and method != "linear":
                 shutil.rmtree(out)  # keep disk use at four checkpoints
         identical = same_tensors(work / "out-naive-linear", work / "out-stream-linear")
