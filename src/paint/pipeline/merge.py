@@ -235,6 +235,24 @@ def _input_hashes(
     return rows
 
 
+def _card_inputs(cfg: MergeConfig, summary: Mapping[str, Any]) -> list[str]:
+    """The model card's inputs section: roles, paths and weights, then each file's sha256."""
+    lines = [
+        "## Inputs",
+        "",
+        "| role | path | weight |",
+        "|---|---|---|",
+        f"| base | `{cfg.base}` | |",
+        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
+        "",
+    ]
+    if summary.get("input_hashes"):
+        lines += ["| input | file | sha256 |", "|---|---|---|"]
+        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
+        lines.append("")
+    return lines
+
+
 def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
     """README.md for the merged checkpoint: method and papers, inputs with hashes, results, config."""
     if cfg.method == GREEDY_SOUP:
@@ -264,19 +282,10 @@ def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
         "",
         f"Parameters: `{json.dumps(summary['parameters'], sort_keys=True)}`",
         "",
-        "## Inputs",
-        "",
-        "| role | path | weight |",
-        "|---|---|---|",
-        f"| base | `{cfg.base}` | |",
-        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
+        *_card_inputs(cfg, summary),
+        "## Evaluation",
         "",
     ]
-    if summary.get("input_hashes"):
-        lines += ["| input | file | sha256 |", "|---|---|---|"]
-        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
-        lines.append("")
-    lines += ["## Evaluation", ""]
     evaluation = summary.get("evaluation")
     if evaluation:
         lines.append("```json")
