@@ -14,7 +14,9 @@ fresh subprocesses:
 Peak resident memory comes from the OS twice: ``ru_maxrss`` of each child via ``os.wait4``
 and the child's own ``VmHWM`` from ``/proc/self/status``. The parent stays small (stdlib
 only; generation runs in a child too) because a child's ``ru_maxrss`` also counts the
-parent's resident pages it shared between fork and exec. The naive and the streamed
+parent's resident pages it shared between fork and exec. Before each run the page
+cache's dirty pages are flushed (``os.sync``), so that no run pays for the writeback of
+the previous one's output (on a slow disk that dominates the wall time). The naive and the streamed
 linear outputs are compared tensor by tensor (they must be bit-identical). The goals:
 every method's peak <= 25% of one checkpoint + 300 MB; linear no slower than naive.
 
@@ -136,7 +138,12 @@ def run_child(mode: str, method: str, paths: list[Path], out: Path) -> dict:
         raise SystemExit(f"{mode} {method} merge failed with exit code {os.waitstatus_to_exitcode(status)}")
     inner = json.loads(stdout.decode().strip().splitlines()[-1])
     peak = max(usage.ru_maxrss / 1024, inner["vmhwm_kb"] / 1024)
-    return {"name": "naive" if mode == "naive" else method, "peak_mb": peak, "wall_s": wall}
+    return {
+        "name": "naive" if mode == "naive" else method,
+        "peak_mb": peak,
+        "wall_s": wall,
+        "merge_s": inner["seconds"],
+    }
 
 
 def same_tensors(x: Path, y: Path) -> bool:
@@ -201,9 +208,14 @@ def main() -> int:
         for mode, method in runs:
             out = work / f"out-{mode}-{method.replace(' ', '_')}"
             shutil.rmtree(out, ignore_errors=True)
+            os.sync()  # start every run with no dirty pages: none pays for an earlier run's writeback
             res = run_child(mode, method, paths, out)
             results.append(res)
-            print(f"{res['name']:>22}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:6.2f}s", flush=True)
+            print(
+                f"{res['name']:>22}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:6.2f}s"
+                f"   (after imports {res['merge_s']:6.2f}s)",
+                flush=True,
+            )
             if mode == "stream" and method != "linear":
                 shutil.rmtree(out)  # keep disk use at four checkpoints
         identical = same_tensors(work / "out-naive-linear", work / "out-stream-linear")

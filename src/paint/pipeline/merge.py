@@ -235,6 +235,24 @@ def _input_hashes(
     return rows
 
 
+def _card_inputs(cfg: MergeConfig, summary: Mapping[str, Any]) -> list[str]:
+    """The model card's inputs section: roles, paths and weights, then each file's sha256."""
+    lines = [
+        "## Inputs",
+        "",
+        "| role | path | weight |",
+        "|---|---|---|",
+        f"| base | `{cfg.base}` | |",
+        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
+        "",
+    ]
+    if summary.get("input_hashes"):
+        lines += ["| input | file | sha256 |", "|---|---|---|"]
+        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
+        lines.append("")
+    return lines
+
+
 def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
     """README.md for the merged checkpoint: method and papers, inputs with hashes, results, config."""
     if cfg.method == GREEDY_SOUP:
@@ -264,15 +282,17 @@ def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
         "",
         f"Parameters: `{json.dumps(summary['parameters'], sort_keys=True)}`",
         "",
-        "## Inputs",
-        "",
-        "| role | path | weight |",
-        "|---|---|---|",
-        f"| base | `{cfg.base}` | |",
-        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
+        *_card_inputs(cfg, summary),
+        "## Evaluation",
         "",
     ]
-    lines += _hashes_and_evaluation(summary)
+    evaluation = summary.get("evaluation")
+    if evaluation:
+        lines.append("```json")
+        lines.append(json.dumps(evaluation, indent=2, sort_keys=True))
+        lines.append("```")
+    else:
+        lines.append("Not evaluated by the merge.")
     stats = summary["stats"]
     lines += [
         "",
@@ -289,22 +309,6 @@ def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _hashes_and_evaluation(summary: Mapping[str, Any]) -> list[str]:
-    """Model-card lines: the sha256 of every input file, then the evaluation (if any)."""
-    lines: list[str] = []
-    if summary.get("input_hashes"):
-        lines += ["| input | file | sha256 |", "|---|---|---|"]
-        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
-        lines.append("")
-    lines += ["## Evaluation", ""]
-    evaluation = summary.get("evaluation")
-    if evaluation:
-        lines += ["```json", json.dumps(evaluation, indent=2, sort_keys=True), "```"]
-    else:
-        lines.append("Not evaluated by the merge.")
-    return lines
 
 
 def _soup_into(tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], evaluate: Evaluate) -> dict[str, Any]:

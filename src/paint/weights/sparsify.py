@@ -22,9 +22,11 @@ same chunks in the same order (it keeps state between chunks).
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Literal
 
+import numpy as np
 import torch
 
 from paint.weights.chunks import OrderedSum
@@ -148,25 +150,33 @@ class RandomDrop:
 
     ``torch.bernoulli`` draws one number per entry in flat order, so masking the rows in
     one chunk or in many gives the same mask; it is mergekit's draw when mergekit's global
-    generator is seeded with the same seed.
+    generator is seeded with the same seed. ``masks`` replays masks already drawn (bit-packed,
+    one per chunk, in order) instead of drawing them again.
     """
 
-    def __init__(self, seed: int, keep_prob: float, scale: float = 1.0):
+    def __init__(self, seed: int, keep_prob: float, scale: float = 1.0, masks: Iterable[np.ndarray] = ()):
         self.seed, self.keep_prob, self.scale = seed, keep_prob, scale
         self._gen = torch.Generator().manual_seed(seed)
+        self._replay = deque(masks)
 
     def mask(self, tau: torch.Tensor) -> torch.Tensor:
-        return torch.bernoulli(torch.full(tau.shape, self.keep_prob, dtype=torch.float32), generator=self._gen)
+        """The keep mask (bool) of the next chunk."""
+        if self._replay:
+            bits = np.unpackbits(self._replay.popleft(), count=tau.numel()).view(np.bool_)
+            return torch.from_numpy(bits).reshape(tau.shape)
+        drawn = torch.full(tau.shape, self.keep_prob, dtype=torch.float32)
+        return torch.bernoulli(drawn, generator=self._gen).to(torch.bool)
 
     def __call__(self, tau: torch.Tensor) -> torch.Tensor:
-        masked = tau * self.mask(tau).to(tau.dtype)
+        masked = torch.where(self.mask(tau), tau, 0.0)
         return masked if self.scale == 1.0 else masked * self.scale
 
 
 def random_drop(chunks: TauChunks, drop_rate: float, seed: int, rescale: Rescale) -> RandomDrop | None:
     """The DARE drop of one task vector (None: nothing is dropped).
 
-    ``l1`` needs a first pass: the L1 norms before and after the (same) mask.
+    ``l1`` needs a first pass: the L1 norms before and after the mask, whose bits (one per
+    entry) are kept for the merge pass rather than drawn twice.
     """
     if drop_rate <= 0.0:
         return None
@@ -175,13 +185,15 @@ def random_drop(chunks: TauChunks, drop_rate: float, seed: int, rescale: Rescale
         return RandomDrop(seed, keep, 1.0 / keep)
     if rescale == "none":
         return RandomDrop(seed, keep)
-    probe, before, after = RandomDrop(seed, keep), OrderedSum(), OrderedSum()
+    probe, before, after, masks = RandomDrop(seed, keep), OrderedSum(), OrderedSum(), []
     for tau in chunks():
+        mask = probe.mask(tau)
+        masks.append(np.packbits(mask.reshape(-1).numpy()))
         before.add(tau.abs())
-        after.add(probe(tau).abs())
+        after.add(torch.where(mask, tau.abs(), 0.0))
     if before.value < _L1_EPS or after.value < _L1_EPS:
-        return RandomDrop(seed, keep)
-    return RandomDrop(seed, keep, before.value / after.value)
+        return RandomDrop(seed, keep, masks=masks)
+    return RandomDrop(seed, keep, before.value / after.value, masks=masks)
 
 
 def drop_and_rescale(tau: torch.Tensor, drop_rate: float, seed: int, rescale: Rescale = "l1") -> torch.Tensor:
