@@ -103,7 +103,7 @@ def generate(paths: list[Path], layout: dict) -> None:
     """Write a random base and fine-tuned variants (base + small noise) tensor by tensor."""
     import torch
 
-    from paint.weights.io import ShardedWriter
+    from paint.weights.writer import ShardedWriter
 
     gen = torch.Generator().manual_seed(0)
     writers = []

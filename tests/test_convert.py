@@ -17,7 +17,7 @@ from torch import nn
 from paint.cli import main
 from paint.errors import PaintError
 from paint.models.convert import convert_checkpoint, convert_clip_state_dict
-from paint.weights import io
+from paint.weights import io, writer
 
 
 class QuickGELU(nn.Module):
@@ -165,7 +165,7 @@ def test_open_clip_checkpoint_with_prefix_and_wrapper(reference, tmp_path):
 def test_safetensors_source_and_errors(reference, tmp_path, capsys):
     model = reference[0]
     sd = model.state_dict()
-    io.save_state_dict(sd, tmp_path / "src.safetensors")
+    writer.save_state_dict(sd, tmp_path / "src.safetensors")
     converted, config, fmt = convert_clip_state_dict(io.load_state_dict(tmp_path / "src.safetensors"))
     assert fmt == "openai" and config.vision_config.num_hidden_layers == 2 and len(converted) > len(sd)
     with pytest.raises(PaintError, match="cannot convert tensor 'visual.transformer.resblocks.0.ls_1.gamma'"):

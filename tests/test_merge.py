@@ -13,7 +13,7 @@ from paint.cli import main
 from paint.config import load_config
 from paint.errors import PaintError
 from paint.pipeline.merge import CONFIG_NAME, MergeConfig, run_merge
-from paint.weights import io
+from paint.weights import io, writer
 from paint.weights.methods import METHODS
 from paint.weights.ops import interpolate
 from paint.weights.reads import InputReads
@@ -70,14 +70,14 @@ def clip_dirs(tmp_path_factory):
     (root / "base" / "preprocessor_config.json").write_text('{"do_resize": true}\n')
     sd = io.load_state_dict(root / "base")
     for i in (1, 2):
-        io.save_state_dict(_perturb(sd, i), root / f"ft{i}", max_shard_bytes=20_000 if i == 2 else "2GB")
+        writer.save_state_dict(_perturb(sd, i), root / f"ft{i}", max_shard_bytes=20_000 if i == 2 else "2GB")
     return root
 
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_streamed_equals_in_memory_bit_for_bit(tmp_path, tiny_sds, method):
     base, m1, m2 = tiny_sds
-    paths = [io.save_state_dict(sd, tmp_path / f"in{i}", max_shard_bytes=1500) for i, sd in enumerate(tiny_sds)]
+    paths = [writer.save_state_dict(sd, tmp_path / f"in{i}", max_shard_bytes=1500) for i, sd in enumerate(tiny_sds)]
     weights = None if method == "model_stock" else [0.7, -0.3] if method == "task_arithmetic" else [0.4, 0.6]
     kwargs = {"method": method, "weights": weights, "params": PARAMS[method], "chunk_bytes": 1000}
     stats = merge_checkpoints(paths[0], paths[1:], tmp_path / "out", max_shard_bytes=2000, progress=False, **kwargs)
@@ -110,8 +110,8 @@ def test_include_patterns_copy_other_keys_from_base(tiny_sds):
 
 def test_sharded_and_single_file_inputs_give_identical_outputs(tmp_path, tiny_sds):
     base, m1, m2 = tiny_sds
-    single = [io.save_state_dict(sd, tmp_path / f"s{i}.safetensors") for i, sd in enumerate(tiny_sds)]
-    sharded = [io.save_state_dict(sd, tmp_path / f"d{i}", max_shard_bytes=700) for i, sd in enumerate(tiny_sds)]
+    single = [writer.save_state_dict(sd, tmp_path / f"s{i}.safetensors") for i, sd in enumerate(tiny_sds)]
+    sharded = [writer.save_state_dict(sd, tmp_path / f"d{i}", max_shard_bytes=700) for i, sd in enumerate(tiny_sds)]
     assert len(list(sharded[0].glob("*.safetensors"))) > 2
     for name, paths in (("a", single), ("b", sharded)):
         merge_checkpoints(paths[0], paths[1:], tmp_path / name, "ties", params={"density": 0.5}, progress=False)
@@ -122,7 +122,7 @@ def test_sharded_and_single_file_inputs_give_identical_outputs(tmp_path, tiny_sd
 
 def test_task_arithmetic_coefficient_zero_returns_base(tmp_path, tiny_sds):
     base, m1, m2 = tiny_sds
-    paths = [io.save_state_dict(sd, tmp_path / f"in{i}") for i, sd in enumerate(tiny_sds)]
+    paths = [writer.save_state_dict(sd, tmp_path / f"in{i}") for i, sd in enumerate(tiny_sds)]
     merge_checkpoints(paths[0], paths[1:], tmp_path / "out", "task_arithmetic", weights=[0.0, 0.0], progress=False)
     out = io.load_state_dict(tmp_path / "out")
     assert all(torch.equal(out[k], base[k]) for k in base)
@@ -130,10 +130,10 @@ def test_task_arithmetic_coefficient_zero_returns_base(tmp_path, tiny_sds):
 
 def test_mismatches_name_the_tensor_before_any_data_is_read(tmp_path, tiny_sds, monkeypatch):
     base, m1, _ = tiny_sds
-    b = io.save_state_dict(base, tmp_path / "base")
-    bad_shape = io.save_state_dict({**m1, "layer.weight": torch.zeros(16, 15)}, tmp_path / "shape")
-    bad_dtype = io.save_state_dict({**m1, "layer.bias": m1["layer.bias"].float()}, tmp_path / "dtype")
-    missing = io.save_state_dict({k: v for k, v in m1.items() if k != "scale"}, tmp_path / "missing")
+    b = writer.save_state_dict(base, tmp_path / "base")
+    bad_shape = writer.save_state_dict({**m1, "layer.weight": torch.zeros(16, 15)}, tmp_path / "shape")
+    bad_dtype = writer.save_state_dict({**m1, "layer.bias": m1["layer.bias"].float()}, tmp_path / "dtype")
+    missing = writer.save_state_dict({k: v for k, v in m1.items() if k != "scale"}, tmp_path / "missing")
     reads = []
     monkeypatch.setattr(io.CheckpointReader, "get", lambda self, key: reads.append(key))
     monkeypatch.setattr(io.CheckpointReader, "get_rows", lambda self, key, a, z: reads.append(key))

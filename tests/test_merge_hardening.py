@@ -12,7 +12,7 @@ import torch
 from paint.cli import main
 from paint.errors import PaintError
 from paint.pipeline.merge import MergeConfig, run_merge
-from paint.weights import io
+from paint.weights import io, writer
 from paint.weights import sparsify as S
 from paint.weights.methods import METHODS, get_method
 from paint.weights.stream import merge_checkpoints, merge_state_dicts
@@ -91,9 +91,9 @@ def test_kth_largest_magnitude_is_exact_with_ties_and_chunks(dtype):
 def test_inputs_are_hashed_once_while_streaming(tmp_path, sds, monkeypatch, method):
     """The base listed again as a model is hashed once; linear never reads the base (hashed on a second thread)."""
     base, models = sds
-    b = io.save_state_dict(base, tmp_path / "base")
-    m = io.save_state_dict(models[0], tmp_path / "m", max_shard_bytes=600)
-    other = io.save_state_dict(models[1], tmp_path / "other")
+    b = writer.save_state_dict(base, tmp_path / "base")
+    m = writer.save_state_dict(models[0], tmp_path / "m", max_shard_bytes=600)
+    other = writer.save_state_dict(models[1], tmp_path / "other")
     files = [b / "model.safetensors", other / "model.safetensors", *m.glob("*.safetensors")]
     expected = {str(p): io.file_sha256(p) for p in files}
     # No file is read a second time for its hash: the hashes come from the merge's own reads.
@@ -110,8 +110,8 @@ def test_inputs_are_hashed_once_while_streaming(tmp_path, sds, monkeypatch, meth
 
 def test_truncated_input_is_refused_before_merging(tmp_path, sds):
     base, models = sds
-    b = io.save_state_dict(base, tmp_path / "base")
-    m = io.save_state_dict(models[0], tmp_path / "m")
+    b = writer.save_state_dict(base, tmp_path / "base")
+    m = writer.save_state_dict(models[0], tmp_path / "m")
     data = (m / "model.safetensors").read_bytes()
     (m / "model.safetensors").write_bytes(data[:-100])
     cfg = MergeConfig(base=str(b), models=[{"path": str(m)}], output=str(tmp_path / "o"))
@@ -124,8 +124,8 @@ def test_truncated_input_is_refused_before_merging(tmp_path, sds):
 
 def test_base_with_invalid_config_json_is_refused(tmp_path, sds, capsys):
     base, models = sds
-    b = io.save_state_dict(base, tmp_path / "base")
-    m = io.save_state_dict(models[0], tmp_path / "m")
+    b = writer.save_state_dict(base, tmp_path / "base")
+    m = writer.save_state_dict(models[0], tmp_path / "m")
     (b / "config.json").write_text('{"model_type": "clip",')
     cfg = {"base": str(b), "models": [{"path": str(m)}], "output": str(tmp_path / "o")}
     (tmp_path / "merge.yaml").write_text(json.dumps(cfg))

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from paint.errors import PaintError
-from paint.weights import io
+from paint.weights import io, writer
 
 
 def _sd() -> dict[str, torch.Tensor]:
@@ -33,7 +33,7 @@ def _equal(x: dict, y: dict) -> bool:
 
 def test_single_file_roundtrip_and_interop(tmp_path):
     sd = _sd()
-    path = io.save_state_dict(sd, tmp_path / "w.safetensors")
+    path = writer.save_state_dict(sd, tmp_path / "w.safetensors")
     assert _equal(io.load_state_dict(path), sd)
     assert _equal(load_file(str(path)), sd)  # readable by the reference implementation
     save_file(sd, str(tmp_path / "ref.safetensors"))
@@ -42,7 +42,7 @@ def test_single_file_roundtrip_and_interop(tmp_path):
 
 def test_sharded_directory_has_index_and_roundtrips(tmp_path):
     sd = _sd()
-    out = io.save_state_dict(sd, tmp_path / "model", max_shard_bytes=400)
+    out = writer.save_state_dict(sd, tmp_path / "model", max_shard_bytes=400)
     shards = sorted(p.name for p in out.glob("*.safetensors"))
     assert len(shards) > 1 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
     index = json.loads((out / io.SAFE_INDEX).read_text())
@@ -56,13 +56,13 @@ def test_sharded_directory_has_index_and_roundtrips(tmp_path):
         merged.update(load_file(str(out / name)))
     assert _equal(merged, sd)
     # a single shard is written as model.safetensors with no index
-    single = io.save_state_dict(sd, tmp_path / "one")
+    single = writer.save_state_dict(sd, tmp_path / "one")
     assert [p.name for p in single.iterdir()] == ["model.safetensors"]
 
 
 def test_listing_reads_only_the_header(tmp_path, monkeypatch):
     sd = _sd()
-    path = io.save_state_dict(sd, tmp_path / "w.safetensors")
+    path = writer.save_state_dict(sd, tmp_path / "w.safetensors")
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
     size = path.stat().st_size
     with open(path, "r+b") as f:  # replace all tensor data with garbage: listing must still work
@@ -78,7 +78,7 @@ def test_listing_reads_only_the_header(tmp_path, monkeypatch):
 
 def test_lazy_reader_rows_and_mapping(tmp_path):
     sd = _sd()
-    reader = io.open_checkpoint(io.save_state_dict(sd, tmp_path / "m", max_shard_bytes=500))
+    reader = io.open_checkpoint(writer.save_state_dict(sd, tmp_path / "m", max_shard_bytes=500))
     assert torch.equal(reader.get_rows("a.weight", 5, 17), sd["a.weight"][5:17])
     lazy = reader.as_mapping()
     assert len(lazy) == len(sd) and torch.equal(lazy["steps"], sd["steps"])
@@ -141,7 +141,7 @@ def test_missing_inputs_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PaintError, match="has no model.safetensors"):
         io.open_checkpoint(tmp_path / "empty")
-    out = io.save_state_dict(_sd(), tmp_path / "m", max_shard_bytes=400)
+    out = writer.save_state_dict(_sd(), tmp_path / "m", max_shard_bytes=400)
     second = sorted(out.glob("model-*.safetensors"))[1]
     second.unlink()
     with pytest.raises(PaintError, match=f"names shard {second.name}, which is missing"):
@@ -153,25 +153,25 @@ def test_missing_inputs_are_clear_errors(tmp_path):
 
 def test_writer_refuses_wrong_order_shape_and_replaces_atomically(tmp_path):
     infos = {"a": io.TensorInfo((2,), torch.float32), "b": io.TensorInfo((3,), torch.float32)}
-    w = io.ShardedWriter(tmp_path, infos)
+    w = writer.ShardedWriter(tmp_path, infos)
     with pytest.raises(ValueError, match="expected tensor 'a' next"):
         w.write("b", torch.zeros(3))
     with pytest.raises(ValueError, match="shape"):
         w.write("a", torch.zeros(3))
     w.abort()
     # save over an existing directory: the old content is replaced as a whole
-    target = io.save_state_dict({"x": torch.ones(1)}, tmp_path / "out")
+    target = writer.save_state_dict({"x": torch.ones(1)}, tmp_path / "out")
     (target / "stale.txt").write_text("old")
-    io.save_state_dict({"y": torch.zeros(1)}, target)
+    writer.save_state_dict({"y": torch.zeros(1)}, target)
     assert sorted(p.name for p in target.iterdir()) == ["model.safetensors"]
     assert list(io.load_state_dict(target)) == ["y"]
 
 
 def test_parse_size():
-    assert io.parse_size("2GB") == 2_000_000_000
-    assert io.parse_size("1.5GiB") == int(1.5 * 1024**3)
-    assert io.parse_size(123) == 123
+    assert writer.parse_size("2GB") == 2_000_000_000
+    assert writer.parse_size("1.5GiB") == int(1.5 * 1024**3)
+    assert writer.parse_size(123) == 123
     with pytest.raises(PaintError, match="like 500MB"):
-        io.parse_size("lots")
+        writer.parse_size("lots")
     with pytest.raises(PaintError, match="positive"):
-        io.parse_size(0)
+        writer.parse_size(0)

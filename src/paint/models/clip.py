@@ -223,7 +223,7 @@ def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, tor
     """
     from transformers.utils import logging as hf_logging
 
-    from paint.weights.io import new_file_mode
+    from paint.weights.writer import new_file_mode
 
     out = Path(out_dir)
     bars = hf_logging.is_progress_bar_enabled()

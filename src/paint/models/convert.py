@@ -26,12 +26,8 @@ import torch
 
 from paint.errors import PaintError
 from paint.utils import atomic_path
-from paint.weights.io import (
-    file_sha256,
-    load_state_dict,
-    parse_size,
-    write_state_dict_into,
-)
+from paint.weights.io import file_sha256, load_state_dict
+from paint.weights.writer import parse_size, write_state_dict_into
 
 Format = Literal["auto", "openai", "open_clip"]
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from paint.models.clip import ClipBundle, text_features
 from paint.utils import atomic_path, hash_tensors, sha256_strings
-from paint.weights.io import save_safetensors_file
+from paint.weights.writer import save_safetensors_file
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,7 @@ from paint.config import StrictModel, dump_config
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
-from paint.weights.io import (
-    CheckpointReader,
-    file_sha256,
-    parse_size,
-    write_state_dict_into,
-)
+from paint.weights.io import CheckpointReader, file_sha256
 from paint.weights.methods import GREEDY_SOUP, METHODS, get_method
 from paint.weights.soup import GREEDY_SOUP_PAPERS, greedy_soup
 from paint.weights.stream import (
@@ -39,6 +34,7 @@ from paint.weights.stream import (
     resolve,
     stream_merge_into,
 )
+from paint.weights.writer import parse_size, write_state_dict_into
 
 # Files of an HF model directory that describe the model rather than hold its weights.
 CARRIED_FILES = (

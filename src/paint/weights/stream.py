@@ -1,7 +1,7 @@
 """The streamed merge engine: one tensor at a time from every input, straight to sharded output.
 
 For each key of the base checkpoint, read that tensor from the base and from every model,
-apply the merge method, and hand the result to :class:`paint.weights.io.ShardedWriter`.
+apply the merge method, and hand the result to :class:`paint.weights.writer.ShardedWriter`.
 Integer and boolean tensors, and keys not selected by ``include``, are copied from the
 base. Tensors larger than ``chunk_bytes`` are processed in row chunks by every method: a
 method that needs a whole-tensor statistic (TIES threshold, DARE norm, Model Stock angle)
@@ -28,17 +28,11 @@ from paint.errors import PaintError
 from paint.progress import progress as tqdm
 from paint.utils import atomic_path
 from paint.weights.chunks import single
-from paint.weights.io import (
-    DEFAULT_SHARD_BYTES,
-    CheckpointReader,
-    LazyStateDict,
-    ShardedWriter,
-    TensorInfo,
-    check_safetensors_size,
-)
+from paint.weights.io import DEFAULT_SHARD_BYTES, CheckpointReader, LazyStateDict, TensorInfo, check_safetensors_size
 from paint.weights.methods import MergeMethod, check_weights, get_method
 from paint.weights.ops import check_compatible
 from paint.weights.reads import InputReads
+from paint.weights.writer import ShardedWriter
 
 DEFAULT_CHUNK_BYTES = 4 * 1024**2
 
