@@ -33,6 +33,7 @@ from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
+from paint.studies.common import capped, demo_finetune
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
     hash_tensors,
@@ -40,11 +41,6 @@ from paint.utils import (
     write_json_atomic,
     write_text_atomic,
 )
-
-
-def _demo_finetune() -> FinetuneConfig:
-    """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
-    return FinetuneConfig(epochs=15, lr=3e-4, batch_size=128, warmup_steps=20)
 
 
 def _default_support() -> list[TaskSpec]:
@@ -64,7 +60,7 @@ class CountingConfig(CachedRun, SelectionFields):
     counts: list[int] | None = None
     heldout: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
     support_tasks: list[TaskSpec] = Field(default_factory=_default_support)
-    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    finetune: FinetuneConfig = Field(default_factory=lambda: demo_finetune(15))
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     seed: int = 0
@@ -142,14 +138,6 @@ def counting_splits(task: Task, counts: Sequence[int], heldout: Sequence[int]) -
 
 def _tag(heldout: Sequence[int]) -> str:
     return "held" + "-".join(str(c) for c in sorted(heldout))
-
-
-def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
-    """At most ``n`` images (a seeded subset), for demo-sized runs."""
-    if n is None or len(split) <= n:
-        return split
-    idx = np.sort(np.random.default_rng([seed, 0xC0]).choice(len(split), size=n, replace=False))
-    return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
 
 
 def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequence[int]) -> dict[int, float]:
@@ -245,7 +233,7 @@ def prepare_counting(
     cache = cfg.cache_path / "images"
 
     def images(split: ImageSplit, cap: int | None) -> tuple[torch.Tensor, np.ndarray]:
-        s = _cap(split, cap, cfg.seed)
+        s = capped(split, cap, cfg.seed, 0xC0)
         return torch.as_tensor(preprocess_split(s, bundle.spec, cache_dir=cache, progress=True)), np.asarray(s.labels)
 
     head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)

@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.data.task import ImageSplit, Task
+from paint.data.task import Task
 from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.pipeline.rundir import run_scope
@@ -53,14 +53,10 @@ from paint.studies.attacks import (
     read_attacked_dir,
     write_attacked_dataset,
 )
+from paint.studies.common import capped, demo_finetune
 from paint.train.finetune import FinetuneConfig
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
 from paint.world.lettering import AttackStyle
-
-
-def _demo_finetune() -> FinetuneConfig:
-    """Demo-sized fine-tuning for the small offline-world model (a few CPU minutes at most)."""
-    return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20)
 
 
 class TypographicConfig(CachedRun, SelectionFields):
@@ -94,7 +90,7 @@ class TypographicConfig(CachedRun, SelectionFields):
     train_on: Literal["attacked", "both"] = "both"
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
-    finetune: FinetuneConfig = Field(default_factory=_demo_finetune)
+    finetune: FinetuneConfig = Field(default_factory=lambda: demo_finetune(10))
     write_images: bool = True
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
@@ -108,16 +104,6 @@ class TypographicConfig(CachedRun, SelectionFields):
         if dup:
             raise ValueError(f"task {dup!r} is listed twice (patch, transfer and support tasks must differ)")
         return self
-
-
-def _cap(split: ImageSplit, n: int | None, seed: int) -> ImageSplit:
-    """At most ``n`` images of a split (a seeded subset), for demo-sized runs."""
-    from paint.data.task import SubsetSplit
-
-    if n is None or len(split) <= n:
-        return split
-    idx = np.sort(np.random.default_rng([seed, 0xCA9]).choice(len(split), size=n, replace=False))
-    return SubsetSplit(split, idx, f"{split.identity}/cap{n}-{seed}")
 
 
 @run_scope
@@ -215,7 +201,7 @@ def prepare_views(
         return torch.as_tensor(preprocess_split(split, bundle.spec, cache_dir=cache if cached else None, progress=True))
 
     head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
-    clean = {s: _cap(task.split(s), cfg.max_eval, cfg.seed) for s in ("val", "test")}
+    clean = {s: capped(task.split(s), cfg.max_eval, cfg.seed, 0xCA9) for s in ("val", "test")}
     attacked = {
         s: AttackedSplit(clean[s], task.classnames, cfg.attack, cfg.seed * 7919 + 31 * k + i)
         for i, s in enumerate(("val", "test"))
@@ -261,7 +247,7 @@ def attacked_training_set(cfg: TypographicConfig, task: Task, head: torch.Tensor
     """The patch task's training images, attacked (and clean too with ``train_on: both``), true labels."""
     from paint.train.finetune import TrainingSet
 
-    base_train = _cap(task.split("train"), cfg.max_train, cfg.seed)
+    base_train = capped(task.split("train"), cfg.max_train, cfg.seed, 0xCA9)
     x = pre(AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7))
     y = np.asarray(base_train.labels)
     if cfg.train_on == "both":
