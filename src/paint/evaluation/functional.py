@@ -243,4 +243,9 @@ class PenalisedLoss:
             support = torch.stack(support_terms).mean() if support_terms else torch.zeros(())
             loss = patch + float(multiplier) * support
             (grad,) = torch.autograd.grad(loss, [xt])
-        return GradientStep(float(loss), grad.detach().numpy().astype(np.float64), float(patch), float(support))
+        return GradientStep(
+            float(loss.detach()),
+            grad.detach().numpy().astype(np.float64),
+            float(patch.detach()),
+            float(support.detach()),
+        )

@@ -86,8 +86,8 @@ class SelectionConfig(StrictModel):
             return self.budget
         if self.strategy == "lines":
             return len(self.points()) ** 2 + 16  # the 2-D grid and a pattern search around its best
-        if self.strategy == "blockwise":  # the grid, the zero-shot reference, an iterate every eval_every steps
-            return len(self.points()) + 1 + -(-self.blockwise.steps // self.blockwise.eval_every)
+        if self.strategy == "blockwise":  # the grid (alpha 0 is the reference), an iterate every eval_every steps
+            return len(self.points()) + -(-self.blockwise.steps // self.blockwise.eval_every)
         return len(self.points()) if self.strategy == "grid" else DEFAULT_SEARCH_BUDGET
 
     @property
