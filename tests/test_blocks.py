@@ -104,3 +104,74 @@ def test_block_task_arithmetic_equals_the_formula(towers):
         torch.testing.assert_close(out[k], want, rtol=0, atol=1e-6)
     with pytest.raises(PaintError, match="2 task vectors but 1 coefficient vectors"):
         add_block_task_vectors(sd, taus, coeffs[:1])
+
+
+@pytest.fixture(scope="module")
+def merge_dirs(tiny_clip_dir, tmp_path_factory):
+    """The tiny CLIP as a base directory and two perturbed full checkpoints."""
+    from paint.weights import io
+
+    root = tmp_path_factory.mktemp("block-merge")
+    sd = io.load_state_dict(tiny_clip_dir)
+    for i in (1, 2):
+        g = torch.Generator().manual_seed(i)
+        ft = {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in sd.items()}
+        io.save_state_dict(ft, root / f"ft{i}")
+    return tiny_clip_dir, root
+
+
+def test_merge_with_per_block_task_arithmetic_equals_the_per_block_formula(merge_dirs, tmp_path):
+    from paint.pipeline.merge import MergeConfig, run_merge
+    from paint.types import is_image_tower_key
+    from paint.weights import io
+
+    base_dir, root = merge_dirs
+    base = io.load_state_dict(base_dir)
+    fts = [io.load_state_dict(root / f"ft{i}") for i in (1, 2)]
+    blocks = block_names(k for k in base if is_image_tower_key(k))
+    coeffs = [linear_alphas(blocks, 0.1, 0.9), linear_alphas(blocks, 0.6, 0.2)]
+    cfg = MergeConfig(
+        base=str(base_dir),
+        models=[
+            {"path": str(root / "ft1"), "weight": 0.3, "block_weights": coeffs[0]},
+            {"path": str(root / "ft2"), "weight": 0.4, "block_weights": coeffs[1]},
+        ],
+        method="task_arithmetic",
+        output=str(tmp_path / "out"),
+        chunk_size=2000,  # several row chunks per large tensor
+        hash_inputs=False,
+    )
+    run_merge(cfg, progress=False)
+    got = io.load_state_dict(tmp_path / "out")
+    tower = [k for k in base if is_image_tower_key(k) and base[k].is_floating_point()]
+    taus = [{k: ft[k] - base[k] for k in tower} for ft in fts]
+    want = add_block_task_vectors({k: base[k] for k in tower}, taus, coeffs)
+    for k in tower:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    text = next(k for k in base if k.startswith("text_model.") and base[k].is_floating_point())
+    torch.testing.assert_close(
+        got[text], base[text] + 0.3 * (fts[0][text] - base[text]) + 0.4 * (fts[1][text] - base[text]), rtol=0, atol=1e-6
+    )
+
+
+def test_merge_block_weights_are_checked_before_any_data(merge_dirs, tmp_path):
+    from paint.pipeline.merge import MergeConfig, run_merge
+
+    base_dir, root = merge_dirs
+    good = uniform_alphas(["embeddings", "layer.0", "layer.1", "head"], 0.5)
+
+    def cfg(method="task_arithmetic", bw=good):
+        return MergeConfig(
+            base=str(base_dir),
+            models=[{"path": str(root / "ft1"), "block_weights": bw}],
+            method=method,
+            output=str(tmp_path / "out"),
+        )
+
+    with pytest.raises(PaintError, match="block_weights\\) need method 'task_arithmetic', not 'ties'"):
+        run_merge(cfg("ties"), progress=False)
+    with pytest.raises(PaintError, match="block_weights has no coefficient for block 'head'"):
+        run_merge(cfg(bw={b: a for b, a in good.items() if b != "head"}), progress=False)
+    with pytest.raises(PaintError, match="block_weights has unknown block 'layer.5'"):
+        run_merge(cfg(bw={**good, "layer.5": 0.1}), progress=False)
+    assert not (tmp_path / "out").exists()

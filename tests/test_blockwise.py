@@ -242,3 +242,36 @@ def test_patch_with_blockwise_writes_the_per_block_checkpoint(tiny_clip_dir, tmp
     want = interpolate_blocks(zs, ft, alphas)
     got = load_file(str(run / "model" / "model.safetensors"))
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_parallel_mode_with_blockwise_has_one_vector_per_task(tiny_clip_dir, tmp_path):
+    from paint.evaluation.results import ResultsStore
+    from paint.models.clip import load_clip
+    from paint.pipeline.multitask import MultitaskRun, run_mode
+    from paint.pipeline.pool import TaskPool
+    from paint.train.finetune import FinetuneConfig
+    from paint.weights.blocks import add_block_task_vectors
+    from paint.weights.ops import task_vector
+    from tests.test_multitask import FT, _prepared
+
+    bundle = load_clip(str(tiny_clip_dir))
+    tasks = [
+        _prepared(bundle, "rgb", "patch", ["red", "green", "blue"], [[200, 30, 30], [30, 200, 30], [30, 30, 200]], 0),
+        _prepared(bundle, "cmy", "patch", ["cat", "dog"], [[30, 200, 200], [200, 200, 30]], 10),
+        _prepared(bundle, "sup", "support", ["circle", "square"], [[90, 90, 90], [160, 160, 160]], 20),
+    ]
+    theta_zs = {k: v.clone() for k, v in bundle.image_tower_state().items()}
+    selection = SelectionConfig(strategy="blockwise", alphas=[0.0, 0.5, 1.0], blockwise={"steps": 4, "eval_every": 2})
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(tmp_path / "results.jsonl"), 64)
+    ctx = MultitaskRun(pool, theta_zs, selection, FinetuneConfig(**FT), tmp_path, False, "test")
+    r = run_mode(ctx, "parallel")
+    (choice,) = r.choices
+    assert len(choice.block_alphas) == 2 and all(len(v) == 4 for v in choice.block_alphas)
+    assert choice.search["free_coefficients"] == 8 and choice.search["gradient_steps"] == 4
+    ctx.resume = True  # the fine-tunes again, read back from their finished checkpoints
+    thetas = [
+        {**theta_zs, **ctx.finetune_from(theta_zs, [n], f"parallel/{i}-{n}/finetune")} for i, n in enumerate(ctx.patch)
+    ]
+    want = add_block_task_vectors(theta_zs, [task_vector(theta_zs, t) for t in thetas], choice.block_alphas)
+    assert all(torch.equal(r.theta[k], want[k]) for k in want)
+    assert r.alphas == pytest.approx([sum(v.values()) / 4 for v in choice.block_alphas])

@@ -68,7 +68,7 @@ def search_blocks(
     if cfg.strategy == "lines":
         depths = list(block_depths(basis.blocks).values())
         result = search_lines(ev, depths, cfg, basis.n_vectors)
-        free = 2 * basis.n_vectors
+        free = 2  # one line shared by every task vector
     elif cfg.strategy == "blockwise":
         bw = cfg.blockwise
         oracle = PenalisedLoss(

@@ -349,28 +349,9 @@ def search_blockwise(
     return _result("blockwise", ev, stopped, n_grad, history)
 
 
-def forward_equivalents(result: BlockSearchResult, backward_cost: float = 2.0) -> float:
-    """Cost in validation forward passes: measurements + (1 + backward_cost) per gradient step.
-
-    A gradient step runs on a sample of ``blockwise.batch`` images per task rather than the whole
-    validation set; callers scale it by that fraction when they know it.
-    """
-    return result.n_model_evals + (1.0 + backward_cost) * result.n_grad_evals
-
-
 BLOCK_STRATEGIES = ("lines", "blockwise")
-BLOCK_OBJECTIVES_NEED_LABELS = {"constrained": True, "mean_accuracy": True, "loss_sum": True, "entropy": False}
 
 
 def is_block_choice(cfg: SelectionConfig) -> bool:
     """Whether ``cfg`` chooses per-block coefficients (or needs the vector measure: ``entropy``)."""
     return cfg.strategy in BLOCK_STRATEGIES or cfg.objective == "entropy"
-
-
-def describe(result: BlockSearchResult, blocks: Sequence[str], n_vectors: int = 1) -> str:
-    """One line: strategy, free coefficients, evaluations, gradient steps."""
-    free = {"lines": 2 * n_vectors, "blockwise": len(blocks) * n_vectors}.get(result.strategy, n_vectors)
-    return (
-        f"{result.strategy}: {free} free coefficient(s), {result.n_model_evals} validation evaluations, "
-        f"{result.n_grad_evals} gradient steps"
-    )
