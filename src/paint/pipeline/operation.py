@@ -190,6 +190,14 @@ def patch(
     tag: str = "",
 ) -> PatchOutcome:
     """Fine-tune from ``theta_zs`` on ``patch_names`` and choose alpha on the line back to it."""
+    from paint.errors import PaintError
+    from paint.selection.blockwise import is_block_choice
+
+    if is_block_choice(selection):  # the case studies read one alpha on the line (PatchOutcome.choice.alpha)
+        raise PaintError(
+            f"selection strategy {selection.strategy!r} / objective {selection.objective!r} chooses per-block "
+            "alphas, which paint patch and paint multitask support; this study takes one alpha (grid or a search)"
+        )
     t0 = time.time()
     theta_ft, fit = finetune_tower(pool, theta_zs, patch_names, finetune_cfg, out_dir, resume, fingerprint, sets)
     t1 = time.time()
