@@ -99,7 +99,7 @@ def print_rows(title: str, rows: list[dict], patch: list[str], zs_val: dict, zs_
         f"| strategy | {cols} | support val (drop) | support test (drop) | worst support test drop | "
         "free coeffs | val evals | grad steps | wall s |"
     )
-    print("|---" * (6 + 2 * len(patch)) + "|")
+    print("|---" * (8 + 2 * len(patch)) + "|")
     zs = " | ".join(f"{100 * zs_val[p]['accuracy']:.1f} | {100 * zs_test[p]['accuracy']:.1f}" for p in patch)
     print(f"| zero-shot | {zs} | {100 * s0v:.1f} | {100 * s0t:.1f} | - | 0 | 0 | 0 | - |")
     for r in rows:

@@ -12,8 +12,9 @@ exactly as a scalar measure turns alpha into them, so every objective of
   grid, then projected Adam on x in [0, 1] with the gradient of ``patch term + lambda * support
   term`` from the caller's oracle (the patch term is cross-entropy, or prediction entropy for the
   ``entropy`` objective; the support term is KL to the zero-shot predictions or cross-entropy).
-  Every ``eval_every`` steps the iterate is measured like any other point; lambda doubles after an
-  infeasible one and shrinks after a feasible one (a multiplier driven by the real constraint).
+  lambda is the multiplier of "support term <= its value at the start" (dual ascent); every
+  ``eval_every`` steps the iterate is measured like any other point, and an infeasible one
+  tightens that budget.
 - ``entropy`` objective: minimise the mean prediction entropy on the patching tasks' images,
   which needs no patching labels; the support tasks keep the configured constraint.
 
@@ -24,6 +25,7 @@ model, is measured first and is always feasible).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -304,14 +306,17 @@ def search_blockwise(
     cfg: SelectionConfig,
     n_vectors: int = 1,
 ) -> BlockSearchResult:
-    """Projected Adam on the coefficients from the best single alpha, with a constraint-driven multiplier.
+    """Projected Adam on the coefficients from the best single alpha, the support term held to a budget.
 
-    1. the single-alpha grid of ``cfg.points()`` (every block equal), so the start is the grid's
-       choice and ``blockwise`` is never worse on validation than it;
-    2. ``cfg.blockwise.steps`` Adam steps of size ``cfg.blockwise.lr`` on patch + lambda * support,
-       x clipped to [0, 1] after each step;
-    3. every ``eval_every`` steps (and after the last) the iterate is measured; lambda is doubled
-       after an infeasible one and divided by 1.5 after a feasible one.
+    1. the single-alpha grid of ``cfg.points()`` (every block equal): the start is the grid's
+       choice, so ``blockwise`` is never worse on validation than it;
+    2. ``cfg.blockwise.steps`` Adam steps (step size ``lr``, cosine-decayed to 0) on
+       patch + lambda * support, x clipped to [0, 1] after each step. The support term at the start
+       is the *budget* (the single alpha already meets the accuracy bound with it): lambda follows
+       the Lagrange multiplier of "support <= budget" by multiplicative dual ascent,
+       lambda <- lambda * exp(dual_lr * (support / budget - 1)), each factor clipped to [1/e, e];
+    3. every ``eval_every`` steps (and after the last) the iterate is measured; an infeasible one
+       tightens the budget by 30 %.
     """
     bw = cfg.blockwise
     size = ev.size
@@ -325,6 +330,7 @@ def search_blockwise(
             ev.evaluate(tile([a] * n_blocks, n_vectors), "grid")
         x = np.asarray(ev.best().alphas, dtype=np.float64)
         lam = bw.multiplier
+        budget: float | None = None
         m = np.zeros(size)
         v = np.zeros(size)
         b1, b2, eps = 0.9, 0.999, 1e-8
@@ -334,15 +340,20 @@ def search_blockwise(
             if not np.all(np.isfinite(g.grad)):
                 stopped = "non-finite gradient"
                 break
+            if budget is None:
+                budget = max(g.support, 1e-12)
+            rec = {"step": t, "loss": g.value, "patch": g.patch, "support": g.support, "multiplier": lam}
+            rec["budget"] = budget
             m = b1 * m + (1 - b1) * g.grad
             v = b2 * v + (1 - b2) * g.grad**2
-            step = bw.lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
-            x = np.clip(x - step, 0.0, 1.0)
-            rec = {"step": t, "loss": g.value, "patch": g.patch, "support": g.support, "multiplier": lam}
+            lr = bw.lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / bw.steps))
+            x = np.clip(x - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps), 0.0, 1.0)
+            lam *= math.exp(min(1.0, max(-1.0, bw.dual_lr * (g.support / budget - 1.0))))
             if t % bw.eval_every == 0 or t == bw.steps:
                 e = ev.evaluate(x.tolist(), f"step {t}")
                 rec.update(value=e.value, feasible=float(e.feasible))
-                lam = lam * 2.0 if not e.feasible else max(bw.multiplier / 8, lam / 1.5)
+                if not e.feasible:
+                    budget *= 0.7
             history.append(rec)
     except BudgetExhausted:
         stopped = "budget"

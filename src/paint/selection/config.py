@@ -33,6 +33,7 @@ class BlockwiseConfig(StrictModel):
     batch: int = Field(128, ge=1, description="images per task in each gradient step (a fresh sample each step)")
     support_loss: Literal["kl", "ce"] = Field("kl", description="kl: to the zero-shot predictions (no labels); ce")
     multiplier: float = Field(1.0, gt=0.0, description="initial weight lambda of the support term")
+    dual_lr: float = Field(1.0, ge=0.0, le=10.0, description="step of lambda's dual ascent (0: lambda fixed)")
     seed: int = 0
 
 
