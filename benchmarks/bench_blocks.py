@@ -5,7 +5,8 @@ One fine-tune per patching task (the demo's / the multi-task example's recipe, c
 reported on *test*:
 
 - single task: digits patched with the four support tasks (``paint demo`` settings), rows
-  grid (one alpha), lines (2 coefficients), blockwise (one per block), and the label-free
+  grid (one alpha), boundary (one alpha, bisected to 1e-3: the fair single-alpha baseline at
+  the same bound), lines (2 coefficients), blockwise (one per block), and the label-free
   entropy objective (grid and blockwise; digits labels hidden from the choice);
 - ``--multitask``: digits + counting (``examples/multitask-digits-counting.yaml``), parallel mode:
   coordinate-wise single alphas (the existing search) vs blockwise (one vector per task,
@@ -44,6 +45,7 @@ from paint.weights.blocks import add_block_task_vectors, interpolate_blocks
 BASE = dict(objective="constrained", epsilon=1.0, constraint="mean")
 SINGLE = {
     "grid (one alpha)": SelectionConfig(strategy="grid", **BASE),
+    "boundary (one alpha, bisection)": SelectionConfig(strategy="boundary", budget=12, **BASE),
     "lines": SelectionConfig(strategy="lines", **BASE),
     "blockwise": SelectionConfig(strategy="blockwise", **BASE),
     "entropy, grid (label-free)": SelectionConfig(strategy="grid", **{**BASE, "objective": "entropy"}),
@@ -113,7 +115,7 @@ def print_rows(title: str, rows: list[dict], patch: list[str], zs_val: dict, zs_
         print(f"  {r['strategy']}: {r['alphas']}")
 
 
-def single_task(pool, theta_zs, out, epochs) -> list[dict]:
+def single_task(pool, theta_zs, out, epochs, only=()) -> list[dict]:
     ft_cfg = FinetuneConfig(epochs=epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=0)
     theta_ft = fine_tuned(pool, theta_zs, "digits", ft_cfg, out)
     line = Line.between(theta_zs, theta_ft)
@@ -121,6 +123,8 @@ def single_task(pool, theta_zs, out, epochs) -> list[dict]:
     zs_val, zs_test = pool.evaluate_state(theta_zs, "val"), pool.evaluate_state(theta_zs, "test")
     rows = []
     for label, cfg in SINGLE.items():
+        if only and not any(o in label for o in only):
+            continue
         t0 = time.time()
         c = choose(pool, line, cfg, patch, support)
         wall = time.time() - t0
@@ -212,6 +216,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None, help="default: 20 (demo), 10 (multi-task example)")
     ap.add_argument("--multitask", action="store_true")
+    ap.add_argument("--only", nargs="*", default=(), help="single task: run only the rows whose label contains one")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -228,7 +233,7 @@ def main() -> None:
     if args.multitask:
         rows = multitask(pool, theta_zs, out, args.epochs or 10)
     else:
-        rows = single_task(pool, theta_zs, out, args.epochs or 20)
+        rows = single_task(pool, theta_zs, out, args.epochs or 20, args.only)
     name = "multitask" if args.multitask else "single"
     (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
     print(f"\ntotal {time.time() - t0:.0f}s", flush=True)

@@ -181,7 +181,9 @@ class PenalisedLoss:
     - support term: mean KL(zero-shot || theta(x)) of the support tasks' predictions
       (``support_loss="kl"``: labels never read; 0 at x = 0) or their cross-entropy (``"ce"``).
 
-    Each call draws ``batch`` images per task (seeded, a fresh sample each call).
+    Each task contributes a fixed sample of ``batch`` of its images (drawn once, seeded): the loss
+    is then a deterministic function of x, so the support term at the start is a budget that later
+    steps can be compared with exactly (a fresh sample each step made that comparison noise).
     """
 
     model: torch.nn.Module
@@ -194,18 +196,20 @@ class PenalisedLoss:
     batch: int = 128
     seed: int = 0
     _ref: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
-    _rng: np.random.Generator = field(init=False, repr=False)
+    _idx: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     n_images: int = field(default=0, init=False)  # images through forward + backward, in all
 
     def __post_init__(self) -> None:
-        self._rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.seed)
+        for t in [*self.patch, *self.support]:
+            n = len(t.images)
+            self._idx[t.name] = np.sort(rng.choice(n, size=min(n, self.batch), replace=False))
         if self.support_loss == "kl":
             zs = dict(self.basis.theta_zs)
             self._ref = {t.name: predictions(self.model, zs, t, self.spec) for t in self.support}
 
     def _sample(self, t: TaskData) -> np.ndarray:
-        n = len(t.images)
-        return np.sort(self._rng.choice(n, size=min(n, self.batch), replace=False))
+        return self._idx[t.name]
 
     def _logits(self, params: StateDict, t: TaskData, idx: np.ndarray) -> torch.Tensor:
         device = next(self.model.parameters()).device

@@ -314,7 +314,8 @@ def search_blockwise(
        patch + lambda * support, x clipped to [0, 1] after each step. The support term at the start
        is the *budget* (the single alpha already meets the accuracy bound with it): lambda follows
        the Lagrange multiplier of "support <= budget" by multiplicative dual ascent,
-       lambda <- lambda * exp(dual_lr * (support / budget - 1)), each factor clipped to [1/e, e];
+       lambda <- lambda * exp(dual_lr * (support / budget - 1)), the exponent clipped to
+       [-dual_lr, dual_lr] and lambda to [multiplier / 100, 100 * multiplier];
     3. every ``eval_every`` steps (and after the last) the iterate is measured; an infeasible one
        tightens the budget by 30 %.
     """
@@ -348,7 +349,8 @@ def search_blockwise(
             v = b2 * v + (1 - b2) * g.grad**2
             lr = bw.lr * 0.5 * (1 + math.cos(math.pi * (t - 1) / bw.steps))
             x = np.clip(x - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps), 0.0, 1.0)
-            lam *= math.exp(min(1.0, max(-1.0, bw.dual_lr * (g.support / budget - 1.0))))
+            step = min(bw.dual_lr, max(-bw.dual_lr, bw.dual_lr * (g.support / budget - 1.0)))
+            lam = min(100 * bw.multiplier, max(bw.multiplier / 100, lam * math.exp(step)))
             if t % bw.eval_every == 0 or t == bw.steps:
                 e = ev.evaluate(x.tolist(), f"step {t}")
                 rec.update(value=e.value, feasible=float(e.feasible))

@@ -28,12 +28,12 @@ class BlockwiseConfig(StrictModel):
     """The gradient search of ``strategy: blockwise`` (see :mod:`paint.selection.blockwise`)."""
 
     steps: int = Field(40, ge=1, le=10000, description="Adam steps on the per-block coefficients")
-    lr: float = Field(0.05, gt=0.0, le=1.0, description="Adam step size (coefficients live in [0, 1])")
-    eval_every: int = Field(5, ge=1, description="measure the iterate on validation every this many steps")
-    batch: int = Field(128, ge=1, description="images per task in each gradient step (a fresh sample each step)")
+    lr: float = Field(0.01, gt=0.0, le=1.0, description="Adam step size, cosine-decayed (coefficients live in [0, 1])")
+    eval_every: int = Field(4, ge=1, description="measure the iterate on validation every this many steps")
+    batch: int = Field(128, ge=1, description="images per task in the gradient's loss (a fixed, seeded sample)")
     support_loss: Literal["kl", "ce"] = Field("kl", description="kl: to the zero-shot predictions (no labels); ce")
     multiplier: float = Field(1.0, gt=0.0, description="initial weight lambda of the support term")
-    dual_lr: float = Field(1.0, ge=0.0, le=10.0, description="step of lambda's dual ascent (0: lambda fixed)")
+    dual_lr: float = Field(0.5, ge=0.0, le=10.0, description="step of lambda's dual ascent (0: lambda fixed)")
     seed: int = 0
 
 
