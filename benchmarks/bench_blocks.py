@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from paint.data.spec import TaskSpec
-from paint.evaluation.results import ResultsStore
+from paint.evaluation.results import MemoryStore
 from paint.models.clip import DEFAULT_MODEL, load_clip
 from paint.pipeline.operation import choose, choose_blocks
 from paint.pipeline.pool import Line, TaskPool, load_tasks, prepare_tasks
@@ -225,7 +225,7 @@ def main() -> None:
     specs = [TaskSpec(name="digits", val_fraction=0.2)] + ([TaskSpec(name="counting")] if args.multitask else [])
     loaded = load_tasks(specs, "patch") + load_tasks([TaskSpec(name=n) for n in DEMO_SUPPORT], "support")
     tasks = prepare_tasks(bundle, loaded, out / "cache", 256)
-    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), 256)
+    pool = TaskPool(bundle.model, bundle.spec, tasks, MemoryStore(), 256)  # fresh: wall times are not cache reads
     theta_zs = bundle.image_tower_copy()
     n_val = sum(len(t.labels["val"]) for t in tasks)
     print(f"validation images per evaluation: {n_val}", flush=True)
