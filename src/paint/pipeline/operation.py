@@ -43,13 +43,6 @@ class Choice:
     n_model_evals: int = 0
     block_alphas: list[dict[str, float]] | None = None  # per-block strategies: {block: alpha} per task vector
 
-    @property
-    def alpha_label(self) -> str:
-        """The chosen alpha for tables: the number, or ``per-block`` with the block alphas' mean."""
-        if self.block_alphas is None:
-            return f"{self.alpha:.3g}"
-        return f"per-block (mean {self.alpha:.3g})"
-
     def record(self) -> dict[str, Any]:
         """The ``selection`` entry of a run's summary."""
         rec = {"rule": self.rule, "epsilon": self.epsilon, "candidates": self.candidates, "search": self.search}

@@ -21,7 +21,7 @@ import numpy as np
 
 from paint.evaluation.functional import BlockBasis, PenalisedLoss, TaskData, measure_state
 from paint.pipeline.pool import TaskPool, sweep_point
-from paint.selection import SelectionConfig, select_candidates
+from paint.selection import SelectionConfig
 from paint.selection.blockwise import (
     BlockSearchResult,
     VectorEvaluator,
@@ -127,17 +127,6 @@ def block_record(result: BlockSearchResult, basis: BlockBasis, cost: dict[str, A
         for e in result.evaluations
     ]
     return rec
-
-
-def candidates_on(
-    sweep: list[dict[str, Any]],
-    patch: Sequence[str],
-    support: Sequence[str],
-    epsilon: float,
-    reference: TaskMetrics | None,
-) -> dict[str, dict[str, Any]]:
-    """Every reported single-alpha rule on the diagonal sweep (what one alpha would have chosen)."""
-    return select_candidates(sweep, patch, support, epsilon, reference)
 
 
 def basis_for(theta_zs: StateDict, thetas: Sequence[StateDict]) -> BlockBasis:
