@@ -275,3 +275,15 @@ def test_parallel_mode_with_blockwise_has_one_vector_per_task(tiny_clip_dir, tmp
     want = add_block_task_vectors(theta_zs, [task_vector(theta_zs, t) for t in thetas], choice.block_alphas)
     assert all(torch.equal(r.theta[k], want[k]) for k in want)
     assert r.alphas == pytest.approx([sum(v.values()) / 4 for v in choice.block_alphas])
+
+
+def test_a_workflow_that_reads_one_alpha_refuses_per_block_selection(tiny):
+    from paint.evaluation.results import MemoryStore
+    from paint.pipeline.operation import choose
+    from paint.pipeline.pool import Line, TaskPool
+
+    bundle, basis, _, _ = tiny
+    pool = TaskPool(bundle.model, bundle.spec, [], MemoryStore())
+    line = Line.between(basis.theta_zs, basis.thetas[0])
+    with pytest.raises(PaintError, match="chooses per-block alphas, which paint patch and paint multitask support"):
+        choose(pool, line, SelectionConfig(strategy="lines"), ["p"], [])

@@ -88,7 +88,7 @@ class MultitaskRun:
     def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> Choice:
         """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs."""
         line = Line.between(theta_a, theta_b, tag)
-        return choose(self.pool, line, self.selection, patch, self.support, reference=self.reference())
+        return choose(self.pool, line, self.selection, patch, self.support, self.reference(), per_block=True)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paint.errors import PaintError
 from paint.evaluation.line import set_image_tower
 from paint.pipeline.pool import Line, TaskPool, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
@@ -107,16 +108,25 @@ def choose(
     patch: Sequence[str],
     support: Sequence[str],
     reference: TaskMetrics | None = None,
+    per_block: bool = False,
 ) -> Choice:
     """Choose alpha on ``line`` on validation as ``cfg`` says; every evaluation goes to the pool's store.
 
     ``reference`` is the zero-shot model's validation metrics when the line does not start there
     (sequential multi-task patching); by default the line's alpha 0 is the reference.
+    ``per_block``: the caller builds the patched state with :func:`chosen_state` (or from
+    ``block_alphas``), so per-block settings (``lines``, ``blockwise``, ``entropy``) are allowed;
+    a caller that reads only ``alpha`` gets a one-line refusal instead of a wrong model.
     """
     from paint.progress import counter, ticking
     from paint.selection.blockwise import is_block_choice
 
     if is_block_choice(cfg):
+        if not per_block:
+            raise PaintError(
+                f"selection strategy {cfg.strategy!r} / objective {cfg.objective!r} chooses per-block alphas, "
+                "which paint patch and paint multitask support; this workflow takes one alpha (grid or a search)"
+            )
         return choose_blocks(pool, [line.theta_ft], line.theta_zs, cfg, patch, support, reference, line.id)
     measure = pool.measure(line)
     with counter(
@@ -183,14 +193,6 @@ def patch(
     tag: str = "",
 ) -> PatchOutcome:
     """Fine-tune from ``theta_zs`` on ``patch_names`` and choose alpha on the line back to it."""
-    from paint.errors import PaintError
-    from paint.selection.blockwise import is_block_choice
-
-    if is_block_choice(selection):  # the case studies read one alpha on the line (PatchOutcome.choice.alpha)
-        raise PaintError(
-            f"selection strategy {selection.strategy!r} / objective {selection.objective!r} chooses per-block "
-            "alphas, which paint patch and paint multitask support; this study takes one alpha (grid or a search)"
-        )
     t0 = time.time()
     theta_ft, fit = finetune_tower(pool, theta_zs, patch_names, finetune_cfg, out_dir, resume, fingerprint, sets)
     t1 = time.time()

@@ -112,7 +112,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         proc.wait_for_everyone()
         return {}
     line = Line.between(theta_zs, theta_ft)
-    choice = choose(pool, line, cfg.selection, names_p, names_s)
+    choice = choose(pool, line, cfg.selection, names_p, names_s, per_block=True)
     t_sweep = time.time()
     patched = chosen_state(line, choice)  # the patched checkpoint: the base model with the image tower at theta_chosen
     if choice.block_alphas is None:
