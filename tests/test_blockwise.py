@@ -217,7 +217,7 @@ def _config(tmp_path, model, selection):
     return path
 
 
-def test_patch_with_blockwise_writes_the_per_block_checkpoint(tiny_clip_dir, tmp_path):
+def test_patch_with_blockwise_writes_the_per_block_checkpoint(tiny_clip_dir, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from paint.cli import main
@@ -233,6 +233,7 @@ def test_patch_with_blockwise_writes_the_per_block_checkpoint(tiny_clip_dir, tmp
     assert search["free_coefficients"] == 4 and search["gradient_steps"] == 2
     assert summary["selection"]["rule"] == "search:blockwise/loss_sum"
     assert "Per-block alphas" in (run / "summary.md").read_text()
+    assert "per block (the alpha above is their mean): embeddings" in capsys.readouterr().out
     # The checkpoint is the per-block formula applied to theta_zs and theta_ft.
     from paint.models.clip import load_clip
 

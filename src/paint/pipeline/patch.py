@@ -171,7 +171,8 @@ def patch_markdown(summary: dict[str, Any]) -> str:
         [
             f"# PAINT: patching {', '.join(patch)}",
             "",
-            f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
+            f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}**"
+            f"{' (mean of the per-block alphas)' if 'block_alphas' in summary else ''} by the `{summary['selection']['rule']}` rule "
             f"on validation. All rules (support within {points(summary['selection']['epsilon'])} for the constrained ones): "
             f"{rules}.",
             *(
