@@ -288,3 +288,23 @@ def test_a_workflow_that_reads_one_alpha_refuses_per_block_selection(tiny):
     line = Line.between(basis.theta_zs, basis.thetas[0])
     with pytest.raises(PaintError, match="chooses per-block alphas, which paint patch and paint multitask support"):
         choose(pool, line, SelectionConfig(strategy="lines"), ["p"], [])
+
+
+def test_per_block_measurements_are_stored_and_read_back(tiny, tmp_path, monkeypatch):
+    import paint.pipeline.perblock as perblock
+    from paint.evaluation.results import ResultsStore
+    from paint.pipeline.pool import TaskPool
+
+    bundle, basis, patch, support = tiny
+    pool = TaskPool(bundle.model, bundle.spec, [], ResultsStore(tmp_path / "results.jsonl"))
+    x = [0.1, 0.2, 0.3, 0.4]
+    first = perblock.stored_measure(pool, basis, [patch, support], x, False)
+    assert set(first["rgb"]) == {"accuracy", "loss", "entropy", "n"}
+    calls = []
+    real = perblock.measure_state
+    monkeypatch.setattr(perblock, "measure_state", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = TaskPool(bundle.model, bundle.spec, [], ResultsStore(tmp_path / "results.jsonl"))  # a resumed run
+    assert perblock.stored_measure(again, basis, [patch, support], x, False) == first
+    assert not calls  # read back from results.jsonl, not measured
+    perblock.stored_measure(again, basis, [patch, support], x, True)  # hidden labels: another key
+    assert len(calls) == 1

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from paint.evaluation.functional import BlockBasis, PenalisedLoss, TaskData, measure_state
-from paint.pipeline.pool import TaskPool, sweep_point
+from paint.evaluation.results import ResultKey
+from paint.pipeline.pool import TaskPool, state_id, sweep_point
 from paint.selection import SelectionConfig
 from paint.selection.blockwise import (
     BlockSearchResult,
@@ -45,6 +46,30 @@ def task_data(pool: TaskPool, names: Sequence[str], split: str, hide_labels: boo
     return out
 
 
+def basis_id(basis: BlockBasis) -> str:
+    """The results-store id of a coefficient space: theta_zs and every fine-tuned tower, by content."""
+    return "blocks-" + "-".join(state_id(t) for t in [basis.theta_zs, *basis.thetas])
+
+
+def stored_measure(
+    pool: TaskPool, basis: BlockBasis, data: Sequence[TaskData], x: Sequence[float], label_free: bool
+) -> TaskMetrics:
+    """Validation metrics at coefficients ``x``, each task's record kept in the pool's results store.
+
+    The key holds the coefficients and whether the patching labels were hidden, so a resumed run
+    (or another strategy on the same fine-tunes) reads a measured point instead of measuring it again.
+    """
+    key = f"{basis_id(basis)}{'/label-free' if label_free else ''}/" + ",".join(f"{a:.10g}" for a in x)
+    recs = {d.name: pool.store.get(ResultKey(key, 0.0, d.name, "val")) for d in data}
+    missing = [d for d in data if recs[d.name] is None]
+    if missing:
+        measured = measure_state(pool.model, basis.state(x), missing, pool.spec, pool.batch_size)
+        for d in missing:
+            recs[d.name] = pool.store.put(ResultKey(key, 0.0, d.name, "val"), measured[d.name])
+    fields = ("accuracy", "loss", "entropy", "n")
+    return {n: {f: r[f] for f in fields if f in r} for n, r in recs.items()}
+
+
 def search_blocks(
     pool: TaskPool,
     basis: BlockBasis,
@@ -60,7 +85,7 @@ def search_blocks(
     data = p_data + s_data
 
     def measure(x: Sequence[float]) -> TaskMetrics:
-        return measure_state(pool.model, basis.state(x), data, pool.spec, pool.batch_size)
+        return stored_measure(pool, basis, data, x, label_free)
 
     ev = VectorEvaluator(measure, block_objective(cfg, patch, support), basis.size, cfg.max_evals(), reference)
     t0 = time.time()
