@@ -187,6 +187,10 @@ def test_lines_extends_the_grid_and_finds_a_sloped_optimum():
     assert result.value < min(e.value for e in grid if e.feasible)  # a slope beats every single alpha
     assert result.alphas[0] == 1.0 and result.alphas[-1] <= 0.1 + 1e-9
     assert list(result.alphas) == pytest.approx(lines_vector(depths, result.alphas[0], result.alphas[-1]))
+    # Several task vectors share the one line (2 free coefficients in all).
+    ev2 = VectorEvaluator(lambda x: measure(x[:4]), block_objective(cfg, ["p"], ["s"]), 8, cfg.max_evals())
+    two = search_lines(ev2, depths, cfg, n_vectors=2)
+    assert two.alphas[:4] == two.alphas[4:] == result.alphas
 
 
 def test_selection_config_names_the_per_block_choices():
