@@ -29,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, <mode>/model)")
         return 0
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
+    if "block_alphas" in summary:
+        print(
+            "  per block (the alpha above is their mean): "
+            + ", ".join(f"{b} {a:.3g}" for b, a in summary["block_alphas"].items())
+        )
     print(test_table(summary["test"]))
     print(f"outputs: {cfg.output_dir}/ (summary.json, summary.md, tradeoff.png, model/)")
     return 0

@@ -25,7 +25,7 @@ from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
 from paint.weights.io import CheckpointReader, file_sha256
-from paint.weights.methods import GREEDY_SOUP, METHODS, get_method
+from paint.weights.methods import GREEDY_SOUP, METHODS, get_method, with_block_weights
 from paint.weights.soup import GREEDY_SOUP_PAPERS, greedy_soup
 from paint.weights.stream import (
     DEFAULT_CHUNK_BYTES,
@@ -62,6 +62,9 @@ class ModelInput(StrictModel):
 
     path: str = Field(description="HF directory, .safetensors or legacy .bin/.pt file")
     weight: float = Field(1.0, description="weight (linear) or coefficient (task arithmetic, TIES, DARE)")
+    block_weights: dict[str, float] | None = Field(
+        None, description="task_arithmetic: one coefficient per image-tower block (embeddings, layer.<i>, head)"
+    )
 
 
 class MergeConfig(StrictModel):
@@ -185,7 +188,27 @@ def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[
     check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {m.path}" for m in cfg.models])
     check_files(readers)
     check_carried_files(Path(readers[0].path))
+    check_block_weights(cfg, readers[0].infos)
     return readers, params
+
+
+def check_block_weights(cfg: MergeConfig, base_keys: Any) -> None:
+    """Per-block weights: task arithmetic only, exactly the blocks of the base's image tower (before any data)."""
+    if all(m.block_weights is None for m in cfg.models):
+        return
+    from paint.types import is_image_tower_key
+    from paint.weights.blocks import block_names
+
+    if cfg.method != "task_arithmetic":
+        raise PaintError(f"per-block weights (block_weights) need method 'task_arithmetic', not {cfg.method!r}")
+    blocks = block_names(k for k in base_keys if is_image_tower_key(k))
+    for m in cfg.models:
+        if m.block_weights is None:
+            continue
+        missing, extra = sorted(set(blocks) - set(m.block_weights)), sorted(set(m.block_weights) - set(blocks))
+        if missing or extra:
+            what = f"no coefficient for block {missing[0]!r}" if missing else f"unknown block {extra[0]!r}"
+            raise PaintError(f"model {m.path}: block_weights has {what}; the base's image tower has blocks {blocks}")
 
 
 def check_carried_files(base: Path) -> None:
@@ -335,6 +358,8 @@ def _stream_into(
     """The streamed merge written into ``tmp``: stats, parameters, input hashes and the optional evaluation."""
     weights = [m.weight for m in cfg.models]
     method, w, p = resolve(cfg.method, len(weights), weights, params)
+    if any(m.block_weights is not None for m in cfg.models):
+        method = with_block_weights(method, [m.block_weights for m in cfg.models])
     merged = stream_merge_into(
         tmp,
         readers,

@@ -7,7 +7,9 @@
   patched so far), theta_i = the chosen point.
 - ``parallel``: fine-tune each task from theta_zs, then theta = theta_zs + sum_i alpha_i tau_i
   with tau_i = theta_i - theta_zs; the alpha vector is searched coordinate by coordinate with
-  the configured scalar strategy (``parallel_sweeps`` passes), each coordinate a line search.
+  the configured scalar strategy (``parallel_sweeps`` passes), each coordinate a line search;
+  with a per-block strategy (``lines``, ``blockwise``, ``entropy``) one vector of per-block alphas
+  per task, ``theta_zs + sum_i sum_l alpha_il tau_il`` (layer-wise AdaMerging).
 
 Every alpha is chosen on validation splits by :func:`paint.pipeline.operation.choose`; the reference of every
 objective (zero-shot accuracy and loss) is theta_zs, whatever line is searched. With one
@@ -30,14 +32,16 @@ from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import DEFAULT_MODEL
-from paint.pipeline.operation import Choice, choose, finetune_tower
+from paint.pipeline.operation import Choice, choose, choose_blocks, chosen_state, finetune_tower
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
 from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionConfig, SelectionFields
+from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig
 from paint.types import StateDict
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic, write_text_atomic
+from paint.weights.blocks import add_block_task_vectors, mean_alpha
 from paint.weights.ops import add_task_vectors, task_vector
 
 Mode = Literal["joint", "sequential", "parallel"]
@@ -84,7 +88,7 @@ class MultitaskRun:
     def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> Choice:
         """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs."""
         line = Line.between(theta_a, theta_b, tag)
-        return choose(self.pool, line, self.selection, patch, self.support, reference=self.reference())
+        return choose(self.pool, line, self.selection, patch, self.support, self.reference(), per_block=True)
 
 
 @dataclass
@@ -110,7 +114,7 @@ def patch_joint(ctx: MultitaskRun) -> ModeResult:
     """One fine-tune on the union of the patching tasks, one alpha."""
     theta_ft = ctx.finetune_from(ctx.theta_zs, ctx.patch, "joint/finetune")
     res = ctx.choose_on_line(ctx.theta_zs, theta_ft, ctx.patch, "joint/")
-    return ModeResult("joint", Line.between(ctx.theta_zs, theta_ft).at(res.alpha), [res.alpha], [res], 1)
+    return ModeResult("joint", chosen_state(Line.between(ctx.theta_zs, theta_ft), res), [res.alpha], [res], 1)
 
 
 def patch_sequential(ctx: MultitaskRun) -> ModeResult:
@@ -121,7 +125,7 @@ def patch_sequential(ctx: MultitaskRun) -> ModeResult:
     for i, name in enumerate(patch):
         theta_ft = ctx.finetune_from(theta, [name], f"sequential/{i}-{name}/finetune")
         res = ctx.choose_on_line(theta, theta_ft, patch[: i + 1], f"sequential/{i}/")
-        theta = Line.between(theta, theta_ft).at(res.alpha)
+        theta = chosen_state(Line.between(theta, theta_ft), res)
         alphas.append(res.alpha)
         choices.append(res)
     return ModeResult("sequential", theta, alphas, choices, len(patch))
@@ -169,6 +173,11 @@ def search_parallel(
 def patch_parallel(ctx: MultitaskRun, sweeps: int = 1) -> ModeResult:
     """Fine-tune each task from theta_zs; search the alpha vector of their task vectors."""
     thetas = [ctx.finetune_from(ctx.theta_zs, [n], f"parallel/{i}-{n}/finetune") for i, n in enumerate(ctx.patch)]
+    if is_block_choice(ctx.selection):  # one vector of per-block alphas per task (layer-wise AdaMerging)
+        res = choose_blocks(ctx.pool, thetas, ctx.theta_zs, ctx.selection, ctx.patch, ctx.support, ctx.reference())
+        theta = add_block_task_vectors(ctx.theta_zs, [task_vector(ctx.theta_zs, t) for t in thetas], res.block_alphas)
+        alphas = [mean_alpha(a) for a in res.block_alphas]
+        return ModeResult("parallel", theta, alphas, [res], len(ctx.patch))
     alphas, choices, theta = search_parallel(ctx, thetas, sweeps)
     return ModeResult("parallel", theta, alphas, choices, len(ctx.patch))
 

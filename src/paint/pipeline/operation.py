@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paint.errors import PaintError
 from paint.evaluation.line import set_image_tower
 from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
@@ -41,10 +42,14 @@ class Choice:
     sweep: list[dict[str, Any]]  # evaluated points in alpha order: {"alpha", "val", "val_loss"}
     search: dict[str, Any] | None = None  # the search record (strategy, evaluations, ...) unless grid
     n_model_evals: int = 0
+    block_alphas: list[dict[str, float]] | None = None  # per-block strategies: {block: alpha} per task vector
 
     def record(self) -> dict[str, Any]:
         """The ``selection`` entry of a run's summary."""
-        return {"rule": self.rule, "epsilon": self.epsilon, "candidates": self.candidates, "search": self.search}
+        rec = {"rule": self.rule, "epsilon": self.epsilon, "candidates": self.candidates, "search": self.search}
+        if self.block_alphas is not None:
+            rec["block_alphas"] = self.block_alphas
+        return rec
 
 
 @dataclass
@@ -58,8 +63,17 @@ class PatchOutcome:
 
     @property
     def theta(self) -> dict:
-        """The patched image tower at the chosen alpha."""
-        return self.line.at(self.choice.alpha)
+        """The patched image tower at the chosen alpha (or per-block alphas)."""
+        return chosen_state(self.line, self.choice)
+
+
+def chosen_state(line: Line, choice: Choice) -> dict:
+    """The patched image tower: theta(alpha) on ``line``, or per block with the chosen block alphas."""
+    if choice.block_alphas is not None:
+        from paint.weights.blocks import interpolate_blocks
+
+        return interpolate_blocks(line.theta_zs, line.theta_ft, choice.block_alphas[0])
+    return line.at(choice.alpha)
 
 
 def finetune_tower(
@@ -94,14 +108,26 @@ def choose(
     patch: Sequence[str],
     support: Sequence[str],
     reference: TaskMetrics | None = None,
+    per_block: bool = False,
 ) -> Choice:
     """Choose alpha on ``line`` on validation as ``cfg`` says; every evaluation goes to the pool's store.
 
     ``reference`` is the zero-shot model's validation metrics when the line does not start there
     (sequential multi-task patching); by default the line's alpha 0 is the reference.
+    ``per_block``: the caller builds the patched state with :func:`chosen_state` (or from
+    ``block_alphas``), so per-block settings (``lines``, ``blockwise``, ``entropy``) are allowed;
+    a caller that reads only ``alpha`` gets a one-line refusal instead of a wrong model.
     """
     from paint.progress import counter, ticking
+    from paint.selection.blockwise import is_block_choice
 
+    if is_block_choice(cfg):
+        if not per_block:
+            raise PaintError(
+                f"selection strategy {cfg.strategy!r} / objective {cfg.objective!r} chooses per-block alphas, "
+                "which paint patch and paint multitask support; this workflow takes one alpha (grid or a search)"
+            )
+        return choose_blocks(pool, [line.theta_ft], line.theta_zs, cfg, patch, support, reference, line.id)
     measure = pool.measure(line)
     with counter(
         f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
@@ -119,6 +145,37 @@ def choose(
         search = {k: v for k, v in result.to_dict().items() if k != "evaluations"}
         search["alphas_evaluated"] = [e.alpha for e in result.evaluations]
     return Choice(result.alpha, rule, cfg.epsilon, candidates, sweep, search, result.n_model_evals)
+
+
+def choose_blocks(
+    pool: TaskPool,
+    thetas: Sequence[StateDict],
+    theta_zs: StateDict,
+    cfg: SelectionConfig,
+    patch: Sequence[str],
+    support: Sequence[str],
+    reference: TaskMetrics | None = None,
+    line_id: str | None = None,
+) -> Choice:
+    """Choose one alpha per block (and per task vector in ``thetas``) as ``cfg`` says (lines, blockwise, entropy)."""
+    from paint.pipeline.perblock import basis_for, block_record, diagonal_sweep, search_blocks
+    from paint.weights.blocks import mean_alpha
+
+    basis = basis_for(theta_zs, thetas)
+    result, cost = search_blocks(pool, basis, cfg, patch, support, reference)
+    sweep = diagonal_sweep(pool, basis, result, line_id, cfg.objective == "entropy")
+    candidates = select_candidates(sweep, patch, support, cfg.epsilon, reference)
+    per_vector = basis.alphas_of(result.alphas)
+    return Choice(
+        mean_alpha(per_vector[0]),
+        f"search:{cfg.strategy}/{cfg.rule_name}",
+        cfg.epsilon,
+        candidates,
+        sweep,
+        block_record(result, basis, cost),
+        result.n_model_evals,
+        per_vector,
+    )
 
 
 def patch(

@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
-from paint.pipeline.operation import choose, finetune_tower, test_at
+from paint.pipeline.operation import choose, chosen_state, finetune_tower, test_at
 from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
@@ -112,16 +112,22 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         proc.wait_for_everyone()
         return {}
     line = Line.between(theta_zs, theta_ft)
-    choice = choose(pool, line, cfg.selection, names_p, names_s)
+    choice = choose(pool, line, cfg.selection, names_p, names_s, per_block=True)
     t_sweep = time.time()
-    test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
-    patched = line.at(choice.alpha)  # the patched checkpoint: the base model with the image tower at theta_chosen
+    patched = chosen_state(line, choice)  # the patched checkpoint: the base model with the image tower at theta_chosen
+    if choice.block_alphas is None:
+        test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
+    else:  # per-block alphas: the patched state is off the line, evaluated as a state
+        test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0})
+        for name, acc in pool.evaluate_state(patched, "test").items():
+            test[name]["patched"] = acc["accuracy"]
     pool.load(patched)
     summary: dict[str, Any] = {
         "alpha": choice.alpha,
         "sweep": choice.sweep,
         "test": test,
         "selection": choice.record(),
+        **({"block_alphas": choice.block_alphas[0]} if choice.block_alphas is not None else {}),
         "model": cfg.model,
         "patch_tasks": names_p,
         "support_tasks": names_s,
@@ -165,9 +171,19 @@ def patch_markdown(summary: dict[str, Any]) -> str:
         [
             f"# PAINT: patching {', '.join(patch)}",
             "",
-            f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}** by the `{summary['selection']['rule']}` rule "
+            f"Model `{summary['model']}`; chosen alpha **{summary['alpha']:.3g}**"
+            f"{' (mean of the per-block alphas)' if 'block_alphas' in summary else ''} by the `{summary['selection']['rule']}` rule "
             f"on validation. All rules (support within {points(summary['selection']['epsilon'])} for the constrained ones): "
             f"{rules}.",
+            *(
+                [
+                    "Per-block alphas (the `alpha` above is their mean): "
+                    + ", ".join(f"`{b}` {a:.3g}" for b, a in summary["block_alphas"].items())
+                    + ".",
+                ]
+                if "block_alphas" in summary
+                else []
+            ),
             "",
             "## Test accuracy (%)",
             "",

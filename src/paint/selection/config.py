@@ -19,9 +19,22 @@ from paint.config import StrictModel
 PAPER_GRID: tuple[float, ...] = tuple(round(i / 10, 10) for i in range(11))
 DEFAULT_SEARCH_BUDGET = 11
 
-Strategy = Literal["grid", "bounded", "quasiconvex", "derivative", "boundary"]
-ObjectiveName = Literal["constrained", "mean_accuracy", "loss_sum"]
+Strategy = Literal["grid", "bounded", "quasiconvex", "derivative", "boundary", "lines", "blockwise"]
+ObjectiveName = Literal["constrained", "mean_accuracy", "loss_sum", "entropy"]
 Constraint = Literal["each", "mean"]
+
+
+class BlockwiseConfig(StrictModel):
+    """The gradient search of ``strategy: blockwise`` (see :mod:`paint.selection.blockwise`)."""
+
+    steps: int = Field(40, ge=1, le=10000, description="Adam steps on the per-block coefficients")
+    lr: float = Field(0.01, gt=0.0, le=1.0, description="Adam step size, cosine-decayed (coefficients live in [0, 1])")
+    eval_every: int = Field(4, ge=1, description="measure the iterate on validation every this many steps")
+    batch: int = Field(128, ge=1, description="images per task in the gradient's loss (a fixed, seeded sample)")
+    support_loss: Literal["kl", "ce"] = Field("kl", description="kl: to the zero-shot predictions (no labels); ce")
+    multiplier: float = Field(1.0, gt=0.0, description="initial weight lambda of the support term")
+    dual_lr: float = Field(0.5, ge=0.0, le=10.0, description="step of lambda's dual ascent (0: lambda fixed)")
+    seed: int = 0
 
 
 class SelectionConfig(StrictModel):
@@ -29,8 +42,10 @@ class SelectionConfig(StrictModel):
 
     ``strategy: grid`` evaluates every alpha of ``alphas`` (0 and 1 always added); the other
     strategies search [0, 1] within ``budget`` model evaluations (the zero-shot reference
-    included). ``objective`` is what is optimised; every rule's choice on the evaluated points is
-    reported beside the configured one.
+    included). ``lines`` and ``blockwise`` choose one alpha per block of the image tower
+    (:mod:`paint.selection.blockwise`); ``entropy`` is the label-free objective they offer.
+    ``objective`` is what is optimised; every rule's choice on the evaluated points is reported
+    beside the configured one.
     """
 
     strategy: Strategy = "grid"
@@ -41,6 +56,7 @@ class SelectionConfig(StrictModel):
     allow_extrapolation: bool = Field(False, description="grid alphas outside [0, 1]")
     budget: int | None = Field(None, ge=1, description="most model evaluations; default: the grid, or 11")
     xtol: float = Field(1e-3, gt=0.0, description="stop when alpha is known to within this")
+    blockwise: BlockwiseConfig = Field(default_factory=BlockwiseConfig)
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -55,6 +71,8 @@ class SelectionConfig(StrictModel):
             raise ValueError("strategy 'derivative' needs objective 'loss_sum' (accuracy has no derivative)")
         if self.strategy == "boundary" and self.objective != "constrained":
             raise ValueError("strategy 'boundary' needs objective 'constrained' (it bisects the support constraint)")
+        if self.objective == "entropy" and self.strategy not in ("grid", "lines", "blockwise"):
+            raise ValueError("objective 'entropy' needs strategy 'grid', 'lines' or 'blockwise'")
         if self.strategy != "grid" and self.budget is not None and self.budget < 3:
             raise ValueError(f"strategy {self.strategy!r} needs a budget of at least 3 evaluations")
         return self
@@ -67,6 +85,10 @@ class SelectionConfig(StrictModel):
         """The evaluation budget: ``budget``, or every grid point, or 11 for a search."""
         if self.budget is not None:
             return self.budget
+        if self.strategy == "lines":
+            return len(self.points()) ** 2 + 16  # the 2-D grid and a pattern search around its best
+        if self.strategy == "blockwise":  # the grid (alpha 0 is the reference), an iterate every eval_every steps
+            return len(self.points()) + -(-self.blockwise.steps // self.blockwise.eval_every)
         return len(self.points()) if self.strategy == "grid" else DEFAULT_SEARCH_BUDGET
 
     @property

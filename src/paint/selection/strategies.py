@@ -252,10 +252,17 @@ STRATEGIES: Mapping[str, Strategy] = {
     "derivative": search_derivative,  # exact line derivative, brentq on its sign
     "boundary": search_boundary,  # bisection on the support constraint (constrained rule only)
 }
+# Per-block strategies (one alpha per block of the tower: "lines", LiNeS 2410.17146; "blockwise",
+# layer-wise AdaMerging 2310.02575) take a vector evaluator: see paint.selection.blockwise.
 
 
 def run_search(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
     """Run the strategy named in ``cfg`` on ``ev``."""
+    if cfg.strategy in ("lines", "blockwise") or cfg.objective == "entropy":
+        raise PaintError(
+            f"strategy {cfg.strategy!r} with objective {cfg.objective!r} chooses per-block coefficients: "
+            "run it with paint.selection.blockwise (the patch operation does)"
+        )
     try:
         strategy = STRATEGIES[cfg.strategy]
     except KeyError:

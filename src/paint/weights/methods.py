@@ -23,6 +23,7 @@ in :mod:`paint.weights.soup`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -381,6 +382,40 @@ METHODS: dict[str, MergeMethod] = {
 
 GREEDY_SOUP = "greedy_soup"
 """Not a per-tensor method (it needs an evaluator): see :mod:`paint.weights.soup`."""
+
+
+def _block_weights_combine(
+    base: torch.Tensor,
+    models: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    params: Any,
+    key: str,
+    state: Sequence[Any],
+    *,
+    inner: Combine,
+    block_weights: Sequence[Mapping[str, float] | None],
+) -> torch.Tensor:
+    """``inner`` with each model's weight for ``key`` taken from its per-block coefficients (image tower only)."""
+    from paint.types import is_image_tower_key
+    from paint.weights.blocks import block_of
+
+    if is_image_tower_key(key):
+        weights = [w if bw is None else float(bw[block_of(key)]) for w, bw in zip(weights, block_weights)]
+    return inner(base, models, weights, params, key, state)
+
+
+def with_block_weights(method: MergeMethod, block_weights: Sequence[Mapping[str, float] | None]) -> MergeMethod:
+    """Task arithmetic with one coefficient per block of the image tower and model (layer-wise task arithmetic).
+
+    ``block_weights[i]`` maps each block of :func:`paint.weights.blocks.block_names` to model i's
+    coefficient there (None: its scalar weight everywhere); tensors outside the image tower keep
+    the scalar weights. Only ``task_arithmetic`` takes them: the sign election and drop-and-rescale
+    of TIES / DARE weigh models per tensor in ways a per-block coefficient does not define.
+    """
+    if method.name != "task_arithmetic":
+        raise PaintError(f"per-block weights (block_weights) need method 'task_arithmetic', not {method.name!r}")
+    combine = functools.partial(_block_weights_combine, inner=method.combine, block_weights=list(block_weights))
+    return dataclasses.replace(method, combine=combine, description=method.description + ", per block")
 
 
 def get_method(name: str) -> MergeMethod:
