@@ -69,9 +69,10 @@ def tiny_siglip_dir_b(tmp_path_factory) -> Path:
     return make_tiny_siglip(tmp_path_factory.mktemp("tiny-siglip-b") / "model", seed=1)
 
 
-def _square_images(n: int, seed: int = 0) -> list[Image.Image]:
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    """Images of several shapes, none square: SigLIP squashes them where CLIP would crop."""
     rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (16 + 4 * i, 16 + 4 * i, 3), dtype=np.uint8)) for i in range(n)]
+    return [Image.fromarray(rng.integers(0, 255, (20 + 3 * i, 31 - 2 * i, 3), dtype=np.uint8)) for i in range(n)]
 
 
 # ------------------------------------------------------------------ the registry
@@ -131,13 +132,13 @@ def test_head_matches_zero_shot_pipeline_probabilities(tiny_siglip_dir):
     """One template: our head + the family's logits and sigmoid give the pipeline's scores."""
     from transformers import pipeline
 
-    from paint.data.preprocess import clip_transform, normalize
+    from paint.data.preprocess import normalize, spec_transform
     from paint.evaluation.results import logits_for
 
     bundle = load_clip(str(tiny_siglip_dir))
     classes = ["cat", "dog", "circle", "square"]
     template = "a photo of the {}."
-    images = _square_images(4)
+    images = _images(4)
     pipe = pipeline(
         "zero-shot-image-classification",
         model=bundle.model,
@@ -146,7 +147,8 @@ def test_head_matches_zero_shot_pipeline_probabilities(tiny_siglip_dir):
         device="cpu",
     )
     head = zeroshot_head(bundle, classes, [template])
-    pixels = torch.stack([torch.from_numpy(clip_transform(im, bundle.spec.resize, bundle.spec.crop)) for im in images])
+    assert bundle.spec.squash  # SigLIP's processor resizes to a square, no centre crop
+    pixels = torch.stack([torch.from_numpy(spec_transform(im, bundle.spec)) for im in images])
     with torch.inference_mode():
         logits = logits_for(bundle.model, head, normalize(pixels, bundle.spec.mean, bundle.spec.std))
     probs = SIGLIP.probabilities(logits)
@@ -346,3 +348,19 @@ def test_pretrain_a_tiny_siglip_lowers_the_sigmoid_loss_and_ships(tmp_path):
     assert "logit_bias" in log[-1]
     record = ship(tmp_path / "run", tmp_path / "shipped", "paint pretrain s.yaml", golden_limit=5, test_limit=5)
     assert record["config"]["family"] == "siglip" and load_clip(str(tmp_path / "shipped")).family is SIGLIP
+
+
+def test_demo_takes_the_model_to_patch(monkeypatch, tmp_path):
+    from paint.cli import main
+    from paint.studies import demo
+
+    seen = {}
+
+    def fake_run_demo(output_dir, quick=False, resume=False, model="?"):
+        seen["model"] = model
+        raise PaintError("stop here")
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--quick", "--output-dir", str(tmp_path / "d"), "--model", "paint:siglip"]) == 2
+    assert seen["model"] == "paint:siglip"
+    assert demo.demo_config(tmp_path, quick=True, model="paint:siglip").model == "paint:siglip"
