@@ -364,3 +364,35 @@ def test_demo_takes_the_model_to_patch(monkeypatch, tmp_path):
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "d"), "--model", "paint:siglip"]) == 2
     assert seen["model"] == "paint:siglip"
     assert demo.demo_config(tmp_path, quick=True, model="paint:siglip").model == "paint:siglip"
+
+
+# ------------------------------------------------------------------ the shipped SigLIP (paint:siglip)
+
+ASSET = Path(__file__).resolve().parents[1] / "src" / "paint" / "assets" / "default-siglip"
+needs_asset = pytest.mark.skipif(not (ASSET / "BUILD.json").is_file(), reason="shipped SigLIP not built yet")
+
+
+@needs_asset
+def test_shipped_siglip_is_small_and_loads_as_paint_siglip():
+    from transformers import SiglipModel
+
+    assert sum(f.stat().st_size for f in ASSET.iterdir()) < 6 * 2**20
+    bundle = load_clip("paint:siglip")
+    assert bundle.family is SIGLIP and Path(bundle.source) == ASSET
+    SiglipModel.from_pretrained(ASSET)  # plain transformers reads it
+    build = json.loads((ASSET / "BUILD.json").read_text())
+    assert build["config"]["family"] == "siglip" and build["config_file"] == "configs/pretrain-siglip.yaml"
+
+
+@needs_asset
+def test_shipped_siglip_reproduces_its_recorded_zero_shot_accuracies():
+    from paint.world.pretrain import zero_shot
+
+    build = json.loads((ASSET / "BUILD.json").read_text())
+    golden = build["golden"]
+    bundle = load_clip(str(ASSET))
+    got = zero_shot(
+        bundle.model, bundle.tokenizer, bundle.processor, list(golden["accuracy"]), golden["split"], golden["limit"]
+    )
+    for task, expected in golden["accuracy"].items():
+        assert abs(got[task] - expected) <= 0.5, (task, got[task], expected)
