@@ -280,6 +280,37 @@ def test_cli_patch_end_to_end_on_a_siglip_checkpoint(tiny_siglip_dir, tmp_path):
         assert any(not torch.equal(patched[k], zs[k]) for k in zs if SIGLIP.is_image_tower_key(k))
 
 
+def test_cli_greedy_soup_of_siglip_towers_keeps_the_text_side(tiny_siglip_dir, tmp_path):
+    """paint merge scores each soup with SigLIP's heads; the image towers are averaged, the rest is the base's."""
+    from transformers import SiglipModel
+
+    from paint.cli import main
+
+    for i in (1, 2):
+        model = SiglipModel.from_pretrained(tiny_siglip_dir)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if SIGLIP.is_image_tower_key(name):
+                    p.add_(0.02 * i * torch.randn_like(p))
+        model.save_pretrained(tmp_path / f"ft{i}")
+    cfg = {
+        "base": str(tiny_siglip_dir),
+        "models": [{"path": str(tmp_path / "ft1")}, {"path": str(tmp_path / "ft2")}],
+        "method": "greedy_soup",
+        "output": str(tmp_path / "soup"),
+        "evaluate_on": {"name": "digits"},
+    }
+    (tmp_path / "soup.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["merge", str(tmp_path / "soup.yaml"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "soup" / "merge_summary.json").read_text())
+    assert 0.0 <= summary["evaluation"]["val_accuracy"] <= 1.0
+    soup = load_clip(str(tmp_path / "soup"))
+    assert soup.family is SIGLIP
+    base = SiglipModel.from_pretrained(tiny_siglip_dir).state_dict()
+    merged = soup.model.state_dict()
+    assert all(torch.equal(merged[k], base[k]) for k in base if not SIGLIP.is_image_tower_key(k))
+
+
 # ------------------------------------------------------------------ sigmoid-loss pretraining
 
 
