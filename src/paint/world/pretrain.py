@@ -319,9 +319,7 @@ def zero_shot(
 def run_fingerprint(cfg: PretrainConfig) -> str:
     from paint.world.corpus import GENERATOR_VERSION
 
-    # A CLIP run's fingerprint leaves out the family field, so runs started before it existed resume.
-    dump = cfg.model_dump_json(exclude={"family"} if cfg.family == "clip" else None)
-    return sha256_strings(["pretrain-v1", GENERATOR_VERSION, dump])[:32]
+    return sha256_strings(["pretrain-v1", GENERATOR_VERSION, cfg.model_dump_json()])[:32]
 
 
 @run_scope
