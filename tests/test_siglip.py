@@ -329,11 +329,14 @@ def test_sigmoid_loss_matches_transformers_siglip_loss(tiny_siglip_dir):
             model.logit_bias,
         )
     torch.testing.assert_close(ours, ref)
-    # Every pair counts: a positive pair's logit raised lowers the loss, a negative's raises it.
+    # Every pair is its own binary problem. Orthogonal embeddings: positives at cos 1, negatives at 0.
     img, txt = torch.eye(3), torch.eye(3)
-    base = sigmoid_loss(img, txt, torch.tensor(0.0), torch.tensor(0.0))
-    assert float(sigmoid_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0))) != float(base)
-    assert float(sigmoid_loss(img, txt, torch.tensor(0.0), torch.tensor(-1.0))) < float(base)  # 6 negatives, 3 pos
+    base = float(sigmoid_loss(img, txt, torch.tensor(0.0), torch.tensor(0.0)))
+    # A higher temperature raises the positives' logits only: lower loss.
+    assert float(sigmoid_loss(img, txt, torch.tensor(1.0), torch.tensor(0.0))) < base
+    # A negative bias costs each positive what it saves each negative, and there are twice as many negatives.
+    assert float(sigmoid_loss(img, txt, torch.tensor(0.0), torch.tensor(-1.0))) < base
+    assert float(sigmoid_loss(img, txt, torch.tensor(0.0), torch.tensor(1.0))) > base
 
 
 def test_pretrain_a_tiny_siglip_lowers_the_sigmoid_loss_and_ships(tmp_path):
