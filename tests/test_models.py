@@ -54,7 +54,11 @@ def test_head_matches_zero_shot_pipeline(tiny_clip_dir):
     head = zeroshot_head(bundle, classes, [template])
     pixels = torch.stack([torch.from_numpy(clip_transform(im, bundle.spec.resize, bundle.spec.crop)) for im in images])
     with torch.inference_mode():
-        probs = logits_for(bundle.model, head, normalize(pixels, bundle.spec.mean, bundle.spec.std)).softmax(-1)
+        probs = bundle.family.probabilities(
+            logits_for(bundle.model, head, normalize(pixels, bundle.spec.mean, bundle.spec.std))
+        )
+    assert bundle.family.name == "clip" and not bundle.spec.squash  # CLIP's processor crops
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(images)))  # a softmax over the classes
     for img, p in zip(images, probs):
         out = pipe(img, candidate_labels=classes, hypothesis_template=template)
         ref = {d["label"]: d["score"] for d in out}

@@ -25,6 +25,10 @@ __version__ = "0.1.0"
 _API: dict[str, str] = {
     # models: load, save, features, zero-shot heads
     "load_clip": "paint.models.clip",
+    "load_model": "paint.models.clip",
+    "ModelBundle": "paint.models.clip",
+    "family_of": "paint.models.families",
+    "FAMILIES": "paint.models.families",
     "save_clip": "paint.models.clip",
     "ClipBundle": "paint.models.clip",
     "image_features": "paint.models.clip",

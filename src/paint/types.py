@@ -12,6 +12,11 @@ StateDict = Mapping[str, torch.Tensor]
 IMAGE_TOWER_PREFIXES = ("vision_model.", "visual_projection.")
 
 
-def is_image_tower_key(key: str) -> bool:
-    """Keys of a transformers CLIPModel that belong to the image tower (what PAINT fine-tunes)."""
-    return key.startswith(IMAGE_TOWER_PREFIXES)
+def is_image_tower_key(key: str, prefixes: tuple[str, ...] = IMAGE_TOWER_PREFIXES) -> bool:
+    """Whether a parameter belongs to the image tower (what PAINT fine-tunes).
+
+    ``prefixes`` is the model family's (``paint.models.families``), passed in as data so that the
+    weight maths never imports a model class; the default is CLIP's, whose ``vision_model.``
+    also covers SigLIP's whole image tower.
+    """
+    return key.startswith(prefixes)

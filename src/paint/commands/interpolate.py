@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 
     from paint.errors import PaintError
     from paint.models.clip import load_clip, save_clip
-    from paint.weights.ops import check_compatible, interpolate, is_image_tower_key
+    from paint.weights.ops import check_compatible, interpolate
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     theta_zs = zs.model.state_dict()
     check_compatible(theta_zs, theta_ft, ("zero-shot model", "fine-tuned model"))
     mixed = interpolate(
-        theta_zs, theta_ft, args.alpha, keys=is_image_tower_key, allow_extrapolation=args.allow_extrapolation
+        theta_zs, theta_ft, args.alpha, keys=zs.family.is_image_tower_key, allow_extrapolation=args.allow_extrapolation
     )
     save_clip(zs, args.out, state_dict=mixed)
     print(f"wrote theta_alpha (alpha={args.alpha:g}) to {args.out}")

@@ -35,20 +35,22 @@ class ImageSpec:
     crop: int  # square centre crop
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    squash: bool = False  # resize the whole image to crop x crop, no crop (SigLIP's processor)
 
     @classmethod
     def from_processor(cls, processor) -> "ImageSpec":
-        """Read size, crop, mean and std from a transformers CLIPImageProcessor."""
+        """Read size, crop, mean and std from a transformers CLIP (or SigLIP) image processor."""
         size = processor.size
-        if isinstance(size, dict) or hasattr(size, "get"):
-            resize = size.get("shortest_edge") or size.get("height")
-        else:
-            resize = size
+        sized = isinstance(size, dict) or hasattr(size, "get")
+        resize = (size.get("shortest_edge") or size.get("height")) if sized else size
         crop = processor.crop_size
         crop = crop.get("height") if isinstance(crop, dict) or hasattr(crop, "get") else crop
-        if not getattr(processor, "do_center_crop", True):
+        do_crop = getattr(processor, "do_center_crop", True)
+        if not do_crop:
             crop = resize
-        return cls(int(resize), int(crop), tuple(processor.image_mean), tuple(processor.image_std))
+        # A height x width size and no crop (SigLIP's processor) squashes the whole image to that square.
+        squash = bool(sized and not size.get("shortest_edge") and not do_crop)
+        return cls(int(resize), int(crop), tuple(processor.image_mean), tuple(processor.image_std), squash)
 
 
 def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
@@ -82,6 +84,19 @@ def clip_transform(img: Image.Image, resize: int, crop: int) -> np.ndarray:
     return np.ascontiguousarray(arr[top : top + crop, left : left + crop].transpose(2, 0, 1))
 
 
+def squash_transform(img: Image.Image, size: int) -> np.ndarray:
+    """SigLIP's transform: the whole image resized (bicubic) to ``size`` x ``size``; (3, size, size) uint8."""
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def spec_transform(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """One image as the checkpoint's processor would crop and resize it: (3, crop, crop) uint8."""
+    return squash_transform(img, spec.crop) if spec.squash else clip_transform(img, spec.resize, spec.crop)
+
+
 def decode_one(split: ImageSplit, spec: ImageSpec, index: int) -> np.ndarray:
     """Image ``index`` of ``split`` through :func:`clip_transform`; a failure names the file.
 
@@ -89,7 +104,7 @@ def decode_one(split: ImageSplit, spec: ImageSpec, index: int) -> np.ndarray:
     failure here means the file changed or broke after the task was loaded.
     """
     try:
-        return clip_transform(split.image(index), spec.resize, spec.crop)
+        return spec_transform(split.image(index), spec)
     except PaintError:
         raise
     except Exception as e:
@@ -119,8 +134,9 @@ def preprocess_split(
         for i in tqdm(range(n), desc=f"preprocess {split.identity}", disable=not progress, unit="img", leave=False):
             out[i] = decode(i)
         return torch.from_numpy(out)
-    path = cache_path(cache_dir, split.identity, spec.resize, spec.crop)
-    meta = {"identity": split.identity, "resize": spec.resize, "crop": spec.crop}
+    identity = f"{split.identity}|squash" if spec.squash else split.identity  # another transform, another key
+    path = cache_path(cache_dir, identity, spec.resize, spec.crop)
+    meta = {"identity": identity, "resize": spec.resize, "crop": spec.crop}
     return torch.from_numpy(cached_images(path, n, spec.crop, decode, meta, progress))
 
 

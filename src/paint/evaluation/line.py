@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.models.clip import image_features
-from paint.types import StateDict, is_image_tower_key
+from paint.models.families import family_of
+from paint.types import StateDict
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ class LossGrad:
 
 def set_image_tower(model: torch.nn.Module, state: StateDict) -> None:
     """Copy the image-tower tensors of ``state`` into ``model`` (other weights untouched)."""
-    model.load_state_dict({k: v for k, v in state.items() if is_image_tower_key(k)}, strict=False)
+    tower = family_of(model).is_image_tower_key
+    model.load_state_dict({k: v for k, v in state.items() if tower(k)}, strict=False)
 
 
 def line_point(theta_zs: StateDict, theta_ft: StateDict, alpha: float) -> dict[str, torch.Tensor]:
@@ -71,7 +73,8 @@ def loss_and_gradient(
     Computed at the model's current weights, in its dtype, in eval mode (no dropout), one
     backward pass per batch with gradients accumulated.
     """
-    params = {n: p for n, p in model.named_parameters() if is_image_tower_key(n) and p.is_floating_point()}
+    tower = family_of(model).is_image_tower_key
+    params = {n: p for n, p in model.named_parameters() if tower(n) and p.is_floating_point()}
     names = list(params)
     device = next(model.parameters()).device
     dtype = next(iter(params.values())).dtype

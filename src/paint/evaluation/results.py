@@ -18,16 +18,17 @@ import torch
 import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
-from paint.models.clip import image_features
+from paint.models.families import family_of
 from paint.utils import append_jsonl, read_jsonl_checked
 
 log = logging.getLogger(__name__)
 
 
 def logits_for(model: torch.nn.Module, head: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-    """CLIP logits (B, C) against a zero-shot head (C, D) that already carries the logit scale."""
-    feats = F.normalize(image_features(model, pixel_values).float(), dim=-1)  # (B, D)
-    return feats @ head.t().to(feats.device)
+    """The family's logits (B, C) against a zero-shot head (C, D) that already carries the logit scale."""
+    family = family_of(model)
+    feats = F.normalize(family.image_features(model, pixel_values).float(), dim=-1)  # (B, D)
+    return family.logits(model, feats, head)
 
 
 @torch.inference_mode()

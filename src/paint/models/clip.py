@@ -1,6 +1,8 @@
-"""Load and save Hugging Face CLIP checkpoints (a local directory, or a hub id when online).
+"""Load and save Hugging Face dual-encoder checkpoints (a local directory, or a hub id when online).
 
-A :class:`ClipBundle` is the model with its tokenizer and image processor, plus what paint
+The family (CLIP, SigLIP: :mod:`paint.models.families`) is read from the checkpoint's
+``config.json``; everything else here is the same for every family. A :class:`ClipBundle`
+(alias :data:`ModelBundle`) is the model with its tokenizer and image processor, plus what paint
 derives from them: the image spec for preprocessing and an identity hash of the text side
 (it keys the zero-shot head cache, so a head built for one model is never reused for another).
 """
@@ -20,28 +22,28 @@ import torch
 
 from paint.data.preprocess import ImageSpec
 from paint.errors import PaintError
-from paint.types import is_image_tower_key
+from paint.models.families import Family, family_for_model_type, family_of
+from paint.models.families import image_features as image_features  # re-exported: the generic, per-family one
+from paint.models.families import text_features as text_features
 from paint.utils import atomic_path, hash_tensors, sha256_strings
 
 DEFAULT_MODEL = "paint:default"  # the small CLIP pretrained on paint's synthetic world, shipped in the package
+# Models shipped in the package, pretrained on paint's synthetic world: name -> assets folder.
+SHIPPED_MODELS = {DEFAULT_MODEL: "default-model", "paint:siglip": "default-siglip"}
 
 
-def default_model_path() -> Path:
-    return Path(str(resources.files("paint") / "assets" / "default-model"))
+def default_model_path(name: str = DEFAULT_MODEL) -> Path:
+    return Path(str(resources.files("paint") / "assets" / SHIPPED_MODELS[name]))
 
 
 def resolve_model_source(source: str) -> str:
-    """Map ``paint:default`` to the shipped checkpoint; leave other sources as given."""
-    return str(default_model_path()) if source == DEFAULT_MODEL else source
-
-
-def _text_side(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in state.items() if not is_image_tower_key(k)}
+    """Map a shipped model's name (``paint:default``, ``paint:siglip``) to its folder; leave others as given."""
+    return str(default_model_path(source)) if source in SHIPPED_MODELS else source
 
 
 @dataclass
 class ClipBundle:
-    """A CLIP model with its tokenizer and image processor."""
+    """A dual encoder (any registered family) with its tokenizer and image processor."""
 
     model: "torch.nn.Module"
     tokenizer: object
@@ -52,17 +54,22 @@ class ClipBundle:
     def __post_init__(self) -> None:
         self.spec = ImageSpec.from_processor(self.processor)
 
+    @property
+    def family(self) -> Family:
+        return family_of(self.model)
+
     @cached_property
     def text_identity(self) -> str:
-        """Hash of everything a zero-shot head depends on: text tower, projection, scale, vocab."""
+        """Hash of everything a zero-shot head depends on: text tower, projection, scale (and bias), vocab."""
         vocab = self.tokenizer.get_vocab()
         vocab_hash = sha256_strings(f"{k}\t{v}" for k, v in sorted(vocab.items()))
-        return sha256_strings([hash_tensors(_text_side(self.model.state_dict())), vocab_hash])
+        tower = self.family.is_image_tower_key
+        text_side = {k: v for k, v in self.model.state_dict().items() if not tower(k)}
+        return sha256_strings([hash_tensors(text_side), vocab_hash])
 
     def image_tower_state(self) -> dict[str, torch.Tensor]:
-        from paint.weights.ops import is_image_tower_key
-
-        return {k: v for k, v in self.model.state_dict().items() if is_image_tower_key(k)}
+        tower = self.family.is_image_tower_key
+        return {k: v for k, v in self.model.state_dict().items() if tower(k)}
 
     def image_tower_copy(self) -> dict[str, torch.Tensor]:
         """The image tower's tensors, detached and cloned: a snapshot that later training leaves alone."""
@@ -129,21 +136,44 @@ def check_loading_info(src: str, model: "torch.nn.Module", info: Mapping[str, An
         )
 
 
+ModelBundle = ClipBundle  # the family-neutral name
+
+
+def checkpoint_family(source: str, revision: str | None = None) -> Family:
+    """The family of a checkpoint, from its ``config.json`` ``model_type`` (a local file, or the hub's)."""
+    path = Path(source)
+    try:
+        if path.is_dir():
+            import json
+
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        else:
+            from transformers import AutoConfig
+
+            model_type = AutoConfig.from_pretrained(source, revision=revision).model_type
+    except (OSError, ValueError, AttributeError) as e:
+        where = "directory" if path.is_dir() else "hub id (offline, or not in the local cache?)"
+        raise PaintError(f"cannot load model from {where} {source!r}: {_first_line(e)}") from None
+    return family_for_model_type(model_type, source)
+
+
 def load_clip(source: str, revision: str | None = None, device: str | torch.device = "cpu") -> ClipBundle:
-    """Load a CLIPModel, its tokenizer and its image processor.
+    """Load a dual encoder of any registered family (CLIP, SigLIP), its tokenizer and its image processor.
+
+    The family comes from the checkpoint's ``config.json``; ``load_model`` is the same function.
 
     A bad checkpoint ends in one :class:`PaintError` line that names the file, not a traceback:
     weights that would need arbitrary pickle (refused, nothing runs), a truncated or malformed
     safetensors file, weights that disagree with config.json or do not cover the model, no tokenizer.
 
     Args:
-        source: a local checkpoint directory, ``paint:default``, or a hub id (needs network
+        source: a local checkpoint directory, ``paint:default`` / ``paint:siglip``, or a hub id (needs network
             unless it is in the local HF cache; with ``HF_HUB_OFFLINE=1`` only the cache is used).
         revision: hub revision (branch, tag or commit).
         device: where the model goes.
     """
     from safetensors import SafetensorError
-    from transformers import AutoTokenizer, CLIPModel
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from paint.weights.io import SAFE_INDEX, SAFE_WEIGHTS, open_checkpoint, unsafe_pickle_error
@@ -153,7 +183,7 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
     is_local = path.exists()
     if is_local and not (path / "config.json").is_file():
         raise PaintError(
-            f"model directory {path} has no config.json; point to a Hugging Face CLIP checkpoint directory"
+            f"model directory {path} has no config.json; point to a Hugging Face CLIP or SigLIP checkpoint directory"
         )
     if not is_local and (src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1)):
         raise PaintError(f"model path {src} does not exist")
@@ -162,16 +192,17 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
         if (path / SAFE_INDEX).is_file() or (path / SAFE_WEIGHTS).is_file():
             open_checkpoint(path)  # headers only: a truncated or malformed file is named before transformers reads it
     named = weights_file(path) if is_local else src
+    family = checkpoint_family(src, revision)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # a checkpoint load is quick; its bar is noise in paint's output
     try:
-        model, info = CLIPModel.from_pretrained(
+        model, info = family.load_class().from_pretrained(
             src, revision=revision, output_loading_info=True, ignore_mismatched_sizes=True
         )
         check_loading_info(src, model, info)
         tokenizer = AutoTokenizer.from_pretrained(src, revision=revision)
-        processor = pil_image_processor_class().from_pretrained(src, revision=revision)
+        processor = family.image_processor_class().from_pretrained(src, revision=revision)
     except pickle.UnpicklingError as e:
         raise unsafe_pickle_error(named, e) from None
     except SafetensorError as e:
@@ -179,16 +210,19 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
     except RuntimeError as e:  # transformers' own load errors (state dict, weight conversion); others are bugs
         if not str(e).startswith(("Error(s) in loading state_dict", "We encountered some issues")):
             raise
-        raise PaintError(f"cannot load CLIP weights from {named}: {_first_line(e)}") from None
+        raise PaintError(f"cannot load {family.name} weights from {named}: {_first_line(e)}") from None
     except (OSError, ValueError) as e:
         where = "directory" if is_local else "hub id (offline, or not in the local cache?)"
-        raise PaintError(f"cannot load CLIP model from {where} {src!r}: {_first_line(e)}") from None
+        raise PaintError(f"cannot load {family.name} model from {where} {src!r}: {_first_line(e)}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     model.to(device).eval()
     return ClipBundle(model=model, tokenizer=tokenizer, processor=processor, source=src)
+
+
+load_model = load_clip  # the family-neutral name
 
 
 def _first_line(e: BaseException) -> str:
@@ -198,21 +232,9 @@ def _first_line(e: BaseException) -> str:
 
 def pil_image_processor_class() -> type:
     """CLIP's PIL-backed image processor: the default one needs torchvision, absent here."""
-    import transformers
+    from paint.models.families import CLIP
 
-    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-
-
-def image_features(model: "torch.nn.Module", pixel_values: torch.Tensor) -> torch.Tensor:
-    """Projected image embeddings (B, D), not normalised."""
-    pooled = model.vision_model(pixel_values=pixel_values).pooler_output  # (B, width)
-    return model.visual_projection(pooled)
-
-
-def text_features(model: "torch.nn.Module", input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Projected text embeddings (B, D), not normalised."""
-    pooled = model.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output
-    return model.text_projection(pooled)
+    return CLIP.image_processor_class()
 
 
 def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> Path:

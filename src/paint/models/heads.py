@@ -3,7 +3,12 @@
 head[c] = normalize(mean_t normalize(text_embedding(template_t(class_c)))) * exp(logit_scale)
 
 so ``logits = normalize(image_embedding) @ head.T`` are exactly CLIP's logits_per_image
-(and, for a single template, transformers' zero-shot pipeline). Heads are cached on disk under
+(and, for a single template, transformers' zero-shot pipeline). The same combination of
+templates serves every family (:mod:`paint.models.families`): SigLIP's own zero-shot
+evaluation (big_vision) also averages the normalised embeddings of a class's prompts and
+renormalises; its ``logit_bias`` is added by the family's ``logits`` (the head carries the scale
+only), and its texts are padded to the maximum length (its text tower pools the last
+position). Heads are cached on disk under
 a key made of the model's text-side identity, the class names and the templates; each entry
 stores a content hash of the head, checked on every read, so a corrupt entry (flipped bytes,
 a truncated file) is rebuilt instead of silently skewing every accuracy computed with it.
@@ -18,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from paint.models.clip import ClipBundle, text_features
+from paint.models.clip import ClipBundle
 from paint.utils import atomic_path, hash_tensors, sha256_strings
 from paint.weights.writer import save_safetensors_file
 
@@ -34,14 +39,15 @@ def build_head(
     bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
     """The zero-shot head (C, D), computed in one batched pass over all class x template texts."""
-    model, tok = bundle.model, bundle.tokenizer
+    model, tok, family = bundle.model, bundle.tokenizer, bundle.family
     texts = [t.format(c) for c in classnames for t in templates]  # class-major: (C*T,)
-    max_len = getattr(model.config.text_config, "max_position_embeddings", 77)
+    max_len = family.text_max_length(model)
     device = next(model.parameters()).device
     chunks = []
     for i in range(0, len(texts), batch_size):
-        enc = tok(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_len, return_tensors="pt")
-        emb = text_features(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        enc = family.tokenize(tok, texts[i : i + batch_size], max_len)
+        mask = enc.get("attention_mask")
+        emb = family.text_features(model, enc["input_ids"].to(device), None if mask is None else mask.to(device))
         chunks.append(F.normalize(emb.float(), dim=-1))
     emb = torch.cat(chunks).view(len(classnames), len(templates), -1)  # (C, T, D)
     head = F.normalize(emb.mean(dim=1), dim=-1)  # (C, D)

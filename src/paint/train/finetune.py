@@ -24,8 +24,8 @@ from paint.config import StrictModel
 from paint.data.preprocess import ImageSpec, normalize
 from paint.evaluation.results import logits_for
 from paint.models.clip import image_features
+from paint.models.families import family_of
 from paint.train.loop import FitResult, LoopConfig, fit
-from paint.weights.ops import is_image_tower_key
 
 
 class FinetuneConfig(StrictModel):
@@ -58,7 +58,8 @@ class TrainingSet:
 
 
 def image_tower_names(model: torch.nn.Module) -> list[str]:
-    return [n for n, _ in model.named_parameters() if is_image_tower_key(n)]
+    tower = family_of(model).is_image_tower_key  # the model family's prefixes (CLIP, SigLIP, ...)
+    return [n for n, _ in model.named_parameters() if tower(n)]
 
 
 def augment_generator(seed: int, epoch: int) -> torch.Generator:

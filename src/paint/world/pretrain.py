@@ -1,7 +1,10 @@
-"""CLIP pretraining from scratch on the offline world's image-caption corpus.
+"""CLIP or SigLIP pretraining from scratch on the offline world's image-caption corpus.
 
-CLIP's symmetric contrastive loss with a learnable temperature (the logit scale is capped
-at ln 100, as CLIP does), on any ``CLIPConfig``, through :func:`paint.train.loop.fit`:
+``family: clip`` trains a ``CLIPModel`` with CLIP's symmetric contrastive loss and a learnable
+temperature (the logit scale is capped at ln 100, as CLIP does); ``family: siglip`` trains a
+``SiglipModel`` with SigLIP's pairwise sigmoid loss (Zhai et al. 2023, 2303.15343) and its
+learnable temperature and bias, initialised as the paper does (t = 10, b = -10). Either runs,
+on the architecture given under ``clip:``, through :func:`paint.train.loop.fit`:
 every parameter trains, an "epoch" is a fixed number of steps so a checkpoint lands every
 few minutes, and ``resume`` continues a cut-short run. After every epoch the current model
 is exported as a standard HF checkpoint (model, tokenizer, image processor) and its
@@ -13,7 +16,7 @@ Output directory::
     config.yaml      the resolved config
     tokenizer/       the tokenizer (trained once, reused on resume)
     checkpoint/      the training loop's resumable checkpoint
-    model/           the latest HF CLIP checkpoint
+    model/           the latest HF checkpoint (CLIPModel or SiglipModel)
     log.jsonl        one record per epoch (loss, zero-shot accuracies, wall time)
     results.json     the final record
 """
@@ -24,7 +27,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -62,6 +65,8 @@ class PretrainConfig(StrictModel):
     """Everything that determines a pretraining run (written next to its outputs)."""
 
     seed: int = 0
+    family: Literal["clip", "siglip"] = "clip"  # siglip: SiglipModel + the sigmoid loss
+    # The dual encoder's architecture (text_config, vision_config and, for CLIP, projection_dim).
     clip: dict[str, Any] = Field(default_factory=lambda: json.loads(json.dumps(DEFAULT_CLIP)))
     batch_size: int = Field(128, ge=2)
     steps_per_epoch: int = Field(250, ge=1)
@@ -112,9 +117,11 @@ def load_or_train_tokenizer(cfg: PretrainConfig, out_dir: Path):
 
 
 def build_clip(cfg: PretrainConfig, tokenizer) -> "torch.nn.Module":
-    """A freshly initialised ``CLIPModel`` whose text side matches ``tokenizer``'s ids."""
+    """A freshly initialised ``CLIPModel`` (or ``SiglipModel``) whose text side matches ``tokenizer``'s ids."""
     from transformers import CLIPConfig, CLIPModel
 
+    if cfg.family == "siglip":
+        return build_siglip(cfg, tokenizer)
     spec = json.loads(json.dumps(cfg.clip))
     text = dict(spec.pop("text_config", {}))
     text.update(
@@ -134,6 +141,36 @@ def build_clip(cfg: PretrainConfig, tokenizer) -> "torch.nn.Module":
     return CLIPModel(config)
 
 
+def build_siglip(cfg: PretrainConfig, tokenizer) -> "torch.nn.Module":
+    """A freshly initialised ``SiglipModel`` whose text side matches ``tokenizer``'s ids.
+
+    The text tower's output (``projection_size``) defaults to the image tower's width, which is
+    the image embedding's size (SigLIP has no image projection).
+    """
+    from transformers import SiglipConfig, SiglipModel
+
+    from paint.models.siglip import init_logit_parameters
+
+    spec = json.loads(json.dumps(cfg.clip))
+    vision = dict(spec.pop("vision_config", {}))
+    text = dict(spec.pop("text_config", {}))
+    text.setdefault("projection_size", int(vision.get("hidden_size", 768)))
+    text.update(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    try:
+        config = SiglipConfig(text_config=text, vision_config=vision, **spec)
+    except (TypeError, ValueError) as e:
+        raise PaintError(f"invalid siglip config: {e}") from None
+    torch.manual_seed(cfg.seed)
+    model = SiglipModel(config)
+    init_logit_parameters(model)
+    return model
+
+
 def build_image_processor(cfg: PretrainConfig, model: "torch.nn.Module"):
     """The PIL-backed CLIP image processor for the model's image size and the config's mean/std.
 
@@ -146,6 +183,20 @@ def build_image_processor(cfg: PretrainConfig, model: "torch.nn.Module"):
         from transformers import CLIPImageProcessor
 
     size = int(model.config.vision_config.image_size)
+    if cfg.family == "siglip":  # SigLIP's processor: a square resize, no crop (same pixels on square images)
+        from paint.models.siglip import image_processor_class
+
+        return image_processor_class()(
+            do_resize=True,
+            size={"height": size, "width": size},
+            resample=3,
+            do_rescale=True,
+            rescale_factor=1 / 255,
+            do_normalize=True,
+            image_mean=list(cfg.image_mean),
+            image_std=list(cfg.image_std),
+            do_convert_rgb=True,
+        )
     return CLIPImageProcessor(
         do_resize=True,
         size={"shortest_edge": size},
@@ -168,15 +219,20 @@ def export_hf(model: "torch.nn.Module", tokenizer, processor, out: Path) -> Path
     (``CLIPProcessor``) are written; both name the PIL image processor so that
     ``AutoImageProcessor``/``AutoProcessor``/the zero-shot pipeline need no torchvision.
     """
-    from transformers import CLIPProcessor
+    import transformers
 
-    with torch.no_grad():
-        model.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
+    from paint.models.families import family_of
+
+    family = family_of(model)
+    if family.name == "clip":
+        with torch.no_grad():
+            model.logit_scale.clamp_(max=LOGIT_SCALE_MAX)
     with atomic_path(out) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(str(tmp))
+        joint = getattr(transformers, family.processor_class)
+        joint(image_processor=processor, tokenizer=tokenizer).save_pretrained(str(tmp))
     return out
 
 
@@ -192,6 +248,18 @@ def clip_loss(model: "torch.nn.Module", batch: dict[str, torch.Tensor]) -> torch
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
+def siglip_loss(model: "torch.nn.Module", batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (:func:`paint.models.siglip.sigmoid_loss`); i-th image <-> i-th text."""
+    from paint.models.siglip import image_features, sigmoid_loss, text_features
+
+    img = image_features(model, batch["pixel_values"])  # (B, D)
+    txt = text_features(model, batch["input_ids"], batch.get("attention_mask"))  # (B, D)
+    return sigmoid_loss(img, txt, model.logit_scale, model.logit_bias)
+
+
+LOSSES = {"clip": clip_loss, "siglip": siglip_loss}
+
+
 class CorpusBatches(torch.utils.data.Dataset):
     """Batch ``s`` of epoch ``e`` = corpus pairs of global step ``e * steps_per_epoch + s``."""
 
@@ -203,17 +271,15 @@ class CorpusBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, s: int) -> dict[str, torch.Tensor]:
         from paint.data.preprocess import normalize
+        from paint.models.families import FAMILIES
         from paint.world.corpus import corpus_batch
 
         step = self.epoch * self.cfg.steps_per_epoch + s
         images, texts = corpus_batch(self.cfg.seed, step * self.cfg.batch_size, self.cfg.batch_size)
-        # Pad to the batch's longest caption (~15 tokens), not the maximum: the text tower's cost halves.
-        enc = self.tokenizer(texts, padding="longest", truncation=True, max_length=self.max_len, return_tensors="pt")
-        return {
-            "pixel_values": normalize(torch.from_numpy(images), self.cfg.image_mean, self.cfg.image_std),
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-        }
+        # CLIP: pad to the batch's longest caption (~15 tokens), not the maximum: the text tower's
+        # cost halves. SigLIP pools the last position, so it trains (and is read) at the maximum.
+        enc = FAMILIES[self.cfg.family].tokenize(self.tokenizer, texts, self.max_len)
+        return {"pixel_values": normalize(torch.from_numpy(images), self.cfg.image_mean, self.cfg.image_std), **enc}
 
 
 def _first(batch: list) -> Any:
@@ -258,7 +324,7 @@ def run_fingerprint(cfg: PretrainConfig) -> str:
 
 @run_scope
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
-    """Pretrain a CLIP on the world corpus; returns the final record (also in ``results.json``).
+    """Pretrain a CLIP or a SigLIP on the world corpus; returns the final record (also in ``results.json``).
 
     Args:
         cfg: the run's settings.
@@ -293,6 +359,8 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
             "wall_s": round(time.time() - t0, 1),
             "logit_scale": float(m.logit_scale.detach().exp()),
         }
+        if cfg.family == "siglip":
+            record["logit_bias"] = float(m.logit_bias.detach())
         if cfg.eval_images and cfg.eval_tasks:
             accs = zero_shot(m, tokenizer, processor, cfg.eval_tasks, split="val", limit=cfg.eval_images)
             record.update({f"zs_val/{k}": round(v, 2) for k, v in accs.items()})
@@ -305,7 +373,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
         model,
         [n for n, _ in model.named_parameters()],
         make_loader,
-        clip_loss,
+        LOSSES[cfg.family],
         loop_cfg,
         checkpoint_dir=out,
         resume=resume,
@@ -356,6 +424,7 @@ def ship(
     golden_limit: int = 200,
     notes: str = "",
     test_limit: int | None = None,
+    config_file: str = "configs/pretrain-default.yaml",
 ) -> dict[str, Any]:
     """Copy a finished run's model to ``dest`` with a ``BUILD.json`` describing how it was made.
 
@@ -387,7 +456,7 @@ def ship(
     golden = zero_shot(model, tok, proc, list(SUPPORT_TASKS), split="test", limit=golden_limit)
     record = {
         "command": command,
-        "config_file": "configs/pretrain-default.yaml",
+        "config_file": config_file,
         "config": cfg.model_dump(mode="json"),
         "seed": cfg.seed,
         "corpus": {
