@@ -25,8 +25,10 @@ from paint.evaluation.line import set_image_tower
 from paint.pipeline.pool import Line, TaskPool, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.objectives import TaskMetrics
-from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
+from paint.errors import PaintError
+from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.loop import FitResult
+from paint.train.recipes.registry import recipe_for
 from paint.types import StateDict
 
 
@@ -71,20 +73,45 @@ def finetune_tower(
     resume: bool,
     fingerprint: str,
     sets: Sequence[TrainingSet] | None = None,
-) -> tuple[dict, FitResult]:
+    learned_heads: bool = False,
+) -> tuple[dict, RecipeResult]:
     """Fine-tune the image tower from ``theta_start`` on the named pool tasks jointly; return (theta_ft, record).
 
     ``sets`` replaces the pool tasks' training splits when a study trains on other images (attacked
-    copies, a subset of counts); each set is still scored against its own frozen head.
+    copies, a subset of counts); each set is still scored against its own frozen head. The recipe
+    is ``cfg.recipe``; a recipe that learns heads (lp-ft) is accepted only from callers that score
+    with them (``learned_heads=True``: they build the line with :func:`head_pairs`).
     """
+    recipe = recipe_for(cfg.recipe.name)
+    if recipe.learns_heads or (cfg.recipe.name == "soup" and recipe_for(cfg.recipe.base.name).learns_heads):
+        if not learned_heads:
+            raise PaintError(
+                f"recipe {recipe_label(cfg)} learns a head per patching task, which this workflow does not "
+                "score with (it supports `paint patch` with one patching task and `paint compare`); "
+                "use frozen-head, l2-sp, lora or a soup of those"
+            )
     set_image_tower(pool.model, theta_start)
     if sets is None:
         sets = [
             TrainingSet(n, pool.task(n).images["train"], pool.task(n).labels["train"], pool.task(n).head) for n in names
         ]
-    fit = finetune(pool.model, list(sets), pool.spec, cfg, out_dir, resume=resume, fingerprint=fingerprint)
+    val = [TrainingSet(n, pool.task(n).images["val"], pool.task(n).labels["val"], pool.task(n).head) for n in names]
+    fit = finetune(
+        pool.model, list(sets), pool.spec, cfg, out_dir, resume=resume, fingerprint=fingerprint, val_sets=val
+    )
     state = pool.model.state_dict()
     return {k: state[k].detach().clone() for k in theta_start}, fit
+
+
+def recipe_label(cfg: FinetuneConfig) -> str:
+    """``lp-ft``, or ``soup of lp-ft``."""
+    r = cfg.recipe
+    return f"soup of {r.base.name}" if r.name == "soup" else r.name
+
+
+def head_pairs(pool: TaskPool, fit: RecipeResult) -> dict[str, tuple]:
+    """(zero-shot head, learned head) of every task the fine-tune learned a head for (lp-ft), for :class:`Line`."""
+    return {n: (pool.task(n).head.detach().float().cpu(), h.detach().float().cpu()) for n, h in fit.heads.items()}
 
 
 def choose(
@@ -137,6 +164,7 @@ def patch(
 ) -> PatchOutcome:
     """Fine-tune from ``theta_zs`` on ``patch_names`` and choose alpha on the line back to it."""
     t0 = time.time()
+    # The studies that call this score patched states without heads: a head-learning recipe is refused.
     theta_ft, fit = finetune_tower(pool, theta_zs, patch_names, finetune_cfg, out_dir, resume, fingerprint, sets)
     t1 = time.time()
     line = Line.between(theta_zs, theta_ft, tag)

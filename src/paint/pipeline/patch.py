@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
-from paint.pipeline.operation import choose, finetune_tower, test_at
+from paint.pipeline.operation import choose, finetune_tower, head_pairs, test_at
 from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
@@ -103,7 +103,9 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     names_p, names_s = pool.names("patch"), pool.names("support")
     theta_zs = bundle.image_tower_copy()
     fp = run_fingerprint(cfg, bundle, pool.tasks)
-    theta_ft, fit = finetune_tower(pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp)
+    theta_ft, fit = finetune_tower(
+        pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp, learned_heads=True
+    )
     t_ft = time.time()
     from accelerate import PartialState  # multi-process fine-tuning: rank 0 alone chooses and writes
 
@@ -111,7 +113,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     if not proc.is_main_process:
         proc.wait_for_everyone()
         return {}
-    line = Line.between(theta_zs, theta_ft)
+    line = Line.between(theta_zs, theta_ft, heads=head_pairs(pool, fit))  # learned heads: lp-ft only
     choice = choose(pool, line, cfg.selection, names_p, names_s)
     t_sweep = time.time()
     test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
@@ -126,7 +128,14 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         "patch_tasks": names_p,
         "support_tasks": names_s,
         "splits": {t.name: t.split_info for t in pool.tasks},
-        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
+        "finetune": {
+            "recipe": fit.recipe,
+            "trainable_params": fit.trainable_params,
+            **({"recipe_info": fit.info} if fit.info else {}),
+            "history": fit.history,
+            "steps": fit.steps,
+            "resumed_from_epoch": fit.resumed_from_epoch,
+        },
         "timing_s": {
             "finetune": round(t_ft - t_start, 2),
             "sweep": round(t_sweep - t_ft, 2),
@@ -140,6 +149,13 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
             "report": "summary.md",
         },
     }
+    if line.heads:  # the patching task's head at the chosen alpha: the CLIP checkpoint has no place for it
+        from paint.utils import atomic_path
+        from paint.weights.io import save_safetensors_file
+
+        with atomic_path(out / "patched-heads.safetensors") as tmp:
+            save_safetensors_file({n: h.contiguous() for n, h in line.heads_at(choice.alpha).items()}, tmp)
+        summary["outputs"]["heads"] = "patched-heads.safetensors"
     write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
     proc.wait_for_everyone()
     return summary

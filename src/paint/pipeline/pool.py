@@ -10,8 +10,8 @@ result cached in the run's results store under (state or line id, alpha, task, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,21 +95,40 @@ def state_id(theta: StateDict) -> str:
     return hash_tensors(theta)[:16]
 
 
+HeadPairs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class Line:
-    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower."""
+    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower.
+
+    ``heads`` holds, for tasks whose fine-tune learned a head (the lp-ft recipe), the pair
+    (zero-shot head, learned head): such a task is scored at alpha with the head interpolated the
+    same way (WiSE-FT's treatment of a fine-tuned classifier), so alpha 0 stays the zero-shot model.
+    """
 
     theta_zs: StateDict
     theta_ft: StateDict
     id: str
+    heads: HeadPairs = field(default_factory=dict)
 
     @classmethod
-    def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "") -> Line:
-        """The line between two image towers, keyed by both contents (and an optional tag)."""
-        return cls(theta_zs, theta_ft, f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}")
+    def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "", heads: HeadPairs | None = None) -> Line:
+        """The line between two image towers, keyed by both contents, any learned heads and an optional tag."""
+        key = f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}"
+        if heads:
+            key += "-h" + hash_tensors({f"{n}/{i}": h[i] for n, h in sorted(heads.items()) for i in (0, 1)})[:12]
+        return cls(theta_zs, theta_ft, key, dict(heads or {}))
 
     def at(self, alpha: float, allow_extrapolation: bool = True) -> dict[str, torch.Tensor]:
         return interpolate(self.theta_zs, self.theta_ft, alpha, allow_extrapolation=allow_extrapolation)
+
+    def heads_at(self, alpha: float) -> dict[str, torch.Tensor]:
+        """The learned tasks' heads at alpha: (1 - alpha) * zero-shot + alpha * learned (exact at 0 and 1)."""
+        out = {}
+        for name, (h0, h1) in self.heads.items():
+            out[name] = h0.clone() if alpha == 0 else h1.clone() if alpha == 1 else torch.lerp(h0, h1, float(alpha))
+        return out
 
 
 def sweep_point(alpha: float, metrics: TaskMetrics) -> dict[str, Any]:
@@ -148,9 +167,19 @@ class TaskPool:
         return list(self.tasks) if names is None else [self.task(n) for n in names]
 
     def evaluate(
-        self, state: Callable[[], StateDict], key: str, alpha: float, split: str, tasks: Sequence[str] | None = None
+        self,
+        state: Callable[[], StateDict],
+        key: str,
+        alpha: float,
+        split: str,
+        tasks: Sequence[str] | None = None,
+        heads: Mapping[str, torch.Tensor] | None = None,
     ) -> TaskMetrics:
-        """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``."""
+        """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``.
+
+        ``heads`` replaces the zero-shot head of the tasks it names (``key`` must then identify them too).
+        """
+        heads = heads or {}
         out: TaskMetrics = {}
         loaded = False
         for t in self._selected(tasks):
@@ -161,7 +190,7 @@ class TaskPool:
                     self.model.load_state_dict(dict(state()), strict=False)
                     loaded = True
                 metrics = evaluate_split(
-                    self.model, t.head, t.images[split], t.labels[split], self.spec, self.batch_size
+                    self.model, heads.get(t.name, t.head), t.images[split], t.labels[split], self.spec, self.batch_size
                 )
                 rec = self.store.put(rkey, metrics)
             out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
@@ -171,7 +200,8 @@ class TaskPool:
         self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True
     ) -> TaskMetrics:
         """Metrics at theta(alpha) on ``line``."""
-        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks)
+        heads = line.heads_at(alpha) if line.heads else None
+        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks, heads)
 
     def evaluate_state(self, theta: StateDict, split: str, tasks: Sequence[str] | None = None) -> TaskMetrics:
         """Metrics of one image-tower state (keyed by its content)."""
@@ -200,6 +230,11 @@ class TaskPool:
         def measure(alpha: float, grad: bool) -> TaskMetrics:
             if not grad:
                 return self.evaluate_line(line, alpha, split)
+            if line.heads:
+                raise PaintError(
+                    "the derivative strategy differentiates along the image tower only, but this line also "
+                    "interpolates learned heads (recipe lp-ft); choose another selection.strategy"
+                )
             out: TaskMetrics = {}
             for t in self.tasks:
                 key = ResultKey(line.id, alpha, t.name, split)
