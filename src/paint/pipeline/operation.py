@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from paint.errors import PaintError
 from paint.evaluation.line import set_image_tower
 from paint.pipeline.pool import Line, TaskPool, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.objectives import TaskMetrics
-from paint.errors import PaintError
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.loop import FitResult
 from paint.train.recipes.registry import recipe_for

@@ -36,7 +36,9 @@ PROBE_HEADS = "probe-heads.safetensors"
 
 
 @torch.no_grad()
-def probe_features(model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256) -> torch.Tensor:
+def probe_features(
+    model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256
+) -> torch.Tensor:
     """Normalised image features (N, D), float32 on the CPU, of uint8 images (N, 3, S, S), in eval mode."""
     device = next(model.parameters()).device
     was_training = model.training
