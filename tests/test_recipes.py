@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from paint.errors import PaintError
 from paint.evaluation.results import evaluate_split
-from paint.models.clip import image_features, load_clip, text_features
+from paint.models.clip import load_clip
 from paint.models.heads import zeroshot_head
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.types import is_image_tower_key
@@ -122,7 +122,6 @@ def test_lpft_returns_learned_heads_and_trains_against_them(tiny_clip_dir, tmp_p
 def test_lora_delta_equals_peft_merged_model_and_alpha_zero_is_theta_zs(tiny_clip_dir):
     from peft import LoraConfig, get_peft_model
 
-    from paint.pipeline.pool import Line
     from paint.train.recipes.config import LoraRecipe
     from paint.train.recipes.lora import inject_lora, merged_deltas, remove_lora
 
@@ -194,9 +193,9 @@ def test_greedy_soup_ranks_ingredients_on_held_out_data(tiny_clip_dir):
 
 
 def test_a_head_learning_recipe_is_refused_where_heads_are_not_scored(tiny_clip_dir):
+    from paint.evaluation.results import MemoryStore
     from paint.pipeline.operation import finetune_tower
     from paint.pipeline.pool import PoolTask, TaskPool
-    from paint.evaluation.results import MemoryStore
 
     bundle, sets = _setup(tiny_clip_dir)
     s = sets[0]
