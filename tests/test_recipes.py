@@ -214,3 +214,199 @@ def test_a_head_learning_recipe_is_refused_where_heads_are_not_scored(tiny_clip_
     for recipe in ("lp-ft", {"name": "soup", "base": "lp-ft", "seeds": [0]}):
         with pytest.raises(PaintError, match="learns a head per patching task"):
             finetune_tower(pool, _tower(bundle.model), ["colours"], _cfg(recipe=recipe), None, False, "")
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [{"name": "l2-sp", "strength": 0.1}, {"name": "lora", "rank": 2}],
+    ids=["l2-sp", "lora"],
+)
+def test_tower_recipes_run_in_every_multitask_mode_and_resume(tiny_clip_dir, tmp_path, recipe):
+    from paint.evaluation.results import ResultsStore
+    from paint.pipeline.multitask import MultitaskRun, run_mode
+    from paint.pipeline.pool import TaskPool
+    from paint.selection import SelectionConfig
+    from tests.test_multitask import _prepared
+
+    bundle = load_clip(str(tiny_clip_dir))
+    tasks = [
+        _prepared(bundle, "rgb", "patch", ["red", "green", "blue"], [[200, 30, 30], [30, 200, 30], [30, 30, 200]], 0),
+        _prepared(bundle, "cmy", "patch", ["cat", "dog"], [[30, 200, 200], [200, 200, 30]], 10),
+        _prepared(bundle, "sup", "support", ["circle", "square"], [[90, 90, 90], [160, 160, 160]], 20),
+    ]
+    theta_zs = _tower(bundle.model)
+    sel = SelectionConfig(strategy="grid", objective="mean_accuracy", alphas=[0.0, 0.5, 1.0])
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(tmp_path / "results.jsonl"), 64)
+    cfg = _cfg(max_steps=2, recipe=recipe)
+    thetas = {}
+    for resume in (False, True):  # the second pass resumes every finished checkpoint: same weights
+        ctx = MultitaskRun(pool, theta_zs, sel, cfg, tmp_path, resume, "fp")
+        for mode in ("joint", "sequential", "parallel"):
+            r = run_mode(ctx, mode)
+            assert set(r.theta) == set(theta_zs) and all(0.0 <= a <= 1.0 for a in r.alphas)
+            if resume:
+                assert _drift(r.theta, thetas[mode]) == 0.0
+            thetas[mode] = r.theta
+    assert (tmp_path / "joint" / "finetune" / "checkpoint" / "state.json").is_file()
+
+
+def test_patch_with_lpft_scores_the_learned_head_and_resumes(tiny_clip_dir, tmp_path, capsys):
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits"],
+        "finetune": {**{k: v for k, v in BASE.items() if k != "cpu"}, "recipe": {"name": "lp-ft", "probe_steps": 20}},
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
+        "threads": 1,
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["patch", str(path)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finetune"]["recipe"] == "lp-ft" and summary["finetune"]["trainable_params"] > 0
+    probe = load_file(str(run / "finetune" / "probe-heads.safetensors"))["digits"]
+    patched = load_file(str(run / "patched-heads.safetensors"))["digits"]
+    assert patched.shape == probe.shape
+    if summary["alpha"] == 1.0:
+        assert torch.equal(patched, probe)
+    n = len((run / "results.jsonl").read_text().splitlines())
+    (run / "summary.json").unlink()
+    assert main(["patch", str(path), "--resume"]) == 0  # same heads, same line id: nothing re-evaluated
+    assert len((run / "results.jsonl").read_text().splitlines()) == n
+
+    cfg["output_dir"], cfg["selection"] = str(tmp_path / "run2"), {"strategy": "derivative", "objective": "loss_sum"}
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["patch", str(path)]) == 2
+    assert "interpolates learned heads (recipe lp-ft); choose another selection.strategy" in capsys.readouterr().err
+
+
+def _flyp_sets(bundle, sets):
+    s = sets[0]
+    return [TrainingSet(s.name, s.images, s.labels, s.head, ("red", "green", "blue"), ("a photo of the {}.", "{}"))]
+
+
+def test_flyp_loss_is_clips_contrastive_loss_on_a_fixed_batch(tiny_clip_dir):
+    from paint.data.preprocess import normalize
+    from paint.train.recipes.flyp import FlypLoss, caption_table
+
+    bundle, sets = _setup(tiny_clip_dir)
+    fsets = _flyp_sets(bundle, sets)
+    table, layout = caption_table(fsets, bundle.tokenizer, 16)
+    assert len(table["input_ids"]) == 6 and layout == [(0, 2)]
+    loss_fn = FlypLoss(table, layout, bundle.spec, seed=3)
+    images, labels = fsets[0].images[:8], torch.as_tensor(fsets[0].labels[:8])
+    task_ids = torch.zeros(8, dtype=torch.long)
+    rows = loss_fn.caption_rows(labels, task_ids)
+    assert torch.equal(rows // 2, labels)  # each image's caption is one of its own class's prompts
+    loss_fn.set_epoch(0)
+    ours = loss_fn(bundle.model, (images, labels, task_ids))
+    loss_fn.set_epoch(0)  # the same draw again
+    rows = loss_fn.caption_rows(labels, task_ids)
+    with torch.no_grad():
+        ref = bundle.model(
+            input_ids=table["input_ids"][rows],
+            attention_mask=table["attention_mask"][rows],
+            pixel_values=normalize(images, bundle.spec.mean, bundle.spec.std),
+            return_loss=True,
+        ).loss
+    torch.testing.assert_close(ours.detach(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_flyp_changes_both_towers_and_not_the_logit_scale(tiny_clip_dir):
+    bundle, sets = _setup(tiny_clip_dir)
+    before = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    res = finetune(bundle.model, _flyp_sets(bundle, sets), bundle.spec, _cfg(recipe="flyp"), tokenizer=bundle.tokenizer)
+    after = bundle.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.startswith("vision_model.") for k in changed) and any(k.startswith("text_model.") for k in changed)
+    assert "text_projection.weight" in changed and "logit_scale" not in changed
+    assert res.recipe == "flyp" and res.text_tower and res.trainable_params > 0
+    with pytest.raises(PaintError, match="flyp needs the model's tokenizer"):
+        finetune(bundle.model, _flyp_sets(bundle, sets), bundle.spec, _cfg(recipe="flyp"))
+
+
+def test_patch_with_flyp_interpolates_both_towers_and_rebuilds_heads(tiny_clip_dir, tmp_path):
+    import json
+
+    import yaml
+    from safetensors.torch import load_file
+
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits"],
+        "finetune": {**{k: v for k, v in BASE.items() if k != "cpu"}, "lr": 1e-2, "recipe": "flyp"},
+        "selection": {"alphas": [0.0, 0.5, 1.0], "objective": "mean_accuracy"},
+        "threads": 1,
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["patch", str(path)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["finetune"]["recipe"] == "flyp"
+    zs = load_file(str(tiny_clip_dir / "model.safetensors"))
+    ft = load_file(str(run / "finetune" / "checkpoint" / "trainable.safetensors"))
+    assert any(k.startswith("text_model.") for k in ft) and any(k.startswith("vision_model.") for k in ft)
+    patched = load_file(str(run / "model" / "model.safetensors"))
+    key = "text_projection.weight"
+    expected = torch.lerp(zs[key], ft[key], summary["alpha"]) if summary["alpha"] not in (0.0, 1.0) else None
+    if expected is not None:
+        torch.testing.assert_close(patched[key], expected)
+    else:
+        assert torch.equal(patched[key], zs[key] if summary["alpha"] == 0.0 else ft[key])
+
+
+def test_a_line_over_both_towers_is_scored_with_heads_rebuilt_from_its_text_tower(tiny_clip_dir):
+    from paint.evaluation.results import MemoryStore
+    from paint.pipeline.pool import Line, PoolTask, TaskPool
+
+    bundle, sets = _setup(tiny_clip_dir)
+    s = sets[0]
+    task = PoolTask(
+        "colours", "patch", ("red", "green", "blue"), ("a photo of the {}.",),
+        {"val": s.images}, {"val": s.labels}, {}, s.head, {},
+    )  # fmt: skip
+    pool = TaskPool(bundle.model, bundle.spec, [task], MemoryStore(), bundle=bundle)
+    full_zs = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    full_ft = dict(full_zs)
+    full_ft["text_projection.weight"] = torch.randn_like(full_zs["text_projection.weight"])
+    line = Line.between(full_zs, full_ft)
+    zero_shot = pool.evaluate_state(_tower(bundle.model), "val")["colours"]
+    assert pool.evaluate_line(line, 0.0, "val")["colours"] == zero_shot  # the zero-shot text tower's heads
+    moved = pool.evaluate_line(line, 1.0, "val")["colours"]
+    assert moved["loss"] != zero_shot["loss"]  # heads from the new text tower, not the cached zero-shot ones
+    pool.model.load_state_dict(full_ft, strict=False)
+    from paint.models.heads import build_head
+
+    head = build_head(bundle, ["red", "green", "blue"], ["a photo of the {}."])
+    assert evaluate_split(bundle.model, head, s.images, s.labels, bundle.spec)["loss"] == pytest.approx(moved["loss"])
+    with pytest.raises(PaintError, match="cannot rebuild heads from a text tower"):
+        TaskPool(bundle.model, bundle.spec, [task], MemoryStore()).evaluate_line(line, 0.5, "val")
+
+
+def test_flyp_is_refused_in_the_multitask_modes(tiny_clip_dir):
+    from paint.evaluation.results import MemoryStore
+    from paint.pipeline.operation import finetune_tower
+    from paint.pipeline.pool import PoolTask, TaskPool
+
+    bundle, sets = _setup(tiny_clip_dir)
+    s = sets[0]
+    task = PoolTask(
+        "colours", "patch", ("red", "green", "blue"), ("a photo of the {}.",),
+        {"train": s.images, "val": s.images}, {"train": s.labels, "val": s.labels}, {}, s.head, {},
+    )  # fmt: skip
+    pool = TaskPool(bundle.model, bundle.spec, [task], MemoryStore(), bundle=bundle)
+    with pytest.raises(PaintError, match="fine-tunes both towers, which this workflow does not interpolate"):
+        finetune_tower(pool, _tower(bundle.model), ["colours"], _cfg(recipe="flyp"), None, False, "")

@@ -21,15 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from paint.errors import PaintError
-from paint.evaluation.line import set_image_tower
 from paint.pipeline.pool import Line, TaskPool, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.loop import FitResult
-from paint.train.recipes.registry import recipe_for
-from paint.types import StateDict
+from paint.train.recipes.registry import recipe_flags
+from paint.types import StateDict, is_image_tower_key
 
 
 @dataclass(frozen=True)
@@ -80,27 +81,52 @@ def finetune_tower(
     ``sets`` replaces the pool tasks' training splits when a study trains on other images (attacked
     copies, a subset of counts); each set is still scored against its own frozen head. The recipe
     is ``cfg.recipe``; a recipe that learns heads (lp-ft) is accepted only from callers that score
-    with them (``learned_heads=True``: they build the line with :func:`head_pairs`).
+    with them (``learned_heads=True``: they build the line with :func:`head_pairs`), and one that
+    trains the text tower (flyp) only from callers whose ``theta_start`` holds it (:func:`start_state`).
     """
-    recipe = recipe_for(cfg.recipe.name)
-    if recipe.learns_heads or (cfg.recipe.name == "soup" and recipe_for(cfg.recipe.base.name).learns_heads):
-        if not learned_heads:
-            raise PaintError(
-                f"recipe {recipe_label(cfg)} learns a head per patching task, which this workflow does not "
-                "score with (it supports `paint patch` with one patching task and `paint compare`); "
-                "use frozen-head, l2-sp, lora or a soup of those"
-            )
-    set_image_tower(pool.model, theta_start)
+    recipe = recipe_flags(cfg)
+    if recipe.learns_heads and not learned_heads:
+        raise PaintError(
+            f"recipe {recipe_label(cfg)} learns a head per patching task, which this workflow does not "
+            "score with (it supports `paint patch` with one patching task and `paint compare`); "
+            "use frozen-head, l2-sp, lora or a soup of those"
+        )
+    if recipe.text_tower and all(is_image_tower_key(k) for k in theta_start):
+        raise PaintError(
+            f"recipe {recipe_label(cfg)} fine-tunes both towers, which this workflow does not interpolate "
+            "(it supports `paint patch` with one patching task and `paint compare`); "
+            "use frozen-head, l2-sp, lora or a soup of those"
+        )
+    pool.model.load_state_dict(dict(theta_start), strict=False)  # the image tower, and the text tower for flyp
     if sets is None:
-        sets = [
-            TrainingSet(n, pool.task(n).images["train"], pool.task(n).labels["train"], pool.task(n).head) for n in names
-        ]
-    val = [TrainingSet(n, pool.task(n).images["val"], pool.task(n).labels["val"], pool.task(n).head) for n in names]
+        sets = [_training_set(pool, n, "train") for n in names]
+    val = [_training_set(pool, n, "val") for n in names]
+    tokenizer = getattr(pool.bundle, "tokenizer", None)
     fit = finetune(
-        pool.model, list(sets), pool.spec, cfg, out_dir, resume=resume, fingerprint=fingerprint, val_sets=val
+        pool.model,
+        list(sets),
+        pool.spec,
+        cfg,
+        out_dir,
+        resume=resume,
+        fingerprint=fingerprint,
+        val_sets=val,
+        tokenizer=tokenizer,
     )
     state = pool.model.state_dict()
     return {k: state[k].detach().clone() for k in theta_start}, fit
+
+
+def _training_set(pool: TaskPool, name: str, split: str) -> TrainingSet:
+    t = pool.task(name)
+    return TrainingSet(name, t.images[split], t.labels[split], t.head, t.classnames, t.templates)
+
+
+def start_state(model: torch.nn.Module, theta_zs: StateDict, cfg: FinetuneConfig) -> StateDict:
+    """Where fine-tuning starts: ``theta_zs`` (the image tower), plus the model's text tower when the recipe trains it."""
+    if not recipe_flags(cfg).text_tower:
+        return theta_zs
+    return {**{k: v.detach().clone() for k, v in model.state_dict().items() if not is_image_tower_key(k)}, **theta_zs}
 
 
 def recipe_label(cfg: FinetuneConfig) -> str:

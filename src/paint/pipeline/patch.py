@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
-from paint.pipeline.operation import choose, finetune_tower, head_pairs, test_at
+from paint.pipeline.operation import choose, finetune_tower, head_pairs, start_state, test_at
 from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
@@ -101,7 +101,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     check_output_dir(out, resume)
     pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
     names_p, names_s = pool.names("patch"), pool.names("support")
-    theta_zs = bundle.image_tower_copy()
+    theta_zs = start_state(bundle.model, bundle.image_tower_copy(), cfg.finetune)  # both towers for flyp
     fp = run_fingerprint(cfg, bundle, pool.tasks)
     theta_ft, fit = finetune_tower(
         pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp, learned_heads=True

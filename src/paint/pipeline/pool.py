@@ -24,7 +24,7 @@ from paint.errors import PaintError
 from paint.evaluation.line import LossData, line_derivative, set_image_tower
 from paint.evaluation.results import MemoryStore, ResultKey, ResultsStore, evaluate_split
 from paint.selection.objectives import Measure, TaskMetrics
-from paint.types import StateDict
+from paint.types import StateDict, is_image_tower_key
 from paint.utils import hash_tensors
 from paint.weights.ops import interpolate
 
@@ -153,6 +153,7 @@ class TaskPool:
     tasks: list[PoolTask]
     store: ResultsStore | MemoryStore
     batch_size: int = 256
+    bundle: Any = None  # the ClipBundle: its tokenizer rebuilds heads for states with a text tower (flyp)
 
     def names(self, role: str) -> list[str]:
         return [t.name for t in self.tasks if t.role == role]
@@ -179,7 +180,7 @@ class TaskPool:
 
         ``heads`` replaces the zero-shot head of the tasks it names (``key`` must then identify them too).
         """
-        heads = heads or {}
+        heads = dict(heads or {})
         out: TaskMetrics = {}
         loaded = False
         for t in self._selected(tasks):
@@ -187,14 +188,25 @@ class TaskPool:
             rec = self.store.get(rkey)
             if rec is None:
                 if not loaded:
-                    self.model.load_state_dict(dict(state()), strict=False)
+                    st = dict(state())
+                    self.model.load_state_dict(st, strict=False)
                     loaded = True
+                    if any(not is_image_tower_key(k) for k in st):  # a text tower too (flyp): heads from it
+                        heads = {**self.text_heads(), **heads}
                 metrics = evaluate_split(
                     self.model, heads.get(t.name, t.head), t.images[split], t.labels[split], self.spec, self.batch_size
                 )
                 rec = self.store.put(rkey, metrics)
             out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
         return out
+
+    def text_heads(self) -> dict[str, torch.Tensor]:
+        """Every task's zero-shot head rebuilt from the model's current text tower (not cached: it moves)."""
+        from paint.models.heads import build_head
+
+        if self.bundle is None:
+            raise PaintError("this task pool cannot rebuild heads from a text tower (it was made without the model)")
+        return {t.name: build_head(self.bundle, t.classnames, t.templates, self.batch_size) for t in self.tasks}
 
     def evaluate_line(
         self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True
@@ -230,6 +242,11 @@ class TaskPool:
         def measure(alpha: float, grad: bool) -> TaskMetrics:
             if not grad:
                 return self.evaluate_line(line, alpha, split)
+            if any(not is_image_tower_key(k) for k in line.theta_ft):
+                raise PaintError(
+                    "the derivative strategy differentiates along the image tower only, but this line also "
+                    "interpolates the text tower (recipe flyp); choose another selection.strategy"
+                )
             if line.heads:
                 raise PaintError(
                     "the derivative strategy differentiates along the image tower only, but this line also "
@@ -275,5 +292,7 @@ def start_pool(
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
     open_run(out, cfg, resume, marker)
     tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
-    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
+    pool = TaskPool(
+        bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size, bundle=bundle
+    )
     return pool, bundle

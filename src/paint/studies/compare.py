@@ -175,11 +175,22 @@ def best_within(frontier: Sequence[dict[str, Any]], support_floor: float) -> dic
 
 
 def run_recipe_entry(
-    cfg: CompareConfig, entry: CompareRecipe, pool: Any, theta_zs: Any, base_fp: str, out: Path, resume: bool
+    cfg: CompareConfig,
+    entry: CompareRecipe,
+    pool: Any,
+    theta_zs: Any,
+    text_zs: Any,
+    base_fp: str,
+    out: Path,
+    resume: bool,
 ) -> dict[str, Any]:
-    """Fine-tune with one recipe, choose alpha on validation, evaluate its test frontier; return its record."""
+    """Fine-tune with one recipe, choose alpha on validation, evaluate its test frontier; return its record.
+
+    ``text_zs`` is the zero-shot text side, the start of a recipe that trains it (flyp).
+    """
     from paint.pipeline.operation import choose, finetune_tower, head_pairs
     from paint.pipeline.pool import Line
+    from paint.train.recipes.registry import recipe_flags
     from paint.utils import sha256_strings
 
     names_p, names_s = pool.names("patch"), pool.names("support")
@@ -187,6 +198,8 @@ def run_recipe_entry(
     rdir = out / "recipes" / entry.name
     fp = sha256_strings([base_fp, rcfg.model_dump_json()])
     t0 = time.time()
+    if recipe_flags(rcfg).text_tower:
+        theta_zs = {**text_zs, **theta_zs}
     with PeakRSS() as mem:
         theta_ft, fit = finetune_tower(pool, theta_zs, names_p, rcfg, rdir / "finetune", resume, fp, learned_heads=True)
     seconds = time.time() - t0
@@ -287,6 +300,7 @@ def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
     pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks, marker)
     names_p, names_s = pool.names("patch"), pool.names("support")
     theta_zs = bundle.image_tower_copy()
+    text_zs = {k: v.detach().clone() for k, v in bundle.model.state_dict().items() if k not in theta_zs}
     base_fp = sha256_strings(
         [
             bundle.text_identity,
@@ -302,7 +316,8 @@ def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
             rows.append(json.loads(done.read_text()))
             skipped.append(entry.name)
             continue
-        row = run_recipe_entry(cfg, entry, pool, theta_zs, base_fp, out, resume)
+        row = run_recipe_entry(cfg, entry, pool, theta_zs, text_zs, base_fp, out, resume)
+        pool.model.load_state_dict(text_zs, strict=False)  # a flyp line leaves its last text tower in the model
         write_json_atomic(done, row)
         rows.append(row)
     eps = cfg.selection.epsilon

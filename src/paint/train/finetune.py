@@ -6,9 +6,9 @@ parameter is added: the classifier is the frozen zero-shot head, so the fine-tun
 compatible with the text side and can be interpolated with the zero-shot one. Several tasks at
 once (joint patching) are scored each against its own head.
 
-Other recipes (``finetune.recipe``: lp-ft, l2-sp, lora, soup; :mod:`paint.train.recipes`) change
-how the tower is trained, never what comes out: a new image tower in the model, so the
-interpolation, selection and reports downstream are the same.
+Other recipes (``finetune.recipe``: lp-ft, flyp, l2-sp, lora, soup; :mod:`paint.train.recipes`)
+change how the tower is trained, not what comes out: new weights in the model (flyp: both towers),
+so the interpolation, selection and reports downstream are the same.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ def finetune(
     fingerprint: str = "",
     on_epoch_end: Callable[[int, torch.nn.Module], dict[str, float]] | None = None,
     val_sets: Sequence[TrainingSet] = (),
+    tokenizer: object = None,
 ) -> RecipeResult:
     """Fine-tune ``model``'s image tower in place on ``sets`` (one task, or several jointly) with ``cfg.recipe``.
 
@@ -77,9 +78,12 @@ def finetune(
         fingerprint: identity of the run's inputs (a checkpoint of another run is refused).
         on_epoch_end: optional validation callback.
         val_sets: held-out data of the same tasks (a greedy soup ranks its ingredients on it).
+        tokenizer: the model's tokenizer (flyp captions the images with the class prompts).
 
     Returns:
         the loop's record plus the recipe's: learned heads (lp-ft), trainable parameters, info.
     """
-    ctx = RecipeContext(model, list(sets), spec, cfg, out_dir, resume, fingerprint, on_epoch_end, tuple(val_sets))
+    ctx = RecipeContext(
+        model, list(sets), spec, cfg, out_dir, resume, fingerprint, on_epoch_end, tuple(val_sets), tokenizer
+    )
     return run_recipe(ctx)

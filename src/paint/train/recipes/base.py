@@ -27,12 +27,17 @@ from paint.types import is_image_tower_key
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """One task's training data: uint8 images (N, 3, S, S), labels (N,), frozen head (C, D)."""
+    """One task's training data: uint8 images (N, 3, S, S), labels (N,), frozen head (C, D).
+
+    ``classnames`` and ``templates`` are the prompts the head was built from (the flyp recipe's captions).
+    """
 
     name: str
     images: torch.Tensor
     labels: np.ndarray
     head: torch.Tensor
+    classnames: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,6 +55,7 @@ class RecipeResult(FitResult):
     heads: dict[str, torch.Tensor] = field(default_factory=dict)
     trainable_params: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    text_tower: bool = False  # the text tower trained too (flyp): theta_ft covers both towers
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class RecipeContext:
     fingerprint: str = ""
     on_epoch_end: Callable[[int, torch.nn.Module], dict[str, float]] | None = None
     val_sets: Sequence[TrainingSet] = ()  # held-out data (greedy soups); never trained on
+    tokenizer: Any = None  # the model's tokenizer (flyp's captions)
 
     def with_(self, **changes: Any) -> RecipeContext:
         return replace(self, **changes)

@@ -19,6 +19,7 @@ LPFT = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features (arXiv:22
 L2SP = "Li et al. 2018, Explicit Inductive Bias for Transfer Learning with CNNs (arXiv:1802.01483)"
 LORA = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models (arXiv:2106.09685)"
 SOUPS = "Wortsman et al. 2022, Model soups (arXiv:2203.05482)"
+FLYP = "Goyal et al. 2023, Finetune like you pretrain (arXiv:2212.00638)"
 
 
 class FrozenHeadRecipe(StrictModel):
@@ -58,6 +59,17 @@ class LoraRecipe(StrictModel):
         min_length=1,
         description="names of the image tower's Linear layers that get adapters",
     )
+
+
+class FlypRecipe(StrictModel):
+    """Contrastive fine-tuning of both towers, the class prompts as captions; the line covers both towers.
+
+    Each image is paired with one of its class's prompts (a template drawn per image and epoch);
+    the loss is CLIP's symmetric contrastive loss over the batch. The logit scale stays frozen.
+    Heads on the line are rebuilt from the interpolated text tower.
+    """
+
+    name: Literal["flyp"] = "flyp"
 
 
 BaseRecipe = Annotated[
@@ -106,10 +118,10 @@ class SoupRecipe(StrictModel):
 
 
 RecipeSpec = Annotated[
-    Union[FrozenHeadRecipe, L2SPRecipe, LPFTRecipe, LoraRecipe, SoupRecipe],
+    Union[FrozenHeadRecipe, L2SPRecipe, LPFTRecipe, LoraRecipe, FlypRecipe, SoupRecipe],
     Field(discriminator="name"),
 ]
-RECIPE_NAMES = ("frozen-head", "lp-ft", "l2-sp", "lora", "soup")
+RECIPE_NAMES = ("frozen-head", "lp-ft", "flyp", "l2-sp", "lora", "soup")
 
 
 class FinetuneConfig(StrictModel):

@@ -16,6 +16,7 @@ class Recipe:
     paper: str
     run: Callable[[RecipeContext], RecipeResult]
     learns_heads: bool = False  # the patching tasks are scored with learned heads (lp-ft; a soup of it)
+    text_tower: bool = False  # trains the text tower too (flyp): lines cover both towers, heads are rebuilt
 
 
 def _frozen(ctx: RecipeContext) -> RecipeResult:
@@ -42,6 +43,12 @@ def _lora(ctx: RecipeContext) -> RecipeResult:
     return run_lora(ctx)
 
 
+def _flyp(ctx: RecipeContext) -> RecipeResult:
+    from paint.train.recipes.flyp import run_flyp
+
+    return run_flyp(ctx)
+
+
 def _soup(ctx: RecipeContext) -> RecipeResult:
     from paint.train.recipes.soup import run_soup
 
@@ -51,6 +58,7 @@ def _soup(ctx: RecipeContext) -> RecipeResult:
 RECIPES: dict[str, Recipe] = {
     "frozen-head": Recipe("frozen-head", c.PAINT, _frozen),
     "lp-ft": Recipe("lp-ft", c.LPFT, _lpft, learns_heads=True),
+    "flyp": Recipe("flyp", c.FLYP, _flyp, text_tower=True),
     "l2-sp": Recipe("l2-sp", c.L2SP, _l2sp),
     "lora": Recipe("lora", c.LORA, _lora),
     "soup": Recipe("soup", c.SOUPS, _soup),
@@ -61,6 +69,15 @@ def recipe_for(name: str) -> Recipe:
     if name not in RECIPES:
         raise PaintError(f"unknown fine-tuning recipe {name!r}; choose from: {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def recipe_flags(cfg: c.FinetuneConfig) -> Recipe:
+    """The recipe of ``cfg`` (for a soup: with its base's flags, since the soup inherits them)."""
+    r = recipe_for(cfg.recipe.name)
+    if isinstance(cfg.recipe, c.SoupRecipe):
+        base = recipe_for(cfg.recipe.base.name)
+        return Recipe(r.name, r.paper, r.run, base.learns_heads, base.text_tower)
+    return r
 
 
 def run_recipe(ctx: RecipeContext) -> RecipeResult:
