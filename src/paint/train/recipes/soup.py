@@ -16,6 +16,7 @@ import torch
 
 from paint.errors import PaintError
 from paint.evaluation.results import evaluate_split
+from paint.train.loop import FitResult
 from paint.train.recipes.base import RecipeContext, RecipeResult, as_result
 from paint.train.recipes.config import FinetuneConfig, SoupRecipe
 from paint.types import StateDict, is_image_tower_key
@@ -83,16 +84,9 @@ def run_soup(ctx: RecipeContext, run_base: Callable[[RecipeContext], RecipeResul
         info.update(kept=res.ingredients, individual_val=res.individual, soup_val=res.accuracy)
     tower, heads = split_heads(soup)
     ctx.model.load_state_dict(tower, strict=False)
-    out = as_result(_Fit(history), "soup", trainable, heads=heads, info=info)
+    out = as_result(FitResult(history=history), "soup", trainable, heads=heads, info=info)
     out.steps = sum(r["steps"] for r in records)
     return out
-
-
-class _Fit:
-    """The loop-record shape :func:`as_result` reads, for a soup's merged history."""
-
-    def __init__(self, history: list[dict]):
-        self.history, self.steps, self.resumed_from_epoch = history, 0, None
 
 
 def held_out_accuracy(ctx: RecipeContext, state: StateDict) -> float:
