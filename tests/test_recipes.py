@@ -192,38 +192,15 @@ def test_greedy_soup_ranks_ingredients_on_held_out_data(tiny_clip_dir):
         finetune(bundle.model, sets, bundle.spec, _cfg(recipe=soup))
 
 
-def test_a_head_learning_recipe_is_refused_where_heads_are_not_scored(tiny_clip_dir):
-    from paint.evaluation.results import MemoryStore
-    from paint.pipeline.operation import finetune_tower
-    from paint.pipeline.pool import PoolTask, TaskPool
-
-    bundle, sets = _setup(tiny_clip_dir)
-    s = sets[0]
-    task = PoolTask(
-        "colours",
-        "patch",
-        ("red", "green", "blue"),
-        ("a photo of the {}.",),
-        {"train": s.images, "val": s.images},
-        {"train": s.labels, "val": s.labels},
-        {},
-        s.head,
-        {},
-    )
-    pool = TaskPool(bundle.model, bundle.spec, [task], MemoryStore())
-    for recipe in ("lp-ft", {"name": "soup", "base": "lp-ft", "seeds": [0]}):
-        with pytest.raises(PaintError, match="learns a head per patching task"):
-            finetune_tower(pool, _tower(bundle.model), ["colours"], _cfg(recipe=recipe), None, False, "")
-
-
 @pytest.mark.parametrize(
     "recipe",
-    [{"name": "l2-sp", "strength": 0.1}, {"name": "lora", "rank": 2}],
-    ids=["l2-sp", "lora"],
+    [{"name": "l2-sp", "strength": 0.1}, {"name": "lora", "rank": 2}, "lp-ft", "flyp"],
+    ids=["l2-sp", "lora", "lp-ft", "flyp"],
 )
-def test_tower_recipes_run_in_every_multitask_mode_and_resume(tiny_clip_dir, tmp_path, recipe):
+def test_every_recipe_runs_in_every_multitask_mode_and_resumes(tiny_clip_dir, tmp_path, recipe):
     from paint.evaluation.results import ResultsStore
     from paint.pipeline.multitask import MultitaskRun, run_mode
+    from paint.pipeline.operation import start_state
     from paint.pipeline.pool import TaskPool
     from paint.selection import SelectionConfig
     from tests.test_multitask import _prepared
@@ -234,10 +211,10 @@ def test_tower_recipes_run_in_every_multitask_mode_and_resume(tiny_clip_dir, tmp
         _prepared(bundle, "cmy", "patch", ["cat", "dog"], [[30, 200, 200], [200, 200, 30]], 10),
         _prepared(bundle, "sup", "support", ["circle", "square"], [[90, 90, 90], [160, 160, 160]], 20),
     ]
-    theta_zs = _tower(bundle.model)
     sel = SelectionConfig(strategy="grid", objective="mean_accuracy", alphas=[0.0, 0.5, 1.0])
-    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(tmp_path / "results.jsonl"), 64)
-    cfg = _cfg(max_steps=2, recipe=recipe)
+    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(tmp_path / "results.jsonl"), 64, bundle=bundle)
+    cfg = _cfg(max_steps=2, lr=1e-2, recipe=recipe)
+    theta_zs = start_state(pool, _tower(bundle.model), cfg)
     thetas = {}
     for resume in (False, True):  # the second pass resumes every finished checkpoint: same weights
         ctx = MultitaskRun(pool, theta_zs, sel, cfg, tmp_path, resume, "fp")
@@ -248,6 +225,13 @@ def test_tower_recipes_run_in_every_multitask_mode_and_resume(tiny_clip_dir, tmp
                 assert _drift(r.theta, thetas[mode]) == 0.0
             thetas[mode] = r.theta
     assert (tmp_path / "joint" / "finetune" / "checkpoint" / "state.json").is_file()
+    if recipe == "lp-ft":  # each fine-tune learned the heads of the tasks it trained on, and they ride the state
+        from safetensors.torch import load_file
+
+        assert set(load_file(str(tmp_path / "joint" / "finetune" / "probe-heads.safetensors"))) == {"rgb", "cmy"}
+        seq = tmp_path / "sequential" / "1-cmy" / "finetune" / "probe-heads.safetensors"
+        assert set(load_file(str(seq))) == {"cmy"}
+        assert {"head::rgb", "head::cmy"} <= set(thetas["parallel"])
 
 
 def test_patch_with_lpft_scores_the_learned_head_and_resumes(tiny_clip_dir, tmp_path, capsys):
@@ -286,7 +270,7 @@ def test_patch_with_lpft_scores_the_learned_head_and_resumes(tiny_clip_dir, tmp_
     path.write_text(yaml.safe_dump(cfg))
     capsys.readouterr()
     assert main(["patch", str(path)]) == 2
-    assert "interpolates learned heads (recipe lp-ft); choose another selection.strategy" in capsys.readouterr().err
+    assert "also interpolates head::digits (recipe lp-ft or flyp); choose another" in capsys.readouterr().err
 
 
 def _flyp_sets(bundle, sets):
@@ -396,10 +380,12 @@ def test_a_line_over_both_towers_is_scored_with_heads_rebuilt_from_its_text_towe
         TaskPool(bundle.model, bundle.spec, [task], MemoryStore()).evaluate_line(line, 0.5, "val")
 
 
-def test_flyp_is_refused_in_the_multitask_modes(tiny_clip_dir):
+def test_recipes_that_add_to_the_state_are_refused_by_callers_that_start_from_the_tower_alone(tiny_clip_dir):
+    """The studies that patch through operation.patch start from the image tower: lp-ft and flyp say so."""
     from paint.evaluation.results import MemoryStore
-    from paint.pipeline.operation import finetune_tower
+    from paint.pipeline.operation import finetune_tower, start_state
     from paint.pipeline.pool import PoolTask, TaskPool
+    from paint.types import head_key
 
     bundle, sets = _setup(tiny_clip_dir)
     s = sets[0]
@@ -408,5 +394,16 @@ def test_flyp_is_refused_in_the_multitask_modes(tiny_clip_dir):
         {"train": s.images, "val": s.images}, {"train": s.labels, "val": s.labels}, {}, s.head, {},
     )  # fmt: skip
     pool = TaskPool(bundle.model, bundle.spec, [task], MemoryStore(), bundle=bundle)
-    with pytest.raises(PaintError, match="fine-tunes both towers, which this workflow does not interpolate"):
-        finetune_tower(pool, _tower(bundle.model), ["colours"], _cfg(recipe="flyp"), None, False, "")
+    cases = [
+        ("lp-ft", "learns a head per patching task"),
+        ({"name": "soup", "base": "lp-ft", "seeds": [0]}, "learns a head per patching task"),
+        ("flyp", "fine-tunes both towers"),
+    ]
+    for recipe, what in cases:
+        with pytest.raises(PaintError, match=f"recipe .* {what}, which this workflow does not carry along"):
+            finetune_tower(pool, _tower(bundle.model), ["colours"], _cfg(recipe=recipe), None, False, "")
+    # start_state adds what each recipe's line needs; the default adds nothing
+    zs = _tower(bundle.model)
+    assert start_state(pool, zs, _cfg()) == zs
+    assert set(start_state(pool, zs, _cfg(recipe="lp-ft"))) == set(zs) | {head_key("colours")}
+    assert "text_projection.weight" in start_state(pool, zs, _cfg(recipe="flyp"))

@@ -30,7 +30,7 @@ from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.loop import FitResult
 from paint.train.recipes.registry import recipe_flags
-from paint.types import StateDict, is_image_tower_key
+from paint.types import HEAD_PREFIX, StateDict, head_key, is_head_key, is_image_tower_key
 
 
 @dataclass(frozen=True)
@@ -74,34 +74,27 @@ def finetune_tower(
     resume: bool,
     fingerprint: str,
     sets: Sequence[TrainingSet] | None = None,
-    learned_heads: bool = False,
 ) -> tuple[dict, RecipeResult]:
-    """Fine-tune the image tower from ``theta_start`` on the named pool tasks jointly; return (theta_ft, record).
+    """Fine-tune from ``theta_start`` on the named pool tasks jointly with ``cfg.recipe``; return (theta_ft, record).
 
-    ``sets`` replaces the pool tasks' training splits when a study trains on other images (attacked
-    copies, a subset of counts); each set is still scored against its own frozen head. The recipe
-    is ``cfg.recipe``; a recipe that learns heads (lp-ft) is accepted only from callers that score
-    with them (``learned_heads=True``: they build the line with :func:`head_pairs`), and one that
-    trains the text tower (flyp) only from callers whose ``theta_start`` holds it (:func:`start_state`).
+    ``theta_ft`` has the keys of ``theta_start``: the image tower, and what :func:`start_state` adds
+    for the recipe (the text tower for flyp, ``head::<task>`` for lp-ft), so that every weight-space
+    operation downstream treats them alike. ``sets`` replaces the pool tasks' training splits when a
+    study trains on other images (attacked copies, a subset of counts); each set is still scored
+    against its own head.
     """
     recipe = recipe_flags(cfg)
-    if recipe.learns_heads and not learned_heads:
+    missing = [n for n in names if head_key(n) not in theta_start] if recipe.learns_heads else []
+    if missing or (recipe.text_tower and all(is_image_tower_key(k) for k in theta_start)):
+        what = "learns a head per patching task" if missing else "fine-tunes both towers"
         raise PaintError(
-            f"recipe {recipe_label(cfg)} learns a head per patching task, which this workflow does not "
-            "score with (it supports `paint patch` with one patching task and `paint compare`); "
-            "use frozen-head, l2-sp, lora or a soup of those"
+            f"recipe {recipe_label(cfg)} {what}, which this workflow does not carry along (`paint patch`, "
+            "`paint multitask`, `paint transfer` and `paint compare` do); use frozen-head, l2-sp, lora or a soup of those"
         )
-    if recipe.text_tower and all(is_image_tower_key(k) for k in theta_start):
-        raise PaintError(
-            f"recipe {recipe_label(cfg)} fine-tunes both towers, which this workflow does not interpolate "
-            "(it supports `paint patch` with one patching task and `paint compare`); "
-            "use frozen-head, l2-sp, lora or a soup of those"
-        )
-    pool.model.load_state_dict(dict(theta_start), strict=False)  # the image tower, and the text tower for flyp
+    pool.model.load_state_dict({k: v for k, v in theta_start.items() if not is_head_key(k)}, strict=False)
     if sets is None:
-        sets = [_training_set(pool, n, "train") for n in names]
-    val = [_training_set(pool, n, "val") for n in names]
-    tokenizer = getattr(pool.bundle, "tokenizer", None)
+        sets = [_training_set(pool, theta_start, n, "train") for n in names]
+    val = [_training_set(pool, theta_start, n, "val") for n in names]
     fit = finetune(
         pool.model,
         list(sets),
@@ -111,33 +104,58 @@ def finetune_tower(
         resume=resume,
         fingerprint=fingerprint,
         val_sets=val,
-        tokenizer=tokenizer,
+        tokenizer=getattr(pool.bundle, "tokenizer", None),
     )
     state = pool.model.state_dict()
-    return {k: state[k].detach().clone() for k in theta_start}, fit
+    learned = {head_key(n): h for n, h in fit.heads.items()}
+    theta_ft = {}
+    for k, v in theta_start.items():
+        new = learned.get(k, state.get(k, v))  # a head no one learned (another task's) stays as it was
+        theta_ft[k] = new.detach().to(v.dtype).clone()
+    return theta_ft, fit
 
 
-def _training_set(pool: TaskPool, name: str, split: str) -> TrainingSet:
+def _training_set(pool: TaskPool, theta: StateDict, name: str, split: str) -> TrainingSet:
+    """A pool task's split with its current head (a learned one the state carries, else the zero-shot one)."""
     t = pool.task(name)
-    return TrainingSet(name, t.images[split], t.labels[split], t.head, t.classnames, t.templates)
+    head = theta.get(head_key(name), t.head)
+    return TrainingSet(name, t.images[split], t.labels[split], head, t.classnames, t.templates)
 
 
-def start_state(model: torch.nn.Module, theta_zs: StateDict, cfg: FinetuneConfig) -> StateDict:
-    """Where fine-tuning starts: ``theta_zs`` (the image tower), plus the model's text tower when the recipe trains it."""
-    if not recipe_flags(cfg).text_tower:
-        return theta_zs
-    return {**{k: v.detach().clone() for k, v in model.state_dict().items() if not is_image_tower_key(k)}, **theta_zs}
+def start_state(pool: TaskPool, theta_zs: StateDict, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+    """theta_zs as the recipe's lines need it: the image tower, plus the text tower (flyp) or the patching tasks' heads (lp-ft).
+
+    With the default recipe this is ``theta_zs`` itself, so runs and their result keys are unchanged.
+    """
+    recipe = recipe_flags(cfg)
+    out = dict(theta_zs)
+    if recipe.text_tower:
+        out.update({k: v.detach().clone() for k, v in pool.model.state_dict().items() if not is_image_tower_key(k)})
+    if recipe.learns_heads:
+        out.update({head_key(n): pool.task(n).head.detach().float().cpu().clone() for n in pool.names("patch")})
+    return out
+
+
+def split_heads(theta: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model tensors, learned heads by task) of a state: the heads have no place in a CLIP checkpoint."""
+    model = {k: v for k, v in theta.items() if not is_head_key(k)}
+    heads = {k[len(HEAD_PREFIX) :]: v for k, v in theta.items() if is_head_key(k)}
+    return model, heads
+
+
+def save_heads(heads: dict[str, torch.Tensor], path: Path) -> None:
+    """Learned heads (C, D) by task name, as safetensors (atomic)."""
+    from paint.utils import atomic_path
+    from paint.weights.io import save_safetensors_file
+
+    with atomic_path(path) as tmp:
+        save_safetensors_file({n: h.contiguous() for n, h in heads.items()}, tmp)
 
 
 def recipe_label(cfg: FinetuneConfig) -> str:
     """``lp-ft``, or ``soup of lp-ft``."""
     r = cfg.recipe
     return f"soup of {r.base.name}" if r.name == "soup" else r.name
-
-
-def head_pairs(pool: TaskPool, fit: RecipeResult) -> dict[str, tuple]:
-    """(zero-shot head, learned head) of every task the fine-tune learned a head for (lp-ft), for :class:`Line`."""
-    return {n: (pool.task(n).head.detach().float().cpu(), h.detach().float().cpu()) for n, h in fit.heads.items()}
 
 
 def choose(
@@ -190,7 +208,6 @@ def patch(
 ) -> PatchOutcome:
     """Fine-tune from ``theta_zs`` on ``patch_names`` and choose alpha on the line back to it."""
     t0 = time.time()
-    # The studies that call this score patched states without heads: a head-learning recipe is refused.
     theta_ft, fit = finetune_tower(pool, theta_zs, patch_names, finetune_cfg, out_dir, resume, fingerprint, sets)
     t1 = time.time()
     line = Line.between(theta_zs, theta_ft, tag)

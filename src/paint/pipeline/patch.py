@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
-from paint.pipeline.operation import choose, finetune_tower, head_pairs, start_state, test_at
+from paint.pipeline.operation import choose, finetune_tower, save_heads, split_heads, start_state, test_at
 from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
@@ -101,11 +101,9 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     check_output_dir(out, resume)
     pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
     names_p, names_s = pool.names("patch"), pool.names("support")
-    theta_zs = start_state(bundle.model, bundle.image_tower_copy(), cfg.finetune)  # both towers for flyp
+    theta_zs = start_state(pool, bundle.image_tower_copy(), cfg.finetune)  # + text tower (flyp), heads (lp-ft)
     fp = run_fingerprint(cfg, bundle, pool.tasks)
-    theta_ft, fit = finetune_tower(
-        pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp, learned_heads=True
-    )
+    theta_ft, fit = finetune_tower(pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp)
     t_ft = time.time()
     from accelerate import PartialState  # multi-process fine-tuning: rank 0 alone chooses and writes
 
@@ -113,11 +111,12 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     if not proc.is_main_process:
         proc.wait_for_everyone()
         return {}
-    line = Line.between(theta_zs, theta_ft, heads=head_pairs(pool, fit))  # learned heads: lp-ft only
+    line = Line.between(theta_zs, theta_ft)
     choice = choose(pool, line, cfg.selection, names_p, names_s)
     t_sweep = time.time()
     test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
-    patched = line.at(choice.alpha)  # the patched checkpoint: the base model with the image tower at theta_chosen
+    # the patched checkpoint: the base model with the image tower (and flyp's text tower) at theta_chosen
+    patched, heads = split_heads(line.at(choice.alpha))
     pool.load(patched)
     summary: dict[str, Any] = {
         "alpha": choice.alpha,
@@ -149,12 +148,8 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
             "report": "summary.md",
         },
     }
-    if line.heads:  # the patching task's head at the chosen alpha: the CLIP checkpoint has no place for it
-        from paint.utils import atomic_path
-        from paint.weights.io import save_safetensors_file
-
-        with atomic_path(out / "patched-heads.safetensors") as tmp:
-            save_safetensors_file({n: h.contiguous() for n, h in line.heads_at(choice.alpha).items()}, tmp)
+    if heads:  # lp-ft: the patching task's head at the chosen alpha (a CLIP checkpoint has no place for it)
+        save_heads(heads, out / "patched-heads.safetensors")
         summary["outputs"]["heads"] = "patched-heads.safetensors"
     write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
     proc.wait_for_everyone()

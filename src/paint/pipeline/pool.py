@@ -10,8 +10,8 @@ result cached in the run's results store under (state or line id, alpha, task, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from paint.errors import PaintError
 from paint.evaluation.line import LossData, line_derivative, set_image_tower
 from paint.evaluation.results import MemoryStore, ResultKey, ResultsStore, evaluate_split
 from paint.selection.objectives import Measure, TaskMetrics
-from paint.types import StateDict, is_image_tower_key
+from paint.types import HEAD_PREFIX, StateDict, is_head_key, is_image_tower_key
 from paint.utils import hash_tensors
 from paint.weights.ops import interpolate
 
@@ -95,40 +95,26 @@ def state_id(theta: StateDict) -> str:
     return hash_tensors(theta)[:16]
 
 
-HeadPairs = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
-
-
 @dataclass(frozen=True)
 class Line:
     """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower.
 
-    ``heads`` holds, for tasks whose fine-tune learned a head (the lp-ft recipe), the pair
-    (zero-shot head, learned head): such a task is scored at alpha with the head interpolated the
-    same way (WiSE-FT's treatment of a fine-tuned classifier), so alpha 0 stays the zero-shot model.
+    A recipe may put more in both ends, and the line interpolates it the same way: the text tower
+    (flyp; the heads are then rebuilt from it) or learned heads ``head::<task>`` (lp-ft; WiSE-FT's
+    treatment of a fine-tuned classifier). Alpha 0 stays the zero-shot model either way.
     """
 
     theta_zs: StateDict
     theta_ft: StateDict
     id: str
-    heads: HeadPairs = field(default_factory=dict)
 
     @classmethod
-    def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "", heads: HeadPairs | None = None) -> Line:
-        """The line between two image towers, keyed by both contents, any learned heads and an optional tag."""
-        key = f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}"
-        if heads:
-            key += "-h" + hash_tensors({f"{n}/{i}": h[i] for n, h in sorted(heads.items()) for i in (0, 1)})[:12]
-        return cls(theta_zs, theta_ft, key, dict(heads or {}))
+    def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "") -> Line:
+        """The line between two states, keyed by both contents (and an optional tag)."""
+        return cls(theta_zs, theta_ft, f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}")
 
     def at(self, alpha: float, allow_extrapolation: bool = True) -> dict[str, torch.Tensor]:
         return interpolate(self.theta_zs, self.theta_ft, alpha, allow_extrapolation=allow_extrapolation)
-
-    def heads_at(self, alpha: float) -> dict[str, torch.Tensor]:
-        """The learned tasks' heads at alpha: (1 - alpha) * zero-shot + alpha * learned (exact at 0 and 1)."""
-        out = {}
-        for name, (h0, h1) in self.heads.items():
-            out[name] = h0.clone() if alpha == 0 else h1.clone() if alpha == 1 else torch.lerp(h0, h1, float(alpha))
-        return out
 
 
 def sweep_point(alpha: float, metrics: TaskMetrics) -> dict[str, Any]:
@@ -168,37 +154,35 @@ class TaskPool:
         return list(self.tasks) if names is None else [self.task(n) for n in names]
 
     def evaluate(
-        self,
-        state: Callable[[], StateDict],
-        key: str,
-        alpha: float,
-        split: str,
-        tasks: Sequence[str] | None = None,
-        heads: Mapping[str, torch.Tensor] | None = None,
+        self, state: Callable[[], StateDict], key: str, alpha: float, split: str, tasks: Sequence[str] | None = None
     ) -> TaskMetrics:
         """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``.
 
-        ``heads`` replaces the zero-shot head of the tasks it names (``key`` must then identify them too).
+        A task is scored with its zero-shot head, unless the state carries a learned one
+        (``head::<task>``, lp-ft) or a text tower (flyp: every head rebuilt from it).
         """
-        heads = dict(heads or {})
         out: TaskMetrics = {}
-        loaded = False
+        heads: dict[str, torch.Tensor] | None = None
         for t in self._selected(tasks):
             rkey = ResultKey(key, alpha, t.name, split)
             rec = self.store.get(rkey)
             if rec is None:
-                if not loaded:
-                    st = dict(state())
-                    self.model.load_state_dict(st, strict=False)
-                    loaded = True
-                    if any(not is_image_tower_key(k) for k in st):  # a text tower too (flyp): heads from it
-                        heads = {**self.text_heads(), **heads}
+                if heads is None:
+                    heads = self._load(state())
                 metrics = evaluate_split(
                     self.model, heads.get(t.name, t.head), t.images[split], t.labels[split], self.spec, self.batch_size
                 )
                 rec = self.store.put(rkey, metrics)
             out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
         return out
+
+    def _load(self, state: StateDict) -> dict[str, torch.Tensor]:
+        """Load a state's model tensors; return the heads it implies (learned, or rebuilt from its text tower)."""
+        self.model.load_state_dict({k: v for k, v in state.items() if not is_head_key(k)}, strict=False)
+        learned = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if is_head_key(k)}
+        if any(not is_image_tower_key(k) and not is_head_key(k) for k in state):
+            return {**self.text_heads(), **learned}
+        return learned
 
     def text_heads(self) -> dict[str, torch.Tensor]:
         """Every task's zero-shot head rebuilt from the model's current text tower (not cached: it moves)."""
@@ -212,8 +196,7 @@ class TaskPool:
         self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True
     ) -> TaskMetrics:
         """Metrics at theta(alpha) on ``line``."""
-        heads = line.heads_at(alpha) if line.heads else None
-        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks, heads)
+        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks)
 
     def evaluate_state(self, theta: StateDict, split: str, tasks: Sequence[str] | None = None) -> TaskMetrics:
         """Metrics of one image-tower state (keyed by its content)."""
@@ -242,15 +225,11 @@ class TaskPool:
         def measure(alpha: float, grad: bool) -> TaskMetrics:
             if not grad:
                 return self.evaluate_line(line, alpha, split)
-            if any(not is_image_tower_key(k) for k in line.theta_ft):
+            extra = sorted({k.split(".")[0] for k in line.theta_ft if not is_image_tower_key(k)})
+            if extra:
                 raise PaintError(
                     "the derivative strategy differentiates along the image tower only, but this line also "
-                    "interpolates the text tower (recipe flyp); choose another selection.strategy"
-                )
-            if line.heads:
-                raise PaintError(
-                    "the derivative strategy differentiates along the image tower only, but this line also "
-                    "interpolates learned heads (recipe lp-ft); choose another selection.strategy"
+                    f"interpolates {extra[0]} (recipe lp-ft or flyp); choose another selection.strategy"
                 )
             out: TaskMetrics = {}
             for t in self.tasks:

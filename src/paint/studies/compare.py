@@ -179,18 +179,13 @@ def run_recipe_entry(
     entry: CompareRecipe,
     pool: Any,
     theta_zs: Any,
-    text_zs: Any,
     base_fp: str,
     out: Path,
     resume: bool,
 ) -> dict[str, Any]:
-    """Fine-tune with one recipe, choose alpha on validation, evaluate its test frontier; return its record.
-
-    ``text_zs`` is the zero-shot text side, the start of a recipe that trains it (flyp).
-    """
-    from paint.pipeline.operation import choose, finetune_tower, head_pairs
+    """Fine-tune with one recipe, choose alpha on validation, evaluate its test frontier; return its record."""
+    from paint.pipeline.operation import choose, finetune_tower, start_state
     from paint.pipeline.pool import Line
-    from paint.train.recipes.registry import recipe_flags
     from paint.utils import sha256_strings
 
     names_p, names_s = pool.names("patch"), pool.names("support")
@@ -198,12 +193,11 @@ def run_recipe_entry(
     rdir = out / "recipes" / entry.name
     fp = sha256_strings([base_fp, rcfg.model_dump_json()])
     t0 = time.time()
-    if recipe_flags(rcfg).text_tower:
-        theta_zs = {**text_zs, **theta_zs}
+    theta_zs = start_state(pool, theta_zs, rcfg)  # + the text tower (flyp) or the patching heads (lp-ft)
     with PeakRSS() as mem:
-        theta_ft, fit = finetune_tower(pool, theta_zs, names_p, rcfg, rdir / "finetune", resume, fp, learned_heads=True)
+        theta_ft, fit = finetune_tower(pool, theta_zs, names_p, rcfg, rdir / "finetune", resume, fp)
     seconds = time.time() - t0
-    line = Line.between(theta_zs, theta_ft, f"{entry.name}/", head_pairs(pool, fit))
+    line = Line.between(theta_zs, theta_ft, f"{entry.name}/")
     choice = choose(pool, line, cfg.selection, names_p, names_s)
     frontier = []
     for a in sorted({*cfg.frontier_alphas, choice.alpha}):
@@ -316,7 +310,7 @@ def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
             rows.append(json.loads(done.read_text()))
             skipped.append(entry.name)
             continue
-        row = run_recipe_entry(cfg, entry, pool, theta_zs, text_zs, base_fp, out, resume)
+        row = run_recipe_entry(cfg, entry, pool, theta_zs, base_fp, out, resume)
         pool.model.load_state_dict(text_zs, strict=False)  # a flyp line leaves its last text tower in the model
         write_json_atomic(done, row)
         rows.append(row)
