@@ -2,8 +2,10 @@
 
 Every workflow patches through these three steps on a :class:`paint.pipeline.pool.TaskPool`:
 
-- :func:`finetune_tower` fine-tunes from any image-tower state on the named pool tasks (their
-  zero-shot heads frozen) and returns theta_ft (the epoch checkpoints make it resumable);
+- :func:`finetune_tower` fine-tunes from any image-tower state on the named pool tasks with the
+  configured recipe (default: PAINT's, their zero-shot heads frozen) and returns theta_ft (the epoch
+  checkpoints make it resumable); :func:`start_state` adds to theta_zs what a recipe's lines also
+  interpolate (flyp: the text tower; lp-ft: the patching tasks' heads as ``head::<task>``);
 - :func:`choose` evaluates the line theta_zs -> theta_ft on validation with the configured
   selection (grid or search, one :class:`paint.selection.SelectionConfig`) and returns the chosen
   alpha, every reported rule's choice and the evaluated points;
