@@ -407,3 +407,14 @@ def test_recipes_that_add_to_the_state_are_refused_by_callers_that_start_from_th
     assert start_state(pool, zs, _cfg()) == zs
     assert set(start_state(pool, zs, _cfg(recipe="lp-ft"))) == set(zs) | {head_key("colours")}
     assert "text_projection.weight" in start_state(pool, zs, _cfg(recipe="flyp"))
+
+
+def test_set_reaches_a_recipes_own_settings():
+    from paint.config import apply_overrides, parse_config
+    from paint.pipeline.patch import PatchConfig
+
+    data = {"output_dir": "x", "patch_tasks": ["digits"], "finetune": {"recipe": {"name": "lora"}}}
+    cfg = parse_config(PatchConfig, apply_overrides(PatchConfig, data, ["finetune.recipe.rank=4"]))
+    assert cfg.finetune.recipe.name == "lora" and cfg.finetune.recipe.rank == 4
+    with pytest.raises(PaintError, match=r"unknown key 'bogus' in finetune.recipe \(known: base, dropout"):
+        apply_overrides(PatchConfig, data, ["finetune.recipe.bogus=1"])
