@@ -199,8 +199,10 @@ def run_recipe_entry(
     seconds = time.time() - t0
     line = Line.between(theta_zs, theta_ft, f"{entry.name}/")
     choice = choose(pool, line, cfg.selection, names_p, names_s)
+    from paint.progress import progress
+
     frontier = []
-    for a in sorted({*cfg.frontier_alphas, choice.alpha}):
+    for a in progress(sorted({*cfg.frontier_alphas, choice.alpha}), desc=f"test frontier ({entry.name})"):
         test = pool.evaluate_line(line, a, "test")
         acc = {n: m["accuracy"] for n, m in test.items()}
         pm, sm = group_means(acc, names_p, names_s)
