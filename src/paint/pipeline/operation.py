@@ -31,6 +31,7 @@ from paint.selection import SelectionConfig, evaluator_for, run_search, select_c
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.loop import FitResult
+from paint.train.recipes.flyp import TEXT_TOWER_PREFIXES
 from paint.train.recipes.registry import recipe_flags
 from paint.types import HEAD_PREFIX, StateDict, head_key, is_head_key, is_image_tower_key
 
@@ -132,7 +133,8 @@ def start_state(pool: TaskPool, theta_zs: StateDict, cfg: FinetuneConfig) -> dic
     recipe = recipe_flags(cfg)
     out = dict(theta_zs)
     if recipe.text_tower:
-        out.update({k: v.detach().clone() for k, v in pool.model.state_dict().items() if not is_image_tower_key(k)})
+        text = pool.model.state_dict().items()  # the towers flyp trains; the logit scale stays out of the line
+        out.update({k: v.detach().clone() for k, v in text if k.startswith(TEXT_TOWER_PREFIXES)})
     if recipe.learns_heads:
         out.update({head_key(n): pool.task(n).head.detach().float().cpu().clone() for n in pool.names("patch")})
     return out

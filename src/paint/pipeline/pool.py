@@ -229,7 +229,7 @@ class TaskPool:
             if extra:
                 raise PaintError(
                     "the derivative strategy differentiates along the image tower only, but this line also "
-                    f"interpolates {extra[0]} (recipe lp-ft or flyp); choose another selection.strategy"
+                    f"interpolates {extra[-1]} (recipe lp-ft or flyp); choose another selection.strategy"
                 )
             out: TaskMetrics = {}
             for t in self.tasks:
