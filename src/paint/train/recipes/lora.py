@@ -73,6 +73,8 @@ def remove_lora(model: nn.Module, targets: Sequence[str]) -> None:
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name], child, modules[name].base_layer)
+    if "peft_config" in vars(model):  # peft's record of the injection: a later injection would warn of two adapters
+        del model.peft_config
 
 
 def lora_trainable(model: nn.Module) -> list[str]:
