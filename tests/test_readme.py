@@ -47,9 +47,10 @@ def test_every_example_validates_against_its_command(path):
     from paint.config import load_config
     from paint.pipeline.multitask import MultitaskConfig
     from paint.pipeline.patch import PatchConfig
+    from paint.studies.compare import CompareConfig
     from paint.studies.transfer import TransferConfig
 
-    configs = {"patch": PatchConfig, "multitask": MultitaskConfig, "transfer": TransferConfig}
+    configs = {"patch": PatchConfig, "multitask": MultitaskConfig, "transfer": TransferConfig, "compare": CompareConfig}
     cfg = load_config(configs[_command(path)], path)
     assert cfg.output_dir.startswith("runs/")
 

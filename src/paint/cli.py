@@ -55,6 +55,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "paint.commands.transfer",
         "broad transfer: patch on each task of a list, evaluate on all (matrix + heatmap)",
     ),
+    "compare": (
+        "paint.commands.compare",
+        "fine-tuning recipes (frozen-head, lp-ft, l2-sp, lora, soup) on one frontier",
+    ),
     "metrics": (
         "paint.commands.metrics",
         "GradientSimilarity, BackwardKnowledgeTransfer and linear CKA of a patch run",

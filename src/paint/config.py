@@ -182,20 +182,28 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """Every pydantic model class of an annotation (several for a union such as ``finetune.recipe``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
 def check_override_key(cls: type[BaseModel], path: list[str]) -> None:
     """Raise a one-line :class:`PaintError` when ``path`` names no field of ``cls`` (nested models followed)."""
-    model: type[BaseModel] | None = cls
+    models: list[type[BaseModel]] = [cls]
     for i, part in enumerate(path):
-        if model is None:  # a free-form mapping (e.g. merge parameters): any key
+        if not models:  # a free-form mapping (e.g. merge parameters): any key
             return
-        fields = model.model_fields
+        fields = {k: f for m in reversed(models) for k, f in m.model_fields.items()}  # a union: any member's key
         where = ".".join(path[:i]) or "the config"
         if part not in fields:
             raise PaintError(
                 f"--set {'.'.join(path)}: unknown key {part!r} in {where} (known: {', '.join(sorted(fields))})"
             )
         annotation = fields[part].annotation
-        model = _model_in(annotation)
+        models = [m for mm in models if part in mm.model_fields for m in _models_in(mm.model_fields[part].annotation)]
+        model = models[0] if models else None
         origin = get_origin(annotation)
         if i < len(path) - 1 and model is None and origin not in (dict, Mapping) and annotation is not dict:
             raise PaintError(

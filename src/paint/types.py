@@ -20,3 +20,16 @@ def is_image_tower_key(key: str, prefixes: tuple[str, ...] = IMAGE_TOWER_PREFIXE
     also covers SigLIP's whole image tower.
     """
     return key.startswith(prefixes)
+
+
+HEAD_PREFIX = "head::"
+"""A learned classification head rides along in a state dict as ``head::<task>`` (C, D) (the lp-ft recipe):
+interpolation, task vectors and merges treat it like any tensor, and evaluation scores that task with it."""
+
+
+def head_key(task: str) -> str:
+    return HEAD_PREFIX + task
+
+
+def is_head_key(key: str) -> bool:
+    return key.startswith(HEAD_PREFIX)

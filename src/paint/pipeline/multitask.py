@@ -306,8 +306,10 @@ def start_run(
     ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
     revision, device, finetune, selection, eval_batch_size, cache_path). Returns (run, bundle).
     """
+    from paint.pipeline.operation import start_state
+
     pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs, marker)
-    theta_zs = bundle.image_tower_copy()
+    theta_zs = start_state(pool, bundle.image_tower_copy(), cfg.finetune)  # + text tower (flyp), heads (lp-ft)
     fp = sha256_strings(
         [
             bundle.text_identity,
@@ -324,6 +326,7 @@ def start_run(
 def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints."""
     from paint.models.clip import save_clip
+    from paint.pipeline.operation import save_heads, split_heads
     from paint.pipeline.run import check_output_dir
 
     t0 = time.time()
@@ -335,7 +338,10 @@ def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     if cfg.save_models:
         full = bundle.model.state_dict()
         for r in results:
-            save_clip(bundle, out / r.mode / "model", state_dict={**full, **r.theta})
+            model_part, heads = split_heads(r.theta)
+            save_clip(bundle, out / r.mode / "model", state_dict={**full, **model_part})
+            if heads:  # lp-ft: the patching tasks' heads at the chosen alphas
+                save_heads(heads, out / r.mode / "heads.safetensors")
     summary = {
         "model": cfg.model,
         "patch_tasks": ctx.patch,

@@ -2,8 +2,10 @@
 
 Every workflow patches through these three steps on a :class:`paint.pipeline.pool.TaskPool`:
 
-- :func:`finetune_tower` fine-tunes from any image-tower state on the named pool tasks (their
-  zero-shot heads frozen) and returns theta_ft (the epoch checkpoints make it resumable);
+- :func:`finetune_tower` fine-tunes from any image-tower state on the named pool tasks with the
+  configured recipe (default: PAINT's, their zero-shot heads frozen) and returns theta_ft (the epoch
+  checkpoints make it resumable); :func:`start_state` adds to theta_zs what a recipe's lines also
+  interpolate (flyp: the text tower; lp-ft: the patching tasks' heads as ``head::<task>``);
 - :func:`choose` evaluates the line theta_zs -> theta_ft on validation with the configured
   selection (grid or search, one :class:`paint.selection.SelectionConfig`) and returns the chosen
   alpha, every reported rule's choice and the evaluated points;
@@ -21,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from paint.errors import PaintError
-from paint.evaluation.line import set_image_tower
 from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.objectives import TaskMetrics
-from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
+from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.loop import FitResult
-from paint.types import StateDict
+from paint.train.recipes.flyp import TEXT_TOWER_PREFIXES
+from paint.train.recipes.registry import recipe_flags
+from paint.types import HEAD_PREFIX, StateDict, head_key, is_head_key, is_image_tower_key
 
 
 @dataclass(frozen=True)
@@ -85,20 +90,89 @@ def finetune_tower(
     resume: bool,
     fingerprint: str,
     sets: Sequence[TrainingSet] | None = None,
-) -> tuple[dict, FitResult]:
-    """Fine-tune the image tower from ``theta_start`` on the named pool tasks jointly; return (theta_ft, record).
+) -> tuple[dict, RecipeResult]:
+    """Fine-tune from ``theta_start`` on the named pool tasks jointly with ``cfg.recipe``; return (theta_ft, record).
 
-    ``sets`` replaces the pool tasks' training splits when a study trains on other images (attacked
-    copies, a subset of counts); each set is still scored against its own frozen head.
+    ``theta_ft`` has the keys of ``theta_start``: the image tower, and what :func:`start_state` adds
+    for the recipe (the text tower for flyp, ``head::<task>`` for lp-ft), so that every weight-space
+    operation downstream treats them alike. ``sets`` replaces the pool tasks' training splits when a
+    study trains on other images (attacked copies, a subset of counts); each set is still scored
+    against its own head.
     """
-    set_image_tower(pool.model, theta_start)
+    recipe = recipe_flags(cfg)
+    missing = [n for n in names if head_key(n) not in theta_start] if recipe.learns_heads else []
+    if missing or (recipe.text_tower and all(is_image_tower_key(k) for k in theta_start)):
+        what = "learns a head per patching task" if missing else "fine-tunes both towers"
+        raise PaintError(
+            f"recipe {recipe_label(cfg)} {what}, which this workflow does not carry along (`paint patch`, "
+            "`paint multitask`, `paint transfer` and `paint compare` do); use frozen-head, l2-sp, lora or a soup of those"
+        )
+    pool.model.load_state_dict({k: v for k, v in theta_start.items() if not is_head_key(k)}, strict=False)
     if sets is None:
-        sets = [
-            TrainingSet(n, pool.task(n).images["train"], pool.task(n).labels["train"], pool.task(n).head) for n in names
-        ]
-    fit = finetune(pool.model, list(sets), pool.spec, cfg, out_dir, resume=resume, fingerprint=fingerprint)
+        sets = [_training_set(pool, theta_start, n, "train") for n in names]
+    val = [_training_set(pool, theta_start, n, "val") for n in names]
+    fit = finetune(
+        pool.model,
+        list(sets),
+        pool.spec,
+        cfg,
+        out_dir,
+        resume=resume,
+        fingerprint=fingerprint,
+        val_sets=val,
+        tokenizer=getattr(pool.bundle, "tokenizer", None),
+    )
     state = pool.model.state_dict()
-    return {k: state[k].detach().clone() for k in theta_start}, fit
+    learned = {head_key(n): h for n, h in fit.heads.items()}
+    theta_ft = {}
+    for k, v in theta_start.items():
+        new = learned.get(k, state.get(k, v))  # a head no one learned (another task's) stays as it was
+        theta_ft[k] = new.detach().to(v.dtype).clone()
+    return theta_ft, fit
+
+
+def _training_set(pool: TaskPool, theta: StateDict, name: str, split: str) -> TrainingSet:
+    """A pool task's split with its current head (a learned one the state carries, else the zero-shot one)."""
+    t = pool.task(name)
+    head = theta.get(head_key(name), t.head)
+    return TrainingSet(name, t.images[split], t.labels[split], head, t.classnames, t.templates)
+
+
+def start_state(pool: TaskPool, theta_zs: StateDict, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+    """theta_zs as the recipe's lines need it: the image tower, plus the text tower (flyp) or the patching tasks' heads (lp-ft).
+
+    With the default recipe this is ``theta_zs`` itself, so runs and their result keys are unchanged.
+    """
+    recipe = recipe_flags(cfg)
+    out = dict(theta_zs)
+    if recipe.text_tower:
+        text = pool.model.state_dict().items()  # the towers flyp trains; the logit scale stays out of the line
+        out.update({k: v.detach().clone() for k, v in text if k.startswith(TEXT_TOWER_PREFIXES)})
+    if recipe.learns_heads:
+        out.update({head_key(n): pool.task(n).head.detach().float().cpu().clone() for n in pool.names("patch")})
+    return out
+
+
+def split_heads(theta: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model tensors, learned heads by task) of a state: the heads have no place in a CLIP checkpoint."""
+    model = {k: v for k, v in theta.items() if not is_head_key(k)}
+    heads = {k[len(HEAD_PREFIX) :]: v for k, v in theta.items() if is_head_key(k)}
+    return model, heads
+
+
+def save_heads(heads: dict[str, torch.Tensor], path: Path) -> None:
+    """Learned heads (C, D) by task name, as safetensors (atomic)."""
+    from paint.utils import atomic_path
+    from paint.weights.writer import save_safetensors_file
+
+    with atomic_path(path) as tmp:
+        save_safetensors_file({n: h.contiguous() for n, h in heads.items()}, tmp)
+
+
+def recipe_label(cfg: FinetuneConfig) -> str:
+    """``lp-ft``, or ``soup of lp-ft``."""
+    r = cfg.recipe
+    return f"soup of {r.base.name}" if r.name == "soup" else r.name
 
 
 def choose(

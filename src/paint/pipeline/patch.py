@@ -25,7 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
-from paint.pipeline.operation import choose, chosen_state, finetune_tower, test_at
+from paint.pipeline.operation import choose, chosen_state, finetune_tower, save_heads, split_heads, start_state, test_at
 from paint.pipeline.pool import Line, PoolTask, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
@@ -101,7 +101,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     check_output_dir(out, resume)
     pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
     names_p, names_s = pool.names("patch"), pool.names("support")
-    theta_zs = bundle.image_tower_copy()
+    theta_zs = start_state(pool, bundle.image_tower_copy(), cfg.finetune)  # + text tower (flyp), heads (lp-ft)
     fp = run_fingerprint(cfg, bundle, pool.tasks)
     theta_ft, fit = finetune_tower(pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp)
     t_ft = time.time()
@@ -114,13 +114,15 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     line = Line.between(theta_zs, theta_ft)
     choice = choose(pool, line, cfg.selection, names_p, names_s, per_block=True)
     t_sweep = time.time()
-    patched = chosen_state(line, choice)  # the patched checkpoint: the base model with the image tower at theta_chosen
+    # the patched state: theta(alpha), or per-block alphas; with flyp also the text tower, with lp-ft the heads
+    chosen = chosen_state(line, choice)
     if choice.block_alphas is None:
         test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
     else:  # per-block alphas: the patched state is off the line, evaluated as a state
         test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0})
-        for name, acc in pool.evaluate_state(patched, "test").items():
+        for name, acc in pool.evaluate_state(chosen, "test").items():
             test[name]["patched"] = acc["accuracy"]
+    patched, heads = split_heads(chosen)
     pool.load(patched)
     summary: dict[str, Any] = {
         "alpha": choice.alpha,
@@ -132,7 +134,14 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         "patch_tasks": names_p,
         "support_tasks": names_s,
         "splits": {t.name: t.split_info for t in pool.tasks},
-        "finetune": {"history": fit.history, "steps": fit.steps, "resumed_from_epoch": fit.resumed_from_epoch},
+        "finetune": {
+            "recipe": fit.recipe,
+            "trainable_params": fit.trainable_params,
+            **({"recipe_info": fit.info} if fit.info else {}),
+            "history": fit.history,
+            "steps": fit.steps,
+            "resumed_from_epoch": fit.resumed_from_epoch,
+        },
         "timing_s": {
             "finetune": round(t_ft - t_start, 2),
             "sweep": round(t_sweep - t_ft, 2),
@@ -146,6 +155,9 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
             "report": "summary.md",
         },
     }
+    if heads:  # lp-ft: the patching task's head at the chosen alpha (a CLIP checkpoint has no place for it)
+        save_heads(heads, out / "patched-heads.safetensors")
+        summary["outputs"]["heads"] = "patched-heads.safetensors"
     write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
     proc.wait_for_everyone()
     return summary

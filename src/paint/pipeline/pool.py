@@ -24,7 +24,7 @@ from paint.errors import PaintError
 from paint.evaluation.line import LossData, line_derivative, set_image_tower
 from paint.evaluation.results import MemoryStore, ResultKey, ResultsStore, evaluate_split
 from paint.selection.objectives import Measure, TaskMetrics
-from paint.types import StateDict
+from paint.types import HEAD_PREFIX, StateDict, is_head_key, is_image_tower_key
 from paint.utils import hash_tensors
 from paint.weights.ops import interpolate
 
@@ -97,7 +97,12 @@ def state_id(theta: StateDict) -> str:
 
 @dataclass(frozen=True)
 class Line:
-    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower."""
+    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower.
+
+    A recipe may put more in both ends, and the line interpolates it the same way: the text tower
+    (flyp; the heads are then rebuilt from it) or learned heads ``head::<task>`` (lp-ft; WiSE-FT's
+    treatment of a fine-tuned classifier). Alpha 0 stays the zero-shot model either way.
+    """
 
     theta_zs: StateDict
     theta_ft: StateDict
@@ -105,7 +110,7 @@ class Line:
 
     @classmethod
     def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "") -> Line:
-        """The line between two image towers, keyed by both contents (and an optional tag)."""
+        """The line between two states, keyed by both contents (and an optional tag)."""
         return cls(theta_zs, theta_ft, f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}")
 
     def at(self, alpha: float, allow_extrapolation: bool = True) -> dict[str, torch.Tensor]:
@@ -134,6 +139,7 @@ class TaskPool:
     tasks: list[PoolTask]
     store: ResultsStore | MemoryStore
     batch_size: int = 256
+    bundle: Any = None  # the ClipBundle: its tokenizer rebuilds heads for states with a text tower (flyp)
 
     def names(self, role: str) -> list[str]:
         return [t.name for t in self.tasks if t.role == role]
@@ -150,22 +156,41 @@ class TaskPool:
     def evaluate(
         self, state: Callable[[], StateDict], key: str, alpha: float, split: str, tasks: Sequence[str] | None = None
     ) -> TaskMetrics:
-        """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``."""
+        """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``.
+
+        A task is scored with its zero-shot head, unless the state carries a learned one
+        (``head::<task>``, lp-ft) or a text tower (flyp: every head rebuilt from it).
+        """
         out: TaskMetrics = {}
-        loaded = False
+        heads: dict[str, torch.Tensor] | None = None
         for t in self._selected(tasks):
             rkey = ResultKey(key, alpha, t.name, split)
             rec = self.store.get(rkey)
             if rec is None:
-                if not loaded:
-                    self.model.load_state_dict(dict(state()), strict=False)
-                    loaded = True
+                if heads is None:
+                    heads = self._load(state())
                 metrics = evaluate_split(
-                    self.model, t.head, t.images[split], t.labels[split], self.spec, self.batch_size
+                    self.model, heads.get(t.name, t.head), t.images[split], t.labels[split], self.spec, self.batch_size
                 )
                 rec = self.store.put(rkey, metrics)
             out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
         return out
+
+    def _load(self, state: StateDict) -> dict[str, torch.Tensor]:
+        """Load a state's model tensors; return the heads it implies (learned, or rebuilt from its text tower)."""
+        self.model.load_state_dict({k: v for k, v in state.items() if not is_head_key(k)}, strict=False)
+        learned = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if is_head_key(k)}
+        if any(not is_image_tower_key(k) and not is_head_key(k) for k in state):
+            return {**self.text_heads(), **learned}
+        return learned
+
+    def text_heads(self) -> dict[str, torch.Tensor]:
+        """Every task's zero-shot head rebuilt from the model's current text tower (not cached: it moves)."""
+        from paint.models.heads import build_head
+
+        if self.bundle is None:
+            raise PaintError("this task pool cannot rebuild heads from a text tower (it was made without the model)")
+        return {t.name: build_head(self.bundle, t.classnames, t.templates, self.batch_size) for t in self.tasks}
 
     def evaluate_line(
         self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True
@@ -200,6 +225,12 @@ class TaskPool:
         def measure(alpha: float, grad: bool) -> TaskMetrics:
             if not grad:
                 return self.evaluate_line(line, alpha, split)
+            extra = sorted({k.split(".")[0] for k in line.theta_ft if not is_image_tower_key(k)})
+            if extra:
+                raise PaintError(
+                    "the derivative strategy differentiates along the image tower only, but this line also "
+                    f"interpolates {extra[-1]} (recipe lp-ft or flyp); choose another selection.strategy"
+                )
             out: TaskMetrics = {}
             for t in self.tasks:
                 key = ResultKey(line.id, alpha, t.name, split)
@@ -240,5 +271,7 @@ def start_pool(
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
     open_run(out, cfg, resume, marker)
     tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
-    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
+    pool = TaskPool(
+        bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size, bundle=bundle
+    )
     return pool, bundle

@@ -122,6 +122,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
             [t for t in pool.tasks if t.name == name or t.role == "support"],
             pool.store,
             pool.batch_size,
+            bundle=pool.bundle,  # flyp: heads rebuilt from the interpolated text tower
         )
         one = MultitaskRun(sub, ctx.theta_zs, cfg.selection, cfg.finetune, out, resume, ctx.fingerprint)
         theta_ft = one.finetune_from(ctx.theta_zs, [name], f"{i}-{name}/finetune")

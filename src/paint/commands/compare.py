@@ -1,0 +1,30 @@
+"""paint compare CONFIG.yaml: fine-tuning recipes compared on the patch-versus-forgetting frontier."""
+
+from __future__ import annotations
+
+import argparse
+
+from paint.commands._shared import add_set_option
+
+
+def register(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "config", help="YAML config (model, output_dir, patch_tasks, support_tasks, finetune, recipes, selection)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue in the same output_dir; finished recipes are kept")
+    p.add_argument("--output-dir", help="override output_dir from the config")
+    add_set_option(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.commands._shared import load_run_config
+    from paint.studies.compare import CompareConfig, run_compare
+
+    cfg = load_run_config(CompareConfig, args.config, {"output_dir": args.output_dir}, args)
+    summary = run_compare(cfg, resume=args.resume)
+    print("test accuracy (%) by fine-tuning recipe")
+    print(summary["table"])
+    if summary["skipped_on_resume"]:
+        print(f"kept from the previous run: {', '.join(summary['skipped_on_resume'])}")
+    print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, frontier.png, recipes/<label>/)")
+    return 0

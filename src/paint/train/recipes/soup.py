@@ -1,0 +1,100 @@
+"""Soups (Wortsman et al. 2022): several fine-tunes of one recipe, averaged, then interpolated with theta_zs.
+
+Each ingredient is the base recipe from the same start with one seed or one learning rate of
+the list, checkpointed in ``ingredient-<i>/`` (so a resumed soup skips finished ingredients).
+``uniform`` averages them all; ``greedy`` adds them in order of held-out accuracy on the
+patching tasks' validation data and keeps one only if the soup's accuracy does not fall. Learned
+heads (an lp-ft base) are averaged with the towers, as extra entries of the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import torch
+
+from paint.errors import PaintError
+from paint.evaluation.results import evaluate_split
+from paint.train.loop import FitResult
+from paint.train.recipes.base import RecipeContext, RecipeResult, as_result
+from paint.train.recipes.config import FinetuneConfig, SoupRecipe
+from paint.types import StateDict, is_image_tower_key
+
+HEAD_KEY = "head::"  # learned heads ride along in a soup's state under this prefix
+
+
+def tower_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if is_image_tower_key(k)}
+
+
+def split_heads(state: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(image tower, learned heads by task) of a soup state."""
+    tower = {k: v for k, v in state.items() if not k.startswith(HEAD_KEY)}
+    heads = {k[len(HEAD_KEY) :]: v for k, v in state.items() if k.startswith(HEAD_KEY)}
+    return tower, heads
+
+
+def uniform_soup(states: list[StateDict]) -> dict[str, torch.Tensor]:
+    """The mean of every floating-point tensor; other tensors from the first state."""
+    from paint.weights.stream import merge_state_dicts
+
+    if len(states) == 1:
+        return {k: v.clone() for k, v in states[0].items()}
+    return merge_state_dicts(states[0], states, method="linear")
+
+
+def ingredient_config(cfg: FinetuneConfig, spec: SoupRecipe, overrides: Mapping[str, object]) -> FinetuneConfig:
+    """The base recipe's settings for one ingredient (validated like a config file)."""
+    data = cfg.model_dump()
+    data.update(overrides)
+    data["recipe"] = spec.base.model_dump()
+    return FinetuneConfig.model_validate(data)
+
+
+def run_soup(ctx: RecipeContext, run_base: Callable[[RecipeContext], RecipeResult]) -> RecipeResult:
+    """Fine-tune every ingredient from the model's current tower, then average them into the model."""
+    spec = ctx.cfg.recipe
+    assert isinstance(spec, SoupRecipe)
+    if spec.method == "greedy" and not ctx.val_sets:
+        raise PaintError("a greedy soup needs held-out validation data of the patching tasks")
+    start = tower_state(ctx.model)
+    states, records, trainable = [], [], 0
+    history: list[dict] = []
+    for i, overrides in enumerate(spec.ingredients()):
+        ctx.model.load_state_dict(start, strict=False)
+        sub = ctx.with_(
+            cfg=ingredient_config(ctx.cfg, spec, overrides),
+            out_dir=ctx.out_dir / f"ingredient-{i}" if ctx.out_dir is not None else None,
+            fingerprint=f"{ctx.fingerprint}/ingredient-{i}",
+        )
+        r = run_base(sub)
+        states.append({**tower_state(ctx.model), **{HEAD_KEY + k: v for k, v in r.heads.items()}})
+        records.append({**overrides, "steps": r.steps, "final_loss": r.history[-1]["loss"] if r.history else None})
+        history += [dict(h, ingredient=i) for h in r.history]
+        trainable = r.trainable_params
+    info: dict = {"ingredients": records, "method": spec.method, "base": spec.base.name}
+    if spec.method == "uniform":
+        soup = uniform_soup(states)
+    else:
+        from paint.weights.soup import greedy_soup
+
+        res = greedy_soup(states, lambda s: held_out_accuracy(ctx, s))
+        soup = res.state_dict
+        info.update(kept=res.ingredients, individual_val=res.individual, soup_val=res.accuracy)
+    tower, heads = split_heads(soup)
+    ctx.model.load_state_dict(tower, strict=False)
+    out = as_result(FitResult(history=history), "soup", trainable, heads=heads, info=info)
+    out.steps = sum(r["steps"] for r in records)
+    return out
+
+
+def held_out_accuracy(ctx: RecipeContext, state: StateDict) -> float:
+    """Mean accuracy over the validation sets of ``state`` (tower plus any learned heads)."""
+    tower, heads = split_heads(state)
+    ctx.model.load_state_dict(tower, strict=False)
+    accs = []
+    for s in ctx.val_sets:
+        head = heads.get(s.name, s.head)
+        accs.append(evaluate_split(ctx.model, head, s.images, np.asarray(s.labels), ctx.spec)["accuracy"])
+    return float(np.mean(accs))
