@@ -25,8 +25,17 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import CachedRun, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
-from paint.pipeline.operation import choose, chosen_state, finetune_tower, save_heads, split_heads, start_state, test_at
-from paint.pipeline.pool import Line, PoolTask, start_pool
+from paint.pipeline.operation import (
+    Choice,
+    choose,
+    chosen_state,
+    finetune_tower,
+    save_heads,
+    split_heads,
+    start_state,
+    test_at,
+)
+from paint.pipeline.pool import Line, PoolTask, TaskPool, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
 from paint.pipeline.run import SUMMARY, check_output_dir
 from paint.pipeline.rundir import run_scope
@@ -114,25 +123,43 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     line = Line.between(theta_zs, theta_ft)
     choice = choose(pool, line, cfg.selection, names_p, names_s, per_block=True)
     t_sweep = time.time()
-    # the patched state: theta(alpha), or per-block alphas; with flyp also the text tower, with lp-ft the heads
-    chosen = chosen_state(line, choice)
-    if choice.block_alphas is None:
-        test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
-    else:  # per-block alphas: the patched state is off the line, evaluated as a state
-        test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0})
-        for name, acc in pool.evaluate_state(chosen, "test").items():
-            test[name]["patched"] = acc["accuracy"]
+    chosen = chosen_state(line, choice)  # theta(alpha) or per-block; flyp: + text tower; lp-ft: + heads
+    test = test_chosen(pool, line, choice, chosen)
     patched, heads = split_heads(chosen)
     pool.load(patched)
-    summary: dict[str, Any] = {
+    timing = {"finetune": t_ft - t_start, "sweep": t_sweep - t_ft, "total": time.time() - t_start}
+    summary = patch_summary(cfg, pool, choice, test, fit, timing)
+    if heads:  # lp-ft: the patching task's head at the chosen alpha (a CLIP checkpoint has no place for it)
+        save_heads(heads, out / "patched-heads.safetensors")
+        summary["outputs"]["heads"] = "patched-heads.safetensors"
+    write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
+    proc.wait_for_everyone()
+    return summary
+
+
+def test_chosen(pool: TaskPool, line: Line, choice: Choice, chosen: dict) -> dict[str, dict]:
+    """Test accuracy at zero-shot, fine-tuned and the chosen state (off the line for per-block alphas)."""
+    if choice.block_alphas is None:
+        return test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0, "patched": choice.alpha})
+    test = test_at(pool, line, {"zeroshot": 0.0, "finetuned": 1.0})
+    for name, acc in pool.evaluate_state(chosen, "test").items():
+        test[name]["patched"] = acc["accuracy"]
+    return test
+
+
+def patch_summary(
+    cfg: PatchConfig, pool: TaskPool, choice: Choice, test: dict, fit: Any, timing: dict[str, float]
+) -> dict[str, Any]:
+    """``summary.json`` of a single-task patch run (see the README for the guaranteed fields)."""
+    return {
         "alpha": choice.alpha,
         "sweep": choice.sweep,
         "test": test,
         "selection": choice.record(),
         **({"block_alphas": choice.block_alphas[0]} if choice.block_alphas is not None else {}),
         "model": cfg.model,
-        "patch_tasks": names_p,
-        "support_tasks": names_s,
+        "patch_tasks": pool.names("patch"),
+        "support_tasks": pool.names("support"),
         "splits": {t.name: t.split_info for t in pool.tasks},
         "finetune": {
             "recipe": fit.recipe,
@@ -142,11 +169,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
             "steps": fit.steps,
             "resumed_from_epoch": fit.resumed_from_epoch,
         },
-        "timing_s": {
-            "finetune": round(t_ft - t_start, 2),
-            "sweep": round(t_sweep - t_ft, 2),
-            "total": round(time.time() - t_start, 2),
-        },
+        "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "outputs": {
             "model": "model",
             "results": "results.jsonl",
@@ -155,12 +178,6 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
             "report": "summary.md",
         },
     }
-    if heads:  # lp-ft: the patching task's head at the chosen alpha (a CLIP checkpoint has no place for it)
-        save_heads(heads, out / "patched-heads.safetensors")
-        summary["outputs"]["heads"] = "patched-heads.safetensors"
-    write_reports(out, summary, bundle, {**bundle.model.state_dict(), **patched})
-    proc.wait_for_everyone()
-    return summary
 
 
 def write_reports(out: Path, summary: dict[str, Any], bundle: ClipBundle, state: dict[str, torch.Tensor]) -> None:
