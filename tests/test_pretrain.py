@@ -74,7 +74,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(tmp_path):
     assert saved["batch_size"] == 16 and saved["clip"]["projection_dim"] == 32
 
     # Shipping writes the model with its build record (golden values the regression test reads).
-    from paint.world.pretrain import ship
+    from paint.world.ship import ship
 
     record = ship(tmp_path / "run", tmp_path / "shipped", "paint pretrain tiny.yaml", golden_limit=10, test_limit=10)
     shipped = json.loads((tmp_path / "shipped" / "BUILD.json").read_text())

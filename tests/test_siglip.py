@@ -342,7 +342,8 @@ def test_sigmoid_loss_matches_transformers_siglip_loss(tiny_siglip_dir):
 def test_pretrain_a_tiny_siglip_lowers_the_sigmoid_loss_and_ships(tmp_path):
     from transformers import AutoTokenizer, SiglipModel
 
-    from paint.world.pretrain import CorpusBatches, PretrainConfig, build_clip, pretrain, ship, siglip_loss
+    from paint.world.pretrain import CorpusBatches, PretrainConfig, build_clip, pretrain, siglip_loss
+    from paint.world.ship import ship
 
     arch = {
         "text_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),

@@ -322,6 +322,43 @@ def run_fingerprint(cfg: PretrainConfig) -> str:
     return sha256_strings(["pretrain-v1", GENERATOR_VERSION, cfg.model_dump_json()])[:32]
 
 
+def finish_pretraining(
+    cfg: PretrainConfig, model: Any, tokenizer: Any, processor: Any, out: Path, result: Any, fp: str, t0: float
+) -> dict[str, Any]:
+    """Export the final model and write ``results.json`` (rank 0 alone under accelerate launch)."""
+    from accelerate import PartialState
+
+    proc = PartialState()
+    final = {
+        "steps": result.steps,
+        "images_seen": result.steps * cfg.batch_size * proc.num_processes,  # batch_size is per process
+        "wall_s_this_session": round(time.time() - t0, 1),
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "history": result.history,
+        "fingerprint": fp,
+        "model_dir": str(out / "model"),
+    }
+    if proc.is_main_process:
+        export_hf(model, tokenizer, processor, out / "model")
+        write_json_atomic(out / "results.json", final)
+    proc.wait_for_everyone()
+    return final
+
+
+def epoch_record(
+    cfg: PretrainConfig, m: "torch.nn.Module", tokenizer: Any, processor: Any, t0: float
+) -> dict[str, Any]:
+    """What the log records at an epoch end: wall time, temperature (and SigLIP's bias), zero-shot validation accuracy."""
+    record: dict[str, Any] = {"wall_s": round(time.time() - t0, 1), "logit_scale": float(m.logit_scale.detach().exp())}
+    if cfg.family == "siglip":
+        record["logit_bias"] = float(m.logit_bias.detach())
+    if cfg.eval_images and cfg.eval_tasks:
+        accs = zero_shot(m, tokenizer, processor, cfg.eval_tasks, split="val", limit=cfg.eval_images)
+        record.update({f"zs_val/{k}": round(v, 2) for k, v in accs.items()})
+        record["zs_val/mean"] = round(float(np.mean(list(accs.values()))), 2)
+    return record
+
+
 @run_scope
 def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
     """Pretrain a CLIP or a SigLIP on the world corpus; returns the final record (also in ``results.json``).
@@ -355,16 +392,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
 
     def on_epoch_end(epoch: int, m: "torch.nn.Module") -> dict[str, float]:
         export_hf(m, tokenizer, processor, out / "model")
-        record: dict[str, Any] = {
-            "wall_s": round(time.time() - t0, 1),
-            "logit_scale": float(m.logit_scale.detach().exp()),
-        }
-        if cfg.family == "siglip":
-            record["logit_bias"] = float(m.logit_bias.detach())
-        if cfg.eval_images and cfg.eval_tasks:
-            accs = zero_shot(m, tokenizer, processor, cfg.eval_tasks, split="val", limit=cfg.eval_images)
-            record.update({f"zs_val/{k}": round(v, 2) for k, v in accs.items()})
-            record["zs_val/mean"] = round(float(np.mean(list(accs.values()))), 2)
+        record = epoch_record(cfg, m, tokenizer, processor, t0)
         append_jsonl(out / "log.jsonl", {"epoch": epoch, **record})
         return record
 
@@ -381,118 +409,4 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
         desc="pretrain",
         on_epoch_end=on_epoch_end,
     )
-    from accelerate import PartialState
-
-    proc = PartialState()
-    final = {
-        "steps": result.steps,
-        "images_seen": result.steps * cfg.batch_size * proc.num_processes,  # batch_size is per process
-        "wall_s_this_session": round(time.time() - t0, 1),
-        "resumed_from_epoch": result.resumed_from_epoch,
-        "history": result.history,
-        "fingerprint": fp,
-        "model_dir": str(out / "model"),
-    }
-    if proc.is_main_process:  # under accelerate launch, rank 0 alone writes
-        export_hf(model, tokenizer, processor, out / "model")
-        write_json_atomic(out / "results.json", final)
-    proc.wait_for_everyone()
-    return final
-
-
-def machine_record() -> dict[str, Any]:
-    """What a rebuild needs to know about the machine and library versions."""
-    import os
-    import platform
-
-    import transformers
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
-
-
-def ship(
-    run_dir: str | Path,
-    dest: str | Path,
-    command: str,
-    golden_limit: int = 200,
-    notes: str = "",
-    test_limit: int | None = None,
-    config_file: str = "configs/pretrain-default.yaml",
-) -> dict[str, Any]:
-    """Copy a finished run's model to ``dest`` with a ``BUILD.json`` describing how it was made.
-
-    ``BUILD.json`` holds the command, the resolved config, seed, corpus size, steps, wall time,
-    machine, and the zero-shot accuracies measured on every world task's full test split and
-    on scikit-learn's digits; ``golden`` repeats the support tasks on their first
-    ``golden_limit`` test images, which the test suite must reproduce. ``test_limit`` (tests
-    only) measures the first images of each test split instead of all of them.
-    """
-    import shutil
-
-    from paint.config import load_config
-    from paint.models.clip import load_clip
-    from paint.utils import read_jsonl
-    from paint.world.corpus import GENERATOR_VERSION, KIND_WEIGHTS, KINDS
-    from paint.world.tasks import SUPPORT_TASKS, WORLD_TASKS
-
-    run = Path(run_dir)
-    cfg = load_config(PretrainConfig, run / "config.yaml")
-    # The checkpoint's step matches model/ (both are written at every epoch end), so a run
-    # that was cut short ships honestly too.
-    state = json.loads((run / "checkpoint" / "state.json").read_text())
-    steps = int(state["step"])
-    log = read_jsonl(run / "log.jsonl")
-    bundle = load_clip(str(run / "model"))
-    model, tok, proc = bundle.model, bundle.tokenizer, bundle.processor
-    full = zero_shot(model, tok, proc, list(WORLD_TASKS), split="test", limit=test_limit)
-    full["digits"] = _sklearn_digits_zero_shot(bundle)
-    golden = zero_shot(model, tok, proc, list(SUPPORT_TASKS), split="test", limit=golden_limit)
-    record = {
-        "command": command,
-        "config_file": config_file,
-        "config": cfg.model_dump(mode="json"),
-        "seed": cfg.seed,
-        "corpus": {
-            "generator_version": GENERATOR_VERSION,
-            "pairs_seen": steps * cfg.batch_size,
-            "distinct_pairs": steps * cfg.batch_size,  # pair i is used once: step s draws pairs s*B .. s*B+B-1
-            "kinds": dict(zip(KINDS, KIND_WEIGHTS)),
-            "tokenizer_captions": cfg.tokenizer_captions,
-        },
-        "steps": steps,
-        "finished": bool(state.get("done")),
-        "wall_time_s": log[-1]["wall_s"] if log else None,
-        "machine": machine_record(),
-        "zero_shot_test": {k: round(v, 2) for k, v in full.items()},
-        "zero_shot_test_images": test_limit or "all (world tasks 1000 each, digits 600)",
-        "support_mean_test": round(float(np.mean([full[t] for t in SUPPORT_TASKS])), 2),
-        "golden": {"split": "test", "limit": golden_limit, "accuracy": {k: round(v, 2) for k, v in golden.items()}},
-        "history": log,
-        "notes": notes,
-    }
-    out = Path(dest)
-    with atomic_path(out) as tmp:
-        shutil.copytree(run / "model", tmp)
-        (tmp / "BUILD.json").write_text(json.dumps(record, indent=2) + "\n")
-    return record
-
-
-def _sklearn_digits_zero_shot(bundle) -> float:
-    """Zero-shot accuracy (percent) on paint's scikit-learn digits test split (the patching task)."""
-    from paint.data.builtin import digits_task
-    from paint.data.preprocess import preprocess_split
-    from paint.evaluation.results import evaluate_split
-    from paint.models.heads import build_head
-
-    task, _ = digits_task()
-    split = task.split("test")
-    head = build_head(bundle, task.classnames, task.templates)
-    images = preprocess_split(split, bundle.spec)
-    return 100.0 * evaluate_split(bundle.model, head, images, split.labels, bundle.spec)["accuracy"]
+    return finish_pretraining(cfg, model, tokenizer, processor, out, result, fp, t0)
