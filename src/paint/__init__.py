@@ -31,7 +31,7 @@ _API: dict[str, str] = {
     "FAMILIES": "paint.models.families",
     "save_clip": "paint.models.clip",
     "ClipBundle": "paint.models.clip",
-    "image_features": "paint.models.clip",
+    "image_features": "paint.models.families",
     "zeroshot_head": "paint.models.heads",
     "build_head": "paint.models.heads",
     # data: task specs and tasks
@@ -54,7 +54,7 @@ _API: dict[str, str] = {
     "evaluator_for": "paint.selection.strategies",
     "function_evaluator": "paint.selection.evaluator",
     # fine-tuning
-    "FinetuneConfig": "paint.train.finetune",
+    "FinetuneConfig": "paint.train.recipes.config",
     "finetune": "paint.train.finetune",
     # the pipeline: task pool, the patch operation, the runs
     "TaskPool": "paint.pipeline.pool",

@@ -44,7 +44,14 @@ def small_split_warnings(task: Task, spec: TaskSpec, info: Mapping[str, Any]) ->
 
 
 def load_task(spec: TaskSpec) -> tuple[Task, dict]:
-    """The task and its split definition (seeds, sizes, index hashes) for the results."""
+    """The task and its split definition (seeds, sizes, index hashes) for the results.
+
+    Example:
+        >>> from paint import TaskSpec, load_task
+        >>> task, info = load_task(TaskSpec(name="digits"))  # scikit-learn's real handwritten digits
+        >>> task.classnames[:3], len(task.split("test"))
+        (('zero', 'one', 'two'), 600)
+    """
     if spec.source == "builtin":
         task, info = _builtin(spec)
     else:

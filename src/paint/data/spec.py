@@ -20,6 +20,12 @@ class TaskSpec(StrictModel):
       - ``csv``: a CSV of ``path,label`` rows at ``path``;
       - ``hf``: a Hugging Face dataset (a local ``save_to_disk``/parquet/imagefolder directory, or a
         hub id when online) with ``image_column`` and ``label_column``.
+
+    Example:
+        >>> from paint import TaskSpec
+        >>> TaskSpec(name="digits").name
+        'digits'
+        >>> spec = TaskSpec(name="parts", source="folder", path="data/parts", templates=["a photo of a {}."])
     """
 
     name: str

@@ -39,7 +39,13 @@ def predict(
     spec: ImageSpec,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Logits (N, C) for uint8 images (N, 3, S, S)."""
+    """Logits (N, C) for uint8 images (N, 3, S, S).
+
+    Example:
+        >>> from paint import predict
+        >>> logits = predict(bundle.model, head, images_uint8, bundle.spec)  # doctest: +SKIP
+        >>> logits.argmax(dim=1)  # doctest: +SKIP
+    """
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
@@ -66,7 +72,13 @@ def evaluate_split(
     spec: ImageSpec,
     batch_size: int = 256,
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` with ``head`` on one split."""
+    """Accuracy and mean cross-entropy of ``model`` with ``head`` on one split.
+
+    Example:
+        >>> from paint import evaluate_split
+        >>> evaluate_split(bundle.model, head, images_uint8, labels, bundle.spec)  # doctest: +SKIP
+        {'accuracy': 0.48, 'loss': 1.93, 'n': 600}
+    """
     model.eval()
     return metrics_from_logits(predict(model, head, images, spec, batch_size), labels)
 
@@ -88,6 +100,12 @@ class ResultsStore:
     Appends are flushed and fsynced, so a crashed sweep resumes where it stopped. Lines that
     cannot be read back (a torn last line after a kill or a full disk, a record without its
     key fields) are skipped and reported in one warning; those points are measured again.
+
+    Example:
+        >>> from paint import ResultsStore
+        >>> from paint.evaluation.results import ResultKey
+        >>> store = ResultsStore("runs/demo/results.jsonl")  # doctest: +SKIP
+        >>> store.get(ResultKey(line_id, 0.4, "digits", "val"))  # doctest: +SKIP
     """
 
     KEY_FIELDS = ("model", "alpha", "task", "split")

@@ -43,7 +43,15 @@ def resolve_model_source(source: str) -> str:
 
 @dataclass
 class ClipBundle:
-    """A dual encoder (any registered family) with its tokenizer and image processor."""
+    """A dual encoder (any registered family) with its tokenizer and image processor.
+
+    Example:
+        >>> from paint import load_clip
+        >>> bundle = load_clip("paint:default")
+        >>> theta_zs = bundle.image_tower_copy()  # the tensors PAINT fine-tunes and interpolates
+        >>> all(k.startswith(("vision_model.", "visual_projection.")) for k in theta_zs)
+        True
+    """
 
     model: "torch.nn.Module"
     tokenizer: object
@@ -171,6 +179,12 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
             unless it is in the local HF cache; with ``HF_HUB_OFFLINE=1`` only the cache is used).
         revision: hub revision (branch, tag or commit).
         device: where the model goes.
+
+    Example:
+        >>> from paint import load_clip
+        >>> bundle = load_clip("paint:default")  # the shipped model; or a local HF directory, or a hub id
+        >>> type(bundle.model).__name__, bundle.spec.crop
+        ('CLIPModel', 32)
     """
     from safetensors import SafetensorError
     from transformers import AutoTokenizer
@@ -242,6 +256,11 @@ def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, tor
 
     ``state_dict`` (e.g. the patched weights) replaces the model's own tensors in the file;
     the in-memory model is not modified.
+
+    Example:
+        >>> from paint import load_clip, save_clip
+        >>> bundle = load_clip("paint:default")
+        >>> save_clip(bundle, "runs/copy-of-default")  # doctest: +SKIP
     """
     from transformers.utils import logging as hf_logging
 

@@ -165,7 +165,15 @@ def family_for_model_type(model_type: str | None, source: str = "the checkpoint"
 
 
 def family_of(model: torch.nn.Module) -> Family:
-    """The family of a loaded model (a wrapper such as DDP is looked through)."""
+    """The family of a loaded model (a wrapper such as DDP is looked through).
+
+    Example:
+        >>> from paint import family_of, load_model
+        >>> family_of(load_model("paint:siglip").model).name
+        'siglip'
+        >>> family_of(load_model("paint:default").model).probability
+        'softmax'
+    """
     config = getattr(model, "config", None)
     if config is None and hasattr(model, "module"):
         config = getattr(model.module, "config", None)
@@ -173,7 +181,15 @@ def family_of(model: torch.nn.Module) -> Family:
 
 
 def image_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Pooled, projected image embeddings (B, D) of any registered family, not normalised."""
+    """Pooled, projected image embeddings (B, D) of any registered family, not normalised.
+
+    Example:
+        >>> import torch
+        >>> from paint import image_features, load_clip
+        >>> bundle = load_clip("paint:default")
+        >>> image_features(bundle.model, torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 128])
+    """
     return family_of(model).image_features(model, pixel_values)
 
 

@@ -38,7 +38,14 @@ def head_cache_key(bundle: ClipBundle, classnames: Sequence[str], templates: Seq
 def build_head(
     bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str], batch_size: int = 256
 ) -> torch.Tensor:
-    """The zero-shot head (C, D), computed in one batched pass over all class x template texts."""
+    """The zero-shot head (C, D), computed in one batched pass over all class x template texts.
+
+    Example:
+        >>> from paint import build_head, load_clip
+        >>> head = build_head(load_clip("paint:default"), ["circle", "square"], ["a photo of a {}."])
+        >>> head.shape
+        torch.Size([2, 128])
+    """
     model, tok, family = bundle.model, bundle.tokenizer, bundle.family
     texts = [t.format(c) for c in classnames for t in templates]  # class-major: (C*T,)
     max_len = family.text_max_length(model)
@@ -61,7 +68,15 @@ def zeroshot_head(
     cache_dir: str | Path | None = None,
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """The zero-shot head (C, D), from the cache when the same model, classes and templates were seen."""
+    """The zero-shot head (C, D), from the cache when the same model, classes and templates were seen.
+
+    Example:
+        >>> from paint import TaskSpec, load_clip, load_task, zeroshot_head
+        >>> bundle = load_clip("paint:default")
+        >>> task, _ = load_task(TaskSpec(name="digits"))
+        >>> zeroshot_head(bundle, task.classnames, task.templates).shape  # (classes, embedding dim)
+        torch.Size([10, 128])
+    """
     if cache_dir is None:
         return build_head(bundle, classnames, templates, batch_size)
     path = Path(cache_dir) / "heads" / f"{head_cache_key(bundle, classnames, templates)}.safetensors"

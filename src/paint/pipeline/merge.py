@@ -68,7 +68,13 @@ class ModelInput(StrictModel):
 
 
 class MergeConfig(StrictModel):
-    """A merge: base, models with weights, method with parameters, output."""
+    """A merge: base, models with weights, method with parameters, output.
+
+    Example:
+        >>> from paint import MergeConfig
+        >>> cfg = MergeConfig(base="clip-b32/", models=[{"path": "ft-mnist/"}, {"path": "ft-svhn/"}], method="ties",
+        ...                   parameters={"density": 0.2}, output="merged/")  # doctest: +SKIP
+    """
 
     base: str = Field(description="base (pre-trained / zero-shot) checkpoint; its config and tokenizer are copied")
     models: list[ModelInput] = Field(min_length=1)
@@ -391,6 +397,10 @@ def run_merge(cfg: MergeConfig, evaluate: Evaluate | None = None, progress: bool
     Returns:
         The summary also written to ``merge_summary.json``: stats, parameters, input hashes,
         evaluation.
+
+    Example:
+        >>> from paint import MergeConfig, run_merge
+        >>> summary = run_merge(MergeConfig(base="clip-b32/", models=[{"path": "ft/", "weight": 0.4}], output="m/"))  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     readers, params = validate_merge(cfg, evaluate)

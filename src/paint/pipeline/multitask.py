@@ -264,7 +264,14 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], su
 
 
 class MultitaskConfig(CachedRun, SelectionFields):
-    """``paint multitask``: several patching tasks, one or more modes, a comparison table."""
+    """``paint multitask``: several patching tasks, one or more modes, a comparison table.
+
+    Example:
+        >>> from paint import MultitaskConfig
+        >>> cfg = MultitaskConfig(output_dir="runs/mt", patch_tasks=["digits", "counting"], support_tasks=["shapes"])
+        >>> cfg.modes
+        ['joint', 'sequential', 'parallel']
+    """
 
     model: str = DEFAULT_MODEL
     revision: str | None = None
@@ -324,7 +331,13 @@ def start_run(
 @run_scope
 @run_scope
 def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
-    """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints."""
+    """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints.
+
+    Example:
+        >>> from paint import MultitaskConfig, run_multitask
+        >>> cfg = MultitaskConfig(output_dir="runs/mt", patch_tasks=["digits", "counting"], support_tasks=["shapes"])
+        >>> print(run_multitask(cfg)["table"])  # doctest: +SKIP
+    """
     from paint.models.clip import save_clip
     from paint.pipeline.operation import save_heads, split_heads
     from paint.pipeline.run import check_output_dir

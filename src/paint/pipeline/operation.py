@@ -191,6 +191,11 @@ def choose(
     ``per_block``: the caller builds the patched state with :func:`chosen_state` (or from
     ``block_alphas``), so per-block settings (``lines``, ``blockwise``, ``entropy``) are allowed;
     a caller that reads only ``alpha`` gets a one-line refusal instead of a wrong model.
+
+    Example:
+        >>> from paint import SelectionConfig, choose
+        >>> choice = choose(pool, line, SelectionConfig(), ["digits"], ["shapes", "colours"])  # doctest: +SKIP
+        >>> choice.alpha, choice.candidates["constrained-each"]["alpha"]  # doctest: +SKIP
     """
     from paint.progress import counter, ticking
     from paint.selection.blockwise import is_block_choice

@@ -50,6 +50,12 @@ class PatchConfig(CachedRun, SelectionFields):
     One patching task: fine-tune, choose alpha on validation (``selection``), test. Several
     patching tasks: the paper's multi-task modes (``modes``: joint, sequential, parallel),
     compared in a table (see :mod:`paint.pipeline.multitask`).
+
+    Example:
+        >>> from paint import PatchConfig
+        >>> cfg = PatchConfig(output_dir="runs/digits", patch_tasks=["digits"], support_tasks=["shapes", "colours"])
+        >>> cfg.selection.rule_name, cfg.finetune.epochs
+        ('constrained-mean', 10)
     """
 
     model: str = DEFAULT_MODEL

@@ -102,6 +102,13 @@ class Line:
     A recipe may put more in both ends, and the line interpolates it the same way: the text tower
     (flyp; the heads are then rebuilt from it) or learned heads ``head::<task>`` (lp-ft; WiSE-FT's
     treatment of a fine-tuned classifier). Alpha 0 stays the zero-shot model either way.
+
+    Example:
+        >>> import torch
+        >>> from paint import Line
+        >>> line = Line.between({"w": torch.zeros(2)}, {"w": torch.ones(2)})
+        >>> line.at(0.5)["w"]
+        tensor([0.5000, 0.5000])
     """
 
     theta_zs: StateDict
@@ -132,6 +139,12 @@ class TaskPool:
 
     The model's image tower is overwritten by whatever state was evaluated last; callers that
     need a particular state afterwards load it (see :func:`paint.evaluation.line.set_image_tower`).
+
+    Example:
+        >>> from paint import Line, TaskPool
+        >>> pool = TaskPool(bundle.model, bundle.spec, tasks, store)  # doctest: +SKIP
+        >>> pool.evaluate_line(Line.between(theta_zs, theta_ft), 0.4, "val")  # doctest: +SKIP
+        {'digits': {'accuracy': 0.83, 'loss': 0.6, 'n': 239}, 'shapes': {...}}
     """
 
     model: torch.nn.Module

@@ -46,6 +46,14 @@ class SelectionConfig(StrictModel):
     (:mod:`paint.selection.blockwise`); ``entropy`` is the label-free objective they offer.
     ``objective`` is what is optimised; every rule's choice on the evaluated points is reported
     beside the configured one.
+
+    Example:
+        >>> from paint import SelectionConfig
+        >>> cfg = SelectionConfig()  # the default everywhere: 11-point grid, support mean within 1 point
+        >>> cfg.rule_name, cfg.points()[:3], cfg.max_evals()
+        ('constrained-mean', [0.0, 0.1, 0.2], 11)
+        >>> SelectionConfig(strategy="bounded", objective="mean_accuracy", budget=6).max_evals()
+        6
     """
 
     strategy: Strategy = "grid"

@@ -148,7 +148,14 @@ class Evaluator:
 def function_evaluator(
     f: Callable[[float], float], df: Callable[[float], float] | None = None, budget: int | None = None
 ) -> Evaluator:
-    """An evaluator over a plain function of alpha (synthetic curves, tests, benchmarks)."""
+    """An evaluator over a plain function of alpha (synthetic curves, tests, benchmarks).
+
+    Example:
+        >>> from paint import function_evaluator
+        >>> ev = function_evaluator(lambda a: (a - 0.5) ** 2, budget=3)
+        >>> ev(0.0), ev(0.5), ev.n_model_evals
+        (0.25, 0.0, 2)
+    """
 
     def measure(alpha: float, grad: bool) -> TaskMetrics:
         m = {"loss": float(f(alpha))}

@@ -257,7 +257,15 @@ STRATEGIES: Mapping[str, Strategy] = {
 
 
 def run_search(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
-    """Run the strategy named in ``cfg`` on ``ev``."""
+    """Run the strategy named in ``cfg`` on ``ev``.
+
+    Example:
+        >>> from paint import SelectionConfig, function_evaluator, run_search
+        >>> cfg = SelectionConfig(strategy="bounded", objective="loss_sum", budget=8)
+        >>> result = run_search(function_evaluator(lambda a: (a - 0.3) ** 2, budget=8), cfg)
+        >>> round(result.alpha, 2), result.n_model_evals <= 8
+        (0.3, True)
+    """
     if cfg.strategy in ("lines", "blockwise") or cfg.objective == "entropy":
         raise PaintError(
             f"strategy {cfg.strategy!r} with objective {cfg.objective!r} chooses per-block coefficients: "
@@ -277,7 +285,16 @@ def evaluator_for(
     support: Sequence[str] = (),
     reference: TaskMetrics | None = None,
 ) -> Evaluator:
-    """The evaluator a config asks for over a measure of the given tasks."""
+    """The evaluator a config asks for over a measure of the given tasks.
+
+    Example:
+        >>> from paint import SelectionConfig, evaluator_for, run_search
+        >>> def measure(alpha, grad):  # alpha -> validation metrics per task (here a made-up line)
+        ...     return {"p": {"accuracy": 0.3 + 0.6 * alpha}, "s": {"accuracy": 0.9 - 0.4 * alpha}}
+        >>> cfg = SelectionConfig(strategy="boundary", epsilon=5.0)
+        >>> run_search(evaluator_for(cfg, measure, ["p"], ["s"]), cfg).alpha  # largest alpha within 5 points
+        0.125
+    """
     return Evaluator(
         measure,
         make_objective(cfg.objective, patch, support, cfg.epsilon, cfg.constraint),

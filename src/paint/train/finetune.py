@@ -82,6 +82,12 @@ def finetune(
 
     Returns:
         the loop's record plus the recipe's: learned heads (lp-ft), trainable parameters, info.
+
+    Example:
+        >>> from paint import finetune
+        >>> from paint.train.finetune import TrainingSet
+        >>> sets = [TrainingSet("digits", images_uint8, labels, head)]  # doctest: +SKIP
+        >>> record = finetune(bundle.model, sets, bundle.spec, cfg, "runs/ft")  # doctest: +SKIP
     """
     ctx = RecipeContext(
         model, list(sets), spec, cfg, out_dir, resume, fingerprint, on_epoch_end, tuple(val_sets), tokenizer

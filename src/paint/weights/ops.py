@@ -71,6 +71,13 @@ def interpolate(
         alpha: mixing coefficient; outside [0, 1] only with ``allow_extrapolation``.
         keys: which keys to mix (default: all).
         allow_extrapolation: permit alpha < 0 or alpha > 1.
+
+    Example:
+        >>> import torch
+        >>> from paint import interpolate
+        >>> theta = interpolate({"w": torch.zeros(2)}, {"w": torch.ones(2)}, 0.25)
+        >>> theta["w"]
+        tensor([0.2500, 0.2500])
     """
     if not allow_extrapolation and not 0.0 <= alpha <= 1.0:
         raise PaintError(f"alpha {alpha} is outside [0, 1]; set allow_extrapolation to extrapolate")
@@ -85,13 +92,27 @@ def interpolate(
 
 
 def task_vector(base: StateDict, finetuned: StateDict, keys: KeyFilter | None = None) -> dict[str, torch.Tensor]:
-    """``finetuned - base`` over floating-point tensors selected by ``keys``."""
+    """``finetuned - base`` over floating-point tensors selected by ``keys``.
+
+    Example:
+        >>> import torch
+        >>> from paint import task_vector
+        >>> task_vector({"w": torch.ones(2)}, {"w": torch.full((2,), 3.0)})["w"]
+        tensor([2., 2.])
+    """
     check_compatible(base, finetuned, ("base model", "fine-tuned model"))
     return {k: finetuned[k] - base[k] for k in base if base[k].is_floating_point() and (keys is None or keys(k))}
 
 
 def add_task_vectors(base: StateDict, vectors: list[StateDict], coefficients: list[float]) -> dict[str, torch.Tensor]:
-    """``base + sum_i c_i * tau_i``; keys absent from every vector are copied from ``base``."""
+    """``base + sum_i c_i * tau_i``; keys absent from every vector are copied from ``base``.
+
+    Example:
+        >>> import torch
+        >>> from paint import add_task_vectors
+        >>> add_task_vectors({"w": torch.zeros(2)}, [{"w": torch.ones(2)}, {"w": torch.ones(2)}], [0.5, -1.0])["w"]
+        tensor([-0.5000, -0.5000])
+    """
     if len(vectors) != len(coefficients):
         raise PaintError(f"{len(vectors)} task vectors but {len(coefficients)} coefficients")
     out = {k: v.clone() for k, v in base.items()}

@@ -125,7 +125,13 @@ RECIPE_NAMES = ("frozen-head", "lp-ft", "flyp", "l2-sp", "lora", "soup")
 
 
 class FinetuneConfig(StrictModel):
-    """Fine-tuning settings (defaults: PAINT's official code's; for ViT-L/14 use lr 1e-5) and the recipe."""
+    """Fine-tuning settings (defaults: PAINT's official code's; for ViT-L/14 use lr 1e-5) and the recipe.
+
+    Example:
+        >>> from paint import FinetuneConfig
+        >>> FinetuneConfig(epochs=20, lr=3e-4, warmup_steps=20).batch_size
+        128
+    """
 
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-5, gt=0)
