@@ -18,6 +18,18 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_run_options(
+    p: argparse.ArgumentParser,
+    config_help: str,
+    resume_help: str = "continue an unfinished run in the same output_dir",
+) -> None:
+    """The arguments of every run command that reads a YAML config: CONFIG, --resume, --output-dir, --set."""
+    p.add_argument("config", help=config_help)
+    p.add_argument("--resume", action="store_true", help=resume_help)
+    p.add_argument("--output-dir", help="override output_dir from the config")
+    add_set_option(p)
+
+
 def load_run_config(cls: type, path: str | None, overrides: dict[str, Any], args: argparse.Namespace) -> Any:
     """The config from an optional YAML file, flags (those not None) on top, then ``--set`` items; threads applied.
 

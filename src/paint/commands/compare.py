@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from paint.commands._shared import add_set_option
+from paint.commands._shared import add_run_options
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "config", help="YAML config (model, output_dir, patch_tasks, support_tasks, finetune, recipes, selection)"
+    add_run_options(
+        p,
+        "YAML config (model, output_dir, patch_tasks, support_tasks, finetune, recipes, selection)",
+        "continue in the same output_dir; finished recipes are kept",
     )
-    p.add_argument("--resume", action="store_true", help="continue in the same output_dir; finished recipes are kept")
-    p.add_argument("--output-dir", help="override output_dir from the config")
-    add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from paint.commands._shared import add_set_option
+from paint.commands._shared import add_run_options
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config (see examples/patch-digits.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue an unfinished run in the same output_dir")
-    p.add_argument("--output-dir", help="override output_dir from the config")
-    add_set_option(p)
+    add_run_options(p, "YAML config (see examples/patch-digits.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,14 +28,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, ThreadsSetting, first_duplicate
+from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
-from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.operation import Choice, choose, choose_blocks, chosen_state, finetune_tower
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
+from paint.pipeline.run import ModelRunConfig
 from paint.pipeline.rundir import run_scope
-from paint.selection import SelectionConfig, SelectionFields
+from paint.selection import SelectionConfig
 from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig
@@ -263,7 +263,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], su
 # ----------------------------------------------------------------------------- config and entry point
 
 
-class MultitaskConfig(CachedRun, SelectionFields):
+class MultitaskConfig(ModelRunConfig):
     """``paint multitask``: several patching tasks, one or more modes, a comparison table.
 
     Example:
@@ -273,9 +273,6 @@ class MultitaskConfig(CachedRun, SelectionFields):
         ['joint', 'sequential', 'parallel']
     """
 
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    output_dir: str
     patch_tasks: list[TaskSpec] = Field(min_length=1)
     support_tasks: list[TaskSpec] = Field(default_factory=list)
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
@@ -284,10 +281,6 @@ class MultitaskConfig(CachedRun, SelectionFields):
     save_models: bool = Field(
         True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model"
     )
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _checks(self):

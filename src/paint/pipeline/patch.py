@@ -22,9 +22,9 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import CachedRun, ThreadsSetting, first_duplicate
+from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
-from paint.models.clip import DEFAULT_MODEL, ClipBundle, save_clip
+from paint.models.clip import ClipBundle, save_clip
 from paint.pipeline.operation import (
     Choice,
     choose,
@@ -37,14 +37,13 @@ from paint.pipeline.operation import (
 )
 from paint.pipeline.pool import Line, PoolTask, TaskPool, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
-from paint.pipeline.run import SUMMARY, check_output_dir
+from paint.pipeline.run import SUMMARY, ModelRunConfig, check_output_dir
 from paint.pipeline.rundir import run_scope
-from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
 
 
-class PatchConfig(CachedRun, SelectionFields):
+class PatchConfig(ModelRunConfig):
     """Everything ``paint patch`` needs; written back resolved as ``config.yaml``.
 
     One patching task: fine-tune, choose alpha on validation (``selection``), test. Several
@@ -58,19 +57,12 @@ class PatchConfig(CachedRun, SelectionFields):
         ('constrained-mean', 10)
     """
 
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    output_dir: str
     patch_tasks: list[TaskSpec] = Field(min_length=1)
     support_tasks: list[TaskSpec] = Field(default_factory=list)
     modes: list[Literal["joint", "sequential", "parallel"]] = Field(
         default_factory=lambda: ["joint"], min_length=1, description="multi-task modes, used with several patch_tasks"
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @field_validator("modes")
     @classmethod

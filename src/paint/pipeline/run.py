@@ -11,9 +11,14 @@ finished-run marker (``summary.json`` or a study's own) is written last by the w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from paint.config import CachedRun, ThreadsSetting
+from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.rundir import RunDir
+from paint.selection import SelectionFields
 
 SUMMARY = "summary.json"
 
@@ -26,3 +31,19 @@ def check_output_dir(out: Path, resume: bool, marker: str = SUMMARY) -> None:
 def open_run(out: Path, cfg: Any, resume: bool, marker: str = SUMMARY) -> RunDir:
     """Check, lock, compare the config on resume, then write the resolved config."""
     return RunDir(out, marker).start(cfg, resume)
+
+
+class ModelRunConfig(CachedRun, SelectionFields):
+    """The fields every run on a model shares (``paint patch``, ``multitask``, ``transfer``, ``compare``).
+
+    The model and where it comes from, where outputs and caches go, evaluation batch, device and
+    CPU threads; ``selection`` (one default everywhere) comes from :class:`SelectionFields`.
+    """
+
+    model: str = DEFAULT_MODEL
+    revision: str | None = None
+    output_dir: str
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start

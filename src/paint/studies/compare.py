@@ -19,16 +19,15 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from paint.config import CachedRun, StrictModel, ThreadsSetting, alpha_grid, first_duplicate
+from paint.config import StrictModel, alpha_grid, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.models.clip import DEFAULT_MODEL
+from paint.pipeline.run import ModelRunConfig
 from paint.pipeline.rundir import run_scope
-from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.train.recipes.config import RecipeSpec
 from paint.utils import write_json_atomic, write_text_atomic
@@ -72,12 +71,9 @@ class CompareRecipe(StrictModel):
         return self.label or self.recipe.name
 
 
-class CompareConfig(CachedRun, SelectionFields):
+class CompareConfig(ModelRunConfig):
     """``paint compare``: the tasks, the shared fine-tuning settings and the recipes to compare."""
 
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    output_dir: str
     patch_tasks: list[TaskSpec] = Field(min_length=1, description="fine-tuned on jointly; one alpha")
     support_tasks: list[TaskSpec] = Field(min_length=1, description="the forgetting side of the frontier")
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="shared by every recipe")
@@ -85,10 +81,6 @@ class CompareConfig(CachedRun, SelectionFields):
     frontier_alphas: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], description="test-split points of each curve"
     )
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @field_validator("frontier_alphas")
     @classmethod

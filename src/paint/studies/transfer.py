@@ -12,34 +12,26 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, ThreadsSetting, first_duplicate
+from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
-from paint.models.clip import DEFAULT_MODEL
+from paint.pipeline.run import ModelRunConfig
 from paint.pipeline.rundir import run_scope
-from paint.selection import SelectionFields
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
 
 
-class TransferConfig(CachedRun, SelectionFields):
+class TransferConfig(ModelRunConfig):
     """``paint transfer``: which tasks to patch one by one and evaluate across."""
 
-    model: str = DEFAULT_MODEL
-    revision: str | None = None
-    output_dir: str
     tasks: list[TaskSpec] = Field(min_length=2, description="each is patched in turn; all are evaluated")
     support_tasks: list[TaskSpec] = Field(
         default_factory=list, description="kept within epsilon by the constrained objective"
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
 
     @model_validator(mode="after")
     def _unique(self):
