@@ -304,3 +304,33 @@ def test_cli_greedy_soup_scores_on_a_task(tiny_clip_dir, tmp_path, capsys):
     assert len(summary["evaluation"]["individual"]) == 2
     assert 0.0 <= summary["evaluation"]["val_accuracy"] <= 1.0
     CLIPModel.from_pretrained(tmp_path / "soup")
+
+
+def test_cli_merge_takes_set_overrides(clip_dirs, tmp_path, capsys):
+    cfg = {
+        "base": str(clip_dirs / "base"),
+        "models": [{"path": str(clip_dirs / "ft1"), "weight": 1.0}],
+        "method": "task_arithmetic",
+        "parameters": {"scaling": 0.5},
+        "output": str(tmp_path / "out"),
+    }
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    argv = [
+        "merge",
+        str(path),
+        "--no-progress",
+        "--set",
+        "parameters.scaling=0.0",
+        "--set",
+        f"output={tmp_path / 'o2'}",
+    ]
+    assert main(argv) == 0
+    assert not (tmp_path / "out").exists() and (tmp_path / "o2" / "model.safetensors").is_file()
+    from paint.weights.io import load_state_dict
+
+    merged, base = load_state_dict(tmp_path / "o2"), load_state_dict(clip_dirs / "base")
+    assert all(torch.equal(merged[k], base[k]) for k in base)  # scaling 0 (from --set) returns the base
+    capsys.readouterr()
+    assert main(["merge", str(path), "--no-progress", "--set", "parameters.scale=1"]) == 2
+    assert "parameters" in capsys.readouterr().err

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from paint.commands._shared import add_set_option
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="merge config YAML (base, models with weights, method, parameters, output)")
     p.add_argument("--output", help="override the config's output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_set_option(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -21,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["output"] = args.output
     if args.overwrite:
         overrides["overwrite"] = True
-    cfg = load_config(MergeConfig, args.config, overrides)
+    cfg = load_config(MergeConfig, args.config, overrides, sets=args.set)
     summary = run_merge(cfg, evaluate=evaluator_for(cfg), progress=not args.no_progress)
     stats = summary["stats"]
     print(
