@@ -165,6 +165,19 @@ def checkpoint_family(source: str, revision: str | None = None) -> Family:
     return family_for_model_type(model_type, source)
 
 
+def check_local_checkpoint(path: Path) -> None:
+    """Before transformers reads a local checkpoint: config.json, tokenizer files, readable safetensors headers."""
+    from paint.weights.io import SAFE_INDEX, SAFE_WEIGHTS, open_checkpoint
+
+    if not (path / "config.json").is_file():
+        raise PaintError(
+            f"model directory {path} has no config.json; point to a Hugging Face CLIP or SigLIP checkpoint directory"
+        )
+    check_tokenizer_files(path)
+    if (path / SAFE_INDEX).is_file() or (path / SAFE_WEIGHTS).is_file():
+        open_checkpoint(path)  # headers only: a truncated or malformed file is named before transformers reads it
+
+
 def load_clip(source: str, revision: str | None = None, device: str | torch.device = "cpu") -> ClipBundle:
     """Load a dual encoder of any registered family (CLIP, SigLIP), its tokenizer and its image processor.
 
@@ -190,21 +203,15 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from paint.weights.io import SAFE_INDEX, SAFE_WEIGHTS, open_checkpoint, unsafe_pickle_error
+    from paint.weights.io import unsafe_pickle_error
 
     src = resolve_model_source(source)
     path = Path(src)
     is_local = path.exists()
-    if is_local and not (path / "config.json").is_file():
-        raise PaintError(
-            f"model directory {path} has no config.json; point to a Hugging Face CLIP or SigLIP checkpoint directory"
-        )
-    if not is_local and (src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1)):
-        raise PaintError(f"model path {src} does not exist")
     if is_local:
-        check_tokenizer_files(path)
-        if (path / SAFE_INDEX).is_file() or (path / SAFE_WEIGHTS).is_file():
-            open_checkpoint(path)  # headers only: a truncated or malformed file is named before transformers reads it
+        check_local_checkpoint(path)
+    elif src.startswith((".", "/", "~")) or os.sep in src.strip("/").replace("/", "", 1):
+        raise PaintError(f"model path {src} does not exist")
     named = weights_file(path) if is_local else src
     family = checkpoint_family(src, revision)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
