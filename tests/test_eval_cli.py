@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from paint.classification import classification_report
 from paint.cli import main
+from paint.evaluation.classification import classification_report
 from tests.test_cli import _bad, _folder
 
 TEMPLATE = "a photo of the {}."

@@ -68,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from paint.classification import classification_report, report_markdown
     from paint.commands._shared import task_specs, with_names
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
     from paint.errors import PaintError
+    from paint.evaluation.classification import classification_report, report_markdown
     from paint.evaluation.results import predict
     from paint.models.clip import load_clip
     from paint.models.heads import zeroshot_head
