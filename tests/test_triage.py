@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paint.studies.triage import fit_probe, kshot_indices, triage_decision, triage_features
+from paint.studies.probe import fit_probe, kshot_indices, triage_decision, triage_features
 
 
 def _blobs(n_per_class: int, n_classes: int = 5, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
