@@ -410,7 +410,11 @@ class _Training:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        self.accelerator.free_memory()
+        if self.accelerator.device.type != "cpu":
+            # Hands the device cache back for what follows (evaluation). On a CPU there is no cache and
+            # this would only be a full gc.collect() (~0.15 s a run, 7% of a short fine-tune, issue 16);
+            # the optimizer state is freed by reference counting when the run is dropped.
+            self.accelerator.free_memory()
         return self.result
 
 
