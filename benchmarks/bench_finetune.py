@@ -16,7 +16,8 @@ the model copy. Evaluation: :func:`paint.evaluation.results.predict` against a b
 
 ``--arch b32`` / ``l14`` build a random full-size ViT-B/32 or ViT-L/14 CLIP at 224 px (no download);
 the throughput of a random model is that of the pretrained one (same shapes, same kernels).
-On a CUDA device the peak GPU memory of each run is reported too.
+On a CUDA device the peak GPU memory of each run is reported too; it includes the resident source
+model that every run copies (4 bytes a parameter in fp32), as a real run would not.
 """
 
 from __future__ import annotations
@@ -216,7 +217,7 @@ def main() -> None:
     setup = (
         f"{args.model if arch == 'paint' else 'random ViT-' + arch.upper()} @ {spec.crop}px, device {args.device}, "
         f"{args.precision}, batch {args.batch}, {args.steps} steps, threads {torch.get_num_threads()}, "
-        f"load {os.getloadavg()[0]:.2f}"
+        f"load {os.getloadavg()[0]:.2f}, model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params"
     )
     print(setup, flush=True)
     if args.device == "cuda":
