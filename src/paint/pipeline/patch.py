@@ -25,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.models.clip import ClipBundle, save_clip
+from paint.models.families import family_of
 from paint.pipeline.operation import (
     Choice,
     choose,
@@ -156,6 +157,7 @@ def patch_summary(
         "selection": choice.record(),
         **({"block_alphas": choice.block_alphas[0]} if choice.block_alphas is not None else {}),
         "model": cfg.model,
+        "model_family": family_of(pool.model).name,
         "patch_tasks": pool.names("patch"),
         "support_tasks": pool.names("support"),
         "splits": {t.name: t.split_info for t in pool.tasks},

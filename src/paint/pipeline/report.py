@@ -78,15 +78,17 @@ def plot_tradeoff(
 def model_card(summary: Mapping[str, Any], config_yaml: str) -> str:
     """A Hugging Face model card (README.md) for the patched checkpoint."""
     patch = [t for t, r in summary["test"].items() if r["role"] == "patch"]
+    family = summary.get("model_family", "clip")
+    title = {"clip": "CLIP", "siglip": "SigLIP"}.get(family, family)
     return "\n".join(
         [
             "---",
             "library_name: transformers",
             "pipeline_tag: zero-shot-image-classification",
-            "tags: [clip, paint, patching, weight-interpolation]",
+            f"tags: [{family}, paint, patching, weight-interpolation]",
             "---",
             "",
-            f"# Patched CLIP: {', '.join(patch)}",
+            f"# Patched {title}: {', '.join(patch)}",
             "",
             "Made with paint, a library for PAINT (Ilharco et al., *Patching open-vocabulary models by "
             "interpolating weights*, NeurIPS 2022, [arXiv:2208.05592](https://arxiv.org/abs/2208.05592)): "
