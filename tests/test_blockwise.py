@@ -21,13 +21,7 @@ from paint.selection.blockwise import (
 )
 from paint.selection.objectives import TaskGroups
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _images(n, size, seed, palette):

@@ -22,14 +22,7 @@ from paint.studies.metrics import (
     weight_distance,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SPEC = ImageSpec(16, 16, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

@@ -13,14 +13,7 @@ from paint.evaluation.results import ResultsStore
 from paint.selection import SelectionConfig
 from paint.train.finetune import FinetuneConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FT = dict(epochs=1, lr=3e-3, batch_size=32, warmup_steps=0, weight_decay=0.0, max_steps=4, seed=0, cpu=True)

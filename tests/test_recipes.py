@@ -16,13 +16,7 @@ from paint.models.heads import zeroshot_head
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.types import is_image_tower_key
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 BASE = dict(epochs=2, lr=3e-3, batch_size=32, warmup_steps=0, weight_decay=0.0, max_steps=4, seed=0, cpu=True)

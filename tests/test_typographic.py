@@ -30,13 +30,7 @@ from paint.world.lettering import AttackStyle, render_text
 NAMES = ("red", "blue", "green")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models: a second thread only waits on the first on a busy machine (measured 85 s vs 5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _grey_split(n: int = 12, seed: int = 0) -> ArraySplit:
