@@ -174,31 +174,12 @@ def progress(
     disable = disable or _silenced()
     if not disable:
         announce_pending()
+    common = dict(desc=desc, total=total, initial=initial, unit=unit, leave=leave, disable=disable, file=stream)
     if is_terminal(stream) or (file is None and _in_notebook()):
         from tqdm.auto import tqdm  # a notebook gets tqdm's widget
 
-        return tqdm(
-            iterable,
-            desc=desc,
-            total=total,
-            initial=initial,
-            unit=unit,
-            leave=leave,
-            disable=disable,
-            file=stream,
-            dynamic_ncols=True,
-        )
-    return LineProgress(
-        iterable,
-        desc=desc,
-        total=total,
-        initial=initial,
-        unit=unit,
-        leave=leave,
-        interval=interval,
-        file=stream,
-        disable=disable,
-    )
+        return tqdm(iterable, dynamic_ncols=True, **common)
+    return LineProgress(iterable, interval=interval, **common)
 
 
 @contextmanager
