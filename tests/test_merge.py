@@ -212,14 +212,19 @@ def test_greedy_soup_through_run_merge(clip_dirs, tmp_path):
     assert (tmp_path / "soup" / "config.json").is_file()
 
 
-def test_cli_merge_end_to_end_and_bad_config(clip_dirs, tmp_path, capsys):
-    cfg = {
+def _half_task_vector_config(clip_dirs, out) -> dict:
+    """A merge config: the base plus half of ft1's task vector, written to ``out``."""
+    return {
         "base": str(clip_dirs / "base"),
         "models": [{"path": str(clip_dirs / "ft1"), "weight": 1.0}],
         "method": "task_arithmetic",
         "parameters": {"scaling": 0.5},
-        "output": str(tmp_path / "out"),
+        "output": str(out),
     }
+
+
+def test_cli_merge_end_to_end_and_bad_config(clip_dirs, tmp_path, capsys):
+    cfg = _half_task_vector_config(clip_dirs, tmp_path / "out")
     path = tmp_path / "merge.yaml"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["merge", str(path), "--no-progress"]) == 0
@@ -307,13 +312,7 @@ def test_cli_greedy_soup_scores_on_a_task(tiny_clip_dir, tmp_path, capsys):
 
 
 def test_cli_merge_takes_set_overrides(clip_dirs, tmp_path, capsys):
-    cfg = {
-        "base": str(clip_dirs / "base"),
-        "models": [{"path": str(clip_dirs / "ft1"), "weight": 1.0}],
-        "method": "task_arithmetic",
-        "parameters": {"scaling": 0.5},
-        "output": str(tmp_path / "out"),
-    }
+    cfg = _half_task_vector_config(clip_dirs, tmp_path / "out")
     path = tmp_path / "merge.yaml"
     path.write_text(yaml.safe_dump(cfg))
     argv = [
