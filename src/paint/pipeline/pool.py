@@ -215,19 +215,6 @@ class TaskPool:
         """Metrics of one image-tower state (keyed by its content)."""
         return self.evaluate(lambda: theta, f"state-{state_id(theta)}", 0.0, split, tasks)
 
-    def sweep(
-        self, line: Line, alphas: Sequence[float], split: str = "val", allow_extrapolation: bool = False
-    ) -> list[dict[str, Any]]:
-        """Validation accuracy and loss of every task at each alpha, in order (with a progress bar)."""
-        from paint.progress import progress
-
-        points = []
-        for alpha in progress(alphas, desc=f"alpha sweep ({split})"):
-            points.append(
-                sweep_point(alpha, self.evaluate_line(line, alpha, split, allow_extrapolation=allow_extrapolation))
-            )
-        return points
-
     def measure(self, line: Line, split: str = "val") -> Measure:
         """The ``measure`` a :class:`paint.selection.Evaluator` calls: (alpha, need_derivative) -> metrics.
 
