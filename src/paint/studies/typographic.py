@@ -145,7 +145,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     res = patch(
         pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, ft_dir, resume, fingerprint, train
     )
-    test = {v.name: test_at_alphas(pool, res.line, res.choice.alpha, v, cfg.eval_batch_size) for v in views}
+    test = test_at_alphas(pool, res.line, res.choice.alpha, views, cfg.eval_batch_size)
     pool.load(theta_zs)
     summary = outcome_record(cfg.model, bundle.text_identity, res, patch_names, support_names, t0) | {
         "patch_task": p,
@@ -168,11 +168,16 @@ def selection_tasks(cfg: TypographicConfig) -> tuple[list[str], list[str]]:
     return [f"{p}/attacked"], [f"{p}/clean"] + [f"{t.name}/clean" for t in clean_support]
 
 
-def test_at_alphas(pool: Any, line: Any, chosen: float, views: TaskViews, batch_size: int) -> dict[str, Any]:
-    """One task's test metrics at zero-shot, the chosen alpha and the fine-tuned end."""
-    alphas = {"zeroshot": 0.0, "patched": chosen, "finetuned": 1.0}
-    rows = {label: test_views(pool, line.at(a), views, batch_size) | {"alpha": a} for label, a in alphas.items()}
-    return {"role": views.role, **rows}
+def test_at_alphas(
+    pool: Any, line: Any, chosen: float, views: Sequence[TaskViews], batch_size: int
+) -> dict[str, dict[str, Any]]:
+    """Every task's test metrics at zero-shot, the chosen alpha and the fine-tuned end (each state loaded once)."""
+    test: dict[str, dict[str, Any]] = {v.name: {"role": v.role} for v in views}
+    for label, a in {"zeroshot": 0.0, "patched": chosen, "finetuned": 1.0}.items():
+        pool.load(line.at(a))
+        for v in views:
+            test[v.name][label] = test_views(pool, v, batch_size) | {"alpha": a}
+    return test
 
 
 @dataclass
@@ -255,11 +260,10 @@ def attacked_training_set(cfg: TypographicConfig, task: Task, head: torch.Tensor
     return TrainingSet(task.name, x, y, head)
 
 
-def test_views(pool: Any, theta: Any, views: TaskViews, batch_size: int) -> dict[str, Any]:
-    """Clean and attacked test metrics (and per held-out style) of one task at one image tower."""
+def test_views(pool: Any, views: TaskViews, batch_size: int) -> dict[str, Any]:
+    """Clean and attacked test metrics (and per held-out style) of one task at the model's current image tower."""
     from paint.evaluation.results import predict
 
-    pool.load(theta)
     t = views.test
     lc = predict(pool.model, views.head, t["clean"], pool.spec, batch_size)
     la = predict(pool.model, views.head, t["attacked"], pool.spec, batch_size)
