@@ -53,9 +53,18 @@ def row_digest(row: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(row)).hexdigest()[:32]
 
 
-def bad_rows(arr: np.ndarray, digests: Sequence[str]) -> list[int]:
-    """Indices of rows whose bytes no longer match their stored digest."""
-    return [i for i in range(len(arr)) if row_digest(arr[i]) != digests[i]]
+def bad_rows(path: Path, digests: Sequence[str], chunk: int = 256) -> list[int]:
+    """Indices of the rows of the ``.npy`` at ``path`` whose bytes no longer match their stored digest.
+
+    The file is read ``chunk`` rows at a time through a map that is dropped after each chunk:
+    hashing through one long-lived map would leave the whole file resident in this process.
+    """
+    bad = []
+    for start in range(0, len(digests), chunk):
+        block = np.load(path, mmap_mode="r")[start : start + chunk]
+        bad += [start + i for i in range(len(block)) if row_digest(block[i]) != digests[start + i]]
+        del block
+    return bad
 
 
 def _fill(out: np.ndarray, rows: Iterable[int], decode: Decoder, digests: list[str], desc: str, progress: bool) -> None:
@@ -136,7 +145,8 @@ def cached_images(
             log.warning("cache %s: %s; rebuilding it", path, why)
         _build(path, n, crop, decode, meta, progress)
     elif _VERIFIED.get(str(path)) != _file_state(path):
-        bad = bad_rows(arr, digests)
+        del arr
+        bad = bad_rows(path, digests)
         if bad:
             log.warning(
                 "cache %s: %d of %d images failed their checksum (first: image %d); decoding them again",
@@ -145,7 +155,6 @@ def cached_images(
                 n,
                 bad[0],
             )
-            del arr
             _repair(path, bad, decode, digests, progress)
     arr, digests, why = _open(path, n, crop)
     if arr is None:  # pragma: no cover - the file was just written

@@ -114,10 +114,14 @@ def decode_one(split: ImageSplit, spec: ImageSpec, index: int) -> np.ndarray:
         ) from None
 
 
-def preprocess_split(
+def preprocess_array(
     split: ImageSplit, spec: ImageSpec, cache_dir: str | Path | None = None, progress: bool = False
-) -> torch.Tensor:
+) -> np.ndarray:
     """All images of a split through :func:`clip_transform`: uint8 ``(N, 3, crop, crop)``.
+
+    With ``cache_dir`` the result is the cache file's memory map (:class:`numpy.memmap`): pages
+    are read when used, and :func:`paint.data.rows.read_rows` reads batches of it without
+    keeping the split resident, so a split larger than memory trains and evaluates.
 
     Args:
         split: the images.
@@ -133,11 +137,18 @@ def preprocess_split(
         out = np.empty((n, 3, spec.crop, spec.crop), dtype=np.uint8)
         for i in tqdm(range(n), desc=f"preprocess {split.identity}", disable=not progress, unit="img", leave=False):
             out[i] = decode(i)
-        return torch.from_numpy(out)
+        return out
     identity = f"{split.identity}|squash" if spec.squash else split.identity  # another transform, another key
     path = cache_path(cache_dir, identity, spec.resize, spec.crop)
     meta = {"identity": identity, "resize": spec.resize, "crop": spec.crop}
-    return torch.from_numpy(cached_images(path, n, spec.crop, decode, meta, progress))
+    return cached_images(path, n, spec.crop, decode, meta, progress)
+
+
+def preprocess_split(
+    split: ImageSplit, spec: ImageSpec, cache_dir: str | Path | None = None, progress: bool = False
+) -> torch.Tensor:
+    """:func:`preprocess_array` as a tensor (over the cache's memory map when ``cache_dir`` is given)."""
+    return torch.from_numpy(preprocess_array(split, spec, cache_dir, progress))
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:

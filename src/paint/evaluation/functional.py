@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from paint.data.preprocess import ImageSpec, normalize
+from paint.data.rows import read_rows
 from paint.types import StateDict
 from paint.weights.blocks import add_block_task_vectors, block_names, block_of, interpolate_blocks
 from paint.weights.ops import check_compatible, task_vector
@@ -146,7 +147,7 @@ def measure_state(
     for t in tasks:
         logits = []
         for s in _batches(len(t.images), batch_size):
-            pixels = normalize(torch.as_tensor(t.images[s]).to(device), spec.mean, spec.std).to(dtype)
+            pixels = normalize(read_rows(t.images, s).to(device), spec.mean, spec.std).to(dtype)
             logits.append(tower_logits(model, p, t.head, pixels).float().cpu())
         z = torch.cat(logits) if logits else torch.empty(0, t.head.shape[0])
         rec = {"entropy": float(entropy_of(z).mean()), "n": int(len(z))}
@@ -167,7 +168,7 @@ def predictions(
     dtype = next(model.parameters()).dtype
     out = []
     for s in _batches(len(task.images), batch_size):
-        pixels = normalize(torch.as_tensor(task.images[s]).to(device), spec.mean, spec.std).to(dtype)
+        pixels = normalize(read_rows(task.images, s).to(device), spec.mean, spec.std).to(dtype)
         out.append(F.log_softmax(tower_logits(model, params, task.head, pixels).float(), dim=-1).cpu())
     return torch.cat(out)
 
@@ -214,7 +215,7 @@ class PenalisedLoss:
     def _logits(self, params: StateDict, t: TaskData, idx: np.ndarray) -> torch.Tensor:
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
-        pixels = normalize(torch.as_tensor(t.images[idx]).to(device), self.spec.mean, self.spec.std).to(dtype)
+        pixels = normalize(read_rows(t.images, idx).to(device), self.spec.mean, self.spec.std).to(dtype)
         self.n_images += len(idx)
         return tower_logits(self.model, params, t.head, pixels).float()
 

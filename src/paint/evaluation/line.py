@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
+from paint.data.rows import read_rows
 from paint.models.clip import image_features
 from paint.models.families import family_of
 from paint.types import StateDict
@@ -93,7 +94,7 @@ def loss_and_gradient(
                 n = len(labels)
                 for i in range(0, n, batch_size):
                     pixels = normalize(
-                        torch.as_tensor(d.images[i : i + batch_size]).to(device), spec.mean, spec.std
+                        read_rows(d.images, slice(i, i + batch_size)).to(device), spec.mean, spec.std
                     ).to(dtype)
                     y = labels[i : i + batch_size].to(device)
                     feats = F.normalize(image_features(model, pixels), dim=-1)  # (B, D)
@@ -127,7 +128,7 @@ def weighted_loss(model: torch.nn.Module, data: Sequence[LossData], spec: ImageS
             labels = torch.as_tensor(np.asarray(d.labels), dtype=torch.long)
             head = d.head.detach().to(device=device, dtype=dtype)
             for i in range(0, len(labels), batch_size):
-                pixels = normalize(torch.as_tensor(d.images[i : i + batch_size]).to(device), spec.mean, spec.std).to(
+                pixels = normalize(read_rows(d.images, slice(i, i + batch_size)).to(device), spec.mean, spec.std).to(
                     dtype
                 )
                 logits = F.normalize(image_features(model, pixels), dim=-1) @ head.t()  # (B, C)

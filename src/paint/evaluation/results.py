@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
+from paint.data.rows import read_rows
 from paint.models.families import family_of
 from paint.utils import append_jsonl, read_jsonl_checked
 
@@ -49,7 +50,7 @@ def predict(
     device = next(model.parameters()).device
     out = []
     for i in range(0, len(images), batch_size):
-        batch = normalize(torch.as_tensor(images[i : i + batch_size]).to(device), spec.mean, spec.std)
+        batch = normalize(read_rows(images, slice(i, i + batch_size)).to(device), spec.mean, spec.std)
         out.append(logits_for(model, head, batch).cpu())
     return torch.cat(out) if out else torch.empty(0, head.shape[0])
 

@@ -314,7 +314,7 @@ def start_run(
         [
             bundle.text_identity,
             hash_tensors(theta_zs),
-            cfg.finetune.model_dump_json(),
+            cfg.finetune.identity(),
             *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks),
         ]
     )

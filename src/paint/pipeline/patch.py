@@ -84,7 +84,7 @@ class PatchConfig(ModelRunConfig):
 def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PoolTask]) -> str:
     """What fine-tuning depends on: a checkpoint made under another fingerprint is refused on resume."""
     patch = [t for t in tasks if t.role == "patch"]
-    parts = [bundle.text_identity, hash_tensors(bundle.image_tower_state()), cfg.finetune.model_dump_json()]
+    parts = [bundle.text_identity, hash_tensors(bundle.image_tower_state()), cfg.finetune.identity()]
     for t in patch:
         parts += [t.name, t.identities["train"], *t.classnames, *t.templates]
     return sha256_strings(parts)

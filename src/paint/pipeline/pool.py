@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from paint.data.preprocess import ImageSpec, preprocess_split
+from paint.data.preprocess import ImageSpec, preprocess_array
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.evaluation.line import LossData, line_derivative, set_image_tower
@@ -39,7 +39,7 @@ class PoolTask:
     role: str  # "patch" | "support" | any label a study gives (e.g. "transfer", "heldout")
     classnames: tuple[str, ...]
     templates: tuple[str, ...]
-    images: dict[str, torch.Tensor]  # split -> uint8 (N, 3, S, S)
+    images: dict[str, np.ndarray]  # split -> uint8 (N, 3, S, S), the cache file's memory map
     labels: dict[str, np.ndarray]
     identities: dict[str, str]
     head: torch.Tensor  # (C, D), carries the logit scale
@@ -82,7 +82,7 @@ def prepare_tasks(
         images, labels, ids = {}, {}, {}
         for s in ROLE_SPLITS.get(role, ("val", "test")):
             split = task.split(s)
-            images[s] = preprocess_split(split, bundle.spec, cache_dir=cache_dir / "images", progress=True)
+            images[s] = preprocess_array(split, bundle.spec, cache_dir=cache_dir / "images", progress=True)
             labels[s] = np.asarray(split.labels)
             ids[s] = split.identity
         head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cache_dir, batch_size=batch_size)

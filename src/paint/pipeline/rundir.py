@@ -55,7 +55,7 @@ CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 # Fields that may change between a run and its resume without changing any result: where the
 # run lives, where caches go, which device evaluates, how many images per evaluation batch.
-DEFAULT_IGNORED = frozenset({"output_dir", "cache_dir", "device", "eval_batch_size"})
+DEFAULT_IGNORED = frozenset({"output_dir", "cache_dir", "device", "eval_batch_size", "finetune.loader_workers"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 _scopes = threading.local()
@@ -68,13 +68,13 @@ def config_mapping(config: Any) -> dict[str, Any]:
 
 
 def config_differences(old: Any, new: Any, ignore: Iterable[str] = (), prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted field, old value, new value) for every field that differs, ignoring top-level ``ignore`` names."""
-    ignored = set(ignore) if not prefix else set()
+    """(dotted field, old value, new value) for every field that differs, ignoring the dotted names in ``ignore``."""
+    ignored = set(ignore)
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in list(old) + [k for k in new if k not in old]:
-            if key not in ignored:
-                out += config_differences(old.get(key, _ABSENT), new.get(key, _ABSENT), (), f"{prefix}{key}.")
+            if f"{prefix}{key}" not in ignored:
+                out += config_differences(old.get(key, _ABSENT), new.get(key, _ABSENT), ignored, f"{prefix}{key}.")
         return out
     if old != new:
         return [(prefix.rstrip(".") or "(top level)", _shown(old), _shown(new))]

@@ -147,9 +147,20 @@ class FinetuneConfig(StrictModel):
     # Training augmentation on the cached uint8 images: random resized crop, optionally with a
     # horizontal flip (not for digits, text or traffic signs, where a flip changes the class).
     augment: Literal["none", "crop", "crop-flip"] = "none"
+    loader_workers: int | None = Field(
+        None, ge=0, description="training-loader worker processes (default: 0 on a CPU, up to 4 on a GPU)"
+    )
     recipe: RecipeSpec = Field(default_factory=FrozenHeadRecipe, description="how the image tower is fine-tuned")
 
     @field_validator("recipe", mode="before")
     @classmethod
     def _recipe_named(cls, v: Any) -> Any:
         return _named(v)
+
+    def identity(self) -> str:
+        """The settings that decide theta_ft, as JSON (a run fingerprint's part): how data is loaded does not."""
+        return self.model_dump_json(exclude=RUNTIME_ONLY)
+
+
+# FinetuneConfig fields that change how fast a run goes, never its result (a resume may change them).
+RUNTIME_ONLY = frozenset({"loader_workers"})

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from paint.data.preprocess import ImageSpec, normalize
+from paint.data.rows import read_rows
 from paint.errors import PaintError
 from paint.models.clip import image_features
 from paint.train.recipes.base import (
@@ -46,7 +47,7 @@ def probe_features(
     try:
         out = []
         for i in range(0, len(images), batch_size):
-            pixels = normalize(images[i : i + batch_size].to(device), spec.mean, spec.std)
+            pixels = normalize(read_rows(images, slice(i, i + batch_size)).to(device), spec.mean, spec.std)
             out.append(F.normalize(image_features(model, pixels).float(), dim=-1).cpu())
     finally:
         model.train(was_training)
