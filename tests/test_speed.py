@@ -16,7 +16,7 @@ from paint.models.heads import zeroshot_head
 from paint.train import loop
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.train.recipes.base import FrozenHeadLoss
-from paint.train.speed import checkpointing_scope, resolve_precision, resolve_tf32, tf32_scope
+from paint.train.speed import checkpointing_on, checkpointing_scope, resolve_precision, resolve_tf32, tf32_scope
 from paint.types import is_image_tower_key
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -160,7 +160,7 @@ def _loss_and_grads(model, sets, spec, checkpointing: bool) -> tuple[float, dict
     batch = (s.images[:8], torch.as_tensor(s.labels[:8]), torch.zeros(8, dtype=torch.long))
     model.train()
     with checkpointing_scope(model, checkpointing):
-        assert model.is_gradient_checkpointing is checkpointing
+        assert checkpointing_on(model) is checkpointing
         loss = loss_fn(model, batch)
         loss.backward()
         loss = loss.detach()
@@ -174,7 +174,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_is_undone(
     model = bundle.model
     l0, g0 = _loss_and_grads(model, sets, bundle.spec, False)
     l1, g1 = _loss_and_grads(model, sets, bundle.spec, True)
-    assert not model.is_gradient_checkpointing  # off again after the scope
+    assert not checkpointing_on(model)  # off again after the scope
     assert l0 == pytest.approx(l1, rel=1e-6)
     assert g0.keys() == g1.keys() and any(is_image_tower_key(k) for k in g0)
     for k in g0:
@@ -188,7 +188,7 @@ def test_gradient_checkpointing_through_finetune_with_lora_matches_and_is_record
     r1 = finetune(bundle.model, sets, bundle.spec, FinetuneConfig(**cfg, gradient_checkpointing=True))
     r0 = finetune(m2, sets, bundle.spec, FinetuneConfig(**cfg))
     assert r1.runtime["gradient_checkpointing"] is True and r0.runtime["gradient_checkpointing"] is False
-    assert not bundle.model.is_gradient_checkpointing
+    assert not checkpointing_on(bundle.model)
     assert r1.history[-1]["loss"] == pytest.approx(r0.history[-1]["loss"], rel=1e-5)
     a, b = _tower(bundle.model), _tower(m2)
     assert any(not torch.equal(a[k], _tower(load_clip(str(tiny_clip_dir)).model)[k]) for k in a)  # LoRA trained

@@ -95,14 +95,40 @@ def checkpointing_scope(model: nn.Module, enabled: bool) -> Iterator[None]:
         return
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise PaintError(f"gradient_checkpointing: {type(model).__name__} does not support gradient checkpointing")
-    was_on = bool(getattr(model, "is_gradient_checkpointing", False))
+    was_on = checkpointing_on(model)
     if not was_on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(model, True)
     try:
         yield
     finally:
         if not was_on:
-            model.gradient_checkpointing_disable()
+            set_checkpointing(model, False)
+
+
+def checkpointing_on(model: nn.Module) -> bool:
+    """Whether a transformers model has activation (gradient) checkpointing on."""
+    name = (
+        "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    )
+    return bool(getattr(model, name, False))
+
+
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Non-reentrant activation checkpointing on or off on a transformers model.
+
+    transformers 5.2x renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*`` (the old
+    names warn, and go in v6); older releases have only the old names.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def runtime_record(
