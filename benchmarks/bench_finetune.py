@@ -21,7 +21,8 @@ the throughput of a random model is that of the pretrained one (same shapes, sam
 ``tiny`` is a 2-layer, width-32 CLIP at 32 px for dry runs.
 ``--precision`` is a comma-separated list of variants, each timed in turn on the same model:
 ``fp32`` (``mixed_precision: no``), ``bf16``, ``bf16-ckpt`` (bf16 + ``gradient_checkpointing``),
-``bf16-compile`` (bf16 + ``compile``). On CUDA both loops use TF32 for fp32 matmuls, paint's default
+``bf16-compile`` (bf16 + ``compile``; each run's time includes its compile, as a real fine-tune's
+does, so use more ``--steps`` to see the compiled speed). On CUDA both loops use TF32 for fp32 matmuls, paint's default
 (``tf32: null``); the plain loop sets the same flags and checkpointing the same way.
 On a CUDA device the peak GPU memory of each run is reported too; it includes the resident source
 model that every run copies (4 bytes a parameter in fp32), as a real run would not.
@@ -242,6 +243,10 @@ def finetune_rows(model, images, labels, head, spec, args, variant: str) -> dict
             job = functools.partial(
                 run, copy.deepcopy(model), images, labels, head, spec, args.batch, args.steps, args.device, variant
             )
+            if VARIANTS[variant][2]:
+                # Each run compiles from a cold dynamo cache, as a fresh fine-tune does (paint compiles per
+                # run; the plain loop's compiled function would otherwise be reused): time includes compiling.
+                torch._dynamo.reset()
             dt, peak, last[name] = timed(job, args.device)
             del job  # free this run's model copy (and its optimizer state) before the next one
             if r > 0:

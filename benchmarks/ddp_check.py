@@ -28,9 +28,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# Tolerances on the per-epoch mean losses and on the final image tower (max |diff| over max |change|).
+# Tolerances on the per-epoch mean losses and on the final image tower: ||theta_2proc - theta_1proc|| over
+# ||theta_1proc - theta_zs|| (L2 over the whole tower; an elementwise max is dominated by parameters whose
+# gradient is near zero, which Adam's ~lr * sign(grad) first steps send either way on a rounding difference).
 LOSS_RTOL = {"no": 1e-4, "bf16": 2e-2}
-WEIGHT_RTOL = {"no": 1e-2, "bf16": 1e-1}
+WEIGHT_RTOL = {"no": 1e-2, "bf16": 5e-2}
 
 
 def _free_port() -> int:
@@ -143,11 +145,12 @@ def compare(one: dict, two: dict, out1: Path, out2: Path, precision: str, weight
     if weights:
         zs, w1 = load_file(str(out1 / "zs.safetensors")), load_file(str(out1 / "rank0.safetensors"))
         r0, r1 = load_file(str(out2 / "rank0.safetensors")), load_file(str(out2 / "rank1.safetensors"))
-        moved = max(float((w1[k].float() - zs[k].float()).abs().max()) for k in zs)
-        gap = max(float((w1[k].float() - r0[k].float()).abs().max()) for k in zs)
+        moved = float(torch.cat([(w1[k].float() - zs[k].float()).flatten() for k in zs]).norm())
+        gap = float(torch.cat([(w1[k].float() - r0[k].float()).flatten() for k in zs]).norm())
         same_ranks = all(torch.equal(r0[k], r1[k]) for k in r0)
-        report.update(weight_max_diff=gap, weight_max_change=moved, ranks_identical=same_ranks)
-        ok = ok and same_ranks and moved > 0 and gap <= WEIGHT_RTOL[precision] * moved
+        rel = gap / moved if moved > 0 else float("inf")
+        report.update(weight_rel_diff=rel, weight_rtol=WEIGHT_RTOL[precision], ranks_identical=same_ranks)
+        ok = ok and same_ranks and rel <= WEIGHT_RTOL[precision]
     report["ok"] = ok
     return report
 
@@ -196,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         r = results.get(name)
         if isinstance(r, dict):
             extra = (
-                f", weights max diff {r['weight_max_diff']:.2e} of change {r['weight_max_change']:.2e}"
-                if "weight_max_diff" in r
+                f", weights rel diff {r['weight_rel_diff']:.2e} (tol {r['weight_rtol']:g})"
+                if "weight_rel_diff" in r
                 else ""
             )
             same = f", ranks identical {r['ranks_identical']}" if "ranks_identical" in r else ""
