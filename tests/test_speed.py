@@ -202,13 +202,32 @@ def test_gradient_checkpointing_on_a_model_without_it_is_refused():
             pass
 
 
-def test_compile_trains_like_eager_and_hands_back_the_uncompiled_model(tiny_clip_dir, monkeypatch):
-    # aot_eager traces forward and backward through dynamo and AOTAutograd as inductor does, without
-    # inductor's C++ build (~25 s for the tiny CLIP here); inductor itself is checked by the dry run below.
-    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+def _inductor_skip() -> str | None:
+    import os
+    import shutil
+
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        return "inductor needs a C++ compiler and none is on PATH"
+    if os.environ.get("PAINT_TEST_INDUCTOR") != "1":
+        return "inductor's C++ build takes ~30 s for the tiny CLIP here; set PAINT_TEST_INDUCTOR=1 to run it"
+    return None
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        # aot_eager traces forward and backward through dynamo and AOTAutograd as inductor does, without
+        # inductor's C++ build; inductor itself (the default backend) runs when asked.
+        "aot_eager",
+        pytest.param("inductor", marks=pytest.mark.skipif(_inductor_skip() is not None, reason=str(_inductor_skip()))),
+    ],
+)
+def test_compile_trains_like_eager_and_hands_back_the_uncompiled_model(tiny_clip_dir, monkeypatch, backend):
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", backend)
     torch._dynamo.reset()
     bundle, sets = _setup(tiny_clip_dir)
     keys = list(bundle.model.state_dict())
+    zs = _tower(bundle.model)
     m2 = copy.deepcopy(bundle.model)
     rc = finetune(bundle.model, sets, bundle.spec, FinetuneConfig(**BASE, compile=True))
     re = finetune(m2, sets, bundle.spec, FinetuneConfig(**BASE))
@@ -217,9 +236,13 @@ def test_compile_trains_like_eager_and_hands_back_the_uncompiled_model(tiny_clip
     assert getattr(bundle.model, "_compiled_call_impl", None) is None
     assert not any(getattr(m, "_compiled_call_impl", None) for m in bundle.model.modules())
     assert rc.history[-1]["loss"] == pytest.approx(re.history[-1]["loss"], rel=1e-4)
+    # The trained change agrees with eager's to 1% (L2 over the tower). Not elementwise: inductor fuses
+    # ops in another float order, and Adam's first steps (~lr * sign(grad)) turn a rounding difference
+    # in a near-zero gradient into a full step either way (seen: 6.6e-5 on one element).
     a, b = _tower(bundle.model), _tower(m2)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    change = torch.cat([(b[k] - zs[k]).flatten() for k in zs])
+    gap = torch.cat([(a[k] - b[k]).flatten() for k in zs])
+    assert float(change.norm()) > 0 and float(gap.norm()) <= 1e-2 * float(change.norm())
     # The returned model is a plain module: eager forward works on it with no compile in the way.
     x = F.interpolate(torch.rand(2, 3, 8, 8), size=bundle.spec.crop)
     assert bundle.model.get_image_features(pixel_values=x).pooler_output.shape[0] == 2

@@ -20,6 +20,10 @@ Checkpoint layout (a directory, replaced atomically, written by rank 0 only)::
 
 Training stops with a :class:`PaintError` at the first non-finite loss (too high a learning
 rate), instead of running on to NaN weights and exiting 0.
+
+How the device is used (:mod:`paint.train.speed`): ``mixed_precision="auto"`` is bf16 autocast on a
+CUDA GPU with native bf16 and fp32 elsewhere; TF32 is on for CUDA runs (and restored after);
+gradient checkpointing and ``torch.compile`` are opt-in. ``FitResult.runtime`` records what was used.
 """
 
 from __future__ import annotations
