@@ -20,6 +20,8 @@
 #   bash benchmarks/gpu_check.sh --device cpu --tiny  # dry run on a CPU: every step, tiny model, ~2 min
 #
 # Figures go to stdout and, as JSON per step, to $OUT (default: gpu-check-results/); a table at the end.
+# Its "loss" column is paint's last-run mean loss per variant, same data and seed: bf16 rows should be
+# within ~2% of the fp32 row (the tolerance tests/test_speed.py holds bf16 to on a CPU).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -105,7 +107,7 @@ import json, statistics, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-print(f"\n{'case':<12} {'variant':<13} {'paint img/s':>11} {'plain img/s':>11} {'ratio':>6} {'peak GiB':>8} {'eval img/s':>10}  runtime")
+print(f"\n{'case':<12} {'variant':<13} {'paint img/s':>11} {'plain img/s':>11} {'ratio':>6} {'peak GiB':>8} {'eval img/s':>10} {'loss':>7}  runtime")
 for f in sorted(out.glob("*.json")):
     if f.name == "ddp.json":
         continue
@@ -116,7 +118,7 @@ for f in sorted(out.glob("*.json")):
         rt = row.get("runtime", {})
         what = f"{rt.get('mixed_precision')} tf32={rt.get('tf32')} ckpt={rt.get('gradient_checkpointing')} compile={rt.get('compile')}"
         print(f"{f.stem:<12} {variant:<13} {med(row['finetune']['paint']):11.1f} {med(row['finetune']['plain']):11.1f} "
-              f"{med(row['finetune_ratio']):6.3f} {peak:8.2f} {ev}  {what}")
+              f"{med(row['finetune_ratio']):6.3f} {peak:8.2f} {ev} {row['final_loss']['paint']:7.4f}  {what}")
 ddp = out / "ddp.json"
 if ddp.exists():
     d = json.loads(ddp.read_text())
