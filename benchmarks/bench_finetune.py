@@ -12,10 +12,18 @@ the model copy. Evaluation: :func:`paint.evaluation.results.predict` against a b
 
     PYTHONPATH=src python benchmarks/bench_finetune.py --threads 1 --steps 15 --batch 128 --repeats 3
     PYTHONPATH=src python benchmarks/bench_finetune.py --vit-b32 --batch 4 --steps 2 --repeats 2   # CPU: tiny
-    PYTHONPATH=src python benchmarks/bench_finetune.py --arch l14 --device cuda --precision bf16 --batch 64
+    PYTHONPATH=src python benchmarks/bench_finetune.py --arch l14 --device cuda --precision fp32,bf16,bf16-ckpt
+    PYTHONPATH=src python benchmarks/bench_finetune.py --arch tiny --precision fp32,bf16,bf16-ckpt,bf16-compile \
+        --batch 8 --steps 2 --repeats 1    # CPU dry run of every code path gpu_check.sh uses (seconds)
 
 ``--arch b32`` / ``l14`` build a random full-size ViT-B/32 or ViT-L/14 CLIP at 224 px (no download);
-the throughput of a random model is that of the pretrained one (same shapes, same kernels).
+the throughput of a random model is that of the pretrained one (same shapes, same kernels);
+``tiny`` is a 2-layer, width-32 CLIP at 32 px for dry runs.
+``--precision`` is a comma-separated list of variants, each timed in turn on the same model:
+``fp32`` (``mixed_precision: no``), ``bf16``, ``bf16-ckpt`` (bf16 + ``gradient_checkpointing``),
+``bf16-compile`` (bf16 + ``compile``; each run's time includes its compile, as a real fine-tune's
+does, so use more ``--steps`` to see the compiled speed). On CUDA both loops use TF32 for fp32 matmuls, paint's default
+(``tf32: null``); the plain loop sets the same flags and checkpointing the same way.
 On a CUDA device the peak GPU memory of each run is reported too; it includes the resident source
 model that every run copies (4 bytes a parameter in fp32), as a real run would not.
 """
@@ -51,7 +59,20 @@ def build_model(arch: str, source: str) -> tuple[torch.nn.Module, object]:
         return bundle.model, bundle.spec
     from transformers import CLIPConfig, CLIPModel
 
-    if arch == "b32":
+    if arch == "tiny":
+        config = CLIPConfig(
+            text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "patch_size": 8,
+                "image_size": 32,
+            },
+            projection_dim=16,
+        )
+    elif arch == "b32":
         config = CLIPConfig()  # transformers' default: ViT-B/32 image tower, 224 px, 512-d projection
     else:  # l14: the openai/clip-vit-large-patch14 shapes
         config = CLIPConfig(
@@ -68,7 +89,17 @@ def build_model(arch: str, source: str) -> tuple[torch.nn.Module, object]:
         )
     torch.manual_seed(0)
     model = CLIPModel(config).eval()
-    return model, ImageSpec(224, 224, OPENAI_MEAN, OPENAI_STD)
+    size = config.vision_config.image_size
+    return model, ImageSpec(size, size, OPENAI_MEAN, OPENAI_STD)
+
+
+# variant -> (mixed_precision, gradient_checkpointing, compile)
+VARIANTS = {
+    "fp32": ("no", False, False),
+    "bf16": ("bf16", False, False),
+    "bf16-ckpt": ("bf16", True, False),
+    "bf16-compile": ("bf16", False, True),
+}
 
 
 def _image_features(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
@@ -86,13 +117,16 @@ def plain_finetune(
     batch: int,
     steps: int,
     device: str,
-    precision: str,
-) -> None:
+    variant: str,
+) -> dict:
     """The same optimisation as paint's frozen-head recipe, written as a bare PyTorch loop."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from paint.data.preprocess import normalize
     from paint.train.loop import make_optimizer, warmup_cosine
+    from paint.train.speed import resolve_tf32, set_checkpointing, tf32_scope
+
+    precision, checkpointing, compiled = VARIANTS[variant]
 
     names = [n for n, _ in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
     wanted = set(names)
@@ -106,23 +140,30 @@ def plain_finetune(
     params = [p for _, p in trainable]
     head = head.to(device)
     model.train()
+    if checkpointing:
+        set_checkpointing(model, True)  # transformers' non-reentrant activation checkpointing
+    features = torch.compile(_image_features) if compiled else _image_features
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
-    for i, (x, y) in enumerate(loader):
-        if i >= steps:
-            break
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast:
-            pixels = normalize(x, spec.mean, spec.std)
-            feats = F.normalize(_image_features(model, pixels).float(), dim=-1)
-            loss = F.cross_entropy(feats @ head.t(), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+    with tf32_scope(resolve_tf32(None, device) if device == "cuda" else None):
+        for i, (x, y) in enumerate(loader):
+            if i >= steps:
+                break
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                pixels = normalize(x, spec.mean, spec.std)
+                feats = F.normalize(features(model, pixels).float(), dim=-1)
+                loss = F.cross_entropy(feats @ head.t(), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+    if checkpointing:
+        set_checkpointing(model, False)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    return {"loss": float(loss.detach())}
 
 
 def paint_finetune(
@@ -134,19 +175,23 @@ def paint_finetune(
     batch: int,
     steps: int,
     device: str,
-    precision: str,
-) -> None:
-    """paint's fine-tuning entry point, default recipe, stopping after ``steps`` optimizer steps."""
+    variant: str,
+) -> dict:
+    """paint's fine-tuning entry point, default recipe, stopping after ``steps`` optimizer steps; its runtime record."""
     from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 
+    precision, checkpointing, compiled = VARIANTS[variant]
     cfg = FinetuneConfig(
         epochs=1,
         batch_size=batch,
         max_steps=steps,
         cpu=device == "cpu",
-        mixed_precision=precision.replace("fp32", "no"),
+        mixed_precision=precision,
+        gradient_checkpointing=checkpointing,
+        compile=compiled,
     )
-    finetune(model, [TrainingSet("bench", images, labels.numpy(), head)], spec, cfg)
+    res = finetune(model, [TrainingSet("bench", images, labels.numpy(), head)], spec, cfg)
+    return {"loss": res.history[-1]["loss"], "runtime": res.runtime}
 
 
 def plain_predict(model: torch.nn.Module, head: torch.Tensor, images: torch.Tensor, spec, batch: int) -> torch.Tensor:
@@ -168,17 +213,17 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], device: str) -> tuple[float, float]:
-    """(seconds, peak GPU GiB or nan) of one call."""
+def timed(fn: Callable[[], object], device: str) -> tuple[float, float, object]:
+    """(seconds, peak GPU GiB or nan, the call's return value) of one call."""
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     _sync(device)
     t = time.perf_counter()
-    fn()
+    value = fn()
     _sync(device)
     dt = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-    return dt, peak
+    return dt, peak, value
 
 
 def summary(label: str, rates: list[float], peaks: list[float]) -> str:
@@ -186,27 +231,102 @@ def summary(label: str, rates: list[float], peaks: list[float]) -> str:
     return f"{label:<14} {statistics.median(rates):9.1f} img/s (min {min(rates):.1f}, max {max(rates):.1f}){mem}"
 
 
-def main() -> None:
+def finetune_rows(model, images, labels, head, spec, args, variant: str) -> dict:
+    """paint and plain alternating, one warm-up pair then ``repeats`` timed pairs: img/s, peaks, ratios."""
+    n = len(images)
+    runners = {"paint": paint_finetune, "plain": plain_finetune}
+    rates: dict[str, list[float]] = {k: [] for k in runners}
+    peaks: dict[str, list[float]] = {k: [] for k in runners}
+    last: dict[str, object] = {}
+    for r in range(args.repeats + 1):  # round 0 warms up both (allocator, kernels, imports, compile)
+        for name, run in runners.items():
+            job = functools.partial(
+                run, copy.deepcopy(model), images, labels, head, spec, args.batch, args.steps, args.device, variant
+            )
+            if VARIANTS[variant][2]:
+                # Each run compiles from a cold dynamo cache, as a fresh fine-tune does (paint compiles per
+                # run; the plain loop's compiled function would otherwise be reused): time includes compiling.
+                torch._dynamo.reset()
+            dt, peak, last[name] = timed(job, args.device)
+            del job  # free this run's model copy (and its optimizer state) before the next one
+            if r > 0:
+                rates[name].append(n / dt)
+                peaks[name].append(peak)
+    ratios = [a / b for a, b in zip(rates["paint"], rates["plain"])]
+    print(f"fine-tune [{variant}]: paint ran {last['paint']['runtime']}")
+    for name in runners:
+        print("  " + summary(name, rates[name], peaks[name]))
+    print(f"  paint/plain    {statistics.median(ratios):9.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    losses = {k: v["loss"] for k, v in last.items()}
+    return {
+        "finetune": rates,
+        "finetune_peak_gib": peaks,
+        "finetune_ratio": ratios,
+        "final_loss": losses,
+        "runtime": last["paint"]["runtime"],
+    }
+
+
+def eval_rows(model, images, head, spec, args, variant: str) -> dict:
+    """paint's ``predict`` against a bare ``get_image_features`` loop: img/s and peaks (autocast for bf16)."""
+    from paint.evaluation.results import predict
+    from paint.train.speed import resolve_tf32, tf32_scope
+
+    n = len(images)
+    ev_n = args.eval_images or n
+    ev_images = images[:ev_n] if ev_n <= n else images.repeat((ev_n + n - 1) // n, 1, 1, 1)[:ev_n]
+    ev_batch = 2 * args.batch
+    bf16 = VARIANTS[variant][0] == "bf16"
+    tf32 = resolve_tf32(None, args.device) if args.device == "cuda" else None  # as in training
+    evals = {
+        "paint": lambda: predict(model, head, ev_images, spec, batch_size=ev_batch),
+        "plain": lambda: plain_predict(model, head, ev_images, spec, ev_batch),
+    }
+    ev_rates: dict[str, list[float]] = {k: [] for k in evals}
+    ev_peaks: dict[str, list[float]] = {k: [] for k in evals}
+    for r in range(args.repeats + 1):
+        for name, fn in evals.items():
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=bf16), tf32_scope(tf32):
+                dt, peak, _ = timed(fn, args.device)
+            if r > 0:
+                ev_rates[name].append(ev_n / dt)
+                ev_peaks[name].append(peak)
+    ev_ratios = [a / b for a, b in zip(ev_rates["paint"], ev_rates["plain"])]
+    print(f"eval [{variant}] ({ev_n} images, batch {ev_batch}):")
+    for name in evals:
+        print("  " + summary(name, ev_rates[name], ev_peaks[name]))
+    print(f"  paint/plain    {statistics.median(ev_ratios):9.3f} (min {min(ev_ratios):.3f}, max {max(ev_ratios):.3f})")
+    return {"eval": ev_rates, "eval_peak_gib": ev_peaks, "eval_ratio": ev_ratios}
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="paint:default", help="shipped name or local CLIP directory (--arch paint)")
-    ap.add_argument("--arch", choices=["paint", "b32", "l14"], default="paint")
+    ap.add_argument("--arch", choices=["paint", "tiny", "b32", "l14"], default="paint")
     ap.add_argument("--vit-b32", action="store_true", help="same as --arch b32")
     ap.add_argument("--steps", type=int, default=15, help="optimizer steps per fine-tuning run")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="timed (paint, plain) pairs, after one warm-up pair")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--precision", default="fp32", help=f"comma-separated variants: {', '.join(VARIANTS)}")
     ap.add_argument("--eval-images", type=int, default=None, help="images for the eval timing (default: steps*batch)")
+    ap.add_argument("--eval-for", default="fp32,bf16", help="variants that also time evaluation (eval ignores ckpt)")
     ap.add_argument("--skip-eval", action="store_true")
-    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    args = ap.parse_args()
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file (after every variant)")
+    args = ap.parse_args(argv)
     arch = "b32" if args.vit_b32 else args.arch
+    variants = [v.strip() for v in args.precision.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown --precision variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("PAINT_PROGRESS", "0")  # the bar's output is not what is measured; its updates still run
 
-    model, spec = build_model(arch, args.model)
+    t0 = time.perf_counter()
+    with torch.device(args.device):  # initialise on the device: a random ViT-L/14 builds in seconds on a GPU
+        model, spec = build_model(arch, args.model)
     model = model.to(args.device)
     dim = model.visual_projection.out_features
     gen = torch.Generator().manual_seed(0)
@@ -216,73 +336,28 @@ def main() -> None:
     head = 100.0 * F.normalize(torch.randn(CLASSES, dim, generator=gen), dim=-1)  # (C, D), carries the logit scale
     setup = (
         f"{args.model if arch == 'paint' else 'random ViT-' + arch.upper()} @ {spec.crop}px, device {args.device}, "
-        f"{args.precision}, batch {args.batch}, {args.steps} steps, threads {torch.get_num_threads()}, "
-        f"load {os.getloadavg()[0]:.2f}, model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params"
+        f"batch {args.batch}, {args.steps} steps, threads {torch.get_num_threads()}, "
+        f"load {os.getloadavg()[0]:.2f}, model {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, "
+        f"built in {time.perf_counter() - t0:.1f} s"
     )
     print(setup, flush=True)
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}", flush=True)
 
-    runners = {"paint": paint_finetune, "plain": plain_finetune}
-    rates: dict[str, list[float]] = {k: [] for k in runners}
-    peaks: dict[str, list[float]] = {k: [] for k in runners}
-    for r in range(args.repeats + 1):  # round 0 warms up both (allocator, kernels, imports)
-        for name, run in runners.items():
-            job = functools.partial(
-                run,
-                copy.deepcopy(model),
-                images,
-                labels,
-                head,
-                spec,
-                args.batch,
-                args.steps,
-                args.device,
-                args.precision,
-            )
-            dt, peak = timed(job, args.device)
-            del job  # free this run's model copy (and its optimizer state) before the next one
-            if r > 0:
-                rates[name].append(n / dt)
-                peaks[name].append(peak)
-    ratios = [a / b for a, b in zip(rates["paint"], rates["plain"])]
-    print("fine-tune:")
-    for name in runners:
-        print("  " + summary(name, rates[name], peaks[name]))
-    print(f"  paint/plain    {statistics.median(ratios):9.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
-    out = {"setup": setup, "finetune": rates, "finetune_peak_gib": peaks, "finetune_ratio": ratios}
-
-    if not args.skip_eval:
-        from paint.evaluation.results import predict
-
-        ev_n = args.eval_images or n
-        ev_images = images[:ev_n] if ev_n <= n else images.repeat((ev_n + n - 1) // n, 1, 1, 1)[:ev_n]
-        ev_batch = 2 * args.batch
-        cast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16")
-        evals = {
-            "paint": lambda: predict(model, head, ev_images, spec, batch_size=ev_batch),
-            "plain": lambda: plain_predict(model, head, ev_images, spec, ev_batch),
-        }
-        ev_rates: dict[str, list[float]] = {k: [] for k in evals}
-        ev_peaks: dict[str, list[float]] = {k: [] for k in evals}
-        for r in range(args.repeats + 1):
-            for name, fn in evals.items():
-                with cast:
-                    dt, peak = timed(fn, args.device)
-                if r > 0:
-                    ev_rates[name].append(ev_n / dt)
-                    ev_peaks[name].append(peak)
-        ev_ratios = [a / b for a, b in zip(ev_rates["paint"], ev_rates["plain"])]
-        print(f"eval ({ev_n} images, batch {ev_batch}):")
-        for name in evals:
-            print("  " + summary(name, ev_rates[name], ev_peaks[name]))
-        print(
-            f"  paint/plain    {statistics.median(ev_ratios):9.3f} (min {min(ev_ratios):.3f}, max {max(ev_ratios):.3f})"
-        )
-        out.update(eval=ev_rates, eval_peak_gib=ev_peaks, eval_ratio=ev_ratios)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    out: dict = {"setup": setup, "variants": {}}
+    eval_for = set(args.eval_for.split(","))
+    for variant in variants:
+        t = time.perf_counter()
+        row = finetune_rows(model, images, labels, head, spec, args, variant)
+        if not args.skip_eval and variant in eval_for:
+            row.update(eval_rows(model, images, head, spec, args, variant))
+        row["wall_s"] = round(time.perf_counter() - t, 1)
+        out["variants"][variant] = row
+        print(f"  ({variant}: {row['wall_s']} s)", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(out, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(tmp_path):
     cfg = tiny_config()
     final = pretrain(cfg, tmp_path / "run")
     assert final["steps"] == 20
+    assert final["runtime"]["mixed_precision"] == "no" and final["runtime"]["device"] == "cpu"  # auto on a CPU
     from transformers import AutoTokenizer, CLIPModel
 
     tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "model")

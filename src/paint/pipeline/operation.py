@@ -303,6 +303,7 @@ def outcome_record(
             "history": res.fit.history,
             "steps": res.fit.steps,
             "resumed_from_epoch": res.fit.resumed_from_epoch,
+            "runtime": res.fit.runtime,
         },
         "timing_s": {"finetune": res.timing_s["finetune"], "total": round(time.time() - t0, 2)},
     }

@@ -168,6 +168,7 @@ def patch_summary(
             "history": fit.history,
             "steps": fit.steps,
             "resumed_from_epoch": fit.resumed_from_epoch,
+            "runtime": fit.runtime,
         },
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "outputs": {

@@ -221,6 +221,7 @@ def run_recipe_entry(
         "steps": fit.steps,
         "resumed_from_epoch": fit.resumed_from_epoch,
         "recipe_info": fit.info,
+        "runtime": fit.runtime,
         "final_loss": fit.history[-1]["loss"] if fit.history else None,
     }
 

@@ -20,6 +20,10 @@ Checkpoint layout (a directory, replaced atomically, written by rank 0 only)::
 
 Training stops with a :class:`PaintError` at the first non-finite loss (too high a learning
 rate), instead of running on to NaN weights and exiting 0.
+
+How the device is used (:mod:`paint.train.speed`): ``mixed_precision="auto"`` is bf16 autocast on a
+CUDA GPU with native bf16 and fp32 elsewhere; TF32 is on for CUDA runs (and restored after);
+gradient checkpointing and ``torch.compile`` are opt-in. ``FitResult.runtime`` records what was used.
 """
 
 from __future__ import annotations
@@ -38,6 +42,14 @@ from torch import nn
 
 from paint.errors import PaintError
 from paint.progress import progress as tqdm
+from paint.train.speed import (
+    bf16_native,
+    checkpointing_scope,
+    resolve_precision,
+    resolve_tf32,
+    runtime_record,
+    tf32_scope,
+)
 from paint.utils import atomic_path, sha256_file
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -56,9 +68,12 @@ class LoopConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     seed: int = 0
-    mixed_precision: str = "no"  # "no" | "fp16" | "bf16"
+    mixed_precision: str = "auto"  # "auto" (bf16 on a CUDA GPU with bf16, else fp32) | "no" | "fp16" | "bf16"
     cpu: bool = False  # force CPU even when a GPU is present
     max_steps: int | None = None  # stop early (tests, budgets); None = all epochs
+    tf32: bool | None = None  # TF32 matmuls/convolutions on CUDA (None: on); never on a CPU
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
+    compile: bool = False  # torch.compile the loss module (model forward included) for the run
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LoopConfig":
@@ -66,11 +81,19 @@ class LoopConfig:
         return cls(**{f: getattr(settings, f) for f in cls.__dataclass_fields__})
 
 
+# torch.compile's backend for ``LoopConfig.compile``; tests swap in "aot_eager", which traces the
+# same graphs (forward and backward) without inductor's C++ build (~25 s for a tiny CLIP on a CPU).
+COMPILE_BACKEND = "inductor"
+
+
 @dataclass
 class FitResult:
+    """A run's record; ``runtime`` is what it did (device, resolved precision, tf32, checkpointing, compile)."""
+
     history: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     resumed_from_epoch: int | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -227,16 +250,22 @@ def fit(
     set_seed(cfg.seed)
     run = _Training.start(model, params, names, make_loader, loss_fn, cfg, checkpoint_dir, fingerprint, desc)
     run.restore(resume)
-    run.prepare()
-    for epoch in range(run.start_epoch, cfg.epochs):
-        if run.step >= run.total:
-            break
-        record = run.train_epoch(epoch, make_loader(epoch))
-        record.update(run.epoch_metrics(epoch, on_epoch_end))
-        run.result.history.append(record)
-        run.save(epoch)
-        run.accelerator.wait_for_everyone()
-    return run.finish()
+    rt = run.result.runtime
+    # TF32 and checkpointing hold for this run only: the flags and the model are as before afterwards.
+    with (
+        tf32_scope(rt["tf32"] if rt["device"] == "cuda" else None),
+        checkpointing_scope(model, cfg.gradient_checkpointing),
+    ):
+        run.prepare()
+        for epoch in range(run.start_epoch, cfg.epochs):
+            if run.step >= run.total:
+                break
+            record = run.train_epoch(epoch, make_loader(epoch))
+            record.update(run.epoch_metrics(epoch, on_epoch_end))
+            run.result.history.append(record)
+            run.save(epoch)
+            run.accelerator.wait_for_everyone()
+        return run.finish()
 
 
 def freeze_all_but(model: nn.Module, names: set[str]) -> list[tuple[str, nn.Parameter]]:
@@ -277,7 +306,14 @@ class _Training:
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=cfg.mixed_precision)
+        device_type = _device_type(cfg.cpu)
+        precision = resolve_precision(cfg.mixed_precision, device_type, bf16_native(device_type))
+        if cfg.mixed_precision == "bf16" and precision != "bf16":
+            log.warning(
+                "%s: bf16 was asked for but this %s device has no native bf16; training in fp32", desc, device_type
+            )
+        _allow_precision(precision)
+        accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=precision)
         optimizer = make_optimizer([(n, p) for n, p in params if n in names], cfg.lr, cfg.weight_decay)
         # Count steps on the sharded loader: with N processes each rank gets ~1/N of the batches.
         steps_per_epoch = len(accelerator.prepare_data_loader(make_loader(0)))  # type: ignore[arg-type]
@@ -291,7 +327,12 @@ class _Training:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))
         ckpt = checkpoint_dir / "checkpoint" if checkpoint_dir is not None else None
         fsdp = accelerator.distributed_type == DistributedType.FSDP
-        return cls(model, names, loss_fn, cfg, accelerator, optimizer, scheduler, total, ckpt, fingerprint, desc, fsdp)
+        run = cls(model, names, loss_fn, cfg, accelerator, optimizer, scheduler, total, ckpt, fingerprint, desc, fsdp)
+        actual = accelerator.device.type
+        run.result.runtime = runtime_record(
+            actual, precision, resolve_tf32(cfg.tf32, actual), cfg.gradient_checkpointing, cfg.compile
+        )
+        return run
 
     def restore(self, resume: bool) -> None:
         """Continue from the checkpoint when there is one (refused without ``resume`` or from another run)."""
@@ -331,7 +372,12 @@ class _Training:
         DDP arms its gradient all-reduce (and FSDP gathers its shards) in forward, and loss_fn may
         call submodules (vision_model, ...) directly.
         """
-        self.wrapped, self.optimizer = self.accelerator.prepare(_LossModule(self.model, self.loss_fn), self.optimizer)
+        module = _LossModule(self.model, self.loss_fn)
+        if self.cfg.compile:
+            # In place (nn.Module.compile): no ``_orig_mod.`` wrapper, so state-dict keys, checkpoints and
+            # the model handed back are unchanged; the compiled call dies with this loss module.
+            module.compile(backend=COMPILE_BACKEND)
+        self.wrapped, self.optimizer = self.accelerator.prepare(module, self.optimizer)
         self.wrapped.train()
         disable = not self.accelerator.is_local_main_process
         self.bar = tqdm(total=self.total, initial=self.step, desc=self.desc, disable=disable)
@@ -429,6 +475,30 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: Any) -> torch.Tensor:
         return self.loss_fn(self.model, batch)
+
+
+def _allow_precision(precision: str) -> None:
+    """Let this process's next Accelerator take ``precision`` when an earlier run used another one.
+
+    Accelerate keeps one process-wide state and refuses a second Accelerator with another mixed
+    precision ("AcceleratorState has already been initialized"), which would stop a process that
+    fine-tunes twice (a benchmark, a comparison) with different settings. Only the accelerator part
+    is reset; the process part (device, process group) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def _device_type(cpu: bool) -> str:
+    """The device type Accelerate will train on, known before the Accelerator exists (its precision needs it)."""
+    from accelerate.utils import parse_flag_from_env
+
+    if cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available():
+        return "cpu"
+    return "cuda"
 
 
 def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -76,8 +76,11 @@ class PretrainConfig(StrictModel):
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(300, ge=0)
     grad_clip: float = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 on a CUDA GPU with bf16, else fp32
     cpu: bool = False
+    tf32: bool | None = None  # TF32 matmuls on CUDA (None: on); ignored on a CPU
+    gradient_checkpointing: bool = False
+    compile: bool = False
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     tokenizer_captions: int = Field(20000, ge=1)  # corpus captions the tokenizer is trained on
@@ -335,6 +338,7 @@ def finish_pretraining(
         "wall_s_this_session": round(time.time() - t0, 1),
         "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history,
+        "runtime": result.runtime,
         "fingerprint": fp,
         "model_dir": str(out / "model"),
     }

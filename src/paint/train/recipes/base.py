@@ -276,6 +276,7 @@ def as_result(fit_result: FitResult, recipe: str, trainable_params: int, **extra
         history=fit_result.history,
         steps=fit_result.steps,
         resumed_from_epoch=fit_result.resumed_from_epoch,
+        runtime=fit_result.runtime,
         recipe=recipe,
         trainable_params=trainable_params,
         **extra,

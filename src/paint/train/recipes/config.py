@@ -141,9 +141,13 @@ class FinetuneConfig(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)
     seed: int = 0
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # auto: bf16 autocast on a CUDA GPU with native bf16 (fp32 master weights), fp32 elsewhere (CPU unchanged).
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     max_steps: int | None = Field(None, ge=1)
     cpu: bool = False
+    tf32: bool | None = Field(None, description="TF32 matmuls on CUDA (None: on); ignored on a CPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less GPU memory")
+    compile: bool = Field(False, description="torch.compile the model's forward for the run (first steps compile)")
     # Training augmentation on the cached uint8 images: random resized crop, optionally with a
     # horizontal flip (not for digits, text or traffic signs, where a flip changes the class).
     augment: Literal["none", "crop", "crop-flip"] = "none"

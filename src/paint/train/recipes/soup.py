@@ -61,6 +61,7 @@ def run_soup(ctx: RecipeContext, run_base: Callable[[RecipeContext], RecipeResul
     start = tower_state(ctx.model)
     states, records, trainable = [], [], 0
     history: list[dict] = []
+    runtime: dict = {}
     for i, overrides in enumerate(spec.ingredients()):
         ctx.model.load_state_dict(start, strict=False)
         sub = ctx.with_(
@@ -73,6 +74,7 @@ def run_soup(ctx: RecipeContext, run_base: Callable[[RecipeContext], RecipeResul
         records.append({**overrides, "steps": r.steps, "final_loss": r.history[-1]["loss"] if r.history else None})
         history += [dict(h, ingredient=i) for h in r.history]
         trainable = r.trainable_params
+        runtime = r.runtime  # every ingredient runs with the same settings on the same device
     info: dict = {"ingredients": records, "method": spec.method, "base": spec.base.name}
     if spec.method == "uniform":
         soup = uniform_soup(states)
@@ -84,7 +86,7 @@ def run_soup(ctx: RecipeContext, run_base: Callable[[RecipeContext], RecipeResul
         info.update(kept=res.ingredients, individual_val=res.individual, soup_val=res.accuracy)
     tower, heads = split_heads(soup)
     ctx.model.load_state_dict(tower, strict=False)
-    out = as_result(FitResult(history=history), "soup", trainable, heads=heads, info=info)
+    out = as_result(FitResult(history=history, runtime=runtime), "soup", trainable, heads=heads, info=info)
     out.steps = sum(r["steps"] for r in records)
     return out
 
