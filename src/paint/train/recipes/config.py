@@ -167,4 +167,4 @@ class FinetuneConfig(StrictModel):
 
 
 # FinetuneConfig fields that change how fast a run goes, never its result (a resume may change them).
-RUNTIME_ONLY = frozenset({"loader_workers"})
+RUNTIME_ONLY = frozenset({"loader_workers", "gradient_checkpointing"})
