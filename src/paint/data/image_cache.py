@@ -58,13 +58,33 @@ def bad_rows(arr: np.ndarray, digests: Sequence[str]) -> list[int]:
     return [i for i in range(len(arr)) if row_digest(arr[i]) != digests[i]]
 
 
-def _fill(out: np.ndarray, rows: Iterable[int], decode: Decoder, digests: list[str], desc: str, progress: bool) -> None:
-    """Decode ``rows`` into ``out`` and record their digests."""
+def _fill(
+    out: np.ndarray,
+    rows: Iterable[int],
+    decode: Decoder,
+    digests: list[str],
+    desc: str,
+    progress: bool,
+    num_workers: int | None = 1,
+) -> None:
+    """Decode ``rows`` into ``out`` and record their digests, ``num_workers`` threads at a time.
+
+    Workers decode and hash; this thread writes each row in index order, so the file and its
+    digests are the same bytes whatever the number of workers (:mod:`paint.data.parallel`).
+    """
+    from paint.data.parallel import ordered_map
     from paint.progress import progress as tqdm
 
-    for i in tqdm(list(rows), desc=desc, disable=not progress, unit="img", leave=False):
-        out[i] = decode(i)
-        digests[i] = row_digest(out[i])
+    def decoded(i: int) -> tuple[np.ndarray, str]:
+        row = np.empty(out.shape[1:], dtype=out.dtype)
+        row[...] = decode(i)  # the cast and checks ``out[i] = ...`` would do, so the digest is of the stored bytes
+        return row, row_digest(row)
+
+    rows = list(rows)
+    done = zip(rows, ordered_map(decoded, rows, num_workers))
+    for i, (row, digest) in tqdm(done, desc=desc, total=len(rows), disable=not progress, unit="img", leave=False):
+        out[i] = row
+        digests[i] = digest
 
 
 def _file_state(path: Path) -> tuple[int, int]:
@@ -91,12 +111,14 @@ def _open(path: Path, n: int, crop: int) -> tuple[np.ndarray | None, list[str] |
     return arr, digests, ""
 
 
-def _build(path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool) -> None:
-    """Decode every image straight into a memory-mapped file (peak memory: one image), then its digests."""
+def _build(
+    path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool, num_workers: int | None = 1
+) -> None:
+    """Decode every image straight into a memory-mapped file (peak memory: a few images per worker), then its digests."""
     digests = [""] * n
     with atomic_path(path) as tmp:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, crop, crop))
-        _fill(mm, range(n), decode, digests, f"preprocess {meta.get('identity', path.name)}", progress)
+        _fill(mm, range(n), decode, digests, f"preprocess {meta.get('identity', path.name)}", progress, num_workers)
         mm.flush()
         del mm
     write_json_atomic(
@@ -105,11 +127,13 @@ def _build(path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any],
     )
 
 
-def _repair(path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool) -> None:
+def _repair(
+    path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool, num_workers: int | None = 1
+) -> None:
     """Decode ``rows`` again and write them in place; rewrite the digests if a damaged sidecar held wrong ones."""
     mm = np.load(path, mmap_mode="r+")
     fresh = list(digests)
-    _fill(mm, rows, decode, fresh, f"repair {path.name}", progress)
+    _fill(mm, rows, decode, fresh, f"repair {path.name}", progress, num_workers)
     mm.flush()
     del mm
     if fresh != digests:  # decoding is deterministic: a stored digest, not the fresh row, was wrong
@@ -119,7 +143,13 @@ def _repair(path: Path, rows: Sequence[int], decode: Decoder, digests: list[str]
 
 
 def cached_images(
-    path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool = False
+    path: Path,
+    n: int,
+    crop: int,
+    decode: Decoder,
+    meta: dict[str, Any],
+    progress: bool = False,
+    num_workers: int | None = 1,
 ) -> np.ndarray:
     """The verified cache at ``path`` (memory-mapped, copy-on-write), built or repaired as needed.
 
@@ -129,12 +159,13 @@ def cached_images(
         decode: image index -> (3, crop, crop) uint8, used for missing or damaged rows.
         meta: identity and resolution, stored in the sidecar ``.json``.
         progress: show a progress bar while decoding.
+        num_workers: threads that decode (see :func:`paint.data.parallel.resolve_workers`).
     """
     arr, digests, why = _open(path, n, crop)
     if arr is None:
         if why:
             log.warning("cache %s: %s; rebuilding it", path, why)
-        _build(path, n, crop, decode, meta, progress)
+        _build(path, n, crop, decode, meta, progress, num_workers)
     elif _VERIFIED.get(str(path)) != _file_state(path):
         bad = bad_rows(arr, digests)
         if bad:
@@ -146,7 +177,7 @@ def cached_images(
                 bad[0],
             )
             del arr
-            _repair(path, bad, decode, digests, progress)
+            _repair(path, bad, decode, digests, progress, num_workers)
     arr, digests, why = _open(path, n, crop)
     if arr is None:  # pragma: no cover - the file was just written
         raise PaintError(f"cache file {path} could not be read back ({why}); check free disk space")

@@ -54,8 +54,9 @@ LOCK_NAME = ".paint.lock"
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 # Fields that may change between a run and its resume without changing any result: where the
-# run lives, where caches go, which device evaluates, how many images per evaluation batch.
-DEFAULT_IGNORED = frozenset({"output_dir", "cache_dir", "device", "eval_batch_size"})
+# run lives, where caches go, which device evaluates, how many images per evaluation batch, how many
+# threads decode images.
+DEFAULT_IGNORED = frozenset({"output_dir", "cache_dir", "device", "eval_batch_size", "num_workers"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 _scopes = threading.local()
