@@ -1,0 +1,255 @@
+"""Benchmark: the data path at real sizes (preprocessing with 1..N decoding workers).
+
+``--part preprocess`` writes ``--images`` JPEGs of mixed sizes (sides 160-640 px, smooth random
+colour fields plus noise, so files are photo-sized: about 45 KB each at quality 90) into a temp
+dir (or ``--data-dir``, reused when it holds them), then times
+``preprocess_split(split, spec, cache_dir=..., num_workers=k)`` at CLIP's 224 px (resize 224,
+crop 224) into a fresh cache for every worker count k = 1, 2, ..., N (N: the cores), repeats
+interleaved, and checks that every run wrote the same array bytes and row digests. It prints
+images/s per worker count, the speed-up over one worker and the efficiency per worker (speed-up
+/ k; on a shared machine other jobs take cores, so below 1 is expected).
+
+It then compares the two kinds of pool on the same work (decode, crop, hash every row; rows
+handed back in index order): paint's thread pool (:func:`paint.data.parallel.ordered_map`) and a
+fork-based process pool (``multiprocessing`` ``Pool.imap``, the function inherited at fork so
+nothing is pickled but the rows coming back), at every worker count above 1.
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --images 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def write_jpegs(folder: Path, n: int, min_side: int, max_side: int, seed: int) -> list[str]:
+    """``n`` JPEGs with sides in [min_side, max_side]: a smooth colour field (a few random colours
+    upsampled bicubically) plus mild noise, which compresses like a photo, not like noise or flat colour."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+        cells = rng.integers(0, 256, size=(int(rng.integers(3, 12)), int(rng.integers(3, 12)), 3), dtype=np.uint8)
+        base = np.asarray(Image.fromarray(cells).resize((w, h), Image.BICUBIC), dtype=np.int16)  # (H, W, 3)
+        img = np.clip(base + rng.normal(0, 8, size=(h, w, 3)).astype(np.int16), 0, 255).astype(np.uint8)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        paths.append(str(path))
+    return paths
+
+
+def jpeg_folder(args: argparse.Namespace, tmp: Path) -> list[str]:
+    """The benchmark's JPEGs: reused from ``--data-dir`` when it holds enough, else written."""
+    folder = Path(args.data_dir) if args.data_dir else tmp / "images"
+    have = sorted(str(p) for p in folder.glob("*.jpg")) if folder.is_dir() else []
+    if len(have) >= args.images:
+        print(f"using {args.images} JPEGs already in {folder}")
+        return have[: args.images]
+    t = time.perf_counter()
+    paths = write_jpegs(folder, args.images, args.min_side, args.max_side, args.seed)
+    mb = sum(os.path.getsize(p) for p in paths) / 1e6
+    print(
+        f"wrote {len(paths)} JPEGs ({mb:.0f} MB, {1e3 * mb / len(paths):.0f} KB each) in {time.perf_counter() - t:.0f}s"
+    )
+    return paths
+
+
+# ---------------------------------------------------------------------------- the two kinds of pool
+
+_FORKED: Callable | None = None  # the function a forked worker runs (inherited, never pickled)
+
+
+def _call_forked(i: int):
+    return _FORKED(i)
+
+
+def fork_map(fn: Callable[[int], object], items: Iterable[int], workers: int, chunksize: int = 16) -> Iterator:
+    """``fn(i)`` in order from a fork-based process pool (POSIX only); rows come back pickled."""
+    global _FORKED
+    _FORKED = fn
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_call_forked, items, chunksize=chunksize)
+
+
+def thread_map(fn: Callable[[int], object], items: Iterable[int], workers: int) -> Iterator:
+    from paint.data.parallel import ordered_map
+
+    return ordered_map(fn, items, workers)
+
+
+def decode_all(split, spec, mapper: Callable, workers: int) -> tuple[float, str]:
+    """Seconds to decode and hash every row into one array through ``mapper``; a digest of the result."""
+    from paint.data.image_cache import row_digest
+    from paint.data.preprocess import decode_one
+
+    def row(i: int) -> tuple[np.ndarray, str]:
+        r = decode_one(split, spec, i)
+        return r, row_digest(r)
+
+    out = np.empty((len(split), 3, spec.crop, spec.crop), dtype=np.uint8)
+    digests = [""] * len(split)
+    t0 = time.perf_counter()
+    for i, (r, d) in enumerate(mapper(row, range(len(split)), workers)):
+        out[i], digests[i] = r, d
+    seconds = time.perf_counter() - t0
+    return seconds, hashlib.sha256(out.tobytes() + "".join(digests).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- preprocessing
+
+
+def time_preprocess(split, spec, workers: int, cache_dir: Path) -> tuple[float, str]:
+    """Seconds for ``preprocess_split`` into an empty cache; a digest of the .npy and its row digests."""
+    from paint.data.image_cache import cache_path
+    from paint.data.preprocess import preprocess_split
+
+    t0 = time.perf_counter()
+    preprocess_split(split, spec, cache_dir=cache_dir, num_workers=workers)
+    seconds = time.perf_counter() - t0
+    path = cache_path(cache_dir, split.identity, spec.resize, spec.crop)
+    meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    digest = hashlib.sha256(path.read_bytes() + "".join(meta["row_digests"]).encode()).hexdigest()
+    path.unlink()  # keep the disk use to one array
+    return seconds, digest
+
+
+def bench_preprocess(args: argparse.Namespace) -> dict:
+    """Preprocessing throughput per worker count, and threads against processes; returns the figures."""
+    from paint.data.parallel import available_cores
+    from paint.data.preprocess import ImageSpec
+    from paint.data.task import FileSplit
+
+    cores = available_cores()
+    workers = [int(w) for w in args.workers.split(",")] if args.workers else list(range(1, cores + 1))
+    spec = ImageSpec(args.size, args.size, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    with tempfile.TemporaryDirectory(prefix="paint-bench-data-") as tmp:
+        tmp = Path(tmp)
+        paths = jpeg_folder(args, tmp)
+        split = FileSplit(tuple(paths), np.zeros(len(paths), dtype=np.int64), f"bench/jpegs-{len(paths)}")
+        n = len(split)
+        print(
+            f"{n} images -> {spec.crop} px, workers {workers}, {args.repeats} repeats interleaved, {cores} cores, "
+            f"load average {os.getloadavg()[0]:.2f} at start"
+        )
+
+        # (1) preprocess_split into the cache, the path every run takes
+        secs: dict[int, list[float]] = {k: [] for k in workers}
+        digests: set[str] = set()
+        for r in range(args.repeats):
+            for k in workers if r % 2 == 0 else workers[::-1]:  # alternate the order, so drift hits all alike
+                s, d = time_preprocess(split, spec, k, tmp / "cache")
+                secs[k].append(s)
+                digests.add(d)
+        if len(digests) != 1:
+            raise SystemExit(f"the cache differs between worker counts ({len(digests)} different arrays)")
+        base = n / statistics.median(secs[workers[0]])
+        rows = []
+        print(f"\npreprocess_split(..., cache_dir, num_workers=k): median of {args.repeats}")
+        print(f"{'workers':>7} | {'seconds':>7} | {'img/s':>6} | {'vs 1':>5} | {'per worker':>10}")
+        for k in workers:
+            med = statistics.median(secs[k])
+            speed = n / med
+            rows.append(
+                {
+                    "workers": k,
+                    "seconds": round(med, 3),
+                    "img_per_s": round(speed, 1),
+                    "speedup": round(speed / base, 3),
+                    "efficiency": round(speed / base / k, 3),
+                    "all_seconds": [round(s, 3) for s in secs[k]],
+                }
+            )
+            print(f"{k:>7} | {med:>7.2f} | {speed:>6.0f} | {speed / base:>4.2f}x | {speed / base / k:>10.2f}")
+        print("arrays and row digests: identical for every worker count")
+
+        # (2) threads vs fork-based processes, same work, same worker counts
+        compare = []
+        if args.no_processes or not hasattr(os, "fork"):
+            print("\nthreads vs processes: skipped")
+        else:
+            many = [k for k in workers if k > 1] or [2]
+            t_secs: dict[int, list[float]] = {k: [] for k in many}
+            p_secs: dict[int, list[float]] = {k: [] for k in many}
+            seen: set[str] = set()
+            for r in range(args.repeats):
+                for k in many:
+                    pair = [("thread", thread_map, t_secs), ("process", fork_map, p_secs)]
+                    for _, mapper, into in pair if r % 2 == 0 else pair[::-1]:
+                        s, d = decode_all(split, spec, mapper, k)
+                        into[k].append(s)
+                        seen.add(d)
+            if len(seen) != 1:
+                raise SystemExit("threads and processes decoded different arrays")
+            print(f"\nthreads vs fork-based processes (decode + hash into one array): median of {args.repeats}")
+            print(f"{'workers':>7} | {'threads img/s':>13} | {'processes img/s':>15} | {'threads/processes':>17}")
+            for k in many:
+                ti, pi = n / statistics.median(t_secs[k]), n / statistics.median(p_secs[k])
+                compare.append(
+                    {
+                        "workers": k,
+                        "threads_img_per_s": round(ti, 1),
+                        "processes_img_per_s": round(pi, 1),
+                        "ratio": round(ti / pi, 3),
+                    }
+                )
+                print(f"{k:>7} | {ti:>13.0f} | {pi:>15.0f} | {ti / pi:>16.2f}x")
+            print("arrays: identical between threads and processes")
+    return {
+        "images": n,
+        "size": spec.crop,
+        "cores": cores,
+        "per_workers": rows,
+        "threads_vs_processes": compare,
+        "load_average_end": round(os.getloadavg()[0], 2),
+    }
+
+
+# -------------------------------------------------------------------------------------------- main
+
+PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"preprocess": bench_preprocess}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=["all", *PARTS], default="all", help="which section to run")
+    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--min-side", type=int, default=160)
+    p.add_argument("--max-side", type=int, default=640)
+    p.add_argument("--size", type=int, default=224, help="resize and crop (CLIP ViT-B: 224)")
+    p.add_argument("--workers", default=None, help="comma-separated worker counts (default: 1..cores)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-processes", action="store_true", help="skip the threads vs processes comparison")
+    p.add_argument("--data-dir", default=None, help="where the JPEGs are written (and reused); default: a temp dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for results.json")
+    args = p.parse_args()
+
+    results = {"config": vars(args)}
+    for name, part in PARTS.items():
+        if args.part in ("all", name):
+            results[name] = part(args)
+    if args.out:
+        from paint.utils import write_json_atomic
+
+        write_json_atomic(Path(args.out) / "results.json", results)
+    print(json.dumps({k: v for k, v in results.items() if k != "config"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
