@@ -69,6 +69,12 @@ def jpeg_folder(args: argparse.Namespace, tmp: Path) -> list[str]:
     return paths
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished child processes."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 # ---------------------------------------------------------------------------- the two kinds of pool
 
 _FORKED: Callable | None = None  # the function a forked worker runs (inherited, never pickled)
@@ -92,8 +98,8 @@ def thread_map(fn: Callable[[int], object], items: Iterable[int], workers: int) 
     return ordered_map(fn, items, workers)
 
 
-def decode_all(split, spec, mapper: Callable, workers: int) -> tuple[float, str]:
-    """Seconds to decode and hash every row into one array through ``mapper``; a digest of the result."""
+def decode_all(split, spec, mapper: Callable, workers: int) -> tuple[float, float, str]:
+    """Wall and CPU seconds to decode and hash every row into one array through ``mapper``; a digest of it."""
     from paint.data.image_cache import row_digest
     from paint.data.preprocess import decode_one
 
@@ -103,29 +109,41 @@ def decode_all(split, spec, mapper: Callable, workers: int) -> tuple[float, str]
 
     out = np.empty((len(split), 3, spec.crop, spec.crop), dtype=np.uint8)
     digests = [""] * len(split)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     for i, (r, d) in enumerate(mapper(row, range(len(split)), workers)):
         out[i], digests[i] = r, d
-    seconds = time.perf_counter() - t0
-    return seconds, hashlib.sha256(out.tobytes() + "".join(digests).encode()).hexdigest()
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    return seconds, cpu, hashlib.sha256(out.tobytes() + "".join(digests).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------------- preprocessing
 
 
-def time_preprocess(split, spec, workers: int, cache_dir: Path) -> tuple[float, str]:
-    """Seconds for ``preprocess_split`` into an empty cache; a digest of the .npy and its row digests."""
+def figures(n: int, runs: list[tuple[float, float]]) -> dict:
+    """img/s (median wall time), cores used (CPU / wall) and img per CPU-second of repeated runs."""
+    wall = statistics.median(w for w, _ in runs)
+    cpu = statistics.median(c for _, c in runs)
+    return {
+        "img_per_s": round(n / wall, 1),
+        "cores_used": round(cpu / wall, 2),
+        "img_per_cpu_s": round(n / cpu, 1),
+        "all_seconds": [round(w, 3) for w, _ in runs],
+    }
+
+
+def time_preprocess(split, spec, workers: int, cache_dir: Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds for ``preprocess_split`` into an empty cache; a digest of the .npy and its row digests."""
     from paint.data.image_cache import cache_path
     from paint.data.preprocess import preprocess_split
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     preprocess_split(split, spec, cache_dir=cache_dir, num_workers=workers)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     path = cache_path(cache_dir, split.identity, spec.resize, spec.crop)
     meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
     digest = hashlib.sha256(path.read_bytes() + "".join(meta["row_digests"]).encode()).hexdigest()
     path.unlink()  # keep the disk use to one array
-    return seconds, digest
+    return seconds, cpu, digest
 
 
 def bench_preprocess(args: argparse.Namespace) -> dict:
@@ -148,33 +166,28 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
         )
 
         # (1) preprocess_split into the cache, the path every run takes
-        secs: dict[int, list[float]] = {k: [] for k in workers}
+        runs: dict[int, list[tuple[float, float]]] = {k: [] for k in workers}
         digests: set[str] = set()
         for r in range(args.repeats):
             for k in workers if r % 2 == 0 else workers[::-1]:  # alternate the order, so drift hits all alike
-                s, d = time_preprocess(split, spec, k, tmp / "cache")
-                secs[k].append(s)
+                wall, cpu, d = time_preprocess(split, spec, k, tmp / "cache")
+                runs[k].append((wall, cpu))
                 digests.add(d)
         if len(digests) != 1:
             raise SystemExit(f"the cache differs between worker counts ({len(digests)} different arrays)")
-        base = n / statistics.median(secs[workers[0]])
-        rows = []
+        rows = [{"workers": k, **figures(n, runs[k])} for k in workers]
+        base = rows[0]["img_per_s"]
         print(f"\npreprocess_split(..., cache_dir, num_workers=k): median of {args.repeats}")
-        print(f"{'workers':>7} | {'seconds':>7} | {'img/s':>6} | {'vs 1':>5} | {'per worker':>10}")
-        for k in workers:
-            med = statistics.median(secs[k])
-            speed = n / med
-            rows.append(
-                {
-                    "workers": k,
-                    "seconds": round(med, 3),
-                    "img_per_s": round(speed, 1),
-                    "speedup": round(speed / base, 3),
-                    "efficiency": round(speed / base / k, 3),
-                    "all_seconds": [round(s, 3) for s in secs[k]],
-                }
+        print(
+            f"{'workers':>7} | {'img/s':>6} | {'vs 1':>5} | {'per worker':>10} | {'cores used':>10} | {'img/CPU-s':>9}"
+        )
+        for row in rows:
+            k, speed = row["workers"], row["img_per_s"]
+            row |= {"speedup": round(speed / base, 3), "efficiency": round(speed / base / k, 3)}
+            print(
+                f"{k:>7} | {speed:>6.0f} | {speed / base:>4.2f}x | {speed / base / k:>10.2f} | "
+                f"{row['cores_used']:>10.2f} | {row['img_per_cpu_s']:>9.0f}"
             )
-            print(f"{k:>7} | {med:>7.2f} | {speed:>6.0f} | {speed / base:>4.2f}x | {speed / base / k:>10.2f}")
         print("arrays and row digests: identical for every worker count")
 
         # (2) threads vs fork-based processes, same work, same worker counts
@@ -183,31 +196,28 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
             print("\nthreads vs processes: skipped")
         else:
             many = [k for k in workers if k > 1] or [2]
-            t_secs: dict[int, list[float]] = {k: [] for k in many}
-            p_secs: dict[int, list[float]] = {k: [] for k in many}
+            kinds = {"threads": thread_map, "processes": fork_map}
+            timed: dict[tuple[str, int], list[tuple[float, float]]] = {(m, k): [] for m in kinds for k in many}
             seen: set[str] = set()
             for r in range(args.repeats):
                 for k in many:
-                    pair = [("thread", thread_map, t_secs), ("process", fork_map, p_secs)]
-                    for _, mapper, into in pair if r % 2 == 0 else pair[::-1]:
-                        s, d = decode_all(split, spec, mapper, k)
-                        into[k].append(s)
+                    for m in kinds if r % 2 == 0 else list(kinds)[::-1]:
+                        wall, cpu, d = decode_all(split, spec, kinds[m], k)
+                        timed[m, k].append((wall, cpu))
                         seen.add(d)
             if len(seen) != 1:
                 raise SystemExit("threads and processes decoded different arrays")
             print(f"\nthreads vs fork-based processes (decode + hash into one array): median of {args.repeats}")
-            print(f"{'workers':>7} | {'threads img/s':>13} | {'processes img/s':>15} | {'threads/processes':>17}")
+            print(f"{'workers':>7} | {'pool':>9} | {'img/s':>6} | {'cores used':>10} | {'img/CPU-s':>9}")
             for k in many:
-                ti, pi = n / statistics.median(t_secs[k]), n / statistics.median(p_secs[k])
-                compare.append(
-                    {
-                        "workers": k,
-                        "threads_img_per_s": round(ti, 1),
-                        "processes_img_per_s": round(pi, 1),
-                        "ratio": round(ti / pi, 3),
-                    }
-                )
-                print(f"{k:>7} | {ti:>13.0f} | {pi:>15.0f} | {ti / pi:>16.2f}x")
+                t, p = figures(n, timed["threads", k]), figures(n, timed["processes", k])
+                for m, f in (("threads", t), ("processes", p)):
+                    print(
+                        f"{k:>7} | {m:>9} | {f['img_per_s']:>6.0f} | {f['cores_used']:>10.2f} | {f['img_per_cpu_s']:>9.0f}"
+                    )
+                ratio = t["img_per_s"] / p["img_per_s"]
+                print(f"{k:>7} | threads/processes: {ratio:.2f}x img/s")
+                compare.append({"workers": k, "threads": t, "processes": p, "ratio_img_per_s": round(ratio, 3)})
             print("arrays: identical between threads and processes")
     return {
         "images": n,
