@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,11 @@ def test_num_workers_does_not_block_a_resume():
     stored = {"output_dir": "r", "num_workers": 1, "eval_batch_size": 256}
     assert config_differences(stored, {**stored, "num_workers": 8}, DEFAULT_IGNORED) == []
     assert config_differences(stored, {**stored, "num_workers": 8}) != []  # it is a difference, just an ignored one
+
+
+def test_decoding_threads_leave_the_warning_filters_as_they_were(tmp_path):
+    # open_rgb mutes PIL's size warning with catch_warnings, which is process-wide state
+    split = FileSplit(tuple(write_images(tmp_path / "images", 60)), np.zeros(60, dtype=np.int64), "t/filters")
+    before = list(warnings.filters)
+    preprocess_split(split, SPEC, num_workers=2)
+    assert warnings.filters == before
