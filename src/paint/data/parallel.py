@@ -3,8 +3,8 @@
 Preprocessing spends nearly all its time in PIL (JPEG/PNG decode, bicubic resize, RGB
 conversion) and in hashing rows, all of which release the GIL, so a pool of threads scales
 with the cores: ``benchmarks/bench_data.py`` (5,000 JPEGs of 160-640 px to 224 px, 2 cores)
-measured 348 img/s with one thread and 629 with two (1.81x). A fork-based process pool doing
-the same work was slower (607 against 688 img/s for threads; it spends 13% more CPU pickling
+measured 343 img/s with one thread and 621 with two (1.81x). A fork-based process pool doing
+the same work was slower (614 against 684 img/s for threads; it spends 14% more CPU pickling
 every decoded row back through a pipe), and threads need nothing to be picklable: a
 :class:`~paint.data.task.FileSplit`'s ``opener`` may be a lambda.
 
