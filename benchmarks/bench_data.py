@@ -7,12 +7,15 @@ dir (or ``--data-dir``, reused when it holds them), then times
 crop 224) into a fresh cache for every worker count k = 1, 2, ..., N (N: the cores), repeats
 interleaved, and checks that every run wrote the same array bytes and row digests. It prints
 images/s per worker count, the speed-up over one worker and the efficiency per worker (speed-up
-/ k; on a shared machine other jobs take cores, so below 1 is expected).
+/ k; on a shared machine other jobs take cores, so below 1 is expected), and the default,
+automatic mode (``num_workers=None``: threads kept only if faster on the first images).
 
 It then compares the two kinds of pool on the same work (decode, crop, hash every row; rows
 handed back in index order): paint's thread pool (:func:`paint.data.parallel.ordered_map`) and a
 fork-based process pool (``multiprocessing`` ``Pool.imap``, the function inherited at fork so
-nothing is pickled but the rows coming back), at every worker count above 1.
+nothing is pickled but the rows coming back), at every worker count above 1. Last, small
+rendered images (the synthetic world's 32 px ``shapes``), where threads lose to one thread and
+the automatic mode should keep one.
 
     PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --images 5000
 """
@@ -92,7 +95,7 @@ def fork_map(fn: Callable[[int], object], items: Iterable[int], workers: int, ch
         yield from pool.imap(_call_forked, items, chunksize=chunksize)
 
 
-def thread_map(fn: Callable[[int], object], items: Iterable[int], workers: int) -> Iterator:
+def thread_map(fn: Callable[[int], object], items: Iterable[int], workers: int | None) -> Iterator:
     from paint.data.parallel import ordered_map
 
     return ordered_map(fn, items, workers)
@@ -171,16 +174,17 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
         )
 
         # (1) preprocess_split into the cache, the path every run takes
-        runs: dict[int, list[tuple[float, float]]] = {k: [] for k in workers}
+        counts: list[int | None] = [*workers, None]  # None: the default, automatic (threads kept if faster)
+        runs: dict[int | None, list[tuple[float, float]]] = {k: [] for k in counts}
         digests: set[str] = set()
         for r in range(args.repeats):
-            for k in workers if r % 2 == 0 else workers[::-1]:  # alternate the order, so drift hits all alike
+            for k in counts if r % 2 == 0 else counts[::-1]:  # alternate the order, so drift hits all alike
                 wall, cpu, d = time_preprocess(split, spec, k, tmp / "cache")
                 runs[k].append((wall, cpu))
                 digests.add(d)
         if len(digests) != 1:
             raise SystemExit(f"the cache differs between worker counts ({len(digests)} different arrays)")
-        rows = [{"workers": k, **figures(n, runs[k])} for k in workers]
+        rows = [{"workers": k if k else "auto", **figures(n, runs[k])} for k in counts]
         base, best_base = rows[0]["img_per_s"], rows[0]["best_img_per_s"]
         print(f"\npreprocess_split(..., cache_dir, num_workers=k): median (best) of {args.repeats}")
         print(
@@ -189,9 +193,11 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
         for row in rows:
             k, speed, best = row["workers"], row["img_per_s"], row["best_img_per_s"]
             up, best_up = speed / base, best / best_base
-            row |= {"speedup": round(up, 3), "efficiency": round(up / k, 3), "best_speedup": round(best_up, 3)}
+            per = f"{up / k:>4.2f} ({best_up / k:>4.2f})" if k != "auto" else "-"
+            row |= {"speedup": round(up, 3), "best_speedup": round(best_up, 3)}
+            row |= {"efficiency": round(up / k, 3)} if k != "auto" else {}
             print(
-                f"{k:>7} | {speed:>4.0f} ({best:>4.0f}) | {up:>4.2f}x ({best_up:>4.2f}x) | {up / k:>4.2f} ({best_up / k:>4.2f}) | "
+                f"{k:>7} | {speed:>4.0f} ({best:>4.0f}) | {up:>4.2f}x ({best_up:>4.2f}x) | {per:>11} | "
                 f"{row['cores_used']:>10.2f} | {row['img_per_cpu_s']:>9.0f}"
             )
         print("arrays and row digests: identical for every worker count")
@@ -233,14 +239,49 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
                     }
                 )
             print("arrays: identical between threads and processes")
+
+        # (3) small rendered images (mostly Python under the GIL): where the automatic mode keeps one thread
+        world = rendered_world(args, workers)
     return {
         "images": n,
         "size": spec.crop,
         "cores": cores,
         "per_workers": rows,
         "threads_vs_processes": compare,
+        "rendered_world": world,
         "load_average_end": round(os.getloadavg()[0], 2),
     }
+
+
+def rendered_world(args: argparse.Namespace, workers: list[int]) -> list[dict]:
+    """img/s of the synthetic world's ``shapes`` task at its model's 32 px: 1..N threads and automatic."""
+    from paint.data.preprocess import ImageSpec
+    from paint.world.tasks import world_task
+
+    split = world_task("shapes", sizes={"val": args.world_images}).split("val")
+    spec = ImageSpec(32, 32, (0.5,) * 3, (0.25,) * 3)
+    counts: list[int | None] = [*workers, None]
+    runs: dict[int | None, list[tuple[float, float]]] = {k: [] for k in counts}
+    seen: set[str] = set()
+    for r in range(args.repeats):
+        for k in counts if r % 2 == 0 else counts[::-1]:
+            wall, cpu, d = decode_all(split, spec, lambda fn, items, _, k=k: thread_map(fn, items, k), 0)
+            runs[k].append((wall, cpu))
+            seen.add(d)
+    if len(seen) != 1:
+        raise SystemExit("the rendered images differ between worker counts")
+    print(
+        f"\nrendered world images ({len(split)} x 32 px, shapes task; decode + hash): median (best) of {args.repeats}"
+    )
+    print(f"{'workers':>7} | {'img/s':>13} | {'cores used':>10}")
+    out = []
+    for k in counts:
+        f = figures(len(split), runs[k])
+        out.append({"workers": k if k else "auto", **f})
+        print(
+            f"{k if k else 'auto':>7} | {f['img_per_s']:>5.0f} ({f['best_img_per_s']:>5.0f}) | {f['cores_used']:>10.2f}"
+        )
+    return out
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -258,6 +299,7 @@ def main() -> int:
     p.add_argument("--workers", default=None, help="comma-separated worker counts (default: 1..cores)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-processes", action="store_true", help="skip the threads vs processes comparison")
+    p.add_argument("--world-images", type=int, default=3000, help="rendered 32 px images for the last table")
     p.add_argument("--data-dir", default=None, help="where the JPEGs are written (and reused); default: a temp dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for results.json")

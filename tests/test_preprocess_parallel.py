@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def assert_same_cache_for_1_and_2_workers(split, tmp_path: Path) -> None:
     assert torch.equal(one, two)
     assert torch.equal(preprocess_split(split, SPEC, num_workers=2), one)  # the uncached path too
     assert torch.equal(preprocess_split(split, SPEC, num_workers=0), one)
+    assert torch.equal(preprocess_split(split, SPEC), one)  # automatic
 
 
 def test_array_split_cache_is_byte_identical_with_two_workers(tmp_path):
@@ -190,3 +192,48 @@ def test_decoding_threads_leave_the_warning_filters_as_they_were(tmp_path):
     before = list(warnings.filters)
     preprocess_split(split, SPEC, num_workers=2)
     assert warnings.filters == before
+
+
+def test_triage_resume_fingerprint_ignores_num_workers(monkeypatch, tmp_path):
+    from paint.studies import triage
+
+    monkeypatch.setattr(triage, "fingerprint_parts", lambda bundle: {"text": "t", "image_tower": "i"})
+    base = {"output_dir": str(tmp_path)}
+    one, eight = (parse_config(TriageConfig, {**base, "num_workers": k}) for k in (1, 8))
+    assert triage._fingerprint(one, None) == triage._fingerprint(eight, None)
+    assert triage._fingerprint(one, None) != triage._fingerprint(parse_config(TriageConfig, {**base, "seed": 1}), None)
+
+
+def _probe_threads(monkeypatch, slow_in_pool: bool) -> list[str]:
+    """Which thread mapped each of 120 items under ``num_workers=None`` when one side is made slow."""
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    names: list[str] = []
+
+    def fn(i: int) -> int:
+        name = threading.current_thread().name
+        if name.startswith("paint-decode") == slow_in_pool:
+            time.sleep(0.004)
+        names.append(name)
+        return i
+
+    assert list(ordered_map(fn, range(120), None)) == list(range(120))
+    return names
+
+
+def test_automatic_workers_keep_the_pool_when_it_is_faster(monkeypatch):
+    names = _probe_threads(monkeypatch, slow_in_pool=False)
+    probe = 1 + parallel.PROBE_ITEMS  # warm-up + timed items in this thread
+    assert all(not n.startswith("paint-decode") for n in names[:probe])
+    assert all(n.startswith("paint-decode") for n in names[probe:])
+
+
+def test_automatic_workers_drop_the_pool_when_it_is_slower(monkeypatch):
+    names = _probe_threads(monkeypatch, slow_in_pool=True)
+    in_pool = [k for k, n in enumerate(names) if n.startswith("paint-decode")]
+    assert len(in_pool) <= 2 * parallel.PROBE_ITEMS + parallel.ROWS_IN_FLIGHT_PER_WORKER * 2  # probe + in flight
+    assert all(not n.startswith("paint-decode") for n in names[in_pool[-1] + 1 :]) and len(names) - in_pool[-1] > 60
+
+
+def test_pool_pays_needs_a_clear_gain():
+    assert parallel.pool_pays(1.0, 0.5) and parallel.pool_pays(1.1, 1.0)
+    assert not parallel.pool_pays(1.0, 0.95) and not parallel.pool_pays(1.0, 2.0)

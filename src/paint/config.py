@@ -159,7 +159,8 @@ ThreadsSetting = Annotated[int, Field(ge=1)] | Literal["auto"]
 
 NumWorkers = Annotated[int, Field(ge=0)] | None
 """The ``num_workers`` field of run configs: threads decoding images at preprocessing (see
-:mod:`paint.data.parallel`); ``None``: one per core, at most 8; 0 or 1: none. Results do not depend on it."""
+:mod:`paint.data.parallel`); ``None``: one per core, at most 8, kept only where the first images decode
+faster that way; N: N threads; 0 or 1: none. Results do not depend on it."""
 
 
 def parse_set(item: str) -> tuple[list[str], Any]:

@@ -131,8 +131,9 @@ def preprocess_split(
             identity, resize and crop, with a checksum per image (see :mod:`paint.data.image_cache`),
             written atomically, verified and memory-mapped on later calls.
         progress: show a progress bar while decoding.
-        num_workers: threads that decode; ``None``: one per core, at most 8; 0 or 1: this thread
-            only. The result is the same bytes whatever the number (:mod:`paint.data.parallel`).
+        num_workers: threads that decode; ``None``: one per core, at most 8, if that is faster on
+            the first images; 0 or 1: this thread only. The result is the same bytes whatever the
+            number (:mod:`paint.data.parallel`).
     """
     n = len(split)
     decode = partial(decode_one, split, spec)

@@ -47,4 +47,4 @@ class ModelRunConfig(CachedRun, SelectionFields):
     cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
-    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: one per core, <= 8
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic

@@ -68,7 +68,7 @@ class CountingConfig(CachedRun, SelectionFields):
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
-    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: one per core, <= 8
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @model_validator(mode="after")
     def _distinct(self):

@@ -65,7 +65,7 @@ class TriageConfig(StrictModel):
     cache_dir: str | None = None
     seed: int = 0
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
-    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: one per core, <= 8
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @field_validator("shots")
     @classmethod
