@@ -188,7 +188,8 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
         base, best_base = rows[0]["img_per_s"], rows[0]["best_img_per_s"]
         print(f"\npreprocess_split(..., cache_dir, num_workers=k): median (best) of {args.repeats}")
         print(
-            f"{'workers':>7} | {'img/s':>11} | {'vs 1':>13} | {'per worker':>11} | {'cores used':>10} | {'img/CPU-s':>9}"
+            f"{'workers':>7} | {'img/s':>11} | {'vs 1':>13} | {'per worker':>11} | "
+            f"{'cores used':>10} | {'img/CPU-s':>9}"
         )
         for row in rows:
             k, speed, best = row["workers"], row["img_per_s"], row["best_img_per_s"]
@@ -225,7 +226,8 @@ def bench_preprocess(args: argparse.Namespace) -> dict:
                 t, p = figures(n, timed["threads", k]), figures(n, timed["processes", k])
                 for m, f in (("threads", t), ("processes", p)):
                     print(
-                        f"{k:>7} | {m:>9} | {f['img_per_s']:>4.0f} ({f['best_img_per_s']:>4.0f}) | {f['cores_used']:>10.2f} | {f['img_per_cpu_s']:>9.0f}"
+                        f"{k:>7} | {m:>9} | {f['img_per_s']:>4.0f} ({f['best_img_per_s']:>4.0f}) | "
+                        f"{f['cores_used']:>10.2f} | {f['img_per_cpu_s']:>9.0f}"
                     )
                 ratio, best_ratio = t["img_per_s"] / p["img_per_s"], t["best_img_per_s"] / p["best_img_per_s"]
                 print(f"{k:>7} | threads/processes: {ratio:.2f}x img/s ({best_ratio:.2f}x best)")

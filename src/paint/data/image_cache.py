@@ -114,7 +114,7 @@ def _open(path: Path, n: int, crop: int) -> tuple[np.ndarray | None, list[str] |
 def _build(
     path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool, num_workers: int | None = 1
 ) -> None:
-    """Decode every image straight into a memory-mapped file (peak memory: a few images per worker), then its digests."""
+    """Decode every image straight into a memory-mapped file, then its digests (peak: a few images per worker)."""
     digests = [""] * n
     with atomic_path(path) as tmp:
         mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, crop, crop))
