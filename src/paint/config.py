@@ -157,6 +157,11 @@ def dump_config(cfg: StrictModel, path: str | Path) -> None:
 ThreadsSetting = Annotated[int, Field(ge=1)] | Literal["auto"]
 """The ``threads`` field of run configs: ``auto`` (idle cores, see :mod:`paint.runtime`) or a count."""
 
+NumWorkers = Annotated[int, Field(ge=0)] | None
+"""The ``num_workers`` field of run configs: threads decoding images at preprocessing (see
+:mod:`paint.data.parallel`); ``None``: one per core, at most 8, kept only where the first images decode
+faster that way; N: N threads; 0 or 1: none. Results do not depend on it."""
+
 
 def parse_set(item: str) -> tuple[list[str], Any]:
     """``a.b=VALUE`` -> (["a", "b"], VALUE parsed as a YAML scalar or flow collection)."""

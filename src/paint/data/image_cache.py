@@ -67,13 +67,55 @@ def bad_rows(path: Path, digests: Sequence[str], chunk: int = 256) -> list[int]:
     return bad
 
 
-def _fill(out: np.ndarray, rows: Iterable[int], decode: Decoder, digests: list[str], desc: str, progress: bool) -> None:
-    """Decode ``rows`` into ``out`` and record their digests."""
+def _fill(
+    out: np.ndarray,
+    rows: Iterable[int],
+    decode: Decoder,
+    digests: list[str],
+    desc: str,
+    progress: bool,
+    num_workers: int | None = 1,
+) -> None:
+    """Decode ``rows`` into ``out`` and record their digests, ``num_workers`` threads at a time.
+
+    Workers decode and hash; this thread writes each row in index order, so the file and its
+    digests are the same bytes whatever the number of workers (:mod:`paint.data.parallel`).
+    """
+    from paint.data.parallel import ordered_map
     from paint.progress import progress as tqdm
 
-    for i in tqdm(list(rows), desc=desc, disable=not progress, unit="img", leave=False):
-        out[i] = decode(i)
-        digests[i] = row_digest(out[i])
+    def decoded(i: int) -> tuple[np.ndarray, str]:
+        row = np.empty(out.shape[1:], dtype=out.dtype)
+        row[...] = decode(i)  # the cast and checks ``out[i] = ...`` would do, so the digest is of the stored bytes
+        return row, row_digest(row)
+
+    rows = list(rows)
+    done = zip(rows, ordered_map(decoded, rows, num_workers))
+    for i, (row, digest) in tqdm(done, desc=desc, total=len(rows), disable=not progress, unit="img", leave=False):
+        out[i] = row
+        digests[i] = digest
+
+
+class _FileRows:
+    """The rows of an open uint8 ``.npy``, written with plain file writes.
+
+    Writing through a map of the file would keep every written page in this process's resident set
+    until the map closes (7 GB for 50,000 images at 224 px); written through the file they are the
+    kernel's page cache, flushed and reclaimed as it sees fit.
+    """
+
+    def __init__(self, f: Any, shape: tuple[int, ...]):
+        f.seek(0)
+        if np.lib.format.read_magic(f) == (1, 0):
+            np.lib.format.read_array_header_1_0(f)
+        else:
+            np.lib.format.read_array_header_2_0(f)
+        self.f, self.offset, self.shape, self.dtype = f, f.tell(), shape, np.dtype(np.uint8)
+        self.row_bytes = int(np.prod(shape[1:]))
+
+    def __setitem__(self, index: int, row: np.ndarray) -> None:
+        self.f.seek(self.offset + index * self.row_bytes)
+        self.f.write(np.ascontiguousarray(row, dtype=self.dtype).tobytes())
 
 
 def _file_state(path: Path) -> tuple[int, int]:
@@ -100,25 +142,32 @@ def _open(path: Path, n: int, crop: int) -> tuple[np.ndarray | None, list[str] |
     return arr, digests, ""
 
 
-def _build(path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool) -> None:
-    """Decode every image straight into a memory-mapped file (peak memory: one image), then its digests."""
+def _build(
+    path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool, num_workers: int | None = 1
+) -> None:
+    """Decode every image straight into a memory-mapped file, then its digests (peak: a few images per worker)."""
     digests = [""] * n
     with atomic_path(path) as tmp:
-        mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, crop, crop))
-        _fill(mm, range(n), decode, digests, f"preprocess {meta.get('identity', path.name)}", progress)
-        mm.flush()
-        del mm
+        header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, crop, crop))
+        del header  # it wrote the header and sized the file; rows go in with plain writes (below)
+        with open(tmp, "r+b") as f:
+            rows = _FileRows(f, (n, 3, crop, crop))
+            _fill(
+                rows, range(n), decode, digests, f"preprocess {meta.get('identity', path.name)}", progress, num_workers
+            )
     write_json_atomic(
         path.with_suffix(".json"),
         {**meta, "n": n, "format": CACHE_FORMAT, "row_hash": ROW_HASH, "row_digests": digests},
     )
 
 
-def _repair(path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool) -> None:
+def _repair(
+    path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool, num_workers: int | None = 1
+) -> None:
     """Decode ``rows`` again and write them in place; rewrite the digests if a damaged sidecar held wrong ones."""
     mm = np.load(path, mmap_mode="r+")
     fresh = list(digests)
-    _fill(mm, rows, decode, fresh, f"repair {path.name}", progress)
+    _fill(mm, rows, decode, fresh, f"repair {path.name}", progress, num_workers)
     mm.flush()
     del mm
     if fresh != digests:  # decoding is deterministic: a stored digest, not the fresh row, was wrong
@@ -128,7 +177,13 @@ def _repair(path: Path, rows: Sequence[int], decode: Decoder, digests: list[str]
 
 
 def cached_images(
-    path: Path, n: int, crop: int, decode: Decoder, meta: dict[str, Any], progress: bool = False
+    path: Path,
+    n: int,
+    crop: int,
+    decode: Decoder,
+    meta: dict[str, Any],
+    progress: bool = False,
+    num_workers: int | None = 1,
 ) -> np.ndarray:
     """The verified cache at ``path`` (memory-mapped, copy-on-write), built or repaired as needed.
 
@@ -138,12 +193,13 @@ def cached_images(
         decode: image index -> (3, crop, crop) uint8, used for missing or damaged rows.
         meta: identity and resolution, stored in the sidecar ``.json``.
         progress: show a progress bar while decoding.
+        num_workers: threads that decode (see :func:`paint.data.parallel.resolve_workers`).
     """
     arr, digests, why = _open(path, n, crop)
     if arr is None:
         if why:
             log.warning("cache %s: %s; rebuilding it", path, why)
-        _build(path, n, crop, decode, meta, progress)
+        _build(path, n, crop, decode, meta, progress, num_workers)
     elif _VERIFIED.get(str(path)) != _file_state(path):
         del arr
         bad = bad_rows(path, digests)
@@ -155,7 +211,7 @@ def cached_images(
                 n,
                 bad[0],
             )
-            _repair(path, bad, decode, digests, progress)
+            _repair(path, bad, decode, digests, progress, num_workers)
     arr, digests, why = _open(path, n, crop)
     if arr is None:  # pragma: no cover - the file was just written
         raise PaintError(f"cache file {path} could not be read back ({why}); check free disk space")

@@ -15,6 +15,7 @@ own warning at decode time.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -68,9 +69,16 @@ def check_image(path: str) -> ImageCheck:
         return ImageCheck(f"{type(e).__name__}: {e}")
 
 
+# ``warnings.catch_warnings`` swaps process-wide state and is not thread-safe (before Python 3.14):
+# decoding threads (paint.data.parallel) interleaving it left a muting filter behind for good. So
+# threads take turns to open a file (header parsing; where PIL checks the size), and decode in parallel.
+_QUIET_OPEN = threading.Lock()
+
+
 def open_rgb(path: str) -> Image.Image:
     """The image at ``path`` as RGB; huge images were reported once at read time, so PIL's warning is muted."""
-    with warnings.catch_warnings():
+    with _QUIET_OPEN, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        im = Image.open(path)
+    with im:
+        return im.convert("RGB")

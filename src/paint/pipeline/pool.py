@@ -71,9 +71,13 @@ def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dic
 
 
 def prepare_tasks(
-    bundle: Any, loaded: Sequence[tuple[str, Any, dict]], cache_dir: Any, batch_size: int
+    bundle: Any,
+    loaded: Sequence[tuple[str, Any, dict]],
+    cache_dir: Any,
+    batch_size: int,
+    num_workers: int | None = None,
 ) -> list[PoolTask]:
-    """Preprocess (cached) and build the zero-shot head (cached) of every loaded task."""
+    """Preprocess (cached, ``num_workers`` decoding threads) and build the zero-shot head (cached) of every task."""
     from paint.models.heads import zeroshot_head
     from paint.progress import progress
 
@@ -82,7 +86,9 @@ def prepare_tasks(
         images, labels, ids = {}, {}, {}
         for s in ROLE_SPLITS.get(role, ("val", "test")):
             split = task.split(s)
-            images[s] = preprocess_array(split, bundle.spec, cache_dir=cache_dir / "images", progress=True)
+            images[s] = preprocess_array(
+                split, bundle.spec, cache_dir=cache_dir / "images", progress=True, num_workers=num_workers
+            )
             labels[s] = np.asarray(split.labels)
             ids[s] = split.identity
         head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cache_dir, batch_size=batch_size)
@@ -262,7 +268,7 @@ def start_pool(
 ) -> tuple[TaskPool, Any]:
     """Load the model and tasks (every check before any output), open the run, prepare the pool.
 
-    ``cfg`` is any run config with model, revision, device, eval_batch_size and cache_path.
+    ``cfg`` is any run config with model, revision, device, eval_batch_size, num_workers and cache_path.
     """
     from paint.models.clip import load_clip
     from paint.pipeline.run import open_run
@@ -270,7 +276,7 @@ def start_pool(
     loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
     open_run(out, cfg, resume, marker)
-    tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size)
+    tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size, cfg.num_workers)
     pool = TaskPool(
         bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size, bundle=bundle
     )

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from paint.config import CachedRun, ThreadsSetting
+from paint.config import CachedRun, NumWorkers, ThreadsSetting
 from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.rundir import RunDir
 from paint.selection import SelectionFields
@@ -47,3 +47,4 @@ class ModelRunConfig(CachedRun, SelectionFields):
     cache_dir: str | None = None  # preprocessed images and heads; default: <output_dir>/cache
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic

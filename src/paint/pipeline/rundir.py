@@ -54,13 +54,15 @@ LOCK_NAME = ".paint.lock"
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
 # Fields that may change between a run and its resume without changing any result: where the
-# run lives, where caches go, which device evaluates, how many images per evaluation batch.
+# run lives, where caches go, which device evaluates, how many images per evaluation batch, how many
+# threads decode images, how many processes load training batches, whether activations are recomputed.
 DEFAULT_IGNORED = frozenset(
     {
         "output_dir",
         "cache_dir",
         "device",
         "eval_batch_size",
+        "num_workers",
         "finetune.loader_workers",
         "finetune.gradient_checkpointing",
     }

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, ThreadsSetting
+from paint.config import CachedRun, NumWorkers, ThreadsSetting
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
@@ -68,6 +68,7 @@ class CountingConfig(CachedRun, SelectionFields):
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -179,7 +180,8 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     store = ResultsStore(out / "results.jsonl")
     pool = TaskPool(bundle.model, bundle.spec, data.pool_tasks, store, cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
-    fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json()])
+    text = cfg.model_dump_json(exclude={"num_workers"})  # decoding threads change no result
+    fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), text])
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
     ft_dir, sel = out / "finetune", cfg.selection
     res = patch(
@@ -234,7 +236,8 @@ def prepare_counting(
 
     def images(split: ImageSplit, cap: int | None) -> tuple[torch.Tensor, np.ndarray]:
         s = capped(split, cap, cfg.seed, 0xC0)
-        return torch.as_tensor(preprocess_split(s, bundle.spec, cache_dir=cache, progress=True)), np.asarray(s.labels)
+        x = preprocess_split(s, bundle.spec, cache_dir=cache, progress=True, num_workers=cfg.num_workers)
+        return torch.as_tensor(x), np.asarray(s.labels)
 
     head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
     x_train, y_train = images(splits["train"], cfg.max_train)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from paint.config import StrictModel, ThreadsSetting
+from paint.config import NumWorkers, StrictModel, ThreadsSetting
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
@@ -65,6 +65,7 @@ class TriageConfig(StrictModel):
     cache_dir: str | None = None
     seed: int = 0
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @field_validator("shots")
     @classmethod
@@ -178,7 +179,8 @@ def fingerprint_parts(bundle) -> dict[str, str]:
 def _fingerprint(cfg: TriageConfig, bundle) -> str:
     """Identity of a run's inputs: the config and both towers of the model."""
     ids = fingerprint_parts(bundle)
-    return sha256_strings(["triage-v1", ids["text"], ids["image_tower"], cfg.model_dump_json()])[:16]
+    text = cfg.model_dump_json(exclude={"num_workers"})  # decoding threads change no result
+    return sha256_strings(["triage-v1", ids["text"], ids["image_tower"], text])[:16]
 
 
 def _task_features(bundle, task, cfg: TriageConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
@@ -197,7 +199,9 @@ def _task_features(bundle, task, cfg: TriageConfig) -> tuple[dict[str, np.ndarra
             keep = np.sort(np.random.default_rng([cfg.seed, len(s)]).choice(len(s), size=cap, replace=False))
             s = SubsetSplit(s, keep, f"{s.identity}/cap{cap}-{cfg.seed}")
         y = np.asarray(s.labels)
-        images = preprocess_split(s, bundle.spec, cache_dir=cache / "images" if cache else None, progress=True)
+        images = preprocess_split(
+            s, bundle.spec, cache_dir=cache / "images" if cache else None, progress=True, num_workers=cfg.num_workers
+        )
         feats[split] = extract_features(
             bundle.model, images, bundle.spec, cfg.batch_size, desc=f"{task.name}/{split}"
         ).numpy()

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, ThreadsSetting, first_duplicate
+from paint.config import CachedRun, NumWorkers, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import Task
 from paint.errors import PaintError
@@ -96,6 +96,7 @@ class TypographicConfig(CachedRun, SelectionFields):
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
+    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -203,7 +204,11 @@ def prepare_views(
     cache = cfg.cache_path / "images"
 
     def pre(split: Any, cached: bool = True) -> torch.Tensor:
-        return torch.as_tensor(preprocess_split(split, bundle.spec, cache_dir=cache if cached else None, progress=True))
+        return torch.as_tensor(
+            preprocess_split(
+                split, bundle.spec, cache_dir=cache if cached else None, progress=True, num_workers=cfg.num_workers
+            )
+        )
 
     head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cfg.cache_path)
     clean = {s: capped(task.split(s), cfg.max_eval, cfg.seed, 0xCA9) for s in ("val", "test")}
