@@ -1,4 +1,4 @@
-"""Benchmark: the data path at real sizes (preprocessing with 1..N decoding workers).
+"""Benchmark: the data path at real sizes (preprocessing with 1..N decoding workers; one epoch's memory).
 
 ``--part preprocess`` writes ``--images`` JPEGs of mixed sizes (sides 160-640 px, smooth random
 colour fields plus noise, so files are photo-sized: about 45 KB each at quality 90) into a temp
@@ -17,7 +17,16 @@ nothing is pickled but the rows coming back), at every worker count above 1. Las
 rendered images (the synthetic world's 32 px ``shapes``), where threads lose to one thread and
 the automatic mode should keep one.
 
+``--part epoch`` measures the peak memory of one fine-tuning epoch on a large task: a cache of
+``--epoch-images`` (default 50,000) 224 px images is written through paint's own cache code (the
+file, its row checksums; a second run verifies and reuses it), then each mode trains one epoch in a
+fresh process (peak RSS is a per-process high-water mark): ``streamed``, what paint does (batches
+read from the cache file), and ``in-memory``, the former behaviour (the set copied into RAM first).
+It prints the peak RSS above the model's own footprint, at a tenth of the size and at full size:
+streamed should not grow with the task. The cache build's own peak is printed too.
+
     PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --images 5000
+    PYTHONPATH=src OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py --part epoch --cache-dir /tmp/epoch
 """
 
 from __future__ import annotations
@@ -286,9 +295,128 @@ def rendered_world(args: argparse.Namespace, workers: list[int]) -> list[dict]:
     return out
 
 
+# ------------------------------------------------------------------------------ epoch memory
+
+EPOCH_CROP = 224
+
+
+def _rss_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process, MiB (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")
+
+
+def epoch_cache_path(cache_dir: Path, n: int) -> Path:
+    from paint.data.image_cache import cache_path
+
+    return cache_path(cache_dir, f"bench-data-epoch-{n}", EPOCH_CROP, EPOCH_CROP)
+
+
+def build_child(cache_dir: str, n: int) -> dict:
+    """Write (or verify) the epoch task's cache through paint's own cache code; this process's peak RSS."""
+    from paint.data.image_cache import cached_images
+
+    path = epoch_cache_path(Path(cache_dir), n)
+    pattern = np.random.default_rng(0).integers(0, 256, (3, EPOCH_CROP, EPOCH_CROP + 64), dtype=np.uint8)
+
+    def decode(i: int) -> np.ndarray:  # image i: one noise pattern shifted by i % 64 (cheap; rows differ)
+        return pattern[:, :, i % 64 : i % 64 + EPOCH_CROP]
+
+    baseline = _rss_mib("VmRSS")
+    t0 = time.perf_counter()
+    meta = {"identity": path.stem, "resize": EPOCH_CROP, "crop": EPOCH_CROP}
+    cached_images(path, n, EPOCH_CROP, decode, meta, progress=False, num_workers=1)
+    return {"n": n, "baseline_mib": baseline, "peak_mib": _rss_mib("VmHWM"), "seconds": time.perf_counter() - t0}
+
+
+def epoch_child(mode: str, cache_dir: str, n: int, batch: int) -> dict:
+    """One fine-tuning epoch over the cached task in this process; its peak RSS over the model's footprint.
+
+    The model is a small random CLIP at 224 px (patch 32, width 64), so the epoch is about data, not
+    compute. Its footprint (the baseline) is this process's RSS after building it and one warm-up
+    fine-tune on one random batch. ``in-memory`` copies the set into RAM first, as paint did before
+    (``torch.cat`` of the training images); ``streamed`` hands the cache's memory map to ``finetune``.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPConfig, CLIPModel
+
+    from paint.data.image_cache import cached_images
+    from paint.data.preprocess import ImageSpec
+    from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
+
+    torch.manual_seed(0)
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2}
+    vision = dict(small, image_size=EPOCH_CROP, patch_size=32)
+    model = CLIPModel(CLIPConfig(text_config=small, vision_config=vision, projection_dim=64))
+    spec = ImageSpec(EPOCH_CROP, EPOCH_CROP, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    head = 30.0 * F.normalize(torch.randn(10, 64), dim=-1)
+    cfg = FinetuneConfig(epochs=1, batch_size=batch, warmup_steps=0, cpu=True)
+    warm = torch.randint(0, 256, (batch, 3, EPOCH_CROP, EPOCH_CROP), dtype=torch.uint8)
+    finetune(model, [TrainingSet("warm-up", warm, np.zeros(batch, dtype=np.int64), head)], spec, cfg)
+    baseline = _rss_mib("VmRSS")
+    t0 = time.perf_counter()
+    path = epoch_cache_path(Path(cache_dir), n)
+    meta = {"identity": path.stem, "resize": EPOCH_CROP, "crop": EPOCH_CROP}
+    images = cached_images(path, n, EPOCH_CROP, lambda i: None, meta)  # opened and verified, as a run does
+    data = torch.cat([torch.from_numpy(images)]) if mode == "in-memory" else images
+    record = finetune(model, [TrainingSet("epoch", data, np.arange(n) % 10, head)], spec, cfg)
+    return {
+        "mode": mode,
+        "n": n,
+        "baseline_mib": baseline,
+        "peak_mib": _rss_mib("VmHWM"),
+        "steps": record.steps,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def run_child(*argv: str) -> dict:
+    """This script's ``--child ...`` in a fresh process (its own peak-RSS counter); its JSON line."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PAINT_PROGRESS="0")
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *argv], check=True, capture_output=True, text=True, env=env
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_epoch_memory(args: argparse.Namespace) -> dict:
+    """Peak RSS over the model of one epoch, streamed vs in memory, at a tenth of the size and at full size."""
+    cache_dir = Path(args.cache_dir or tempfile.mkdtemp(prefix="paint-bench-epoch-"))
+    sizes = sorted({max(args.batch, args.epoch_images // 10), args.epoch_images})
+    print(f"\none fine-tuning epoch at {EPOCH_CROP} px, batch {args.batch} (cache in {cache_dir}):", flush=True)
+    print(f"  {'mode':<10} {'images':>7} {'cache GiB':>9} {'model MiB':>9} {'peak MiB':>9} {'above':>7} {'s':>6}")
+    rows = []
+    for n in sizes:
+        built = run_child("build", str(cache_dir), str(n))
+        gib = epoch_cache_path(cache_dir, n).stat().st_size / 2**30
+        print(
+            f"  {'cache':<10} {n:>7} {gib:>9.2f} {'-':>9} {built['peak_mib']:>9.0f} "
+            f"{built['peak_mib'] - built['baseline_mib']:>7.0f} {built['seconds']:>6.1f}   (build or verify)",
+            flush=True,
+        )
+        modes = ["streamed"] + (["in-memory"] if n == sizes[-1] or not args.skip_small_in_memory else [])
+        for mode in modes:
+            r = run_child("epoch", mode, str(cache_dir), str(n), str(args.batch))
+            r["above_mib"] = r["peak_mib"] - r["baseline_mib"]
+            rows.append({**r, "cache_gib": gib, "build": built})
+            print(
+                f"  {mode:<10} {n:>7} {gib:>9.2f} {r['baseline_mib']:>9.0f} {r['peak_mib']:>9.0f} "
+                f"{r['above_mib']:>7.0f} {r['seconds']:>6.1f}",
+                flush=True,
+            )
+    return {"epochs": rows}
+
+
 # -------------------------------------------------------------------------------------------- main
 
-PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"preprocess": bench_preprocess}
+PARTS: dict[str, Callable[[argparse.Namespace], dict]] = {"preprocess": bench_preprocess, "epoch": bench_epoch_memory}
 
 
 def main() -> int:
@@ -305,7 +433,20 @@ def main() -> int:
     p.add_argument("--data-dir", default=None, help="where the JPEGs are written (and reused); default: a temp dir")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for results.json")
+    p.add_argument("--epoch-images", type=int, default=50_000, help="images of the epoch-memory task (224 px)")
+    p.add_argument("--batch", type=int, default=128, help="fine-tuning batch of the epoch-memory part")
+    p.add_argument("--cache-dir", default=None, help="where the epoch task's cache goes (reused); default: a temp dir")
+    p.add_argument("--skip-small-in-memory", action="store_true", help="in-memory epoch at full size only")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)  # internal: one measured run in a fresh process
     args = p.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "build":
+            out = build_child(rest[0], int(rest[1]))
+        else:
+            out = epoch_child(rest[0], rest[1], int(rest[2]), int(rest[3]))
+        print(json.dumps(out))
+        return 0
 
     results = {"config": vars(args)}
     for name, part in PARTS.items():

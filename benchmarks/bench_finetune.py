@@ -38,6 +38,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -231,8 +232,13 @@ def summary(label: str, rates: list[float], peaks: list[float]) -> str:
     return f"{label:<14} {statistics.median(rates):9.1f} img/s (min {min(rates):.1f}, max {max(rates):.1f}){mem}"
 
 
-def finetune_rows(model, images, labels, head, spec, args, variant: str) -> dict:
-    """paint and plain alternating, one warm-up pair then ``repeats`` timed pairs: img/s, peaks, ratios."""
+def finetune_rows(model, images, labels, head, spec, args, variant: str, paint_images=None) -> dict:
+    """paint and plain alternating, one warm-up pair then ``repeats`` timed pairs: img/s, peaks, ratios.
+
+    ``paint_images`` (the same images as a cache file's memory map, ``--from-cache``) replaces
+    ``images`` for paint only: paint then reads its batches from disk as a real run does, while the
+    plain loop keeps the in-memory tensor, the fastest case.
+    """
     n = len(images)
     runners = {"paint": paint_finetune, "plain": plain_finetune}
     rates: dict[str, list[float]] = {k: [] for k in runners}
@@ -240,8 +246,9 @@ def finetune_rows(model, images, labels, head, spec, args, variant: str) -> dict
     last: dict[str, object] = {}
     for r in range(args.repeats + 1):  # round 0 warms up both (allocator, kernels, imports, compile)
         for name, run in runners.items():
+            data = paint_images if name == "paint" and paint_images is not None else images
             job = functools.partial(
-                run, copy.deepcopy(model), images, labels, head, spec, args.batch, args.steps, args.device, variant
+                run, copy.deepcopy(model), data, labels, head, spec, args.batch, args.steps, args.device, variant
             )
             if VARIANTS[variant][2]:
                 # Each run compiles from a cold dynamo cache, as a fresh fine-tune does (paint compiles per
@@ -313,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--eval-images", type=int, default=None, help="images for the eval timing (default: steps*batch)")
     ap.add_argument("--eval-for", default="fp32,bf16", help="variants that also time evaluation (eval ignores ckpt)")
     ap.add_argument("--skip-eval", action="store_true")
+    ap.add_argument("--from-cache", action="store_true", help="paint reads the images from a .npy cache file")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file (after every variant)")
     args = ap.parse_args(argv)
     arch = "b32" if args.vit_b32 else args.arch
@@ -344,11 +352,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cuda":
         print(f"GPU: {torch.cuda.get_device_name()}", flush=True)
 
+    paint_images = None
+    if args.from_cache:
+        import tempfile
+
+        cache_file = Path(tempfile.mkdtemp(prefix="paint-bench-ft-")) / "images.npy"
+        np.save(cache_file, images.numpy())
+        paint_images = np.load(cache_file, mmap_mode="c")  # what preprocess_array hands a run
+        setup += f", paint reads {cache_file}"
     out: dict = {"setup": setup, "variants": {}}
     eval_for = set(args.eval_for.split(","))
     for variant in variants:
         t = time.perf_counter()
-        row = finetune_rows(model, images, labels, head, spec, args, variant)
+        row = finetune_rows(model, images, labels, head, spec, args, variant, paint_images)
         if not args.skip_eval and variant in eval_for:
             row.update(eval_rows(model, images, head, spec, args, variant))
         row["wall_s"] = round(time.perf_counter() - t, 1)
