@@ -146,3 +146,15 @@ def test_loader_workers_do_not_change_the_fingerprint_or_block_a_resume():
     new = {"finetune": b.model_dump(mode="json"), "seed": 0}
     assert config_differences(old, new, DEFAULT_IGNORED) == []
     assert config_differences(old, new) == [("finetune.loader_workers", None, 4)]
+
+
+def test_study_fingerprints_ignore_what_only_changes_speed():
+    from paint.pipeline.run import config_identity
+    from paint.studies.counting import CountingConfig
+
+    base = CountingConfig(output_dir="x")
+    faster = base.model_copy(
+        update={"num_workers": 4, "finetune": base.finetune.model_copy(update={"loader_workers": 2})}
+    )
+    other = base.model_copy(update={"finetune": base.finetune.model_copy(update={"lr": 1e-3})})
+    assert config_identity(faster) == config_identity(base) != config_identity(other)

@@ -10,17 +10,32 @@ finished-run marker (``summary.json`` or a study's own) is written last by the w
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from paint.config import CachedRun, NumWorkers, ThreadsSetting
 from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.rundir import RunDir
 from paint.selection import SelectionFields
+from paint.train.recipes.config import RUNTIME_ONLY
 
 SUMMARY = "summary.json"
+
+
+def config_identity(cfg: BaseModel, exclude: Iterable[str] = ()) -> str:
+    """A run config as JSON for its fingerprint, without what never changes a result.
+
+    Left out: decoding threads (``num_workers``), the fine-tuning settings that only change speed
+    (:data:`paint.train.recipes.config.RUNTIME_ONLY`), and ``exclude``; a resume may change them.
+    """
+    fields = type(cfg).model_fields
+    drop: dict[str, Any] = {k: True for k in ("num_workers", *exclude) if k in fields}
+    if "finetune" in fields:
+        drop["finetune"] = dict.fromkeys(RUNTIME_ONLY, True)
+    return cfg.model_dump_json(exclude=drop)
 
 
 def check_output_dir(out: Path, resume: bool, marker: str = SUMMARY) -> None:

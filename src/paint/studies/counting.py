@@ -31,6 +31,7 @@ from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
+from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
 from paint.studies.common import capped, demo_finetune
@@ -180,7 +181,7 @@ def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     store = ResultsStore(out / "results.jsonl")
     pool = TaskPool(bundle.model, bundle.spec, data.pool_tasks, store, cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
-    text = cfg.model_dump_json(exclude={"num_workers"})  # decoding threads change no result
+    text = config_identity(cfg)
     fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), text])
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
     ft_dir, sel = out / "finetune", cfg.selection

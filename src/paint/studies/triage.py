@@ -33,6 +33,7 @@ from paint.config import NumWorkers, StrictModel, ThreadsSetting
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
+from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import RunDir, run_scope
 from paint.studies.probe import DEFAULT_CS, DEFAULT_SHOTS, triage_features, zeroshot_accuracy
 from paint.utils import (
@@ -179,7 +180,7 @@ def fingerprint_parts(bundle) -> dict[str, str]:
 def _fingerprint(cfg: TriageConfig, bundle) -> str:
     """Identity of a run's inputs: the config and both towers of the model."""
     ids = fingerprint_parts(bundle)
-    text = cfg.model_dump_json(exclude={"num_workers"})  # decoding threads change no result
+    text = config_identity(cfg)
     return sha256_strings(["triage-v1", ids["text"], ids["image_tower"], text])[:16]
 
 

@@ -43,6 +43,7 @@ from paint.data.spec import TaskSpec
 from paint.data.task import Task
 from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
+from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import run_scope
 from paint.selection import SelectionFields
 from paint.studies.attacks import (
@@ -137,7 +138,7 @@ def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, A
     pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
     # test styles do not change training
-    fp_parts = [bundle.text_identity, hash_tensors(theta_zs), cfg.model_dump_json(exclude={"test_styles"})]
+    fp_parts = [bundle.text_identity, hash_tensors(theta_zs), config_identity(cfg, exclude={"test_styles"})]
     fingerprint = sha256_strings(["typographic-v1", *fp_parts])
     p = cfg.patch_task.name
     patch_names, support_names = selection_tasks(cfg)
