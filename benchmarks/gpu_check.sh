@@ -59,7 +59,7 @@ if [ "$TINY" = 1 ]; then
     compile_case="b32-compile tiny bf16-compile 8 2 1"
     ddp_args=(--arch tiny --batch 8 --steps-per-epoch 2 --epochs 2)
 else
-    cases=("b32 b32 fp32,bf16,bf16-ckpt 128 20 2" "l14 l14 fp32,bf16,bf16-ckpt 64 8 2")
+    cases=("b32 b32 fp32,bf16,bf16-ckpt 128 50 2" "l14 l14 fp32,bf16,bf16-ckpt 64 16 2")  # enough steps that setup is not the figure
     compile_case="b32-compile b32 bf16-compile 128 20 1"
     ddp_args=(--arch b32 --batch 32 --steps-per-epoch 4 --epochs 2 --fsdp)
 fi
