@@ -3,13 +3,13 @@
 Preprocessing spends nearly all its time in PIL (JPEG/PNG decode, bicubic resize, RGB
 conversion) and in hashing rows, all of which release the GIL, so a pool of threads scales
 with the cores: ``benchmarks/bench_data.py`` (5,000 JPEGs of 160-640 px to 224 px, 2 cores)
-measured 362 img/s with one thread and 606 with two (1.68x; 1.81x in earlier runs). A fork-based
-process pool doing the same work was slower (576 against 669 img/s for threads; it spends 19%
-more CPU pickling every decoded row back through a pipe), and threads need nothing to be
+measured 404 img/s with one thread and 706 with two on an idle machine (1.75x). A fork-based
+process pool doing the same work was slower (597 against 634 img/s for threads; it spends more
+CPU pickling every decoded row back through a pipe), and threads need nothing to be
 picklable: a :class:`~paint.data.task.FileSplit`'s ``opener`` may be a lambda. Small rendered
 images are the opposite case (mostly Python, holding the GIL): the synthetic world's 32 px
-``shapes`` decoded at 4,521 img/s in one thread and 2,008 in two, so by default the pool is kept
-only where it measures faster on a split's first images (:func:`ordered_map`; 4,470 img/s there).
+``shapes`` decoded at 4,559 img/s in one thread and 1,975 in two, so by default the pool is kept
+only where it measures faster on a split's first images (:func:`ordered_map`; 4,453 img/s there).
 
 Results come back in input order and at most ``window`` items are in flight, so memory stays
 bounded (a few rows per worker, never the whole split) and the caller writes each row where
