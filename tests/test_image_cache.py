@@ -102,7 +102,7 @@ def test_verified_once_per_file_state(tmp_path, monkeypatch):
     image_cache._VERIFIED.clear()
     checked = []
     real = image_cache.bad_rows
-    monkeypatch.setattr(image_cache, "bad_rows", lambda path, d: checked.append(1) or real(path, d))
+    monkeypatch.setattr(image_cache, "bad_rows", lambda path, d, **kw: checked.append(1) or real(path, d, **kw))
     for _ in range(3):  # a sweep opens the cache once per alpha
         preprocess_split(split, SPEC, cache_dir=tmp_path)
     assert len(checked) == 1

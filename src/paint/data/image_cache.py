@@ -53,14 +53,18 @@ def row_digest(row: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(row)).hexdigest()[:32]
 
 
-def bad_rows(path: Path, digests: Sequence[str], chunk: int = 256) -> list[int]:
+def bad_rows(path: Path, digests: Sequence[str], chunk: int = 256, progress: bool = False) -> list[int]:
     """Indices of the rows of the ``.npy`` at ``path`` whose bytes no longer match their stored digest.
 
     The file is read ``chunk`` rows at a time through a map that is dropped after each chunk:
     hashing through one long-lived map would leave the whole file resident in this process.
+    ``progress`` shows a bar (a 50,000-image cache at 224 px is 7 GB to hash).
     """
+    from paint.progress import progress as tqdm
+
     bad = []
-    for start in range(0, len(digests), chunk):
+    starts = range(0, len(digests), chunk)
+    for start in tqdm(starts, desc=f"verify {path.name}", disable=not progress, unit="chunk", leave=False):
         block = np.load(path, mmap_mode="r")[start : start + chunk]
         bad += [start + i for i in range(len(block)) if row_digest(block[i]) != digests[start + i]]
         del block
@@ -202,7 +206,7 @@ def cached_images(
         _build(path, n, crop, decode, meta, progress, num_workers)
     elif _VERIFIED.get(str(path)) != _file_state(path):
         del arr
-        bad = bad_rows(path, digests)
+        bad = bad_rows(path, digests, progress=progress)
         if bad:
             log.warning(
                 "cache %s: %d of %d images failed their checksum (first: image %d); decoding them again",
