@@ -149,3 +149,24 @@ def test_parallel_with_one_task_equals_single_task_patching(tiny_clip_dir, tmp_p
     saved = json.loads((tmp_path / "single" / "metrics.json").read_text())
     assert 0.0 < saved["cka"]["digits"] <= 1.0 and saved["distance"] > 0
     assert "gradient_similarity" not in saved  # the run has no support task
+
+
+def test_a_fine_tune_is_made_once_per_run_whatever_the_mode(ctx, monkeypatch):
+    """Sequential step 0 and parallel's first fine-tune are one computation: made once, shared."""
+    import paint.pipeline.multitask as mt
+
+    calls = []
+    real = mt.finetune_tower
+
+    def counting(pool, theta_start, names, *args, **kwargs):
+        calls.append(tuple(names))
+        return real(pool, theta_start, names, *args, **kwargs)
+
+    monkeypatch.setattr(mt, "finetune_tower", counting)
+    seq = mt.run_mode(ctx, "sequential")
+    par = mt.run_mode(ctx, "parallel")
+    # sequential: rgb from theta_zs, cmy from the rgb patch; parallel: rgb (shared) and cmy from theta_zs.
+    assert calls == [("rgb",), ("cmy",), ("cmy",)]
+    assert seq.n_finetunes == par.n_finetunes == 2  # each mode still counts the fine-tunes it needs
+    theta_rgb = ctx.finetune_from(ctx.theta_zs, ["rgb"], "any/tag")
+    assert len(calls) == 3 and theta_rgb is ctx.finetuned[(mt.state_id(ctx.theta_zs), ("rgb",))]

@@ -201,3 +201,50 @@ def test_shipped_model_is_susceptible_to_typographic_attacks():
         m = attack_metrics(logits[0], logits[1], clean.labels, attacked.texts)
         assert m["attack_success_rate"] >= floor, (name, m)
         assert m["attacked_accuracy"] <= 0.5 * m["clean_accuracy"], (name, m)
+
+
+# ------------------------------------------------------------------ the model ladder (paint:tiny, default, medium)
+
+ASSETS = Path(__file__).resolve().parents[1] / "src" / "paint" / "assets"
+LADDER = {"paint:tiny": "tiny-model", "paint:default": "default-model", "paint:medium": "medium-model"}
+needs_ladder = pytest.mark.skipif(
+    not all((ASSETS / d / "BUILD.json").is_file() for d in LADDER.values()), reason="the ladder is not built yet"
+)
+# What must be the same for every rung: one recipe, one data budget (only the architecture changes).
+RECIPE_FIELDS = ("seed", "batch_size", "steps_per_epoch", "epochs", "lr", "weight_decay", "warmup_steps", "grad_clip")
+
+
+@needs_ladder
+def test_the_ladder_is_one_recipe_spanning_15x_in_parameters_under_30_mb():
+    from safetensors import safe_open
+
+    builds = {name: json.loads((ASSETS / d / "BUILD.json").read_text()) for name, d in LADDER.items()}
+    params = {}
+    for name, d in LADDER.items():
+        with safe_open(str(ASSETS / d / "model.safetensors"), "pt") as f:
+            params[name] = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+    sizes = list(params.values())
+    assert sizes == sorted(sizes) and sizes[-1] >= 15 * sizes[0], params
+    recipes = [{k: b["config"][k] for k in RECIPE_FIELDS} for b in builds.values()]
+    assert all(r == recipes[0] for r in recipes), recipes
+    assert {b["corpus"]["generator_version"] for b in builds.values()} == {"world-v3c"}
+    assert {b["corpus"]["pairs_seen"] for b in builds.values()} == {576000}
+    assert all(b["finished"] for b in builds.values())
+    added = sum(f.stat().st_size for d in ("tiny-model", "medium-model") for f in (ASSETS / d).iterdir())
+    assert added < 30 * 2**20
+
+
+@needs_ladder
+@pytest.mark.parametrize("name", ["paint:tiny", "paint:medium"])
+def test_each_rung_reproduces_its_recorded_zero_shot_accuracies(name):
+    from paint.models.clip import load_clip
+
+    build = json.loads((ASSETS / LADDER[name] / "BUILD.json").read_text())
+    golden = build["golden"]
+    bundle = load_clip(name)  # by its shipped name, as every command takes it
+    got = zero_shot(
+        bundle.model, bundle.tokenizer, bundle.processor, list(golden["accuracy"]), golden["split"], golden["limit"]
+    )
+    for task, expected in golden["accuracy"].items():
+        assert abs(got[task] - expected) <= 0.5, (name, task, got[task], expected)
+    assert build["command"].startswith(f"paint pretrain configs/pretrain-{name.split(':')[1]}.yaml")

@@ -48,12 +48,27 @@ def test_every_example_validates_against_its_command(path):
     from paint.pipeline.multitask import MultitaskConfig
     from paint.pipeline.patch import PatchConfig
     from paint.studies.compare import CompareConfig
+    from paint.studies.scale import ScaleConfig
     from paint.studies.transfer import TransferConfig
 
-    configs = {"patch": PatchConfig, "multitask": MultitaskConfig, "transfer": TransferConfig, "compare": CompareConfig}
+    configs = {
+        "patch": PatchConfig,
+        "multitask": MultitaskConfig,
+        "transfer": TransferConfig,
+        "compare": CompareConfig,
+        "scale": ScaleConfig,
+    }
     cfg = load_config(configs[_command(path)], path)
     assert cfg.output_dir.startswith("runs/")
 
 
 def test_transfer_has_an_example():
     assert "transfer" in {_command(p) for p in EXAMPLES}
+
+
+def test_the_scale_example_spells_out_the_defaults():
+    """`paint scale` without a config runs the study the README's table comes from: examples/scale.yaml."""
+    from paint.config import load_config
+    from paint.studies.scale import ScaleConfig
+
+    assert load_config(ScaleConfig, ROOT / "examples" / "scale.yaml") == ScaleConfig()

@@ -59,6 +59,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "paint.commands.compare",
         "fine-tuning recipes (frozen-head, lp-ft, l2-sp, lora, soup) on one frontier",
     ),
+    "scale": (
+        "paint.commands.scale",
+        "the scale study: PAINT on every model of a ladder, several seeds, with intervals (table + figure)",
+    ),
     "metrics": (
         "paint.commands.metrics",
         "GradientSimilarity, BackwardKnowledgeTransfer and linear CKA of a patch run",

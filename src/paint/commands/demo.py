@@ -12,7 +12,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="paint:default",
-        help="the model to patch: paint:default (the shipped CLIP), paint:siglip (the shipped SigLIP) or a checkpoint",
+        help="the model to patch: paint:default (the shipped CLIP), paint:tiny / paint:medium (the ladder's other rungs), "
+        "paint:siglip (the shipped SigLIP) or a checkpoint",
     )
 
 

@@ -13,7 +13,11 @@ from paint.commands._shared import TASK_HELP
 
 
 def register(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="paint:default", help="HF CLIP directory, hub id, or paint:default")
+    p.add_argument(
+        "--model",
+        default="paint:default",
+        help="HF CLIP directory, hub id, or a shipped name (paint:default, paint:tiny, paint:medium, paint:siglip)",
+    )
     p.add_argument("--task", action="append", required=True, help=TASK_HELP)
     p.add_argument("--root", help="data root of catalog tasks (default $PAINT_DATA or ~/data)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])

@@ -29,15 +29,29 @@ from paint.utils import atomic_path, hash_tensors, sha256_strings
 
 DEFAULT_MODEL = "paint:default"  # the small CLIP pretrained on paint's synthetic world, shipped in the package
 # Models shipped in the package, pretrained on paint's synthetic world: name -> assets folder.
-SHIPPED_MODELS = {DEFAULT_MODEL: "default-model", "paint:siglip": "default-siglip"}
+# paint:tiny, paint:default and paint:medium are the model ladder (one recipe, 0.14M to 2.6M parameters).
+SHIPPED_MODELS = {
+    "paint:tiny": "tiny-model",
+    DEFAULT_MODEL: "default-model",
+    "paint:medium": "medium-model",
+    "paint:siglip": "default-siglip",
+}
+SHIPPED_PREFIX = "paint:"
 
 
 def default_model_path(name: str = DEFAULT_MODEL) -> Path:
     return Path(str(resources.files("paint") / "assets" / SHIPPED_MODELS[name]))
 
 
+def check_model_name(source: str) -> None:
+    """Refuse a ``paint:`` name that is not a shipped model (one line listing the shipped ones)."""
+    if source.startswith(SHIPPED_PREFIX) and source not in SHIPPED_MODELS:
+        raise PaintError(f"unknown shipped model {source!r}; paint ships: {', '.join(SHIPPED_MODELS)}")
+
+
 def resolve_model_source(source: str) -> str:
-    """Map a shipped model's name (``paint:default``, ``paint:siglip``) to its folder; leave others as given."""
+    """Map a shipped model's name (``paint:default``, ``paint:tiny`` ...) to its folder; leave others as given."""
+    check_model_name(source)
     return str(default_model_path(source)) if source in SHIPPED_MODELS else source
 
 

@@ -62,6 +62,9 @@ class MultitaskRun:
     out_dir: Path | None = None
     resume: bool = False
     fingerprint: str = ""
+    # Fine-tunes already made, by (start state, tasks): sequential step 0 and parallel's fine-tune of
+    # the same task are one computation. Runs that share a dict (a study's sub-runs) share fine-tunes.
+    finetuned: dict[tuple[str, tuple[str, ...]], StateDict] = field(default_factory=dict, repr=False)
     _reference: TaskMetrics | None = field(default=None, repr=False)
 
     @property
@@ -79,11 +82,18 @@ class MultitaskRun:
         return self._reference
 
     def finetune_from(self, theta_start: StateDict, names: Sequence[str], tag: str) -> StateDict:
-        """Fine-tune from ``theta_start`` on the named tasks jointly; return theta_ft."""
-        out = self.out_dir / tag if self.out_dir is not None else None
-        fp = f"{self.fingerprint}/{tag}/{state_id(theta_start)}"
-        theta_ft, _ = finetune_tower(self.pool, theta_start, names, self.finetune, out, self.resume, fp)
-        return theta_ft
+        """Fine-tune from ``theta_start`` on the named tasks jointly; return theta_ft.
+
+        The same fine-tune (same start, same tasks) is made once per run: a second call returns the
+        first one's weights, whatever its ``tag`` (the tag only names the checkpoint directory).
+        """
+        start = state_id(theta_start)
+        key = (start, tuple(names))
+        if key not in self.finetuned:
+            out = self.out_dir / tag if self.out_dir is not None else None
+            fp = f"{self.fingerprint}/{tag}/{start}"
+            self.finetuned[key], _ = finetune_tower(self.pool, theta_start, names, self.finetune, out, self.resume, fp)
+        return self.finetuned[key]
 
     def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> Choice:
         """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs."""

@@ -1,0 +1,532 @@
+"""The scale study (the PAINT paper's RQ2): does patching get better as the model grows?
+
+For every model of a list (by default paint's ladder ``paint:tiny``, ``paint:default``,
+``paint:medium``) and every seed, one *cell* runs the same protocol:
+
+- each patching task alone: fine-tune the image tower from theta_zs (zero-shot heads frozen),
+  choose alpha on validation with the configured selection (by default the paper's intent: the
+  best patching accuracy with the support tasks' mean within 1 point of zero-shot), test the
+  zero-shot, fine-tuned (alpha = 1) and patched models; the linear CKA between the zero-shot and
+  fine-tuned image embeddings on the task's and on the support tasks' test images;
+- the multi-task modes (joint, sequential, parallel) on a list of patching tasks (by default
+  two), sharing the single-task fine-tunes where the computation is the same.
+
+A seed is a full repetition: the fine-tuning seed and the validation split carved from a
+patching task's training data (``split_seed``); the test splits are the same for every seed, and
+the pretrained models are the same (one pretraining per rung). Each finished cell is
+``<model>/seed-<s>/cell.json`` (kept on ``--resume``; an unfinished one continues from its
+fine-tuning checkpoints and stored evaluations). Then, per model, every figure gets its mean
+over seeds and a 95% Student-t interval (:mod:`paint.stats`), written as ``scale.md``,
+``scale.json`` (last: it marks a finished study) and the paper's figure ``scale.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from paint.config import CachedRun, NumWorkers, ThreadsSetting, first_duplicate
+from paint.data.spec import TaskSpec
+from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, comparison_rows, run_mode, start_run
+from paint.pipeline.operation import chosen_state
+from paint.pipeline.pool import Line, TaskPool
+from paint.pipeline.run import check_output_dir
+from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir, run_scope
+from paint.selection import SelectionFields
+from paint.stats import Interval, seed_interval
+from paint.train.finetune import FinetuneConfig
+from paint.utils import write_json_atomic, write_text_atomic
+
+CELL = "cell.json"
+MARKER = "scale.json"
+LADDER: tuple[str, ...] = ("paint:tiny", "paint:default", "paint:medium")
+
+
+def _default_finetune() -> FinetuneConfig:
+    return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1)
+
+
+class ScaleConfig(CachedRun, SelectionFields):
+    """``paint scale``: the models, seeds, tasks and the one fine-tuning recipe every cell runs."""
+
+    models: list[str] = Field(default_factory=lambda: list(LADDER), min_length=1, description="smallest first")
+    output_dir: str = "runs/scale"
+    seeds: int | list[int] = Field(3, description="a count (seeds 0..n-1) or the list of seeds")
+    patch_tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [
+            TaskSpec(name="digits", val_fraction=0.2),
+            TaskSpec(name="counting"),
+            TaskSpec(name="novel-font-digits"),
+        ],
+        min_length=1,
+    )
+    support_tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")],
+        min_length=1,
+    )
+    multitask_tasks: list[str] = Field(
+        default_factory=lambda: ["digits", "counting"], description="patching tasks patched together ([] skips)"
+    )
+    modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
+    finetune: FinetuneConfig = Field(default_factory=_default_finetune)
+    cka_images: int = Field(500, ge=2, description="test images per CKA (the patching task's; as many of support)")
+    revision: str | None = None
+    eval_batch_size: int = Field(256, ge=1)
+    cache_dir: str | None = None  # shared by every cell (preprocessed images, heads keyed by the text tower)
+    device: str = "auto"
+    threads: ThreadsSetting = "auto"
+    num_workers: NumWorkers = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {v!r}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("seeds must be a count >= 1 or a non-empty list")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("seeds must be a non-empty list without repeats")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self):
+        dup = first_duplicate([t.name for t in self.patch_tasks + self.support_tasks])
+        if dup:
+            raise ValueError(f"task {dup!r} is listed twice")
+        dup = first_duplicate(self.models)
+        if dup:
+            raise ValueError(f"model {dup!r} is listed twice")
+        patch = {t.name for t in self.patch_tasks}
+        unknown = [n for n in self.multitask_tasks if n not in patch]
+        if unknown:
+            raise ValueError(
+                f"multitask_tasks: {unknown[0]!r} is not one of the patch_tasks ({', '.join(sorted(patch))})"
+            )
+        if len(self.multitask_tasks) == 1:
+            raise ValueError("multitask_tasks needs two or more patching tasks, or [] to skip the multi-task modes")
+        if len(set(self.multitask_tasks)) != len(self.multitask_tasks):
+            raise ValueError("multitask_tasks lists a task twice")
+        return self
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+
+def model_label(model: str) -> str:
+    """A model's directory and row name: ``paint:tiny`` -> ``paint-tiny``, a path -> its last part."""
+    name = model.rstrip("/").split("/")[-1] if "/" in model and not model.startswith("paint:") else model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def model_labels(models: Sequence[str]) -> dict[str, str]:
+    """Each model's directory: its :func:`model_label`, with ``-2``, ``-3`` ... on a repeated one (in list order)."""
+    out: dict[str, str] = {}
+    for m in models:
+        base = label = model_label(m)
+        k = 2
+        while label in out.values():
+            label, k = f"{base}-{k}", k + 1
+        out[m] = label
+    return out
+
+
+def cell_config(cfg: ScaleConfig, model: str, seed: int, out: Path) -> MultitaskConfig:
+    """The run config of one (model, seed) cell: the study's settings with the seed applied."""
+    patch = [t.model_copy(update={"split_seed": seed}) for t in cfg.patch_tasks]
+    return MultitaskConfig(
+        model=model,
+        revision=cfg.revision,
+        output_dir=str(out),
+        patch_tasks=patch,
+        support_tasks=cfg.support_tasks,
+        modes=cfg.modes,
+        finetune=cfg.finetune.model_copy(update={"seed": seed}),
+        selection=cfg.selection,
+        eval_batch_size=cfg.eval_batch_size,
+        cache_dir=str(cfg.cache_path),
+        device=cfg.device,  # type: ignore[arg-type]
+        threads=cfg.threads,
+        num_workers=cfg.num_workers,
+        save_models=False,
+    )
+
+
+# ----------------------------------------------------------------------------- one cell
+
+
+def sub_run(ctx: MultitaskRun, patch: Sequence[str]) -> MultitaskRun:
+    """The run restricted to ``patch`` and the support tasks; it shares the cell's fine-tunes and store."""
+    keep = set(patch)
+    pool = ctx.pool
+    sub = TaskPool(
+        pool.model,
+        pool.spec,
+        [t for t in pool.tasks if t.name in keep or t.role == "support"],
+        pool.store,
+        pool.batch_size,
+        bundle=pool.bundle,
+    )
+    # Task order follows ``patch`` (sequential patching goes in that order).
+    sub.tasks.sort(key=lambda t: (t.role != "patch", list(patch).index(t.name) if t.name in keep else 0))
+    return MultitaskRun(
+        sub, ctx.theta_zs, ctx.selection, ctx.finetune, ctx.out_dir, ctx.resume, ctx.fingerprint, ctx.finetuned
+    )
+
+
+def accuracies(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {k: float(v["accuracy"]) for k, v in metrics.items()}
+
+
+def support_cka_images(pool: TaskPool, support: Sequence[str], n: int) -> np.ndarray:
+    """About ``n`` test images drawn evenly from the support tasks (the first of each)."""
+    per = max(1, n // max(1, len(support)))
+    return np.concatenate([np.asarray(pool.task(s).images["test"][:per]) for s in support])
+
+
+def single_patch(ctx: MultitaskRun, name: str, cka_images: int) -> dict[str, Any]:
+    """PAINT on one task: fine-tune, choose alpha, test at 0 / chosen / 1, CKA of zs vs ft features."""
+    from paint.studies.metrics import feature_cka
+
+    run = sub_run(ctx, [name])
+    theta_ft = run.finetune_from(ctx.theta_zs, [name], f"single/{name}/finetune")
+    choice = run.choose_on_line(ctx.theta_zs, theta_ft, [name], f"single/{name}/")
+    patched = chosen_state(Line.between(ctx.theta_zs, theta_ft), choice)
+    pool, support = run.pool, run.support
+    test = {
+        "zeroshot": accuracies(pool.evaluate_state(ctx.theta_zs, "test")),
+        "finetuned": accuracies(pool.evaluate_state(theta_ft, "test")),
+        "patched": accuracies(pool.evaluate_state(patched, "test")),
+    }
+    images = np.asarray(pool.task(name).images["test"][:cka_images])
+    cka = {
+        "patch": feature_cka(pool.model, ctx.theta_zs, theta_ft, images, pool.spec, pool.batch_size),
+        "support": feature_cka(
+            pool.model,
+            ctx.theta_zs,
+            theta_ft,
+            support_cka_images(pool, support, cka_images),
+            pool.spec,
+            pool.batch_size,
+        ),
+    }
+    return {
+        "alpha": float(choice.alpha),
+        "n_model_evals": choice.n_model_evals,
+        "test": test,
+        "support_mean": {k: float(np.mean([v[s] for s in support])) for k, v in test.items()},
+        "cka": cka,
+        "n_test": {t.name: int(len(t.labels["test"])) for t in pool.tasks},
+    }
+
+
+def multitask_modes(ctx: MultitaskRun, patch: Sequence[str], modes: Sequence[str]) -> dict[str, Any]:
+    """The multi-task modes on ``patch``: test accuracy per mode (zero-shot row first)."""
+    run = sub_run(ctx, patch)
+    results = [run_mode(run, m) for m in modes]
+    rows = comparison_rows(run, results)
+    return {
+        r["mode"]: {
+            "alphas": r["alphas"],
+            "test": r["test"],
+            "patch_mean": r["patch_mean"],
+            "support_mean": r["support_mean"],
+            "finetunes": r["finetunes"],
+        }
+        for r in rows
+    }
+
+
+def cell_record(cfg: ScaleConfig, model: str, seed: int, ctx: MultitaskRun, bundle: Any) -> dict[str, Any]:
+    """Everything one (model, seed) cell measures."""
+    t0 = time.time()
+    singles = {name: single_patch(ctx, name, cfg.cka_images) for name in ctx.patch}
+    multi = multitask_modes(ctx, cfg.multitask_tasks, cfg.modes) if cfg.multitask_tasks else {}
+    return {
+        "model": model,
+        "seed": seed,
+        "params": {
+            "total": int(sum(p.numel() for p in bundle.model.parameters())),
+            "image_tower": int(sum(v.numel() for v in ctx.theta_zs.values())),
+        },
+        "patch_tasks": ctx.patch,
+        "support_tasks": ctx.support,
+        "single": singles,
+        "multitask": multi,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+def read_cell(path: Path) -> dict[str, Any] | None:
+    """A finished cell's record, or None when there is none or it cannot be read (the cell is then re-run)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return rec if isinstance(rec, dict) and "single" in rec else None
+
+
+@run_scope
+def run_cell(cfg: ScaleConfig, model: str, seed: int, resume: bool) -> dict[str, Any]:
+    """One (model, seed) cell: read it if finished, else run (or continue) it and write ``cell.json``."""
+    out = Path(cfg.output_dir) / model_labels(cfg.models)[model] / f"seed-{seed}"
+    done = read_cell(out / CELL)
+    if done is not None:
+        return done
+    cell_cfg = cell_config(cfg, model, seed, out)
+    ctx, bundle = start_run(cell_cfg, out, resume, cell_cfg.patch_tasks, cell_cfg.support_tasks, marker=CELL)
+    record = cell_record(cfg, model, seed, ctx, bundle)
+    write_json_atomic(out / CELL, record)
+    return record
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def per_seed_figures(cell: Mapping[str, Any]) -> dict[str, float]:
+    """One cell's headline figures in points, averaged over its patching tasks as the paper does."""
+    singles = cell["single"]
+
+    def mean(f) -> float:
+        return float(np.mean([f(name, r) for name, r in singles.items()]))
+
+    out = {
+        f"{point}_{side}": 100
+        * mean(lambda n, r, p=point, sd=side: r["test"][p][n] if sd == "patch" else r["support_mean"][p])
+        for point in ("zeroshot", "finetuned", "patched")
+        for side in ("support", "patch")
+    }
+    out["alpha"] = mean(lambda n, r: r["alpha"])
+    out["cka_patch"] = mean(lambda n, r: r["cka"]["patch"])
+    out["cka_support"] = mean(lambda n, r: r["cka"]["support"])
+    out["support_lost_by_finetuning"] = out["zeroshot_support"] - out["finetuned_support"]
+    out["support_lost_by_patching"] = out["zeroshot_support"] - out["patched_support"]
+    out["patched_below_finetuned"] = out["finetuned_patch"] - out["patched_patch"]
+    out["patch_gain"] = out["patched_patch"] - out["zeroshot_patch"]
+    return out
+
+
+def per_task_figures(cell: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Per patching task: zero-shot, fine-tuned, patched accuracy (points), alpha, gap, CKA."""
+    out = {}
+    for name, r in cell["single"].items():
+        t = r["test"]
+        out[name] = {
+            "zeroshot": 100 * t["zeroshot"][name],
+            "finetuned": 100 * t["finetuned"][name],
+            "patched": 100 * t["patched"][name],
+            "alpha": r["alpha"],
+            "support_lost_by_finetuning": 100 * (r["support_mean"]["zeroshot"] - r["support_mean"]["finetuned"]),
+            "support_lost_by_patching": 100 * (r["support_mean"]["zeroshot"] - r["support_mean"]["patched"]),
+            "patched_below_finetuned": 100 * (t["finetuned"][name] - t["patched"][name]),
+            "cka_patch": r["cka"]["patch"],
+        }
+    return out
+
+
+def multitask_figures(cell: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Per mode: patching and support means (points), and the mode's rank by patching mean (1 = best)."""
+    modes = {m: r for m, r in cell["multitask"].items() if m != "zero-shot"}
+    order = sorted(modes, key=lambda m: -modes[m]["patch_mean"])
+    return {
+        m: {
+            "patch_mean": 100 * r["patch_mean"],
+            "support_mean": 100 * r["support_mean"],
+            "rank": float(order.index(m) + 1),
+        }
+        for m, r in modes.items()
+    }
+
+
+def intervals(per_seed: Sequence[Mapping[str, float]]) -> dict[str, Interval]:
+    """Each figure's mean over seeds with its 95% interval."""
+    return {k: seed_interval([f[k] for f in per_seed]) for k in per_seed[0]}
+
+
+def nested_intervals(per_seed: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, Interval]]:
+    return {k: intervals([f[k] for f in per_seed]) for k in per_seed[0]}
+
+
+def aggregate(cfg: ScaleConfig, cells: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Per model: parameters, per-seed figures and their intervals (headline, per task, multi-task)."""
+    out = {}
+    labels = model_labels(list(cells))
+    for model, recs in cells.items():
+        head = [per_seed_figures(c) for c in recs]
+        entry: dict[str, Any] = {
+            "label": labels[model],
+            "params": recs[0]["params"],
+            "seeds": [c["seed"] for c in recs],
+            "per_seed": head,
+            "summary": intervals(head),
+            "per_task": nested_intervals([per_task_figures(c) for c in recs]),
+        }
+        if cfg.multitask_tasks:
+            entry["multitask"] = nested_intervals([multitask_figures(c) for c in recs])
+        out[model] = entry
+    return out
+
+
+def _iv(iv: Interval, digits: int = 1) -> str:
+    if iv.n < 2:
+        return f"{iv.mean:.{digits}f}"
+    return f"{iv.mean:.{digits}f} ± {iv.half:.{digits}f}"
+
+
+def scale_markdown(cfg: ScaleConfig, agg: Mapping[str, Any], seconds: float) -> str:
+    """``scale.md``: the headline table, per-task table and multi-task table (mean ± 95% interval)."""
+    seeds = cfg.seed_list
+    lines = [
+        "# Scale study: PAINT on a ladder of model sizes",
+        "",
+        f"Patching tasks {', '.join(t.name for t in cfg.patch_tasks)}; support tasks "
+        f"{', '.join(t.name for t in cfg.support_tasks)}; selection `{cfg.selection.strategy}` on "
+        f"`{cfg.selection.rule_name}` (epsilon {cfg.selection.epsilon:g}); {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
+        "Test accuracy (%), averaged over the patching tasks, as mean ± the 95% Student-t interval over seeds.",
+        "",
+        "| model | params (image tower) | zero-shot support / patch | fine-tuned support / patch | patched support / patch "
+        "| support lost by fine-tuning | patched below fine-tuned | alpha | CKA zs-ft (patch / support images) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, e in agg.items():
+        s = e["summary"]
+        lines.append(
+            f"| `{model}` | {e['params']['total'] / 1e6:.2f}M ({e['params']['image_tower'] / 1e6:.2f}M) "
+            f"| {_iv(s['zeroshot_support'])} / {_iv(s['zeroshot_patch'])} "
+            f"| {_iv(s['finetuned_support'])} / {_iv(s['finetuned_patch'])} "
+            f"| {_iv(s['patched_support'])} / {_iv(s['patched_patch'])} "
+            f"| {_iv(s['support_lost_by_finetuning'])} | {_iv(s['patched_below_finetuned'])} "
+            f"| {_iv(s['alpha'], 2)} | {_iv(s['cka_patch'], 3)} / {_iv(s['cka_support'], 3)} |"
+        )
+    lines += [
+        "",
+        "## Per patching task",
+        "",
+        "| model | task | zero-shot | fine-tuned | patched | alpha | support lost (ft / patched) | CKA zs-ft |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, e in agg.items():
+        for task, s in e["per_task"].items():
+            lines.append(
+                f"| `{model}` | {task} | {_iv(s['zeroshot'])} | {_iv(s['finetuned'])} | {_iv(s['patched'])} "
+                f"| {_iv(s['alpha'], 2)} | {_iv(s['support_lost_by_finetuning'])} / {_iv(s['support_lost_by_patching'])} "
+                f"| {_iv(s['cka_patch'], 3)} |"
+            )
+    if cfg.multitask_tasks:
+        modes = list(next(iter(agg.values()))["multitask"])
+        lines += [
+            "",
+            f"## Multi-task patching of {', '.join(cfg.multitask_tasks)}",
+            "",
+            "Patching mean / support mean (test %), and the mean rank of the mode by patching mean (1 = best).",
+            "",
+            "| model | " + " | ".join(modes) + " |",
+            "|---|" + "---|" * len(modes),
+        ]
+        for model, e in agg.items():
+            mt = e["multitask"]
+            cells = [
+                f"{_iv(mt[m]['patch_mean'])} / {_iv(mt[m]['support_mean'])} (rank {mt[m]['rank'].mean:.1f})"
+                for m in modes
+            ]
+            lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    lines += ["", f"Wall time {seconds / 60:.1f} min.", "", "![scale](scale.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_scale(agg: Mapping[str, Any], path: str | Path) -> Path:
+    """The paper's figure: per model, zero-shot -> patched -> fine-tuned in the (support, patching) plane.
+
+    Each point is the mean over seeds, its bars the 95% interval over seeds on both axes.
+    """
+    from paint.plotting import new_figure, save_figure
+
+    fig, ax = new_figure(figsize=(6.4, 4.8), dpi=120)
+    colours = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377"]
+    markers = {"zeroshot": "o", "patched": "*", "finetuned": "s"}
+    for i, (model, e) in enumerate(agg.items()):
+        s, c = e["summary"], colours[i % len(colours)]
+        xs, ys = [], []
+        for point in ("zeroshot", "patched", "finetuned"):
+            x, y = s[f"{point}_support"], s[f"{point}_patch"]
+            xerr = None if x.n < 2 else x.half
+            yerr = None if y.n < 2 else y.half
+            ax.errorbar(
+                x.mean, y.mean, xerr=xerr, yerr=yerr, fmt=markers[point], color=c, ms=11 if point == "patched" else 7,
+                capsize=3, label=f"{model} ({e['params']['total'] / 1e6:.2f}M)" if point == "zeroshot" else None,
+            )  # fmt: skip
+            xs.append(x.mean)
+            ys.append(y.mean)
+        ax.plot(xs, ys, "-", color=c, alpha=0.5)
+    ax.set_xlabel("support tasks, mean test accuracy (%)")
+    ax.set_ylabel("patching tasks, mean test accuracy (%)")
+    ax.set_title(
+        "PAINT across model scale: o zero-shot, * patched, s fine-tuned (95% intervals over seeds)", fontsize=8
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return save_figure(fig, path)
+
+
+def to_json(obj: Any) -> Any:
+    """Intervals as records, recursively."""
+    if isinstance(obj, Interval):
+        return obj.record()
+    if isinstance(obj, Mapping):
+        return {k: to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    return obj
+
+
+@run_scope
+def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None) -> dict[str, Any]:
+    """Every (model, seed) cell, then the tables and the figure; returns the summary (``scale.json``)."""
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    check_output_dir(out, resume, MARKER)
+    from paint.models.clip import check_model_name
+
+    for m in cfg.models:
+        check_model_name(m)
+    # A study grows: a model or a seed added on --resume runs only its new cells. Each cell checks its own
+    # config on resume, so a changed recipe, task or selection is still refused there.
+    RunDir(out, MARKER).start(cfg, resume, ignore=DEFAULT_IGNORED | {"models", "seeds"})
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for model in cfg.models:
+        for seed in cfg.seed_list:
+            rec = run_cell(cfg, model, seed, resume)
+            cells.setdefault(model, []).append(rec)
+            if on_cell is not None:
+                on_cell(model, seed, rec)
+    agg = aggregate(cfg, cells)
+    seconds = time.time() - t0
+    plot_scale(agg, out / "scale.png")
+    table = scale_markdown(cfg, agg, seconds)
+    write_text_atomic(out / "scale.md", table)
+    summary = {
+        "models": cfg.models,
+        "seeds": cfg.seed_list,
+        "patch_tasks": [t.name for t in cfg.patch_tasks],
+        "support_tasks": [t.name for t in cfg.support_tasks],
+        "multitask_tasks": cfg.multitask_tasks,
+        "selection": cfg.selection.model_dump(mode="json"),
+        "results": to_json(agg),
+        "cell_seconds": {m: [c["seconds"] for c in cs] for m, cs in cells.items()},
+        "timing_s": {"total": round(seconds, 1)},
+    }
+    write_json_atomic(out / MARKER, summary)
+    summary["table"] = table
+    return summary
