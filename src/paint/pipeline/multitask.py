@@ -95,9 +95,13 @@ class MultitaskRun:
             self.finetuned[key], _ = finetune_tower(self.pool, theta_start, names, self.finetune, out, self.resume, fp)
         return self.finetuned[key]
 
-    def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str], tag: str = "") -> Choice:
-        """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs."""
-        line = Line.between(theta_a, theta_b, tag)
+    def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str]) -> Choice:
+        """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs.
+
+        The line is keyed by its two ends' contents alone, so a line that two modes share (sequential
+        step 0 and parallel's first coordinate are both theta_zs -> theta_1) is evaluated once per task.
+        """
+        line = Line.between(theta_a, theta_b)
         return choose(self.pool, line, self.selection, patch, self.support, self.reference(), per_block=True)
 
 
@@ -123,7 +127,7 @@ class ModeResult:
 def patch_joint(ctx: MultitaskRun) -> ModeResult:
     """One fine-tune on the union of the patching tasks, one alpha."""
     theta_ft = ctx.finetune_from(ctx.theta_zs, ctx.patch, "joint/finetune")
-    res = ctx.choose_on_line(ctx.theta_zs, theta_ft, ctx.patch, "joint/")
+    res = ctx.choose_on_line(ctx.theta_zs, theta_ft, ctx.patch)
     return ModeResult("joint", chosen_state(Line.between(ctx.theta_zs, theta_ft), res), [res.alpha], [res], 1)
 
 
@@ -134,7 +138,7 @@ def patch_sequential(ctx: MultitaskRun) -> ModeResult:
     patch = ctx.patch
     for i, name in enumerate(patch):
         theta_ft = ctx.finetune_from(theta, [name], f"sequential/{i}-{name}/finetune")
-        res = ctx.choose_on_line(theta, theta_ft, patch[: i + 1], f"sequential/{i}/")
+        res = ctx.choose_on_line(theta, theta_ft, patch[: i + 1])
         theta = chosen_state(Line.between(theta, theta_ft), res)
         alphas.append(res.alpha)
         choices.append(res)
@@ -170,10 +174,10 @@ def search_parallel(
     alphas = [0.0] * len(thetas)
     choices: list[Choice] = []
     theta = ctx.theta_zs
-    for s in range(sweeps):
+    for _ in range(sweeps):
         for i in range(len(thetas)):
             base, end = parallel_line(ctx.theta_zs, thetas, alphas, i)
-            res = ctx.choose_on_line(base, end, ctx.patch, f"parallel/{s}/{i}/")
+            res = ctx.choose_on_line(base, end, ctx.patch)
             alphas[i] = res.alpha
             choices.append(res)
             theta = Line.between(base, end).at(res.alpha)  # = parallel_merge(...) up to rounding

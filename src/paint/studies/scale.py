@@ -202,7 +202,7 @@ def single_patch(ctx: MultitaskRun, name: str, cka_images: int) -> dict[str, Any
 
     run = sub_run(ctx, [name])
     theta_ft = run.finetune_from(ctx.theta_zs, [name], f"single/{name}/finetune")
-    choice = run.choose_on_line(ctx.theta_zs, theta_ft, [name], f"single/{name}/")
+    choice = run.choose_on_line(ctx.theta_zs, theta_ft, [name])
     patched = chosen_state(Line.between(ctx.theta_zs, theta_ft), choice)
     pool, support = run.pool, run.support
     test = {
