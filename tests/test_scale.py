@@ -214,6 +214,15 @@ def test_paint_scale_end_to_end_resume_and_growth(tiny_clip_dir, tiny_clip_dir_b
     assert not (cell_dir / "parallel").exists() and not (cell_dir / "sequential" / "0-rgb").exists()
     assert (cell_dir / "sequential" / "1-cmy" / "finetune").is_dir()
 
+    # --report runs no cell: the reports of the finished cells, the missing ones listed.
+    assert main(["scale", str(tmp_path / "s.yaml"), "--report", "--set", "seeds=3"]) == 0
+    assert "not run yet: 2 cells" in capsys.readouterr().out
+    reported = json.loads((out / "scale.json").read_text())
+    assert reported["missing_cells"] == [{"model": m, "seed": 2} for m in cfg["models"]]
+    assert reported["results"][cfg["models"][0]]["seeds"] == [0, 1]
+    assert "Not run yet (report of the finished cells only)" in (out / "scale.md").read_text()
+    assert not (out / labels[0] / "seed-2").exists()
+
     # Growing the study on --resume: a third seed runs only its new cells; finished ones are kept.
     stamp = (out / labels[0] / "seed-0" / "cell.json").stat().st_mtime_ns
     assert main(["scale", str(tmp_path / "s.yaml"), "--resume", "--set", "seeds=3"]) == 0

@@ -16,6 +16,11 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue in the same output_dir; finished cells are kept")
     p.add_argument("--output-dir", help="override output_dir (default runs/scale)")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="run no cell: write scale.md / scale.json / scale.png from the cells finished so far",
+    )
     add_set_option(p)
 
 
@@ -28,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     def done(model: str, seed: int, rec: dict) -> None:
         print(f"cell {model} seed {seed}: done ({rec['seconds']:.0f} s)", flush=True)
 
-    summary = run_scale(cfg, resume=args.resume, on_cell=done)
+    summary = run_scale(cfg, resume=args.resume, on_cell=done, report_only=args.report)
     print(summary["table"])
+    if summary["missing_cells"]:
+        print(f"not run yet: {len(summary['missing_cells'])} cells (paint scale --resume runs them)")
     print(f"outputs: {cfg.output_dir}/ (scale.md, scale.json, scale.png, <model>/seed-<s>/)")
     return 0

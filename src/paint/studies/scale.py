@@ -34,6 +34,7 @@ from pydantic import Field, field_validator, model_validator
 
 from paint.config import CachedRun, NumWorkers, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
+from paint.errors import PaintError
 from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, comparison_rows, run_mode, start_run
 from paint.pipeline.operation import chosen_state
 from paint.pipeline.pool import Line, TaskPool
@@ -385,25 +386,28 @@ def _iv(iv: Interval, digits: int = 1) -> str:
     return f"{iv.mean:.{digits}f} ± {iv.half:.{digits}f}"
 
 
-def scale_markdown(cfg: ScaleConfig, agg: Mapping[str, Any], seconds: float) -> str:
+def scale_markdown(
+    cfg: ScaleConfig, agg: Mapping[str, Any], seconds: float, missing: Sequence[tuple[str, int]] = ()
+) -> str:
     """``scale.md``: the headline table, per-task table and multi-task table (mean ± 95% interval)."""
-    seeds = cfg.seed_list
     lines = [
         "# Scale study: PAINT on a ladder of model sizes",
         "",
         f"Patching tasks {', '.join(t.name for t in cfg.patch_tasks)}; support tasks "
         f"{', '.join(t.name for t in cfg.support_tasks)}; selection `{cfg.selection.strategy}` on "
-        f"`{cfg.selection.rule_name}` (epsilon {cfg.selection.epsilon:g}); {len(seeds)} seeds ({', '.join(map(str, seeds))}). "
-        "Test accuracy (%), averaged over the patching tasks, as mean ± the 95% Student-t interval over seeds.",
+        f"`{cfg.selection.rule_name}` (epsilon {cfg.selection.epsilon:g}). Test accuracy (%), averaged over the "
+        "patching tasks, as mean ± the 95% Student-t interval over seeds (no interval with one seed).",
         "",
-        "| model | params (image tower) | zero-shot support / patch | fine-tuned support / patch | patched support / patch "
-        "| support lost by fine-tuning | patched below fine-tuned | alpha | CKA zs-ft (patch / support images) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params (image tower) | seeds | zero-shot support / patch | fine-tuned support / patch "
+        "| patched support / patch | support lost by fine-tuning | patched below fine-tuned | alpha "
+        "| CKA zs-ft (patch / support images) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, e in agg.items():
         s = e["summary"]
         lines.append(
             f"| `{model}` | {e['params']['total'] / 1e6:.2f}M ({e['params']['image_tower'] / 1e6:.2f}M) "
+            f"| {len(e['seeds'])} "
             f"| {_iv(s['zeroshot_support'])} / {_iv(s['zeroshot_patch'])} "
             f"| {_iv(s['finetuned_support'])} / {_iv(s['finetuned_patch'])} "
             f"| {_iv(s['patched_support'])} / {_iv(s['patched_patch'])} "
@@ -442,6 +446,13 @@ def scale_markdown(cfg: ScaleConfig, agg: Mapping[str, Any], seconds: float) -> 
                 for m in modes
             ]
             lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    if missing:
+        lines += [
+            "",
+            "Not run yet (report of the finished cells only): "
+            + ", ".join(f"`{m}` seed {s}" for m, s in missing)
+            + ".",
+        ]
     lines += ["", f"Wall time {seconds / 60:.1f} min.", "", "![scale](scale.png)", ""]
     return "\n".join(lines)
 
@@ -492,33 +503,48 @@ def to_json(obj: Any) -> Any:
 
 
 @run_scope
-def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None) -> dict[str, Any]:
-    """Every (model, seed) cell, then the tables and the figure; returns the summary (``scale.json``)."""
+def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None, report_only: bool = False) -> dict[str, Any]:
+    """Every (model, seed) cell, then the tables and the figure; returns the summary (``scale.json``).
+
+    ``report_only``: run no cell; write the reports from the cells finished so far (the others are
+    listed as missing), e.g. while a long study is still running elsewhere.
+    """
     t0 = time.time()
     out = Path(cfg.output_dir)
-    check_output_dir(out, resume, MARKER)
+    check_output_dir(out, resume or report_only, MARKER)
     from paint.models.clip import check_model_name
 
     for m in cfg.models:
         check_model_name(m)
     # A study grows: a model or a seed added on --resume runs only its new cells. Each cell checks its own
     # config on resume, so a changed recipe, task or selection is still refused there.
-    RunDir(out, MARKER).start(cfg, resume, ignore=DEFAULT_IGNORED | {"models", "seeds"})
+    RunDir(out, MARKER).start(cfg, resume or report_only, ignore=DEFAULT_IGNORED | {"models", "seeds"})
+    labels = model_labels(cfg.models)
     cells: dict[str, list[dict[str, Any]]] = {}
+    missing: list[tuple[str, int]] = []
     for model in cfg.models:
         for seed in cfg.seed_list:
-            rec = run_cell(cfg, model, seed, resume)
+            if report_only:
+                rec = read_cell(out / labels[model] / f"seed-{seed}" / CELL)
+                if rec is None:
+                    missing.append((model, seed))
+                    continue
+            else:
+                rec = run_cell(cfg, model, seed, resume)
             cells.setdefault(model, []).append(rec)
             if on_cell is not None:
                 on_cell(model, seed, rec)
+    if not cells:
+        raise PaintError(f"{out} holds no finished cell to report; run the study first")
     agg = aggregate(cfg, cells)
     seconds = time.time() - t0
     plot_scale(agg, out / "scale.png")
-    table = scale_markdown(cfg, agg, seconds)
+    table = scale_markdown(cfg, agg, seconds, missing)
     write_text_atomic(out / "scale.md", table)
     summary = {
         "models": cfg.models,
         "seeds": cfg.seed_list,
+        "missing_cells": [{"model": m, "seed": s} for m, s in missing],
         "patch_tasks": [t.name for t in cfg.patch_tasks],
         "support_tasks": [t.name for t in cfg.support_tasks],
         "multitask_tasks": cfg.multitask_tasks,
