@@ -64,6 +64,11 @@ _API: dict[str, str] = {
     "run_patch": "paint.pipeline.patch",
     "MultitaskConfig": "paint.pipeline.multitask",
     "run_multitask": "paint.pipeline.multitask",
+    # studies and their statistics
+    "ScaleConfig": "paint.studies.scale",
+    "run_scale": "paint.studies.scale",
+    "seed_interval": "paint.stats",
+    "wilson_interval": "paint.stats",
     # shared types
     "PaintError": "paint.errors",
     "StateDict": "paint.types",

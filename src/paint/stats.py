@@ -77,7 +77,7 @@ def wilson_interval(accuracy: float, n: int, confidence: float = 0.95) -> Interv
     Example:
         >>> iv = wilson_interval(0.9, 1000)
         >>> round(iv.low, 4), round(iv.high, 4)
-        (0.8798, 0.9174)
+        (0.8798, 0.9171)
     """
     from scipy import stats
 

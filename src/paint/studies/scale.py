@@ -55,7 +55,14 @@ def _default_finetune() -> FinetuneConfig:
 
 
 class ScaleConfig(CachedRun, SelectionFields):
-    """``paint scale``: the models, seeds, tasks and the one fine-tuning recipe every cell runs."""
+    """``paint scale``: the models, seeds, tasks and the one fine-tuning recipe every cell runs.
+
+    Example:
+        >>> from paint import ScaleConfig
+        >>> cfg = ScaleConfig(output_dir="runs/scale", seeds=2)
+        >>> cfg.models, cfg.seed_list, cfg.multitask_tasks
+        (['paint:tiny', 'paint:default', 'paint:medium'], [0, 1], ['digits', 'counting'])
+    """
 
     models: list[str] = Field(default_factory=lambda: list(LADDER), min_length=1, description="smallest first")
     output_dir: str = "runs/scale"
@@ -505,6 +512,12 @@ def to_json(obj: Any) -> Any:
 @run_scope
 def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None, report_only: bool = False) -> dict[str, Any]:
     """Every (model, seed) cell, then the tables and the figure; returns the summary (``scale.json``).
+
+    Example:
+        >>> from paint import ScaleConfig, run_scale
+        >>> summary = run_scale(ScaleConfig(output_dir="runs/scale", seeds=3))  # doctest: +SKIP
+        >>> summary["results"]["paint:medium"]["summary"]["patched_patch"]  # doctest: +SKIP
+        {'mean': 70.1, 'low': 68.0, 'high': 72.2, 'n': 3, 'std': 0.8}
 
     ``report_only``: run no cell; write the reports from the cells finished so far (the others are
     listed as missing), e.g. while a long study is still running elsewhere.
