@@ -100,6 +100,7 @@ def _cell(seed: float) -> dict:
     """A hand-made cell: two patching tasks, support mean given per point."""
     return {
         "seed": 0,
+        "seconds": 60.0,
         "params": {"total": 10, "image_tower": 5},
         "single": {
             "a": {
@@ -137,6 +138,9 @@ def test_per_seed_figures_average_the_patching_tasks_by_hand():
     assert t["a"]["patched_below_finetuned"] == pytest.approx(10.0) and t["b"]["zeroshot"] == pytest.approx(30.0)
     m = multitask_figures(_cell(0.0))
     assert set(m) == {"joint", "parallel"} and m["parallel"]["rank"] == 1.0 and m["joint"]["rank"] == 2.0
+    tied = _cell(0.0)
+    tied["multitask"]["joint"]["patch_mean"] = 0.75
+    assert {k: v["rank"] for k, v in multitask_figures(tied).items()} == {"joint": 1.0, "parallel": 1.0}
 
 
 def test_aggregate_gives_intervals_over_seeds_and_the_figure(tmp_path):
@@ -147,8 +151,8 @@ def test_aggregate_gives_intervals_over_seeds_and_the_figure(tmp_path):
     iv = agg["m1"]["summary"]["patched_patch"]
     assert iv.n == 3 and iv.mean == pytest.approx(71.0)
     assert iv.half == pytest.approx(seed_interval([70.0, 71.0, 72.0]).half)
-    md = scale_markdown(cfg, agg, 60.0)
-    assert "| `m1` |" in md and "71.0 ± 2.5" in md
+    md = scale_markdown(cfg, agg)
+    assert "| `m1` |" in md and "71.0 ± 2.5" in md and "per model (all seeds): `m1` 3." in md
     assert plot_scale(agg, tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

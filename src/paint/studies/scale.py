@@ -345,14 +345,13 @@ def per_task_figures(cell: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def multitask_figures(cell: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    """Per mode: patching and support means (points), and the mode's rank by patching mean (1 = best)."""
+    """Per mode: patching and support means (points), and the mode's rank by patching mean (1 = best; ties share)."""
     modes = {m: r for m, r in cell["multitask"].items() if m != "zero-shot"}
-    order = sorted(modes, key=lambda m: -modes[m]["patch_mean"])
     return {
         m: {
             "patch_mean": 100 * r["patch_mean"],
             "support_mean": 100 * r["support_mean"],
-            "rank": float(order.index(m) + 1),
+            "rank": float(1 + sum(o["patch_mean"] > r["patch_mean"] for o in modes.values())),
         }
         for m, r in modes.items()
     }
@@ -377,6 +376,7 @@ def aggregate(cfg: ScaleConfig, cells: Mapping[str, Sequence[Mapping[str, Any]]]
             "label": labels[model],
             "params": recs[0]["params"],
             "seeds": [c["seed"] for c in recs],
+            "cell_seconds": [c["seconds"] for c in recs],
             "per_seed": head,
             "summary": intervals(head),
             "per_task": nested_intervals([per_task_figures(c) for c in recs]),
@@ -393,9 +393,7 @@ def _iv(iv: Interval, digits: int = 1) -> str:
     return f"{iv.mean:.{digits}f} ± {iv.half:.{digits}f}"
 
 
-def scale_markdown(
-    cfg: ScaleConfig, agg: Mapping[str, Any], seconds: float, missing: Sequence[tuple[str, int]] = ()
-) -> str:
+def scale_markdown(cfg: ScaleConfig, agg: Mapping[str, Any], missing: Sequence[tuple[str, int]] = ()) -> str:
     """``scale.md``: the headline table, per-task table and multi-task table (mean ± 95% interval)."""
     lines = [
         "# Scale study: PAINT on a ladder of model sizes",
@@ -460,7 +458,8 @@ def scale_markdown(
             + ", ".join(f"`{m}` seed {s}" for m, s in missing)
             + ".",
         ]
-    lines += ["", f"Wall time {seconds / 60:.1f} min.", "", "![scale](scale.png)", ""]
+    compute = ", ".join(f"`{m}` {sum(e['cell_seconds']) / 60:.0f}" for m, e in agg.items())
+    lines += ["", f"Minutes the cells took, per model (all seeds): {compute}.", "", "![scale](scale.png)", ""]
     return "\n".join(lines)
 
 
@@ -552,7 +551,7 @@ def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None, repor
     agg = aggregate(cfg, cells)
     seconds = time.time() - t0
     plot_scale(agg, out / "scale.png")
-    table = scale_markdown(cfg, agg, seconds, missing)
+    table = scale_markdown(cfg, agg, missing)
     write_text_atomic(out / "scale.md", table)
     summary = {
         "models": cfg.models,
