@@ -169,6 +169,11 @@ class TaskPool:
                 return t
         raise KeyError(name)
 
+    def with_support(self, patch: Sequence[str]) -> TaskPool:
+        """The pool restricted to ``patch`` (in that order) and the support tasks; same model, store and bundle."""
+        tasks = [self.task(n) for n in patch] + [t for t in self.tasks if t.role == "support" and t.name not in patch]
+        return TaskPool(self.model, self.spec, tasks, self.store, self.batch_size, bundle=self.bundle)
+
     def _selected(self, names: Sequence[str] | None) -> list[PoolTask]:
         return list(self.tasks) if names is None else [self.task(n) for n in names]
 

@@ -177,18 +177,7 @@ def cell_config(cfg: ScaleConfig, model: str, seed: int, out: Path) -> Multitask
 
 def sub_run(ctx: MultitaskRun, patch: Sequence[str]) -> MultitaskRun:
     """The run restricted to ``patch`` and the support tasks; it shares the cell's fine-tunes and store."""
-    keep = set(patch)
-    pool = ctx.pool
-    sub = TaskPool(
-        pool.model,
-        pool.spec,
-        [t for t in pool.tasks if t.name in keep or t.role == "support"],
-        pool.store,
-        pool.batch_size,
-        bundle=pool.bundle,
-    )
-    # Task order follows ``patch`` (sequential patching goes in that order).
-    sub.tasks.sort(key=lambda t: (t.role != "patch", list(patch).index(t.name) if t.name in keep else 0))
+    sub = ctx.pool.with_support(patch)  # task order follows ``patch`` (sequential patching goes in that order)
     return MultitaskRun(
         sub, ctx.theta_zs, ctx.selection, ctx.finetune, ctx.out_dir, ctx.resume, ctx.fingerprint, ctx.finetuned
     )

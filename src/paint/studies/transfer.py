@@ -95,7 +95,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
     from paint.pipeline.multitask import MultitaskRun, start_run
     from paint.pipeline.operation import choose
-    from paint.pipeline.pool import Line, TaskPool
+    from paint.pipeline.pool import Line
     from paint.pipeline.run import check_output_dir
 
     t0 = time.time()
@@ -108,14 +108,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     for i, name in enumerate(names):
         # The objective sees only task i as patching (plus the support tasks): the other tasks
         # of the list must not influence the choice whose transfer to them is measured.
-        sub = TaskPool(
-            pool.model,
-            pool.spec,
-            [t for t in pool.tasks if t.name == name or t.role == "support"],
-            pool.store,
-            pool.batch_size,
-            bundle=pool.bundle,  # flyp: heads rebuilt from the interpolated text tower
-        )
+        sub = pool.with_support([name])  # the bundle goes along (flyp: heads rebuilt from the text tower)
         one = MultitaskRun(sub, ctx.theta_zs, cfg.selection, cfg.finetune, out, resume, ctx.fingerprint)
         theta_ft = one.finetune_from(ctx.theta_zs, [name], f"{i}-{name}/finetune")
         line = Line.between(ctx.theta_zs, theta_ft, f"transfer/{i}/")
