@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
@@ -88,16 +88,9 @@ class ScaleConfig(CachedRun, SelectionFields):
     revision: str | None = None
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None  # shared by every cell (preprocessed images, heads keyed by the text tower)
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"
     num_workers: NumWorkers = None
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {v!r}")
-        return v
 
     @field_validator("seeds")
     @classmethod
@@ -165,7 +158,7 @@ def cell_config(cfg: ScaleConfig, model: str, seed: int, out: Path) -> Multitask
         selection=cfg.selection,
         eval_batch_size=cfg.eval_batch_size,
         cache_dir=str(cfg.cache_path),
-        device=cfg.device,  # type: ignore[arg-type]
+        device=cfg.device,
         threads=cfg.threads,
         num_workers=cfg.num_workers,
         save_models=False,
