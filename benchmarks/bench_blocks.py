@@ -17,8 +17,15 @@ Columns: validation and test accuracy of the patching task(s), test support mean
 drop, free coefficients, validation evaluations, gradient steps (a sample of ``batch`` images
 per task, forward + backward), wall time of the choice.
 
+With ``--seeds N`` (single task) every seed is a full repetition (digits' validation split and the
+fine-tuning seed), kept in ``--out`` on a rerun; the last table gives each strategy's mean over
+seeds with its 95% t interval and the paired difference against the bisected single alpha
+(:func:`paint.stats.paired_difference`: same seeds, same test images), and how many seeds kept
+the support bound on test. ``--model`` picks a rung of the ladder.
+
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_blocks.py --threads 1
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bench_blocks.py --threads 1 --multitask
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_blocks.py --threads 1 --model paint:medium --seeds 3
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from paint.models.clip import DEFAULT_MODEL, load_clip
 from paint.pipeline.operation import choose, choose_blocks
 from paint.pipeline.pool import Line, TaskPool, load_tasks, prepare_tasks
 from paint.selection import SelectionConfig
+from paint.stats import decode_correct, paired_difference, seed_interval
 from paint.studies.demo import DEMO_SUPPORT
 from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
 from paint.utils import hash_tensors
@@ -57,7 +65,7 @@ def fine_tuned(pool: TaskPool, theta_zs: dict, name: str, cfg: FinetuneConfig, o
     """theta_ft of one patching task from theta_zs, cached by (theta_zs, task, recipe)."""
     from safetensors.torch import load_file, save_file
 
-    path = out / f"theta_ft-{name}-{hash_tensors(theta_zs)[:10]}-e{cfg.epochs}.safetensors"
+    path = out / f"theta_ft-{name}-{hash_tensors(theta_zs)[:10]}-e{cfg.epochs}-s{cfg.seed}.safetensors"
     if path.is_file():
         return load_file(str(path))
     pool.load(theta_zs)
@@ -89,6 +97,8 @@ def row(pool, label, theta, choice, patch, support, zs_test, wall, grad_steps=0,
         "grad_steps": grad_steps,
         "wall_s": round(wall, 1),
         "alphas": choice,
+        "test_correct": {t: test[t]["correct"] for t in (*patch, *support)},
+        "test_n": {t: test[t]["n"] for t in (*patch, *support)},
     }
 
 
@@ -115,8 +125,8 @@ def print_rows(title: str, rows: list[dict], patch: list[str], zs_val: dict, zs_
         print(f"  {r['strategy']}: {r['alphas']}")
 
 
-def single_task(pool, theta_zs, out, epochs, only=()) -> list[dict]:
-    ft_cfg = FinetuneConfig(epochs=epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=0)
+def single_task(pool, theta_zs, out, epochs, only=(), seed=0) -> list[dict]:
+    ft_cfg = FinetuneConfig(epochs=epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=seed)
     theta_ft = fine_tuned(pool, theta_zs, "digits", ft_cfg, out)
     line = Line.between(theta_zs, theta_ft)
     patch, support = ["digits"], list(DEMO_SUPPORT)
@@ -126,7 +136,7 @@ def single_task(pool, theta_zs, out, epochs, only=()) -> list[dict]:
         if only and not any(o in label for o in only):
             continue
         t0 = time.time()
-        c = choose(pool, line, cfg, patch, support)
+        c = choose(pool, line, cfg, patch, support, per_block=True)
         wall = time.time() - t0
         if c.block_alphas is None:
             theta, alphas, free, steps = line.at(c.alpha), f"alpha {c.alpha:.3g}", 1, 0
@@ -135,11 +145,66 @@ def single_task(pool, theta_zs, out, epochs, only=()) -> list[dict]:
             alphas = ", ".join(f"{b} {a:.3f}" for b, a in c.block_alphas[0].items())
             free, steps = c.search["free_coefficients"], c.search["gradient_steps"]
         rows.append(row(pool, label, theta, alphas, patch, support, zs_test, wall, steps, free, c.n_model_evals))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith("test_")}), flush=True)
     print_rows(
-        f"digits + {len(support)} support tasks (fine-tune {epochs} epochs)", rows, patch, zs_val, zs_test, support
+        f"digits + {len(support)} support tasks (fine-tune {epochs} epochs, seed {seed})",
+        rows,
+        patch,
+        zs_val,
+        zs_test,
+        support,
     )
-    return rows
+    zs_row = {
+        "strategy": "zero-shot",
+        "test": {p: zs_test[p]["accuracy"] for p in patch},
+        "support_test": float(np.mean([zs_test[s]["accuracy"] for s in support])),
+        "test_correct": {t: zs_test[t]["correct"] for t in (*patch, *support)},
+        "test_n": {t: zs_test[t]["n"] for t in (*patch, *support)},
+    }
+    return [zs_row, *rows]
+
+
+def _correct(seed_rows: list[list[dict]], label: str, tasks: list[str]) -> list[list[np.ndarray]]:
+    out = []
+    for rows in seed_rows:
+        r = next(r for r in rows if r["strategy"] == label)
+        out.append([decode_correct(r["test_correct"][t], r["test_n"][t]) for t in tasks])
+    return out
+
+
+def print_seeded(seed_rows: list[list[dict]], seeds: list[int], reference: str, model: str) -> None:
+    """Each strategy over seeds: test patch and support drop (mean ± t half), paired vs ``reference``."""
+    patch, support = ["digits"], list(DEMO_SUPPORT)
+    labels = [r["strategy"] for r in seed_rows[0] if r["strategy"] != "zero-shot"]
+    zs_support = [100 * next(r for r in rows if r["strategy"] == "zero-shot")["support_test"] for rows in seed_rows]
+
+    def cell(values: list[float]) -> str:
+        iv = seed_interval(values)
+        return f"{iv.mean:.1f}" + ("" if np.isnan(iv.half) else f" ± {iv.half:.1f}")
+
+    def diff(d) -> str:
+        return f"{d.mean:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" + (" *" if d.established else "")
+
+    print(f"\n### {model}: {len(seeds)} seeds {seeds}, test accuracy (%), mean ± 95% t half-width over seeds\n")
+    print(
+        f"| strategy | digits test | support test drop | digits vs {reference} | support vs {reference} | "
+        "bound held on test | free coeffs | val evals | wall s |"
+    )
+    print("|---" * 9 + "|")
+    for label in labels:
+        rows = [next(r for r in rr if r["strategy"] == label) for rr in seed_rows]
+        held = sum(r["support_test_drop"] >= -0.01 - 1e-9 for r in rows)
+        if label == reference:
+            dp = ds = "-"
+        else:
+            dp = diff(paired_difference(_correct(seed_rows, label, patch), _correct(seed_rows, reference, patch)))
+            ds = diff(paired_difference(_correct(seed_rows, label, support), _correct(seed_rows, reference, support)))
+        print(
+            f"| {label} | {cell([100 * r['test']['digits'] for r in rows])} | "
+            f"{cell([100 * r['support_test_drop'] for r in rows])} | {dp} | {ds} | {held}/{len(rows)} | "
+            f"{rows[0]['free']} | {np.mean([r['evals'] for r in rows]):.0f} | {np.mean([r['wall_s'] for r in rows]):.0f} |"
+        )
+    print(f"\nzero-shot support test mean: {np.mean(zs_support):.1f}; `*`: the paired 95% interval excludes 0")
 
 
 def multitask(pool, theta_zs, out, epochs) -> list[dict]:
@@ -217,26 +282,45 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="default: 20 (demo), 10 (multi-task example)")
     ap.add_argument("--multitask", action="store_true")
     ap.add_argument("--only", nargs="*", default=(), help="single task: run only the rows whose label contains one")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a rung of the ladder (paint:tiny, paint:medium) or a path")
+    ap.add_argument("--seeds", type=int, default=None, help="single task: repeat over seeds 0..N-1 (kept on rerun)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = load_clip(DEFAULT_MODEL)
-    specs = [TaskSpec(name="digits", val_fraction=0.2)] + ([TaskSpec(name="counting")] if args.multitask else [])
-    loaded = load_tasks(specs, "patch") + load_tasks([TaskSpec(name=n) for n in DEMO_SUPPORT], "support")
-    tasks = prepare_tasks(bundle, loaded, out / "cache", 256)
-    pool = TaskPool(bundle.model, bundle.spec, tasks, MemoryStore(), 256)  # fresh: wall times are not cache reads
+    bundle = load_clip(args.model)
     theta_zs = bundle.image_tower_copy()
-    n_val = sum(len(t.labels["val"]) for t in tasks)
-    print(f"validation images per evaluation: {n_val}", flush=True)
     t0 = time.time()
     if args.multitask:
+        pool = make_pool(bundle, out, 0, True)
         rows = multitask(pool, theta_zs, out, args.epochs or 10)
+        (out / "multitask.json").write_text(json.dumps(rows, indent=1))
+    elif args.seeds is None:
+        rows = single_task(make_pool(bundle, out, 0, False), theta_zs, out, args.epochs or 20, args.only)
+        (out / "single.json").write_text(json.dumps(rows, indent=1))
     else:
-        rows = single_task(pool, theta_zs, out, args.epochs or 20, args.only)
-    name = "multitask" if args.multitask else "single"
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+        seeds, seed_rows = list(range(args.seeds)), []
+        for seed in seeds:
+            path = out / f"single-seed-{seed}.json"
+            if path.is_file():
+                seed_rows.append(json.loads(path.read_text()))
+                print(f"seed {seed}: kept from {path}", flush=True)
+                continue
+            pool = make_pool(bundle, out, seed, False)
+            seed_rows.append(single_task(pool, theta_zs, out, args.epochs or 20, args.only, seed))
+            path.write_text(json.dumps(seed_rows[-1], indent=1))
+        print_seeded(seed_rows, seeds, "boundary (one alpha, bisection)", args.model)
     print(f"\ntotal {time.time() - t0:.0f}s", flush=True)
+
+
+def make_pool(bundle, out: Path, seed: int, with_counting: bool) -> TaskPool:
+    """The tasks on a fresh in-memory store (wall times are not cache reads); ``seed`` draws digits' validation split."""
+    specs = [TaskSpec(name="digits", val_fraction=0.2, split_seed=seed)]
+    specs += [TaskSpec(name="counting")] if with_counting else []
+    loaded = load_tasks(specs, "patch") + load_tasks([TaskSpec(name=n) for n in DEMO_SUPPORT], "support")
+    tasks = prepare_tasks(bundle, loaded, out / "cache", 256)
+    print(f"validation images per evaluation: {sum(len(t.labels['val']) for t in tasks)}", flush=True)
+    return TaskPool(bundle.model, bundle.spec, tasks, MemoryStore(), 256)
 
 
 if __name__ == "__main__":

@@ -117,3 +117,34 @@ def test_counting_config_rejects_duplicates(tmp_path):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "support_tasks": ["shapes", "shapes"]})
     with pytest.raises(PaintError, match="must all differ"):
         parse_config(CountingConfig, {"output_dir": str(tmp_path), "support_tasks": ["counting"]})
+
+
+def test_counting_rule_flags_and_seeds(tmp_path, tiny_clip_dir, capsys):
+    """--rule / --constraint map to the selection config (they once sent refused top-level keys); seeds repeat."""
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "support_tasks": ["shapes"],
+        "max_train": 40,
+        "max_eval": 30,
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
+        "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
+        "seeds": 2,
+    }
+    path = tmp_path / "counting.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["counting", str(path), "--rule", "mean", "--constraint", "each"]) == 0
+    run = tmp_path / "run"
+    for s in (0, 1):
+        one = yaml.safe_load((run / f"seed-{s}" / "config.yaml").read_text())
+        assert one["selection"]["objective"] == "mean_accuracy" and one["selection"]["constraint"] == "each"
+        assert one["seed"] == s and one["finetune"]["seed"] == s and one["task"]["split_seed"] == s
+    summary = json.loads((run / "summary.json").read_text())
+    per_seed = [json.loads((run / f"seed-{s}" / "summary.json").read_text()) for s in (0, 1)]
+    assert summary["seeds"] == [0, 1] and summary["alphas"] == [p["alpha"] for p in per_seed]
+    seen = summary["test"]["patched"]["seen"]
+    assert seen["n"] == 2 and seen["mean"] == pytest.approx(np.mean([p["test"]["patched"]["seen"] for p in per_seed]))
+    assert "mean ± the 95% Student-t" in (run / "summary.md").read_text()
+    assert "over seeds [0, 1]" in capsys.readouterr().out

@@ -170,3 +170,41 @@ def test_a_fine_tune_is_made_once_per_run_whatever_the_mode(ctx, monkeypatch):
     assert seq.n_finetunes == par.n_finetunes == 2  # each mode still counts the fine-tunes it needs
     theta_rgb = ctx.finetune_from(ctx.theta_zs, ["rgb"], "any/tag")
     assert len(calls) == 3 and theta_rgb is ctx.finetuned[(mt.state_id(ctx.theta_zs), ("rgb",))]
+
+
+def test_multitask_over_seeds_compares_modes_with_paired_intervals(tiny_clip_dir, tmp_path):
+    import yaml
+
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits", "colours"],
+        "support_tasks": ["shapes"],
+        "modes": ["joint", "parallel"],
+        "finetune": {**{k: v for k, v in FT.items() if k != "cpu"}, "max_steps": 2},
+        "selection": {"alphas": [0.0, 0.5, 1.0]},
+        "save_models": False,
+        "seeds": [0, 1, 2],
+        "reference": "parallel",
+        "threads": 1,
+    }
+    path = tmp_path / "mt.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["multitask", str(path)]) == 0
+    run = tmp_path / "run"
+    summary = json.loads((run / "comparison.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and summary["reference"] == "parallel"
+    per_seed = [json.loads((run / f"seed-{s}" / "comparison.json").read_text()) for s in (0, 1, 2)]
+    joint, parallel = summary["modes"]
+    assert (joint["label"], parallel["label"]) == ("joint", "parallel") and "vs_reference" not in parallel
+    rows = {m: [next(r for r in p["comparison"] if r["mode"] == m) for p in per_seed] for m in ("joint", "parallel")}
+    diff = joint["vs_reference"]["patch"]
+    expected = np.mean([100 * (a["patch_mean"] - b["patch_mean"]) for a, b in zip(rows["joint"], rows["parallel"])])
+    assert diff["mean"] == pytest.approx(expected, abs=1e-3) and diff["low"] <= diff["mean"] <= diff["high"]
+    assert joint["bound_on_test"]["of"] == 3
+    assert joint["bound_on_test"]["held"] == sum(r["bound_on_test"]["holds"] for r in rows["joint"])
+    assert joint["patch"]["seeds"]["n"] == 3 and joint["per_task"]["digits"]["n"] == 3
+    table = (run / "comparison.md").read_text()
+    assert "patch vs parallel" in table and "| joint |" in table and "fine-tunes" in table

@@ -71,3 +71,38 @@ def test_paint_transfer_command_end_to_end(tiny_clip_dir, tmp_path, capsys):
     # A finished run is not overwritten: one-line error, exit 2.
     assert main(["transfer", str(tmp_path / "t.yaml")]) == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+def test_paint_transfer_over_seeds_gives_each_cell_its_paired_interval(tiny_clip_dir, tmp_path, capsys):
+    import yaml
+
+    from paint.cli import main
+
+    folder = _colour_folder(tmp_path / "colours", 0)
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "out"),
+        "device": "cpu",
+        "tasks": [
+            "digits",
+            {"name": "colours", "source": "folder", "path": str(folder), "templates": ["a photo of the {}."]},
+        ],
+        "finetune": {"epochs": 1, "lr": 3e-3, "batch_size": 32, "warmup_steps": 0, "max_steps": 3, "cpu": True},
+        "selection": {"strategy": "grid", "objective": "mean_accuracy", "alphas": [0.0, 0.5, 1.0]},
+        "seeds": 3,
+    }
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["transfer", str(tmp_path / "t.yaml")]) == 0
+    out = tmp_path / "out"
+    saved = json.loads((out / "transfer.json").read_text())
+    per_seed = [json.loads((out / f"seed-{s}" / "transfer.json").read_text()) for s in range(3)]
+    assert saved["seeds"] == [0, 1, 2]
+    for i, src in enumerate(saved["tasks"]):
+        assert saved["alphas"][src] == [p["alphas"][src] for p in per_seed]
+        for j, dst in enumerate(saved["tasks"]):
+            cell = saved["cells"][src][dst]
+            expected = np.mean([p["delta_points"]["patched"][i][j] for p in per_seed])
+            assert cell["mean"] == pytest.approx(expected, abs=1e-3) == pytest.approx(saved["delta_points"]["patched"][i][j])
+            assert cell["low"] <= cell["mean"] <= cell["high"] and cell["seeds"] == 3
+            assert cell["established"] == (cell["low"] > 0 or cell["high"] < 0)
+    assert "± " in (out / "transfer.md").read_text() and (out / "transfer.png").is_file()

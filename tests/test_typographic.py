@@ -334,3 +334,35 @@ def test_default_held_out_styles_differ_from_the_training_style():
     cfg = TypographicConfig(output_dir="x")
     assert set(cfg.test_styles) == set(HELD_OUT_STYLES) and len(HELD_OUT_STYLES) >= 4
     assert all(st != cfg.attack for st in cfg.test_styles.values())
+
+
+def test_typographic_rule_flags_and_seeds(tmp_path, tiny_clip_dir):
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "patch_task": "shapes",
+        "transfer_tasks": ["colours"],
+        "max_train": 32,
+        "max_eval": 16,
+        "selection": {"alphas": [0.0, 1.0]},
+        "finetune": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "warmup_steps": 1},
+        "test_styles": {},
+        "write_images": False,
+        "seeds": [3, 4],
+    }
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["typographic", "run", str(path), "--rule", "constrained", "--constraint", "each"]) == 0
+    run = tmp_path / "run"
+    for s in (3, 4):
+        one = yaml.safe_load((run / f"seed-{s}" / "config.yaml").read_text())
+        assert one["selection"]["constraint"] == "each" and one["seed"] == s and one["patch_task"]["split_seed"] == s
+    summary = json.loads((run / "summary.json").read_text())
+    per_seed = [json.loads((run / f"seed-{s}" / "summary.json").read_text()) for s in (3, 4)]
+    cell = summary["test"]["colours"]["patched"]["attacked_accuracy"]
+    values = [p["test"]["colours"]["patched"]["attacked_accuracy"] for p in per_seed]
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(np.mean(values))
+    assert summary["test"]["colours"]["role"] == "transfer"
+    assert "| colours | transfer | patched |" in (run / "summary.md").read_text()

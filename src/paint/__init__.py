@@ -69,6 +69,10 @@ _API: dict[str, str] = {
     "run_scale": "paint.studies.scale",
     "seed_interval": "paint.stats",
     "wilson_interval": "paint.stats",
+    "image_interval": "paint.stats",
+    "paired_difference": "paint.stats",
+    "paired_drop_lower": "paint.stats",
+    "Difference": "paint.stats",
     # shared types
     "PaintError": "paint.errors",
     "StateDict": "paint.types",

@@ -18,6 +18,22 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def selection_sets(args: argparse.Namespace) -> None:
+    """Turn ``--rule`` / ``--constraint`` into ``--set selection.*`` items (the case studies' flags).
+
+    ``--rule mean`` is ``selection.objective: mean_accuracy``; ``--rule constrained`` is the default
+    objective; ``--constraint`` is ``selection.constraint``. Appended to ``args.set``, so the flags are
+    validated like the config file's fields.
+    """
+    objective = {"mean": "mean_accuracy", "constrained": "constrained"}
+    items = list(getattr(args, "set", None) or [])
+    if getattr(args, "rule", None):
+        items.append(f"selection.objective={objective[args.rule]}")
+    if getattr(args, "constraint", None):
+        items.append(f"selection.constraint={args.constraint}")
+    args.set = items
+
+
 def add_run_options(
     p: argparse.ArgumentParser,
     config_help: str,

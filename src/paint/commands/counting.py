@@ -36,7 +36,7 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import load_run_config
+    from paint.commands._shared import load_run_config, selection_sets
     from paint.commands.triage import with_epochs
     from paint.studies.counting import CountingConfig, counting_table, run_counting
 
@@ -47,13 +47,16 @@ def run(args: argparse.Namespace) -> int:
         "support_tasks": args.support,
         "max_train": args.max_train,
         "max_eval": args.max_eval,
-        "rule": args.rule,
-        "constraint": args.constraint,
         "cache_dir": args.cache_dir,
     }
+    selection_sets(args)
     cfg = with_epochs(load_run_config(CountingConfig, args.config, overrides, args), args.epochs)
     summary = run_counting(cfg, resume=args.resume)
-    print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
-    print(counting_table(summary))
+    if cfg.seeds is not None:
+        print(f"test accuracy (%) over seeds {summary['seeds']}, mean ± 95% t half-width")
+        print(summary["table"])
+    else:
+        print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
+        print(counting_table(summary))
     print(f"outputs: {cfg.output_dir}/ (summary.md, summary.json, counting.png, results.jsonl, config.yaml)")
     return 0

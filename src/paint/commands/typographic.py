@@ -158,7 +158,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import load_run_config
+    from paint.commands._shared import load_run_config, selection_sets
     from paint.commands.triage import with_epochs
     from paint.studies.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
 
@@ -170,8 +170,6 @@ def _run(args: argparse.Namespace) -> int:
         "support_tasks": args.support,
         "max_train": args.max_train,
         "max_eval": args.max_eval,
-        "rule": args.rule,
-        "constraint": args.constraint,
         "train_on": args.train_on,
         "seed": args.seed,
         "cache_dir": args.cache_dir,
@@ -185,8 +183,14 @@ def _run(args: argparse.Namespace) -> int:
             with open(args.config, encoding="utf-8") as f:
                 base = (yaml.safe_load(f) or {}).get("attack") or {}
         overrides["attack"] = {**base, **style}  # flags refine the config's attack section
+    selection_sets(args)
     cfg = with_epochs(load_run_config(TypographicConfig, args.config, overrides, args), args.epochs)
     summary = run_typographic(cfg, resume=args.resume)
+    if cfg.seeds is not None:
+        print(f"test (%) over seeds {summary['seeds']}, mean ± 95% t half-width")
+        print(summary["table"])
+        print(f"outputs: {cfg.output_dir}/ (summary.md, summary.json, seed-<s>/)")
+        return 0
     print(f"chosen alpha: {summary['alpha']:.3g} ({summary['selection']['rule']} rule)")
     print(typographic_table(summary["test"]))
     styles = styles_table(summary["test"])

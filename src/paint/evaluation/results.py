@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.rows import read_rows
 from paint.models.families import family_of
+from paint.stats import encode_correct
 from paint.utils import append_jsonl, read_jsonl_checked
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,15 @@ def predict(
     return torch.cat(out) if out else torch.empty(0, head.shape[0])
 
 
-def metrics_from_logits(logits: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, float]:
-    """Accuracy (fraction), mean cross-entropy and count."""
+def metrics_from_logits(logits: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, Any]:
+    """Accuracy (fraction), mean cross-entropy, count and the per-image correctness (``correct``)."""
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    hit = logits.argmax(dim=1) == y
     return {
-        "accuracy": float((logits.argmax(dim=1) == y).float().mean()),
+        "accuracy": float(hit.float().mean()),
         "loss": float(F.cross_entropy(logits.float(), y)),
         "n": int(len(y)),
+        "correct": encode_correct(hit.cpu().numpy()),
     }
 
 
@@ -72,8 +75,8 @@ def evaluate_split(
     labels: Sequence[int] | np.ndarray,
     spec: ImageSpec,
     batch_size: int = 256,
-) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` with ``head`` on one split.
+) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy and per-image correctness of ``model`` with ``head`` on one split.
 
     Example:
         >>> from paint import evaluate_split

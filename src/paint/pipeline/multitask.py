@@ -35,6 +35,15 @@ from paint.pipeline.operation import Choice, choose, choose_blocks, chosen_state
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
 from paint.pipeline.run import ModelRunConfig
 from paint.pipeline.rundir import run_scope
+from paint.pipeline.seeds import (
+    OptionalSeeds,
+    bound_on_test,
+    method_summary,
+    methods_markdown,
+    run_seeds,
+    summarise_methods,
+    test_record,
+)
 from paint.selection import SelectionConfig
 from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
@@ -222,9 +231,14 @@ def comparison_rows(ctx: MultitaskRun, results: Sequence[ModeResult]) -> list[di
         test = zs if r is None else ctx.pool.evaluate_state(theta, "test")
         acc = {n: test[n]["accuracy"] for n in test}
         support = ctx.support
+        zs_acc = {n: zs[n]["accuracy"] for n in zs}
+        eps, constraint = ctx.selection.epsilon, ctx.selection.constraint
         rows.append(
             {
                 "mode": label,
+                "label": label,
+                **test_record(test),
+                "bound_on_test": None if r is None else bound_on_test(acc, zs_acc, support, eps, constraint),
                 "alphas": [] if r is None else r.alphas,
                 "test": acc,
                 "patch_mean": float(np.mean([acc[n] for n in ctx.patch])),
@@ -295,6 +309,14 @@ class MultitaskConfig(ModelRunConfig):
     save_models: bool = Field(
         True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model"
     )
+    seeds: OptionalSeeds = Field(
+        None,
+        description="repeat the whole run per seed (a count or a list; each sets finetune.seed and the patching "
+        "tasks' split_seed), in <output_dir>/seed-<s>/, and compare the modes with intervals; null: one run",
+    )
+    reference: Mode | None = Field(
+        None, description="the mode paired differences are taken against (default: the first)"
+    )
 
     @model_validator(mode="after")
     def _checks(self):
@@ -304,6 +326,8 @@ class MultitaskConfig(ModelRunConfig):
             raise ValueError(f"task {dup!r} is listed twice")
         if len(set(self.modes)) != len(self.modes):
             raise ValueError("a mode is listed twice")
+        if self.reference is not None and self.reference not in self.modes:
+            raise ValueError(f"reference {self.reference!r} is not one of the modes ({', '.join(self.modes)})")
         return self
 
 
@@ -336,15 +360,61 @@ def start_run(
 
 
 @run_scope
-@run_scope
 def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     """Run every configured mode; write comparison.md, comparison.json (last) and checkpoints.
+
+    With ``seeds``, the whole run is repeated per seed in ``seed-<s>/`` (finished seeds kept on
+    resume) and the parent's reports compare the modes with intervals and paired differences.
 
     Example:
         >>> from paint import MultitaskConfig, run_multitask
         >>> cfg = MultitaskConfig(output_dir="runs/mt", patch_tasks=["digits", "counting"], support_tasks=["shapes"])
         >>> print(run_multitask(cfg)["table"])  # doctest: +SKIP
     """
+    if cfg.seeds is None:
+        return run_multitask_once(cfg, resume)
+    t0 = time.time()
+    runs = run_seeds(cfg, resume, "comparison.json", run_multitask_once)
+    return write_seeded_multitask(cfg, runs, time.time() - t0)
+
+
+def write_seeded_multitask(cfg: MultitaskConfig, runs: dict[int, Any], seconds: float) -> dict[str, Any]:
+    """The parent's ``comparison.md`` / ``comparison.json``: every mode over seeds, paired against the reference."""
+    seeds = sorted(runs)
+    first = runs[seeds[0]]
+    patch, support = list(first["patch_tasks"]), list(first["support_tasks"])
+    reference = cfg.reference or cfg.modes[0]
+    per_seed = {s: runs[s]["comparison"] for s in seeds}
+    modes = summarise_methods(per_seed, list(cfg.modes), reference, patch, support)
+    zero = [next(r for r in per_seed[s] if r["label"] == "zero-shot") for s in seeds[:1]]
+    zeroshot = method_summary(zero, None, patch, support)
+    costs = {
+        "fine-tunes": [str(runs[seeds[0]]["modes"][m]["finetunes"]) for m in cfg.modes],
+        "model evals": [f"{np.mean([runs[s]['modes'][m]['model_evals'] for s in seeds]):.0f}" for m in cfg.modes],
+    }
+    table = methods_markdown(modes, reference, cfg.selection.epsilon, patch, support, zeroshot, costs)
+    summary = {
+        "model": cfg.model,
+        "seeds": seeds,
+        "patch_tasks": patch,
+        "support_tasks": support,
+        "selection": cfg.selection.model_dump(mode="json"),
+        "reference": reference,
+        "zeroshot": zeroshot,
+        "modes": modes,
+        "per_seed": {str(s): f"seed-{s}/comparison.json" for s in seeds},
+        "timing_s": {"total": round(seconds, 2)},
+    }
+    out = Path(cfg.output_dir)
+    header = f"# Multi-task patching over seeds {seeds}: {', '.join(patch)}"
+    write_text_atomic(out / "comparison.md", f"{header}\n\n{table}\n")
+    write_json_atomic(out / "comparison.json", summary)
+    summary["table"] = table
+    return summary
+
+
+def run_multitask_once(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
+    """One run of every mode in ``cfg.output_dir`` (with ``finetune.seed``)."""
     from paint.models.clip import save_clip
     from paint.pipeline.operation import save_heads, split_heads
     from paint.pipeline.run import check_output_dir
@@ -409,5 +479,6 @@ def run_patch_multitask(cfg: Any, resume: bool) -> dict[str, Any]:
         cache_dir=cfg.cache_dir,
         device=cfg.device,
         threads=cfg.threads,
+        num_workers=cfg.num_workers,
     )
     return run_multitask(mt, resume=resume)

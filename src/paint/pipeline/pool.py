@@ -4,7 +4,7 @@ Every workflow (``paint patch``, the multi-task modes, transfer, the case studie
 loads its tasks with :func:`load_tasks` (every check before any output is written), prepares
 them with :func:`prepare_tasks` (preprocessed images and zero-shot heads, both cached on disk)
 and evaluates image-tower states through a :class:`TaskPool`: ``pool.evaluate_line(line, alpha,
-split)`` or ``pool.evaluate_state(theta, split)`` -> ``{task: {"accuracy", "loss", "n"}}``, each
+split)`` or ``pool.evaluate_state(theta, split)`` -> ``{task: {"accuracy", "loss", "n", "correct"}}``, each
 result cached in the run's results store under (state or line id, alpha, task, split).
 """
 
@@ -190,14 +190,14 @@ class TaskPool:
         for t in self._selected(tasks):
             rkey = ResultKey(key, alpha, t.name, split)
             rec = self.store.get(rkey)
-            if rec is None:
+            if rec is None or "correct" not in rec:  # records older than per-image correctness are measured again
                 if heads is None:
                     heads = self._load(state())
                 metrics = evaluate_split(
                     self.model, heads.get(t.name, t.head), t.images[split], t.labels[split], self.spec, self.batch_size
                 )
                 rec = self.store.put(rkey, metrics)
-            out[t.name] = {"accuracy": rec["accuracy"], "loss": rec["loss"], "n": rec["n"]}
+            out[t.name] = {k: rec[k] for k in ("accuracy", "loss", "n", "correct")}
         return out
 
     def _load(self, state: StateDict) -> dict[str, torch.Tensor]:

@@ -65,6 +65,13 @@ class SelectionConfig(StrictModel):
     budget: int | None = Field(None, ge=1, description="most model evaluations; default: the grid, or 11")
     xtol: float = Field(1e-3, gt=0.0, description="stop when alpha is known to within this")
     blockwise: BlockwiseConfig = Field(default_factory=BlockwiseConfig)
+    bound_confidence: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1.0,
+        description="constrained: hold the support change's one-sided lower confidence bound (paired over the "
+        "validation images) within epsilon, not its point estimate; e.g. 0.95 (null: the point estimate)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -81,6 +88,12 @@ class SelectionConfig(StrictModel):
             raise ValueError("strategy 'boundary' needs objective 'constrained' (it bisects the support constraint)")
         if self.objective == "entropy" and self.strategy not in ("grid", "lines", "blockwise"):
             raise ValueError("objective 'entropy' needs strategy 'grid', 'lines' or 'blockwise'")
+        if self.bound_confidence is not None and self.objective != "constrained":
+            raise ValueError(f"bound_confidence needs objective 'constrained', not {self.objective!r}")
+        if self.bound_confidence is not None and self.strategy in ("lines", "blockwise", "derivative"):
+            raise ValueError(
+                f"bound_confidence needs per-image validation results, which strategy {self.strategy!r} does not keep"
+            )
         if self.strategy != "grid" and self.budget is not None and self.budget < 3:
             raise ValueError(f"strategy {self.strategy!r} needs a budget of at least 3 evaluations")
         return self

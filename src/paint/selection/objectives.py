@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from paint.errors import PaintError
+from paint.stats import decode_correct, paired_drop_lower
 
-TaskMetrics = dict[str, dict[str, float]]  # task name -> {"accuracy", "loss", "dloss"?, ...}
+TaskMetrics = dict[str, dict[str, Any]]  # task name -> {"accuracy", "loss", "dloss"?, ...}
 Measure = Callable[[float, bool], TaskMetrics]  # (alpha, need_derivative) -> metrics
 
 
@@ -97,12 +98,32 @@ class Constrained:
     groups: TaskGroups
     epsilon: float = 1.0
     constraint: str = "mean"
+    confidence: float | None = None  # hold the paired lower bound of the change, not its point estimate
     name: str = "constrained"
     differentiable: bool = False
 
+    def _lower_change(self, metrics: TaskMetrics, reference: TaskMetrics, tasks: Sequence[str]) -> float:
+        """Lower confidence bound of the support change (fraction), paired over the validation images."""
+        missing = [t for t in tasks if "correct" not in metrics.get(t, {}) or "correct" not in reference.get(t, {})]
+        if missing:
+            raise PaintError(
+                f"bound_confidence needs per-image results, and task {missing[0]!r} has none "
+                "(strategies lines and blockwise, and the derivative measure, do not record them)"
+            )
+        after = [decode_correct(str(metrics[t]["correct"]), int(metrics[t]["n"])) for t in tasks]
+        before = [decode_correct(str(reference[t]["correct"]), int(reference[t]["n"])) for t in tasks]
+        return paired_drop_lower(after, before, float(self.confidence or 0.95))
+
     def violation(self, metrics: TaskMetrics, reference: TaskMetrics) -> float:
-        """Total shortfall (fraction) of support accuracy below zero-shot minus epsilon."""
+        """Total shortfall (fraction) of support accuracy below zero-shot minus epsilon.
+
+        With ``confidence``, the shortfall of the change's lower confidence bound (paired over the
+        validation images) below minus epsilon: a margin that is as wide as the split is noisy.
+        """
         eps = self.epsilon / 100.0
+        if self.confidence is not None:
+            groups = [self.groups.support] if self.constraint == "mean" else [(t,) for t in self.groups.support]
+            return sum(max(0.0, -eps - self._lower_change(metrics, reference, g)) for g in groups if g)
         if self.constraint == "mean":
             if not self.groups.support:
                 return 0.0
@@ -172,9 +193,20 @@ OBJECTIVES = ("mean_accuracy", "constrained", "loss_sum")
 
 
 def make_objective(
-    name: str, patch: Sequence[str], support: Sequence[str] = (), epsilon: float = 1.0, constraint: str = "mean"
+    name: str,
+    patch: Sequence[str],
+    support: Sequence[str] = (),
+    epsilon: float = 1.0,
+    constraint: str = "mean",
+    confidence: float | None = None,
 ) -> Objective:
-    """Build a named objective over the given patching and support task names."""
+    """Build a named objective over the given patching and support task names.
+
+    ``confidence`` (``constrained`` only) holds the support change's paired lower confidence
+    bound within epsilon instead of its point estimate.
+    """
+    if confidence is not None and name != "constrained":
+        raise PaintError(f"bound_confidence needs objective 'constrained', not {name!r}")
     groups = TaskGroups(tuple(patch), tuple(support))
     if name == "mean_accuracy":
         return MeanAccuracy(groups)
@@ -183,7 +215,7 @@ def make_objective(
             raise PaintError(
                 f"unknown constraint {constraint!r}; use 'each' (every support task) or 'mean' (their mean)"
             )
-        return Constrained(groups, epsilon, constraint)
+        return Constrained(groups, epsilon, constraint, confidence)
     if name == "loss_sum":
         return LossSum(groups)
     raise PaintError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")

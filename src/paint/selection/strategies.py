@@ -297,7 +297,7 @@ def evaluator_for(
     """
     return Evaluator(
         measure,
-        make_objective(cfg.objective, patch, support, cfg.epsilon, cfg.constraint),
+        make_objective(cfg.objective, patch, support, cfg.epsilon, cfg.constraint, cfg.bound_confidence),
         cfg.max_evals(),
         reference,
         bounds=None if cfg.allow_extrapolation else (0.0, 1.0),

@@ -28,6 +28,7 @@ from paint.config import StrictModel, alpha_grid, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.pipeline.run import ModelRunConfig
 from paint.pipeline.rundir import run_scope
+from paint.pipeline.seeds import OptionalSeeds, bound_on_test, run_seeds, test_record
 from paint.train.finetune import FinetuneConfig
 from paint.train.recipes.config import RecipeSpec
 from paint.utils import write_json_atomic, write_text_atomic
@@ -81,6 +82,14 @@ class CompareConfig(ModelRunConfig):
     frontier_alphas: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], description="test-split points of each curve"
     )
+    seeds: OptionalSeeds = Field(
+        None,
+        description="repeat the whole comparison per seed (a count or a list; each sets finetune.seed and the "
+        "patching tasks' split_seed), in <output_dir>/seed-<s>/; null: one run with finetune.seed",
+    )
+    reference: str | None = Field(
+        None, description="the recipe every paired difference is taken against (default: the first)"
+    )
 
     @field_validator("frontier_alphas")
     @classmethod
@@ -97,7 +106,13 @@ class CompareConfig(ModelRunConfig):
             raise ValueError(f"recipe {dup!r} is listed twice; give one of them a label")
         for r in self.recipes:
             self.recipe_config(r)  # an override that does not validate is a config error, before any work
+        if self.reference is not None and self.reference not in [r.name for r in self.recipes]:
+            raise ValueError(f"reference {self.reference!r} is not one of the recipes' labels")
         return self
+
+    @property
+    def reference_label(self) -> str:
+        return self.reference or self.recipes[0].name
 
     def recipe_config(self, entry: CompareRecipe) -> FinetuneConfig:
         """The shared settings with the entry's overrides and recipe."""
@@ -202,6 +217,7 @@ def run_recipe_entry(
     chosen = next(p for p in frontier if p["alpha"] == choice.alpha)
     zero = next(p for p in frontier if p["alpha"] == 0.0)
     best = best_within(frontier, zero["support_mean"] - cfg.selection.epsilon / 100)
+    chosen_test = pool.evaluate_line(line, choice.alpha, "test")  # cached: its per-image correctness
     return {
         "label": entry.name,
         "recipe": rcfg.recipe.model_dump(mode="json"),
@@ -212,6 +228,11 @@ def run_recipe_entry(
         "patch_mean": chosen["patch_mean"],
         "support_mean": chosen["support_mean"],
         "best_within_epsilon": best,
+        "bound_on_test": bound_on_test(
+            chosen["test"], zero["test"], names_s, cfg.selection.epsilon, cfg.selection.constraint
+        ),
+        "test_correct": test_record(chosen_test)["test_correct"],
+        "test_n": test_record(chosen_test)["test_n"],
         "frontier": frontier,
         "sweep": choice.sweep,
         "finetune_seconds": round(seconds, 2),
@@ -277,14 +298,33 @@ def plot_frontier(
 
 @run_scope
 def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
-    """Run every recipe (skipping finished ones on resume); write the table, the JSON and the frontier plot."""
+    """Run every recipe (skipping finished ones on resume); write the table, the JSON and the frontier plot.
+
+    With ``seeds``, the whole comparison runs once per seed (a finished seed is kept on resume; seeds
+    may be added) and the reports give each figure's mean, its interval over seeds, the test split's
+    sampling error and the paired differences against the reference recipe (:mod:`paint.studies.compare_stats`).
+    """
+    if cfg.seeds is None:
+        return run_one_seed(cfg, resume)
+    from paint.studies.compare_stats import write_seeded_reports
+
+    t0 = time.time()
+    runs = run_seeds(cfg, resume, MARKER, run_one_seed)
+    return write_seeded_reports(cfg, runs, time.time() - t0)
+
+
+MARKER = "comparison.json"
+
+
+def run_one_seed(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
+    """One comparison run in ``cfg.output_dir`` (every recipe with ``finetune.seed``)."""
     from paint.pipeline.pool import start_pool
     from paint.pipeline.run import check_output_dir
     from paint.utils import hash_tensors, sha256_strings
 
     t0 = time.time()
     out = Path(cfg.output_dir)
-    marker = "comparison.json"
+    marker = MARKER
     check_output_dir(out, resume, marker)
     pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks, marker)
     names_p, names_s = pool.names("patch"), pool.names("support")
@@ -297,7 +337,8 @@ def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
             *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks),
         ]
     )
-    zs = {n: m["accuracy"] for n, m in pool.evaluate_state(theta_zs, "test").items()}
+    zs_test = pool.evaluate_state(theta_zs, "test")
+    zs = {n: m["accuracy"] for n, m in zs_test.items()}
     rows, skipped = [], []
     for entry in cfg.recipes:
         done = out / "recipes" / entry.name / RESULT
@@ -318,7 +359,10 @@ def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
         "patch_tasks": names_p,
         "support_tasks": names_s,
         "selection": cfg.selection.model_dump(mode="json"),
+        "seed": cfg.finetune.seed,
         "zeroshot_test": zs,
+        "zeroshot_test_correct": {n: m["correct"] for n, m in zs_test.items()},
+        "test_n": {n: m["n"] for n, m in zs_test.items()},
         "recipes": rows,
         "skipped_on_resume": skipped,
         "timing_s": {"total": round(time.time() - t0, 2)},

@@ -33,6 +33,7 @@ from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import run_scope
+from paint.pipeline.seeds import OptionalSeeds, fmt_fraction, interval_leaves, run_seeds
 from paint.selection import SelectionFields
 from paint.studies.common import capped, demo_finetune
 from paint.train.finetune import FinetuneConfig
@@ -65,6 +66,11 @@ class CountingConfig(CachedRun, SelectionFields):
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     seed: int = 0
+    seeds: OptionalSeeds = Field(
+        None,
+        description="repeat the study per seed (a count or a list; each sets seed, finetune.seed and the task's "
+        "split_seed) in <output_dir>/seed-<s>/, and report each figure as mean ± t over seeds; null: one run",
+    )
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -154,6 +160,47 @@ def per_count_accuracy(logits: torch.Tensor, labels: np.ndarray, counts: Sequenc
 
 @run_scope
 def run_counting(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the counting study (once, or per seed with ``seeds``); return the summary (``summary.json``)."""
+    if cfg.seeds is None:
+        return run_counting_once(cfg, resume)
+    runs = run_seeds(cfg, resume, "summary.json", run_counting_once)
+    return write_seeded_counting(cfg, runs)
+
+
+def write_seeded_counting(cfg: CountingConfig, runs: dict[int, Any]) -> dict[str, Any]:
+    """The parent's ``summary.md`` / ``summary.json``: every figure of the table as mean ± t over seeds."""
+    seeds = sorted(runs)
+    first = runs[seeds[0]]
+    test = interval_leaves([runs[s]["test"] for s in seeds])
+    held = list(first["heldout"])
+    head = ["model", "alpha", "seen counts", *(f"{c} ({first['heldout'][c][:6]}.)" for c in held), "support mean"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in ("zeroshot", "patched", "finetuned"):
+        r = test[label]
+        support = "-" if not isinstance(r.get("support_mean"), dict) else fmt_fraction(r["support_mean"])
+        cells = [label, fmt_fraction(r["alpha"], 1.0, 2), fmt_fraction(r["seen"])]
+        lines.append("| " + " | ".join(cells + [fmt_fraction(r["heldout"][c]) for c in held] + [support]) + " |")
+    table = "\n".join(lines)
+    summary = {
+        "model": cfg.model,
+        "seeds": seeds,
+        "counts": first["counts"],
+        "heldout": first["heldout"],
+        "alphas": [runs[s]["alpha"] for s in seeds],
+        "test": test,
+        "per_seed": {str(s): f"seed-{s}/summary.json" for s in seeds},
+    }
+    out = Path(cfg.output_dir)
+    text = (
+        f"# Counting over seeds {seeds}: patched on counts {first['seen_counts']}\n\nTest accuracy (%), mean ± the 95% "
+        f"Student-t half-width over seeds (each seed: the fine-tuning seed and the validation split).\n\n{table}\n"
+    )
+    write_text_atomic(out / "summary.md", text)
+    write_json_atomic(out / "summary.json", summary)
+    return summary | {"table": table}
+
+
+def run_counting_once(cfg: CountingConfig, resume: bool = False) -> dict[str, Any]:
     """Run the counting study; return the summary (also written to ``summary.json``).
 
     Steps: split counting into seen and held-out counts; the patch operation (fine-tune the image

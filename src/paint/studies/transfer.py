@@ -14,12 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.pipeline.run import ModelRunConfig
 from paint.pipeline.rundir import run_scope
+from paint.pipeline.seeds import OptionalSeeds, run_seeds
+from paint.stats import Difference, decode_correct, paired_difference
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
 
@@ -32,6 +35,11 @@ class TransferConfig(ModelRunConfig):
         default_factory=list, description="kept within epsilon by the constrained objective"
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    seeds: OptionalSeeds = Field(
+        None,
+        description="repeat per seed (a count or a list; finetune.seed and the tasks' split_seed) in "
+        "<output_dir>/seed-<s>/; every cell then carries its interval and whether it is established",
+    )
 
     @model_validator(mode="after")
     def _unique(self):
@@ -59,8 +67,6 @@ def matrix_markdown(matrix: Sequence[Sequence[float]], tasks: Sequence[str], alp
 
 def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Heatmap of the delta matrix (points), diverging colours centred on 0."""
-    import numpy as np
-
     from paint.plotting import new_figure
 
     m = np.asarray(matrix, dtype=float)
@@ -92,7 +98,81 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
 
 @run_scope
 def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
-    """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix."""
+    """Patch on each task (fine-tune from theta_zs, choose alpha), evaluate on all; write the matrix.
+
+    With ``seeds``, once per seed in ``seed-<s>/`` (finished seeds kept on resume); each cell of the
+    parent's matrix is then the paired difference patched - zero-shot over seeds and test images,
+    marked when established (:func:`paint.stats.paired_difference`).
+    """
+    if cfg.seeds is None:
+        return run_transfer_once(cfg, resume)
+    t0 = time.time()
+    runs = run_seeds(cfg, resume, "transfer.json", run_transfer_once)
+    return write_seeded_transfer(cfg, runs, time.time() - t0)
+
+
+def seeded_matrix(runs: Sequence[dict[str, Any]], names: Sequence[str]) -> list[list[Difference]]:
+    """Cell (i, j): patched-on-i minus zero-shot on task j's test images, paired over seeds and images."""
+
+    def correct(run: dict[str, Any], code: str, task: str) -> np.ndarray:
+        return decode_correct(code, int(run["test_n"][task]))
+
+    return [
+        [
+            paired_difference(
+                [[correct(r, r["patched_correct"][src][dst], dst)] for r in runs],
+                [[correct(r, r["zeroshot_correct"][dst], dst)] for r in runs],
+            )
+            for dst in names
+        ]
+        for src in names
+    ]
+
+
+def write_seeded_transfer(cfg: TransferConfig, runs: dict[int, Any], seconds: float) -> dict[str, Any]:
+    """The parent's ``transfer.md`` / ``transfer.json`` / ``transfer.png`` over seeds."""
+    seeds = sorted(runs)
+    ordered = [runs[s] for s in seeds]
+    names = list(ordered[0]["tasks"])
+    cells = seeded_matrix(ordered, names)
+    means = [[c.mean for c in row] for row in cells]
+    alphas = {n: [r["alphas"][n] for r in ordered] for n in names}
+    lines = ["| patched on (alphas) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for src, row in zip(names, cells, strict=True):
+        a = ", ".join(f"{x:.3g}" for x in alphas[src])
+        lines.append(
+            f"| {src} ({a}) | "
+            + " | ".join(f"{c.mean:+.1f} ± {c.half:.1f}{' *' if c.established else ''}" for c in row)
+            + " |"
+        )
+    table = "\n".join(lines)
+    plot_heatmap(means, names, Path(cfg.output_dir) / "transfer.png", f"Broad transfer, mean of {len(seeds)} seeds")
+    summary = {
+        "model": cfg.model,
+        "seeds": seeds,
+        "tasks": names,
+        "support_tasks": [t.name for t in cfg.support_tasks],
+        "alphas": alphas,
+        "delta_points": {"patched": means},
+        "cells": {src: {dst: c.record() for dst, c in zip(names, row, strict=True)} for src, row in zip(names, cells)},
+        "per_seed": {str(s): f"seed-{s}/transfer.json" for s in seeds},
+        "timing_s": {"total": round(seconds, 2)},
+    }
+    out = Path(cfg.output_dir)
+    write_text_atomic(
+        out / "transfer.md",
+        f"# Broad transfer over seeds {seeds}\n\nTest accuracy change (points) of the model patched on each row's "
+        "task, minus zero-shot on the same test images: mean over seeds ± the 95% half-width (paired: the seeds' t "
+        "interval from 3 seeds and a bootstrap over images, in quadrature); `*`: established (the interval "
+        f"excludes 0).\n\n{table}\n\n![transfer](transfer.png)\n",
+    )
+    write_json_atomic(out / "transfer.json", summary)
+    summary["table"] = table
+    return summary
+
+
+def run_transfer_once(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
+    """One transfer matrix in ``cfg.output_dir`` (with ``finetune.seed``)."""
     from paint.pipeline.multitask import MultitaskRun, start_run
     from paint.pipeline.operation import choose
     from paint.pipeline.pool import Line
@@ -104,7 +184,7 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     ctx, _ = start_run(cfg, out, resume, cfg.tasks, cfg.support_tasks, "transfer.json")
     pool, names = ctx.pool, [t.name for t in cfg.tasks]
     zs = pool.evaluate_state(ctx.theta_zs, "test")
-    patched, finetuned, alphas, searches = {}, {}, [], {}
+    patched, finetuned, alphas, searches, patched_correct = {}, {}, [], {}, {}
     for i, name in enumerate(names):
         # The objective sees only task i as patching (plus the support tasks): the other tasks
         # of the list must not influence the choice whose transfer to them is measured.
@@ -113,7 +193,9 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
         theta_ft = one.finetune_from(ctx.theta_zs, [name], f"{i}-{name}/finetune")
         line = Line.between(ctx.theta_zs, theta_ft, f"transfer/{i}/")
         res = choose(sub, line, cfg.selection, [name], one.support, reference=one.reference())
-        patched[name] = {k: v["accuracy"] for k, v in pool.evaluate_state(line.at(res.alpha), "test").items()}
+        at_alpha = pool.evaluate_state(line.at(res.alpha), "test")
+        patched[name] = {k: v["accuracy"] for k, v in at_alpha.items()}
+        patched_correct[name] = {k: v["correct"] for k, v in at_alpha.items()}
         finetuned[name] = {k: v["accuracy"] for k, v in pool.evaluate_state(theta_ft, "test").items()}
         alphas.append(res.alpha)
         searches[name] = res.record() | {"alpha": res.alpha, "n_model_evals": res.n_model_evals, "sweep": res.sweep}
@@ -131,6 +213,9 @@ def run_transfer(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
         "delta_points": {"patched": matrix, "finetuned": matrix_ft},
         "patched_test": patched,
         "finetuned_test": finetuned,
+        "patched_correct": patched_correct,
+        "zeroshot_correct": {k: v["correct"] for k, v in zs.items()},
+        "test_n": {k: v["n"] for k, v in zs.items()},
         "searches": searches,
         "timing_s": {"total": round(time.time() - t0, 2)},
     }

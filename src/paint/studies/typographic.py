@@ -45,6 +45,7 @@ from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import run_scope
+from paint.pipeline.seeds import OptionalSeeds, fmt_fraction, interval_leaves, run_seeds
 from paint.selection import SelectionFields
 from paint.studies.attacks import (
     HELD_OUT_STYLES,
@@ -88,6 +89,11 @@ class TypographicConfig(CachedRun, SelectionFields):
     attack: AttackStyle = Field(default_factory=AttackStyle)
     test_styles: dict[str, AttackStyle] = Field(default_factory=lambda: dict(HELD_OUT_STYLES))
     seed: int = 0
+    seeds: OptionalSeeds = Field(
+        None,
+        description="repeat the study per seed (a count or a list; each sets seed, finetune.seed and the patch "
+        "task's split_seed) in <output_dir>/seed-<s>/, and report each figure as mean ± t over seeds; null: one run",
+    )
     train_on: Literal["attacked", "both"] = "both"
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
@@ -110,6 +116,55 @@ class TypographicConfig(CachedRun, SelectionFields):
 
 @run_scope
 def run_typographic(cfg: TypographicConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the case study (once, or per seed with ``seeds``); return the summary (``summary.json``)."""
+    if cfg.seeds is None:
+        return run_typographic_once(cfg, resume)
+    runs = run_seeds(cfg, resume, "summary.json", run_typographic_once)
+    return write_seeded_typographic(cfg, runs)
+
+
+def write_seeded_typographic(cfg: TypographicConfig, runs: dict[int, Any]) -> dict[str, Any]:
+    """The parent's ``summary.md`` / ``summary.json``: the test table as mean ± t over seeds.
+
+    A seed also draws the attack's written words, so the seeds' test sets differ: the spread is over
+    whole repetitions (fine-tune, validation split, attack), not paired over images.
+    """
+    seeds = sorted(runs)
+    test = interval_leaves([runs[s]["test"] for s in seeds])
+    lines = [
+        "| task | role | model | alpha | clean acc | attacked acc | attack success rate |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in test.items():
+        for label in ("zeroshot", "patched", "finetuned"):
+            m = r[label]
+            cells = [fmt_fraction(m[k]) for k in ("clean_accuracy", "attacked_accuracy", "attack_success_rate")]
+            lines.append(
+                f"| {name} | {r['role']} | {label} | {fmt_fraction(m['alpha'], 1.0, 2)} | " + " | ".join(cells) + " |"
+            )
+    table = "\n".join(lines)
+    summary = {
+        "model": cfg.model,
+        "seeds": seeds,
+        "patch_task": runs[seeds[0]]["patch_task"],
+        "alphas": [runs[s]["alpha"] for s in seeds],
+        "test": test,
+        "per_seed": {str(s): f"seed-{s}/summary.json" for s in seeds},
+    }
+    out = Path(cfg.output_dir)
+    from paint.utils import write_text_atomic
+
+    write_text_atomic(
+        out / "summary.md",
+        f"# Typographic attack over seeds {seeds}: patched on {summary['patch_task']}\n\nTest (%), mean ± the 95% "
+        "Student-t half-width over seeds (each seed: fine-tuning seed, validation split and the attack's words).\n\n"
+        f"{table}\n",
+    )
+    write_json_atomic(out / "summary.json", summary)
+    return summary | {"table": table}
+
+
+def run_typographic_once(cfg: TypographicConfig, resume: bool = False) -> dict[str, Any]:
     """Run the typographic-attack case study; return the summary (also in ``summary.json``).
 
     Steps: build attacked views of every task (the word = another class, seeded); write the
