@@ -102,7 +102,11 @@ def test_paint_transfer_over_seeds_gives_each_cell_its_paired_interval(tiny_clip
         for j, dst in enumerate(saved["tasks"]):
             cell = saved["cells"][src][dst]
             expected = np.mean([p["delta_points"]["patched"][i][j] for p in per_seed])
-            assert cell["mean"] == pytest.approx(expected, abs=1e-3) == pytest.approx(saved["delta_points"]["patched"][i][j])
+            assert (
+                cell["mean"]
+                == pytest.approx(expected, abs=1e-3)
+                == pytest.approx(saved["delta_points"]["patched"][i][j])
+            )
             assert cell["low"] <= cell["mean"] <= cell["high"] and cell["seeds"] == 3
             assert cell["established"] == (cell["low"] > 0 or cell["high"] < 0)
     assert "± " in (out / "transfer.md").read_text() and (out / "transfer.png").is_file()
