@@ -220,3 +220,17 @@ def test_shipped_example_configs_validate():
 
     mt = load_config(MultitaskConfig, root / "examples" / "multitask-digits-counting.yaml")
     assert [t.name for t in mt.patch_tasks] == ["digits", "counting"] and mt.selection.constraint == "mean"
+
+
+def test_compare_help_names_every_registered_recipe(capsys):
+    from paint.cli import main
+    from paint.train.recipes.registry import RECIPES
+
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the summaries
+    entry = text[text.index(" compare ") : text.index(" scale ")]
+    missing = [name for name in RECIPES if name not in entry]
+    assert not missing, f"paint --help leaves {missing} out of compare's summary: {entry}"

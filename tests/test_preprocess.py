@@ -16,6 +16,7 @@ from paint.data.preprocess import (
     clip_transform,
     normalize,
     preprocess_split,
+    spec_transform,
 )
 from paint.data.task import ArraySplit
 
@@ -143,3 +144,27 @@ def test_augment_full_crop_is_identity_or_mirror():
         assert torch.equal(y, x) or torch.equal(y, x.flip(-1))
         kinds.append(torch.equal(y, x))
     assert 0 < sum(kinds) < len(kinds), "flip should hit some images and not others"
+
+
+@pytest.mark.parametrize("resample", [2, 3])  # bilinear, bicubic (PIL codes, as transformers' PILImageResampling)
+def test_preprocessing_follows_the_processors_resample_filter(resample, tmp_path):
+    proc = _pil_processor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}, resample=resample)
+    spec = ImageSpec.from_processor(proc)
+    assert spec.resample == resample
+    rng = np.random.default_rng(1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    worst_other = 0.0
+    for h, w in [(301, 157), (97, 33), (64, 64), (120, 200)]:
+        img = _random_image(rng, h, w)
+        ref = torch.as_tensor(np.asarray(proc(images=img, return_tensors="np")["pixel_values"][0]))
+        ours = normalize(torch.from_numpy(spec_transform(img, spec))[None], spec.mean, spec.std)[0]
+        assert ((ours - ref).abs() * std).max().item() <= 1 / 255 + 1e-5, f"{h}x{w}"
+        other = clip_transform(img, spec.resize, spec.crop, 5 - resample)  # the other filter
+        other_n = normalize(torch.from_numpy(other)[None], spec.mean, spec.std)[0]
+        worst_other = max(worst_other, ((other_n - ref).abs() * std).max().item())
+    assert worst_other > 3 / 255  # the filter matters: the other one is measurably off
+    # the cache keeps bilinear and bicubic crops apart (the old bicubic keys are unchanged)
+    split = ArraySplit(np.asarray(rng.integers(0, 255, (2, 50, 60, 3)), dtype=np.uint8), [0, 1], "toy/val")
+    a = preprocess_split(split, spec, cache_dir=tmp_path)
+    b = preprocess_split(split, ImageSpec(spec.resize, spec.crop, spec.mean, spec.std, False, 5 - resample), tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not torch.equal(a, b)

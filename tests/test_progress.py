@@ -110,3 +110,28 @@ def test_threads_line_waits_for_the_first_progress_output(capsys):
         assert "threads:" not in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_last_step_is_reported_once_and_an_interrupted_phase_says_stopped():
+    out = _Pipe()
+    for _ in progress(range(3), desc="sweep", file=out, interval=0.0):  # a line at every step but the last
+        pass
+    lines = out.getvalue().splitlines()
+    assert [ln.split(" in ")[0] for ln in lines] == [
+        "sweep: 1/3 it (33%)",
+        "sweep: 2/3 it (67%)",
+        "sweep: done: 3/3 it (100%)",
+    ]
+    out = _Pipe()
+    with pytest.raises(KeyboardInterrupt):
+        for i in progress(range(21), desc="search", file=out, interval=0.0):
+            if i == 6:
+                raise KeyboardInterrupt
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("search: stopped at 6/21") and "done" not in last
+    out = _Pipe()
+    bar = LineProgress(desc="per-block", total=21, file=out, interval=0.0)
+    with pytest.raises(RuntimeError), bar:
+        bar.update(2)
+        raise RuntimeError("boom")
+    assert out.getvalue().splitlines()[-1].startswith("per-block: stopped at 2/21")

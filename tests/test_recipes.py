@@ -412,3 +412,47 @@ def test_set_reaches_a_recipes_own_settings():
     assert cfg.finetune.recipe.name == "lora" and cfg.finetune.recipe.rank == 4
     with pytest.raises(PaintError, match=r"unknown key 'bogus' in finetune.recipe \(known: base, dropout"):
         apply_overrides(PatchConfig, data, ["finetune.recipe.bogus=1"])
+
+
+@pytest.mark.parametrize("recipe", ["lp-ft", "flyp", {"name": "soup", "base": "lp-ft", "seeds": [0, 1]}])
+def test_a_recipe_whose_line_leaves_the_image_tower_refuses_the_derivative_strategy_before_any_work(
+    tiny_clip_dir, tmp_path, capsys, recipe
+):
+    import yaml
+
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits"],
+        "support_tasks": ["shapes"],
+        "finetune": {"epochs": 1, "max_steps": 1, "recipe": recipe},
+        "selection": {"strategy": "derivative", "objective": "loss_sum"},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["patch", str(tmp_path / "p.yaml")]) == 2
+    assert "differentiates along the image tower only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before any output
+    compare = {k: v for k, v in cfg.items() if k != "finetune"} | {"recipes": ["frozen-head", {"recipe": recipe}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(compare))
+    assert main(["compare", str(tmp_path / "c.yaml")]) == 2
+    assert "interpolates" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_lora_target_modules_that_match_nothing_are_refused_before_preprocessing(tiny_clip_dir, tmp_path, capsys):
+    import yaml
+
+    from paint.cli import main
+
+    cfg = {
+        "model": str(tiny_clip_dir),
+        "output_dir": str(tmp_path / "run"),
+        "patch_tasks": ["digits"],
+        "support_tasks": ["shapes"],
+        "finetune": {"epochs": 1, "max_steps": 1, "recipe": {"name": "lora", "target_modules": ["nope_proj"]}},
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["patch", str(tmp_path / "p.yaml")]) == 2
+    assert "lora: no Linear layer of the image tower is named nope_proj" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # no cache/, no config.yaml

@@ -57,7 +57,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "compare": (
         "paint.commands.compare",
-        "fine-tuning recipes (frozen-head, lp-ft, l2-sp, lora, soup) on one frontier",
+        "fine-tuning recipes (frozen-head, lp-ft, flyp, l2-sp, lora, soup) on one frontier, over seeds",
     ),
     "scale": (
         "paint.commands.scale",

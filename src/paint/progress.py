@@ -102,8 +102,10 @@ class LineProgress:
             for item in self.iterable:
                 yield item
                 self.update(1)
-        finally:
-            self.close()
+        except BaseException:
+            self.close(stopped=True)
+            raise
+        self.close()
 
     def __len__(self) -> int:
         return self.total or 0
@@ -111,8 +113,8 @@ class LineProgress:
     def __enter__(self) -> LineProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(stopped=exc_type is not None)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kwargs: Any) -> None:
         items = {**(ordered_dict or {}), **kwargs}
@@ -124,19 +126,21 @@ class LineProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
+        if self.total and self.n >= self.total:
+            return  # the last step: the end line says it ("done: 11/11"), not a periodic one before it
         if now - self._last >= self.interval:
             self._last = now
             self._write(self._line(now))
 
-    def _line(self, now: float, end: bool = False) -> str:
+    def _line(self, now: float, end: bool | str = False) -> str:
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         elapsed = now - self.start
         eta = ""
-        if not end and self.total and 0 < self.n < self.total:
+        if end is False and self.total and 0 < self.n < self.total:
             eta = f", about {_fmt_seconds(elapsed / self.n * (self.total - self.n))} left"
         post = f", {self.postfix}" if self.postfix else ""
-        verb = "done: " if end else ""
+        verb = {True: "done: ", False: "", "stopped": "stopped at "}[end]
         return f"{self.desc}: {verb}{done} {self.unit}{pct} in {_fmt_seconds(elapsed)}{eta}{post}"
 
     def _write(self, line: str) -> None:
@@ -145,11 +149,17 @@ class LineProgress:
         self.lines += 1
         print(line, file=self.file, flush=True)
 
-    def close(self) -> None:
+    def close(self, stopped: bool = False) -> None:
+        """End the phase: one end line (``done:``, or ``stopped at`` when an error or Ctrl-C ends it), unless
+        the phase was too short to record."""
         if self.closed:
             return
         self.closed = True
         now = time.monotonic()
+        if stopped:
+            if self.lines or now - self.start >= MIN_END_SECONDS:
+                self._write(self._line(now, end="stopped"))
+            return
         if self.lines or (self.leave and now - self.start >= MIN_END_SECONDS):
             self._write(self._line(now, end=True))
 
@@ -204,8 +214,13 @@ def counter(desc: str, unit: str = "eval", total: int | None = None) -> Iterator
     bar = progress(desc=desc, total=total, unit=unit)
     try:
         yield bar
-    finally:
-        bar.close()
+    except BaseException:
+        if isinstance(bar, LineProgress):
+            bar.close(stopped=True)  # "stopped at 6/21", not "done: 6/21"
+        else:
+            bar.close()
+        raise
+    bar.close()
 
 
 def ticking(fn: Callable[..., T], bar: Any) -> Callable[..., T]:

@@ -1,6 +1,7 @@
 """CLIP preprocessing in plain PIL + torch (no torchvision), with an on-disk cache.
 
-Images go through CLIP's transform once (shortest side resized bicubic, centre crop) and
+Images go through CLIP's transform once (shortest side resized with the processor's
+``resample``, bicubic for CLIP and SigLIP, then a centre crop) and
 are kept as uint8 ``(N, 3, S, S)``; normalisation with the checkpoint's mean and std
 happens on the fly per batch, so one decoded copy serves every alpha of a sweep.
 
@@ -37,10 +38,21 @@ class ImageSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     squash: bool = False  # resize the whole image to crop x crop, no crop (SigLIP's processor)
+    resample: int = 3  # PIL's filter code, as the processor's ``resample``: 3 bicubic (CLIP, SigLIP), 2 bilinear
+
+    @property
+    def key_suffix(self) -> str:
+        """What a preprocessing cache key adds to a split's identity for this spec (bicubic crops: nothing)."""
+        return ("|squash" if self.squash else "") + ("" if self.resample == 3 else f"|resample{self.resample}")
 
     @classmethod
     def from_processor(cls, processor) -> "ImageSpec":
-        """Read size, crop, mean and std from a transformers CLIP (or SigLIP) image processor."""
+        """Read size, crop, resample filter, mean and std from a transformers CLIP (or SigLIP) image processor.
+
+        Honoured: ``size`` (shortest edge, or height x width), ``crop_size``, ``do_center_crop``,
+        ``resample``, ``image_mean``, ``image_std``; rescaling by 1/255 is implied. Not honoured (a
+        one-line error): ``do_resize: false``, and any ``resample`` that is not a PIL filter code.
+        """
         size = processor.size
         sized = isinstance(size, dict) or hasattr(size, "get")
         resize = (size.get("shortest_edge") or size.get("height")) if sized else size
@@ -51,7 +63,14 @@ class ImageSpec:
             crop = resize
         # A height x width size and no crop (SigLIP's processor) squashes the whole image to that square.
         squash = bool(sized and not size.get("shortest_edge") and not do_crop)
-        return cls(int(resize), int(crop), tuple(processor.image_mean), tuple(processor.image_std), squash)
+        if getattr(processor, "do_resize", True) is False:
+            raise PaintError("the checkpoint's image processor has do_resize: false; paint needs a fixed input size")
+        resample = getattr(processor, "resample", None)
+        resample = 3 if resample is None else int(getattr(resample, "value", resample))
+        if resample not in (0, 1, 2, 3, 4, 5):
+            raise PaintError(f"the image processor's resample {resample!r} is not a PIL filter (0-5)")
+        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+        return cls(int(resize), int(crop), mean, std, squash, resample)
 
 
 def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
@@ -61,8 +80,9 @@ def resized_size(width: int, height: int, resize: int) -> tuple[int, int]:
     return max(1, int(resize * width / height)), resize
 
 
-def clip_transform(img: Image.Image, resize: int, crop: int) -> np.ndarray:
-    """CLIP's transform: shortest side -> ``resize`` (bicubic), centre crop; (3, crop, crop) uint8.
+def clip_transform(img: Image.Image, resize: int, crop: int, resample: int = 3) -> np.ndarray:
+    """CLIP's transform: shortest side -> ``resize`` (``resample``: PIL's filter, 3 = bicubic), centre crop;
+    (3, crop, crop) uint8.
 
     Matches transformers' ``CLIPImageProcessor`` (PIL backend) before rescaling: the crop
     offset is floored like its ``center_crop``, and an image smaller than the crop is
@@ -72,7 +92,7 @@ def clip_transform(img: Image.Image, resize: int, crop: int) -> np.ndarray:
     w, h = img.size
     nw, nh = resized_size(w, h, resize)
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BICUBIC)
+        img = img.resize((nw, nh), Image.Resampling(resample))
     arr = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
     if nw < crop or nh < crop:
         # transformers pads with zeros, centring with ceil; rare (resize < crop)
@@ -85,17 +105,20 @@ def clip_transform(img: Image.Image, resize: int, crop: int) -> np.ndarray:
     return np.ascontiguousarray(arr[top : top + crop, left : left + crop].transpose(2, 0, 1))
 
 
-def squash_transform(img: Image.Image, size: int) -> np.ndarray:
-    """SigLIP's transform: the whole image resized (bicubic) to ``size`` x ``size``; (3, size, size) uint8."""
+def squash_transform(img: Image.Image, size: int, resample: int = 3) -> np.ndarray:
+    """SigLIP's transform: the whole image resized (``resample``, 3 = bicubic) to ``size`` x ``size``;
+    (3, size, size) uint8."""
     img = img.convert("RGB")
     if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
+        img = img.resize((size, size), Image.Resampling(resample))
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def spec_transform(img: Image.Image, spec: ImageSpec) -> np.ndarray:
     """One image as the checkpoint's processor would crop and resize it: (3, crop, crop) uint8."""
-    return squash_transform(img, spec.crop) if spec.squash else clip_transform(img, spec.resize, spec.crop)
+    if spec.squash:
+        return squash_transform(img, spec.crop, spec.resample)
+    return clip_transform(img, spec.resize, spec.crop, spec.resample)
 
 
 def decode_one(split: ImageSplit, spec: ImageSpec, index: int) -> np.ndarray:
@@ -150,7 +173,7 @@ def preprocess_array(
         ):
             out[i] = row
         return out
-    identity = f"{split.identity}|squash" if spec.squash else split.identity  # another transform, another key
+    identity = f"{split.identity}{spec.key_suffix}"  # another transform, another key
     path = cache_path(cache_dir, identity, spec.resize, spec.crop)
     meta = {"identity": identity, "resize": spec.resize, "crop": spec.crop}
     return cached_images(path, n, spec.crop, decode, meta, progress, num_workers)

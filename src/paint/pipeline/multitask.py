@@ -33,7 +33,7 @@ from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.pipeline.operation import Choice, choose, choose_blocks, chosen_state, finetune_tower
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
-from paint.pipeline.run import ModelRunConfig
+from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import (
     OptionalSeeds,
@@ -328,6 +328,7 @@ class MultitaskConfig(ModelRunConfig):
             raise ValueError("a mode is listed twice")
         if self.reference is not None and self.reference not in self.modes:
             raise ValueError(f"reference {self.reference!r} is not one of the modes ({', '.join(self.modes)})")
+        check_recipe_fits_selection(self.finetune, self.selection)
         return self
 
 

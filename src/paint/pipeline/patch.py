@@ -38,7 +38,7 @@ from paint.pipeline.operation import (
 )
 from paint.pipeline.pool import Line, PoolTask, TaskPool, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
-from paint.pipeline.run import SUMMARY, ModelRunConfig, check_output_dir
+from paint.pipeline.run import SUMMARY, ModelRunConfig, check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.train.finetune import FinetuneConfig
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
@@ -78,6 +78,7 @@ class PatchConfig(ModelRunConfig):
         dup = first_duplicate(names)
         if dup:
             raise ValueError(f"task {dup!r} is listed twice")
+        check_recipe_fits_selection(self.finetune, self.selection)
         return self
 
 

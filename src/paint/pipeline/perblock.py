@@ -70,6 +70,23 @@ def stored_measure(
     return {n: {f: r[f] for f in fields if f in r} for n, r in recs.items()}
 
 
+def _search(
+    ev: Any, cfg: SelectionConfig, basis: BlockBasis, pool: TaskPool, p_data: Any, s_data: Any, label_free: bool
+):
+    """(result, free coefficients, gradient oracle or None) of the per-block strategy ``cfg`` names."""
+    if cfg.strategy == "lines":
+        depths = list(block_depths(basis.blocks).values())
+        return search_lines(ev, depths, cfg, basis.n_vectors), 2, None  # one line shared by every task vector
+    if cfg.strategy == "blockwise":
+        bw = cfg.blockwise
+        oracle = PenalisedLoss(
+            pool.model, basis, pool.spec, p_data, s_data, label_free, bw.support_loss, bw.batch, bw.seed
+        )
+        return search_blockwise(ev, oracle, cfg, basis.n_vectors), basis.size, oracle
+    # grid with the entropy objective: the single-alpha grid through the vector measure
+    return search_diagonal(ev, cfg, basis.n_vectors), basis.n_vectors, None
+
+
 def search_blocks(
     pool: TaskPool,
     basis: BlockBasis,
@@ -84,26 +101,14 @@ def search_blocks(
     s_data = task_data(pool, support, "val")
     data = p_data + s_data
 
-    def measure(x: Sequence[float]) -> TaskMetrics:
-        return stored_measure(pool, basis, data, x, label_free)
+    from paint.progress import counter, ticking
 
-    ev = VectorEvaluator(measure, block_objective(cfg, patch, support), basis.size, cfg.max_evals(), reference)
     t0 = time.time()
-    oracle = None
-    if cfg.strategy == "lines":
-        depths = list(block_depths(basis.blocks).values())
-        result = search_lines(ev, depths, cfg, basis.n_vectors)
-        free = 2  # one line shared by every task vector
-    elif cfg.strategy == "blockwise":
-        bw = cfg.blockwise
-        oracle = PenalisedLoss(
-            pool.model, basis, pool.spec, p_data, s_data, label_free, bw.support_loss, bw.batch, bw.seed
-        )
-        result = search_blockwise(ev, oracle, cfg, basis.n_vectors)
-        free = basis.size
-    else:  # grid with the entropy objective: the single-alpha grid through the vector measure
-        result = search_diagonal(ev, cfg, basis.n_vectors)
-        free = basis.n_vectors
+    # lines and blockwise run for minutes: every validation evaluation advances the progress line
+    with counter(f"choose per-block alphas ({cfg.strategy}, val)", total=cfg.max_evals()) as bar:
+        measure = ticking(lambda x: stored_measure(pool, basis, data, x, label_free), bar)
+        ev = VectorEvaluator(measure, block_objective(cfg, patch, support), basis.size, cfg.max_evals(), reference)
+        result, free, oracle = _search(ev, cfg, basis, pool, p_data, s_data, label_free)
     n_val = sum(len(d.labels) for d in data)
     cost = {
         "free_coefficients": free,

@@ -276,10 +276,13 @@ def start_pool(
     ``cfg`` is any run config with model, revision, device, eval_batch_size, num_workers and cache_path.
     """
     from paint.models.clip import load_clip
-    from paint.pipeline.run import open_run
+    from paint.pipeline.run import finetune_configs, open_run
+    from paint.train.recipes.registry import check_recipe_fits_model
 
     loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
+    for ft in finetune_configs(cfg):  # what needs the model (LoRA's target layers), before any output
+        check_recipe_fits_model(ft, bundle.model)
     open_run(out, cfg, resume, marker)
     tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size, cfg.num_workers)
     pool = TaskPool(

@@ -63,3 +63,28 @@ class ModelRunConfig(CachedRun, SelectionFields):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
     num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
+
+
+def check_recipe_fits_selection(finetune: Any, selection: Any, where: str = "") -> None:
+    """Refuse, at config validation, a selection the recipe's line cannot use (before any work).
+
+    ``derivative`` differentiates along the image tower only; ``lp-ft`` (learned heads) and ``flyp``
+    (the text tower) interpolate more than that. ``where`` prefixes the message (e.g. a recipe label).
+    """
+    from paint.train.recipes.registry import recipe_flags
+
+    flags = recipe_flags(finetune)
+    if selection.strategy == "derivative" and (flags.text_tower or flags.learns_heads):
+        extra = "the text tower" if flags.text_tower else "the patching tasks' learned heads"
+        raise ValueError(
+            f"{where}recipe {finetune.recipe.name!r} interpolates {extra} as well as the image tower, and strategy "
+            "'derivative' differentiates along the image tower only; choose another selection.strategy"
+        )
+
+
+def finetune_configs(cfg: Any) -> list[Any]:
+    """Every fine-tuning config a run config will use: its ``finetune``, and each recipe's (paint compare)."""
+    out = [cfg.finetune] if "finetune" in type(cfg).model_fields else []
+    if "recipes" in type(cfg).model_fields:
+        out += [cfg.recipe_config(r) for r in cfg.recipes]
+    return out

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from paint.config import StrictModel, alpha_grid, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.pipeline.run import ModelRunConfig
+from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import OptionalSeeds, bound_on_test, run_seeds, test_record
 from paint.train.finetune import FinetuneConfig
@@ -104,8 +104,8 @@ class CompareConfig(ModelRunConfig):
         dup = first_duplicate([r.name for r in self.recipes])
         if dup:
             raise ValueError(f"recipe {dup!r} is listed twice; give one of them a label")
-        for r in self.recipes:
-            self.recipe_config(r)  # an override that does not validate is a config error, before any work
+        for r in self.recipes:  # an override that does not validate is a config error, before any work
+            check_recipe_fits_selection(self.recipe_config(r), self.selection, f"{r.name}: ")
         if self.reference is not None and self.reference not in [r.name for r in self.recipes]:
             raise ValueError(f"reference {self.reference!r} is not one of the recipes' labels")
         return self

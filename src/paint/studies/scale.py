@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from paint.config import CachedRun, NumWorkers, ThreadsSetting, first_duplicate
 from paint.data.spec import TaskSpec
@@ -38,8 +38,9 @@ from paint.errors import PaintError
 from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, comparison_rows, run_mode, start_run
 from paint.pipeline.operation import chosen_state
 from paint.pipeline.pool import Line, TaskPool
-from paint.pipeline.run import check_output_dir
+from paint.pipeline.run import check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir, run_scope
+from paint.pipeline.seeds import Seeds, seed_list
 from paint.selection import SelectionFields
 from paint.stats import Interval, seed_interval
 from paint.train.finetune import FinetuneConfig
@@ -66,7 +67,7 @@ class ScaleConfig(CachedRun, SelectionFields):
 
     models: list[str] = Field(default_factory=lambda: list(LADDER), min_length=1, description="smallest first")
     output_dir: str = "runs/scale"
-    seeds: int | list[int] = Field(3, description="a count (seeds 0..n-1) or the list of seeds")
+    seeds: Seeds = Field(3, description="a count (seeds 0..n-1) or the list of seeds")
     patch_tasks: list[TaskSpec] = Field(
         default_factory=lambda: [
             TaskSpec(name="digits", val_fraction=0.2),
@@ -92,15 +93,6 @@ class ScaleConfig(CachedRun, SelectionFields):
     threads: ThreadsSetting = "auto"
     num_workers: NumWorkers = None
 
-    @field_validator("seeds")
-    @classmethod
-    def _seeds(cls, v: int | list[int]) -> int | list[int]:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("seeds must be a count >= 1 or a non-empty list")
-        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
-            raise ValueError("seeds must be a non-empty list without repeats")
-        return v
-
     @model_validator(mode="after")
     def _checks(self):
         dup = first_duplicate([t.name for t in self.patch_tasks + self.support_tasks])
@@ -119,11 +111,12 @@ class ScaleConfig(CachedRun, SelectionFields):
             raise ValueError("multitask_tasks needs two or more patching tasks, or [] to skip the multi-task modes")
         if len(set(self.multitask_tasks)) != len(self.multitask_tasks):
             raise ValueError("multitask_tasks lists a task twice")
+        check_recipe_fits_selection(self.finetune, self.selection)
         return self
 
     @property
     def seed_list(self) -> list[int]:
-        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+        return seed_list(self.seeds)
 
 
 def model_label(model: str) -> str:

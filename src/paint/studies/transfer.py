@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
-from paint.pipeline.run import ModelRunConfig
+from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import OptionalSeeds, run_seeds
 from paint.stats import Difference, decode_correct, paired_difference
@@ -47,6 +47,7 @@ class TransferConfig(ModelRunConfig):
         dup = first_duplicate(names)
         if dup:
             raise ValueError(f"task {dup!r} is listed twice")
+        check_recipe_fits_selection(self.finetune, self.selection)
         return self
 
 

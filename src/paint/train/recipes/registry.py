@@ -83,3 +83,16 @@ def recipe_flags(cfg: c.FinetuneConfig) -> Recipe:
 def run_recipe(ctx: RecipeContext) -> RecipeResult:
     """Fine-tune ``ctx.model`` in place with ``ctx.cfg.recipe``; the model ends holding theta_ft."""
     return recipe_for(ctx.cfg.recipe.name).run(ctx)
+
+
+def check_recipe_fits_model(cfg: c.FinetuneConfig, model: object) -> None:
+    """What can be checked of a recipe against the loaded model before any work (LoRA's target layers).
+
+    Raises :class:`PaintError` in one line; called after the model loads and before the run
+    directory, the preprocessing or the fine-tuning start.
+    """
+    spec = cfg.recipe.base if isinstance(cfg.recipe, c.SoupRecipe) else cfg.recipe
+    if isinstance(spec, c.LoraRecipe):
+        from paint.train.recipes.lora import lora_targets
+
+        lora_targets(model, spec.target_modules)  # type: ignore[arg-type]
