@@ -223,10 +223,10 @@ def test_shipped_example_configs_validate():
 
 
 def test_compare_help_names_every_registered_recipe(capsys):
+    import pytest
+
     from paint.cli import main
     from paint.train.recipes.registry import RECIPES
-
-    import pytest
 
     with pytest.raises(SystemExit):
         main(["--help"])

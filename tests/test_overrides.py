@@ -79,7 +79,7 @@ def test_override_errors_through_the_cli(tiny_clip_dir, tmp_path, capsys):
     cfg = _config(tmp_path, tiny_clip_dir)
     _bad(capsys, ["patch", str(cfg), "--set", "finetune.epoch=2"], "unknown key 'epoch' in finetune")
     _bad(capsys, ["patch", str(cfg), "--set", "finetune.epochs=many"], "finetune.epochs")
-    _bad(capsys, ["patch", str(cfg), "--threads", "lots"], "threads must be 'auto' or a positive integer")
+    _bad(capsys, ["patch", str(cfg), "--threads", "lots"], "threads must be 'auto' or an integer from 1 to 4096")
     # A config-file remedy gets its --set form beside it on commands that take --set.
     _bad(capsys, ["patch", str(cfg), "--set", "selection.alphas=[1.5]"], "--set selection.allow_extrapolation=true")
     assert not (tmp_path / "run").exists()

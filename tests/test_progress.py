@@ -83,7 +83,7 @@ def test_threads_values():
     assert resolve_threads(2) == (2, "set")
     n, why = resolve_threads("auto")
     assert n >= 1 and why.startswith("auto: ")
-    with pytest.raises(PaintError, match="threads must be 'auto' or a positive integer, got 0"):
+    with pytest.raises(PaintError, match="threads must be 'auto' or an integer from 1 to 4096, got 0"):
         parse_threads(0)
 
 
@@ -135,3 +135,12 @@ def test_the_last_step_is_reported_once_and_an_interrupted_phase_says_stopped():
         bar.update(2)
         raise RuntimeError("boom")
     assert out.getvalue().splitlines()[-1].startswith("per-block: stopped at 2/21")
+
+
+def test_an_absurd_thread_count_is_a_one_line_error_not_an_overflow(capsys):
+    from paint.cli import main
+
+    with pytest.raises(PaintError, match="integer from 1 to 4096"):
+        parse_threads("99999999999999999999999")
+    assert main(["eval", "--model", "paint:tiny", "--task", "colours", "--threads", "99999999999999999999999"]) == 2
+    assert "threads must be 'auto' or an integer from 1 to 4096" in capsys.readouterr().err

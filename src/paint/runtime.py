@@ -47,6 +47,9 @@ def auto_threads(cores: int, load: float | None) -> int:
     return max(1, min(cores, math.floor(cores - load + 0.3)))
 
 
+MAX_THREADS = 4096  # torch takes a C int; more threads than this is a typo, not a machine
+
+
 def parse_threads(value: object) -> Threads | None:
     """``auto``, a positive integer, or None (unset); anything else is a one-line error."""
     if value is None:
@@ -57,9 +60,9 @@ def parse_threads(value: object) -> Threads | None:
             return "auto"
         if v.isdigit():
             value = int(v)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_THREADS:
         return value
-    raise PaintError(f"threads must be 'auto' or a positive integer, got {value!r}")
+    raise PaintError(f"threads must be 'auto' or an integer from 1 to {MAX_THREADS}, got {value!r}")
 
 
 def resolve_threads(value: object) -> tuple[int, str]:

@@ -132,6 +132,21 @@ def write_yaml_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write records as JSON lines (the :func:`append_jsonl` format), replacing ``path`` atomically."""
+    write_text_atomic(path, "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records))
+
+
+def json_checksum(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj``'s canonical JSON: sorted keys, no spaces, as it reads back from a file.
+
+    ``obj`` goes through a JSON round trip first, so a value and the same value read back from a
+    JSON line (a tuple as a list, an int key as a string) have the same checksum.
+    """
+    canonical = json.dumps(json.loads(json.dumps(obj)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def _ends_torn(path: Path) -> bool:
     """Whether the file is non-empty and its last byte is not a newline (a torn last line)."""
     try:

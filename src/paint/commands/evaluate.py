@@ -8,8 +8,12 @@ their own data before deciding to patch it.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import TASK_HELP
+
+if TYPE_CHECKING:
+    from paint.data.spec import TaskSpec
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -51,6 +55,58 @@ def _classnames(value: str | None) -> list[str] | None:
     return names
 
 
+def _flag_types() -> dict[str, tuple[str, object]]:
+    """flag -> (argument name, the type it is validated as): the config field it matches, where there is one."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from paint.pipeline.run import ModelRunConfig
+
+    batch = ModelRunConfig.model_fields["eval_batch_size"]  # what a config's eval_batch_size accepts
+    return {
+        "--batch-size": ("batch_size", Annotated[batch.annotation, batch]),
+        "--limit": ("limit", Annotated[int | None, Field(ge=1)]),
+    }
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag validated as its config field is (bounds, int64 range), before any work: one line."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from paint.config import check_bounded
+    from paint.errors import PaintError
+
+    for flag, (name, kind) in _flag_types().items():
+        value = getattr(args, name)
+        try:
+            TypeAdapter(kind).validate_python(value)
+            check_bounded(value, name)
+        except ValidationError as e:
+            raise PaintError(f"{flag}: {e.errors()[0]['msg'].lower()}, got {value}") from None
+        except ValueError as e:
+            raise PaintError(f"{flag}: {e}") from None
+
+
+def task_origin(spec: "TaskSpec", builtins: tuple[str, ...]) -> str:
+    """Where a task's images come from, in words; a task given by path that is named like a built-in says it is not one."""
+    where = {
+        "builtin": "built-in task (generated or shipped by paint)",
+        "catalog": f"catalog task read from {spec.path}",
+        "folder": f"image folder {spec.path}",
+        "csv": f"CSV file {spec.path}",
+        "hf": f"Hugging Face dataset {spec.path}",
+    }[spec.source]
+    if spec.source != "builtin" and spec.name in builtins:
+        where += f" (not the built-in {spec.name!r})"
+    return where
+
+
+def origins_markdown(origins: dict[str, str]) -> str:
+    """The data block under the table: one line per task naming its source."""
+    return "data:\n" + "\n".join(f"- {name}: {origin}" for name, origin in origins.items())
+
+
 def _subset(split, limit: int | None):
     """A seeded random subset (a folder's first N images would often be one class)."""
     import numpy as np
@@ -60,7 +116,7 @@ def _subset(split, limit: int | None):
 
     if limit is None:
         return split
-    if limit < 1:
+    if limit < 1:  # check_flags refuses it from the command line; this guards other callers
         raise PaintError(f"--limit must be at least 1, got {limit}")
     if limit >= len(split):
         return split
@@ -73,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from paint.commands._shared import task_specs, with_names
+    from paint.data.builtin import builtin_task_names
     from paint.data.preprocess import preprocess_split
     from paint.data.registry import load_task
     from paint.errors import PaintError
@@ -83,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from paint.progress import phase
     from paint.utils import write_json_atomic, write_text_atomic
 
+    check_flags(args)
     if args.template and any("{}" not in t for t in args.template):
         raise PaintError("--template needs a {} where the class name goes, e.g. 'a photo of a {}.'")
     names = _classnames(args.classnames)
@@ -92,19 +150,25 @@ def run(args: argparse.Namespace) -> int:
         raise PaintError(f"task {next(n for n in seen if seen.count(n) > 1)!r} is given twice")
     bundle = load_clip(args.model)
     cache = Path(args.cache_dir) if args.cache_dir else None
-    results, sources = {}, {}
+    builtins = builtin_task_names()
+    results, sources, origins = {}, {}, {}
     for spec in specs:
         with phase(f"eval {spec.name}"):
-            task, _ = load_task(spec)
+            task, _ = load_task(spec, warn_small_val=False)  # eval chooses no alpha: small splits are no concern
             split = _subset(task.split(args.split), args.limit)
             images = preprocess_split(split, bundle.spec, cache_dir=cache / "images" if cache else None, progress=True)
             head = zeroshot_head(bundle, task.classnames, task.templates, cache_dir=cache)
             bundle.model.eval()
             logits = predict(bundle.model, head, images, bundle.spec, args.batch_size)
         results[spec.name] = classification_report(logits, split.labels, task.classnames)
-        sources[spec.name] = spec.model_dump(mode="json", exclude_defaults=True)
+        origins[spec.name] = task_origin(spec, builtins)
+        sources[spec.name] = {
+            **spec.model_dump(mode="json", exclude_defaults=True),
+            "source": spec.source,
+            "origin": origins[spec.name],
+        }
     report = {"model": args.model, "split": args.split, "limit": args.limit, "tasks": sources, "results": results}
-    table = report_markdown(results, args.split)
+    table = f"{report_markdown(results, args.split)}\n\n{origins_markdown(origins)}"
     if args.out:
         out = Path(args.out)
         write_json_atomic(out / "eval.json", report)

@@ -34,7 +34,7 @@ def _builtin_classes(name: str) -> str:
     from paint.errors import PaintError
 
     try:
-        task, _ = load_task(TaskSpec(name=name))
+        task, _ = load_task(TaskSpec(name=name), warn_small_val=False)
     except (PaintError, ImportError):
         return "-"
     return str(len(task.classnames))
@@ -47,7 +47,7 @@ def _show_builtin(name: str, as_json: bool) -> int:
     from paint.data.registry import load_task
     from paint.data.spec import TaskSpec
 
-    task, _ = load_task(TaskSpec(name=name))
+    task, _ = load_task(TaskSpec(name=name), warn_small_val=False)
     d = {
         "name": task.name,
         "role": "builtin",

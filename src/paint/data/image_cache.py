@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import tokenize
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,10 @@ log = logging.getLogger("paint.data")
 CACHE_FORMAT = 2  # bump when the transform or the file layout changes, so old arrays are not reused
 ROW_HASH = "sha256[:16]"
 Decoder = Callable[[int], np.ndarray]  # image index -> (3, S, S) uint8
+
+# What np.load raises on a damaged header: NumPy parses the header's dict with Python's tokenizer, so a
+# flipped byte there can end in a TokenError (an unclosed bracket) or a SyntaxError, not only a ValueError.
+_HEADER_ERRORS = (OSError, ValueError, SyntaxError, tokenize.TokenError)
 
 # path -> (size, mtime_ns) of files whose rows were verified in this process: a sweep that
 # opens the same cache once per alpha hashes it once
@@ -133,8 +138,8 @@ def _open(path: Path, n: int, crop: int) -> tuple[np.ndarray | None, list[str] |
         return None, None, ""
     try:
         arr = np.load(path, mmap_mode="c")  # copy-on-write: lazy pages, and torch gets a writable buffer
-    except (OSError, ValueError) as e:
-        return None, None, f"not a readable .npy ({e})"
+    except _HEADER_ERRORS as e:
+        return None, None, f"not a readable .npy ({type(e).__name__}: {e})"
     if arr.dtype != np.uint8 or arr.shape != (n, 3, crop, crop):
         return None, None, f"holds {arr.dtype} {arr.shape}, expected uint8 {(n, 3, crop, crop)}"
     try:

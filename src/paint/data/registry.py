@@ -43,8 +43,21 @@ def small_split_warnings(task: Task, spec: TaskSpec, info: Mapping[str, Any]) ->
     return [f"{head}; add data (train and validation hold {pool} images in all)"]
 
 
-def load_task(spec: TaskSpec) -> tuple[Task, dict]:
+def check_classes(task: Task) -> None:
+    """Refuse a task with fewer than two classes: zero-shot top-1 among one class is a trivial 100%."""
+    if len(task.classnames) < 2:
+        raise PaintError(
+            f"task {task.name!r} has only one class ({task.classnames[0]!r}); zero-shot classification needs "
+            "at least two (with one, every image is right by construction), so give more classes or class names"
+        )
+
+
+def load_task(spec: TaskSpec, *, warn_small_val: bool = True) -> tuple[Task, dict]:
     """The task and its split definition (seeds, sizes, index hashes) for the results.
+
+    A task needs at least two classes (:func:`check_classes`). ``warn_small_val`` logs
+    :func:`small_split_warnings`; commands that choose no alpha on the task (``paint eval``,
+    ``paint tasks``) pass False.
 
     Example:
         >>> from paint import TaskSpec, load_task
@@ -73,7 +86,8 @@ def load_task(spec: TaskSpec) -> tuple[Task, dict]:
         task = replace(task, classnames=tuple(spec.classnames))
     if spec.name != task.name:
         task = replace(task, name=spec.name)
-    for warning in small_split_warnings(task, spec, info):
+    check_classes(task)
+    for warning in small_split_warnings(task, spec, info) if warn_small_val else ():
         log.warning(warning)
     return task, info
 

@@ -21,7 +21,7 @@ from paint.data.preprocess import ImageSpec, normalize
 from paint.data.rows import read_rows
 from paint.models.families import family_of
 from paint.stats import encode_correct
-from paint.utils import append_jsonl, read_jsonl_checked
+from paint.utils import append_jsonl, json_checksum, read_jsonl_checked, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,30 @@ class ResultKey:
         return (self.model, round(float(self.alpha), 10), self.task, self.split)
 
 
+CHECKSUM = "checksum"  # the field of a stored record that holds the SHA-256 of the rest of it
+
+
+def record_checksum(rec: dict[str, Any]) -> str:
+    """SHA-256 of a record's canonical JSON without its checksum field (:func:`paint.utils.json_checksum`)."""
+    return json_checksum({k: v for k, v in rec.items() if k != CHECKSUM})
+
+
+def checksum_ok(rec: dict[str, Any]) -> bool:
+    """Whether a stored record is intact: its checksum matches, or it has none (written before checksums)."""
+    return CHECKSUM not in rec or rec[CHECKSUM] == record_checksum(rec)
+
+
 class ResultsStore:
     """Evaluation results in a JSONL file, one record per (model, alpha, task, split).
 
-    Appends are flushed and fsynced, so a crashed sweep resumes where it stopped. Lines that
-    cannot be read back (a torn last line after a kill or a full disk, a record without its
-    key fields) are skipped and reported in one warning; those points are measured again.
+    Appends are flushed and fsynced, so a crashed sweep resumes where it stopped. Every record
+    carries a ``checksum`` (SHA-256 of the rest of it, :func:`record_checksum`), so an edited
+    value or a flipped bit is caught; records written before checksums existed have none and
+    are trusted as before. On open, lines that cannot be used (a torn line after a kill or a
+    full disk, a record without its key fields, a record failing its checksum) are dropped,
+    reported in one warning and measured again, and the file is rewritten atomically with
+    the valid records only, so it is valid JSON lines again. One process writes a run's store
+    (the run directory is locked), so the rewrite races no appender.
 
     Example:
         >>> from paint import ResultsStore
@@ -117,28 +135,48 @@ class ResultsStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._records: dict[tuple, dict[str, Any]] = {}
-        records, bad = read_jsonl_checked(self.path)
+        records, unreadable = read_jsonl_checked(self.path)
+        kept, mismatched = [], 0
         for rec in records:
-            try:
-                key = ResultKey(*(rec[f] for f in self.KEY_FIELDS)).as_tuple()
-            except (KeyError, TypeError, ValueError):
-                bad += 1
-                continue
-            self._records[key] = rec
-        self.skipped = bad
-        if bad:
-            log.warning(
-                "%s: skipped %d unreadable line(s) (torn by a crash or a full disk); they will be measured again",
-                self.path,
-                bad,
-            )
+            key = self._key(rec)
+            if key is None:
+                unreadable += 1
+            elif not checksum_ok(rec):
+                mismatched += 1
+            else:
+                kept.append(rec)
+                self._records[key] = {k: v for k, v in rec.items() if k != CHECKSUM}
+        self.skipped = unreadable + mismatched
+        self.mismatched = mismatched
+        if self.skipped:
+            self._report(unreadable, mismatched)
+            write_jsonl_atomic(self.path, kept)
+
+    @classmethod
+    def _key(cls, rec: dict[str, Any]) -> tuple | None:
+        """The record's key, or None when its key fields are missing or of the wrong type."""
+        try:
+            return ResultKey(*(rec[f] for f in cls.KEY_FIELDS)).as_tuple()
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _report(self, unreadable: int, mismatched: int) -> None:
+        """One warning line for every line dropped on open."""
+        parts = [f"{unreadable} unreadable line(s) (torn by a crash or a full disk)"] if unreadable else []
+        if mismatched:
+            parts.append(f"{mismatched} record(s) failing their checksum (edited, or corrupted on disk)")
+        log.warning(
+            "%s: skipped %s; they will be measured again, and the file is rewritten without them",
+            self.path,
+            " and ".join(parts),
+        )
 
     def get(self, key: ResultKey) -> dict[str, Any] | None:
         return self._records.get(key.as_tuple())
 
     def put(self, key: ResultKey, metrics: dict[str, Any]) -> dict[str, Any]:
         rec = {"model": key.model, "alpha": float(key.alpha), "task": key.task, "split": key.split, **metrics}
-        append_jsonl(self.path, rec)
+        append_jsonl(self.path, {**rec, CHECKSUM: record_checksum(rec)})
         self._records[key.as_tuple()] = rec
         return rec
 

@@ -6,7 +6,6 @@ class order always follows the catalog, and says which layout it expected when f
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +16,8 @@ import numpy as np
 from paint.data.readers.common import (
     DEFAULT_MAX_BAD,
     ReadResult,
+    csv_int,
+    csv_records,
     file_split,
     first_existing,
     list_images,
@@ -119,13 +120,12 @@ def read_gtsrb(root: str | Path, entry: Mapping[str, Any], max_bad: float = DEFA
     )
     if test_dir is None or gt is None:
         raise PaintError(f"{root}: GTSRB test images or GT-final_test.csv not found; expected layout: {layout}")
-    with open(gt, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f, delimiter=";"))
-    if not rows or "ClassId" not in rows[0]:
-        raise PaintError(f"{gt}: expected a semicolon-separated CSV with Filename and ClassId columns")
-    test, bad_te = file_split(
-        "gtsrb/test", root, [str(test_dir / r["Filename"]) for r in rows], [int(r["ClassId"]) for r in rows], n, max_bad
-    )
+    rows = csv_records(gt, ("Filename", "ClassId"), delimiter=";")
+    if not rows:
+        raise PaintError(f"{gt}: no rows; expected a semicolon-separated CSV with Filename and ClassId columns")
+    labels = [csv_int(r["ClassId"], gt, i + 1, "ClassId") for i, r in enumerate(rows)]
+    paths = [str(test_dir / r["Filename"]) for r in rows]
+    test, bad_te = file_split("gtsrb/test", root, paths, labels, n, max_bad, f"gtsrb/test listed in {gt}")
     return ReadResult({"train": train, "test": test}, info={"bad_images": bad_tr + bad_te})
 
 

@@ -6,9 +6,11 @@ content does: file lists hash names, sizes, mtimes and labels; arrays hash their
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +36,15 @@ __all__ = [
     "ReadResult",
     "array_identity",
     "check_labels",
+    "csv_int",
+    "csv_records",
     "file_split",
     "files_identity",
     "filter_readable",
     "first_existing",
+    "is_int",
     "list_images",
+    "read_csv_rows",
     "read_list_file",
     "require_dir",
     "require_file",
@@ -149,13 +155,24 @@ def array_identity(kind: str, root: Path, *arrays: np.ndarray) -> str:
 
 
 def file_split(
-    kind: str, root: Path, paths: Sequence[str], labels: Sequence[int], n_classes: int, max_bad: float
+    kind: str,
+    root: Path,
+    paths: Sequence[str],
+    labels: Sequence[int],
+    n_classes: int,
+    max_bad: float,
+    where: str | None = None,
 ) -> tuple[FileSplit, int]:
-    """A checked :class:`FileSplit` (labels in range, unreadable files dropped) and the number dropped."""
-    labels = check_labels(np.asarray(labels), n_classes, f"{kind} at {root}")
+    """A checked :class:`FileSplit` (labels in range, unreadable files dropped) and the number dropped.
+
+    ``where`` is what errors and warnings name (default ``"<kind> at <root>"``); a split listed
+    in a CSV names the CSV file, the file a user can fix. ``root`` keys the identity either way.
+    """
+    where = where or f"{kind} at {root}"
+    labels = check_labels(np.asarray(labels), n_classes, where)
     if len(paths) == 0:
-        raise PaintError(f"{kind} at {root}: no images found")
-    kept, kept_labels, n_bad = filter_readable(list(paths), labels, f"{kind} at {root}", max_bad)
+        raise PaintError(f"{where}: no images found")
+    kept, kept_labels, n_bad = filter_readable(list(paths), labels, where, max_bad)
     return FileSplit(tuple(kept), kept_labels, files_identity(kind, root, kept, kept_labels)), n_bad
 
 
@@ -176,3 +193,48 @@ def subset_files(split: FileSplit, idx: Sequence[int], kind: str) -> FileSplit:
         raise PaintError(f"{kind}: the split list matches no images on disk")
     paths = tuple(split.paths[i] for i in idx)
     return FileSplit(paths, split.labels[idx], f"{split.identity}/{kind}-{sha256_strings(map(str, idx.tolist()))[:12]}")
+
+
+def read_csv_rows(path: Path, delimiter: str = ",") -> list[list[str]]:
+    """The rows of a CSV file; one that is not UTF-8 text or not CSV is a one-line error naming it.
+
+    A UTF-8 byte-order mark (spreadsheets write one) is dropped, so it does not hide a header.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return list(csv.reader(f, delimiter=delimiter))
+    except UnicodeDecodeError as e:
+        raise PaintError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise PaintError(f"{path}: not a readable CSV ({e})") from None
+
+
+def csv_records(path: Path, columns: Sequence[str], delimiter: str = ",") -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, as ``{column: cell}``; every one of ``columns`` must be there."""
+    rows = read_csv_rows(path, delimiter)
+    header = [c.strip() for c in rows[0]] if rows else []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise PaintError(
+            f"{path}: no column {missing[0]!r} in the header (found: {', '.join(header) or 'no header'}); "
+            f"expected a {delimiter!r}-separated CSV with columns {', '.join(columns)}"
+        )
+    records = [r for r in rows[1:] if any(c.strip() for c in r)]
+    return [{c: (r[i].strip() if i < len(r) else "") for i, c in enumerate(header)} for r in records]
+
+
+_INT = re.compile(r"-?[0-9]+")
+
+
+def is_int(text: str) -> bool:
+    """Whether ``text`` is a plain decimal integer (ASCII digits: ``int()`` accepts it)."""
+    return _INT.fullmatch(text.strip()) is not None
+
+
+def csv_int(value: str | None, path: Path, row: int, column: str) -> int:
+    """A CSV cell as an integer, or a one-line error naming the file, row (1 = first data row) and column."""
+    if value is None or not is_int(value):
+        raise PaintError(f"{path} row {row}: {column} {value!r} is not an integer")
+    return int(value)

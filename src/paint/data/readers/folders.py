@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,9 @@ from paint.data.readers.common import (
     FileSplit,
     ReadResult,
     file_split,
+    is_int,
     list_images,
+    read_csv_rows,
     require_dir,
     require_file,
 )
@@ -93,48 +94,72 @@ def _match_folders(root: Path, names: Sequence[str]) -> list[str]:
     return out
 
 
+CSV_LAYOUT = "a CSV file with rows path,label[,split]"
+CSV_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
 def read_csv_list(
     path: str | Path, classnames: Sequence[str] | None = None, max_bad: float = DEFAULT_MAX_BAD
 ) -> ReadResult:
     """A CSV of ``path,label`` rows (optional header; optional third column ``split``).
 
     Paths are relative to the CSV's folder. A label is a class name or an integer index;
-    without ``classnames`` the sorted distinct string labels become the classes.
+    without ``classnames`` the sorted distinct string labels become the classes. Every error,
+    about a row or about the images the rows list, names the CSV file.
     """
     path = Path(path)
-    require_file(path, "a CSV file with rows path,label[,split]")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    require_file(path, CSV_LAYOUT)
+    rows = _csv_list_rows(path)
+    raw = [r[1].strip() for r in rows]
+    if classnames is None:
+        if all(is_int(x) for x in raw):
+            raise PaintError(f"{path}: labels are integers, so give the class names (classnames in the task config)")
+        classnames = sorted(set(raw))
+    index = {n: i for i, n in enumerate(classnames)}
+    labels = np.asarray([_csv_label(x, index, path, i + 1) for i, x in enumerate(raw)], dtype=np.int64)
+    base = path.parent
+    files = [str((base / r[0].strip()) if not os.path.isabs(r[0].strip()) else Path(r[0].strip())) for r in rows]
+    groups = _csv_groups(rows, path)
+    splits, n_bad = {}, 0
+    for g in sorted(set(groups)):
+        idx = [i for i, gg in enumerate(groups) if gg == g]
+        split, bad = file_split(
+            f"csv/{g}", base, [files[i] for i in idx], labels[idx], len(classnames), max_bad, f"{path} ({g} rows)"
+        )
+        splits[g], n_bad = split, n_bad + bad
+    return ReadResult(splits, tuple(classnames), {"bad_images": n_bad})
+
+
+def _csv_list_rows(path: Path) -> list[list[str]]:
+    """The non-blank data rows of a ``path,label[,split]`` CSV (a header row dropped), each with both cells."""
+    rows = [r for r in read_csv_rows(path) if r and any(c.strip() for c in r)]
     if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
     if not rows:
         raise PaintError(f"{path}: no rows; expected path,label[,split]")
-    if any(len(r) < 2 for r in rows):
-        raise PaintError(f"{path}: every row needs path,label")
-    raw = [r[1].strip() for r in rows]
-    if classnames is None:
-        if all(x.lstrip("-").isdigit() for x in raw):
-            raise PaintError(f"{path}: labels are integers, so give the class names (classnames in the task config)")
-        classnames = sorted(set(raw))
-    index = {n: i for i, n in enumerate(classnames)}
-    labels = []
-    for i, x in enumerate(raw):
-        if x in index:
-            labels.append(index[x])
-        elif x.lstrip("-").isdigit():
-            labels.append(int(x))
-        else:
-            raise PaintError(f"{path} row {i + 1}: label {x!r} is not one of the {len(classnames)} class names")
-    labels = np.asarray(labels)
-    base = path.parent
-    files = [str((base / r[0].strip()) if not os.path.isabs(r[0].strip()) else Path(r[0].strip())) for r in rows]
-    groups = [r[2].strip().lower() if len(r) > 2 and r[2].strip() else "all" for r in rows]
-    groups = ["val" if g in ("valid", "validation") else g for g in groups]
-    splits, n_bad = {}, 0
-    for g in sorted(set(groups)):
-        if g not in ("train", "val", "test", "all"):
-            raise PaintError(f"{path}: split {g!r} must be train, val or test")
-        idx = [i for i, gg in enumerate(groups) if gg == g]
-        split, bad = file_split(f"csv/{g}", base, [files[i] for i in idx], labels[idx], len(classnames), max_bad)
-        splits[g], n_bad = split, n_bad + bad
-    return ReadResult(splits, tuple(classnames), {"bad_images": n_bad})
+    short = next((i for i, r in enumerate(rows) if len(r) < 2), None)
+    if short is not None:
+        raise PaintError(f"{path} row {short + 1}: every row needs path,label")
+    return rows
+
+
+def _csv_label(text: str, index: Mapping[str, int], path: Path, row: int) -> int:
+    """A label cell as a class index: a class name, else an integer index (range checked by ``file_split``)."""
+    if text in index:
+        return index[text]
+    if is_int(text):
+        return int(text)
+    raise PaintError(f"{path} row {row}: label {text!r} is not one of the {len(index)} class names")
+
+
+def _csv_groups(rows: Sequence[Sequence[str]], path: Path) -> list[str]:
+    """Each row's split (train, val or test), or ``all`` for every row when the CSV gives none."""
+    cells = [r[2].strip().lower() if len(r) > 2 else "" for r in rows]
+    if not any(cells):
+        return ["all"] * len(rows)
+    for i, g in enumerate(cells):
+        if not g:
+            raise PaintError(f"{path} row {i + 1}: no split, but other rows give one; give every row a split or none")
+        if g not in CSV_SPLITS:
+            raise PaintError(f"{path} row {i + 1}: split {g!r} must be train, val or test")
+    return [CSV_SPLITS[g] for g in cells]

@@ -13,14 +13,20 @@ Three layouts of the 50,000 validation images are read, all labelled in CLIP's c
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from paint.data.readers.common import DEFAULT_MAX_BAD, ReadResult, file_split, first_existing, require_file
+from paint.data.readers.common import (
+    DEFAULT_MAX_BAD,
+    ReadResult,
+    csv_records,
+    file_split,
+    first_existing,
+    require_file,
+)
 from paint.data.readers.folders import read_class_folders
 from paint.errors import PaintError
 
@@ -69,18 +75,26 @@ def _find_devkit(root: Path) -> Path | None:
 
 def _read_kaggle(root: Path, val: Path, n: int, max_bad: float, layout: str) -> tuple[Any, int, list[str]]:
     sol = require_file(root / "LOC_val_solution.csv", layout)
-    with open(sol, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    firsts = {r["ImageId"]: r["PredictionString"].split()[0] for r in rows}
+    firsts = _kaggle_wnids(sol)
     wnids = sorted(set(firsts.values()))
     if len(wnids) != n:
         raise PaintError(f"{sol}: {len(wnids)} distinct wnids, expected {n}")
     index = {w: i for i, w in enumerate(wnids)}
     ids = sorted(firsts)
-    split, bad = file_split(
-        "imagenet/val", root, [str(val / f"{i}.JPEG") for i in ids], [index[firsts[i]] for i in ids], n, max_bad
-    )
+    paths, labels = [str(val / f"{i}.JPEG") for i in ids], [index[firsts[i]] for i in ids]
+    split, bad = file_split("imagenet/val", root, paths, labels, n, max_bad, f"imagenet/val listed in {sol}")
     return split, bad, wnids
+
+
+def _kaggle_wnids(sol: Path) -> dict[str, str]:
+    """ImageId -> the wnid of its first box in Kaggle's ``LOC_val_solution.csv`` (errors name the file and row)."""
+    firsts = {}
+    for i, r in enumerate(csv_records(sol, ("ImageId", "PredictionString"))):
+        boxes = r["PredictionString"].split()
+        if not r["ImageId"] or not boxes:
+            raise PaintError(f"{sol} row {i + 1}: needs an ImageId and a PredictionString starting with a wnid")
+        firsts[r["ImageId"]] = boxes[0]
+    return firsts
 
 
 def _read_devkit(root: Path, val: Path, devkit: Path, n: int, max_bad: float) -> tuple[Any, int, list[str]]:
