@@ -32,8 +32,10 @@ def run(args: argparse.Namespace) -> int:
     from paint.errors import PaintError
     from paint.studies.metrics import BKT_GRID, pair_metrics, run_metrics
     from paint.utils import write_json_atomic
+    from paint.weights.ops import finite_coefficient
 
-    alphas = tuple(args.alphas) if args.alphas else BKT_GRID
+    # NaN or inf is refused here, before any model or data is loaded.
+    alphas = tuple(finite_coefficient(a, "--alphas value") for a in args.alphas) if args.alphas else BKT_GRID
     if args.run_dir and (args.zeroshot or args.finetuned):
         raise PaintError("give either RUN_DIR or --zeroshot with --finetuned, not both")
     if args.run_dir:

@@ -4,7 +4,9 @@
 keys, shapes and dtypes agree, the method and its parameters are valid), then streams the
 merge tensor by tensor into a temporary directory, adds the base's config, tokenizer and
 processor files, a model card (README.md) and the resolved config, and moves the directory
-into place.
+into place. The output is locked while it is written (a second merge into it is refused at
+once) and the temporaries that a killed merge left beside it are removed
+(:func:`paint.pipeline.rundir.output_lock`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pydantic import Field, field_validator
 from paint.config import StrictModel, dump_config
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
+from paint.pipeline.rundir import output_lock
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
 from paint.weights.io import CheckpointReader, file_sha256
 from paint.weights.methods import GREEDY_SOUP, METHODS, get_method, with_block_weights
@@ -186,16 +189,24 @@ def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[
         p = Path(s).resolve()
         if p == out or out in p.parents:
             raise PaintError(f"output {cfg.output} would overwrite input {s}; choose another output directory")
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise PaintError(
-            f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory"
-        )
+    check_output(cfg)
     readers = [CheckpointReader(s) for s in sources]
     check_layouts(readers[0].infos, [r.infos for r in readers[1:]], [f"model {m.path}" for m in cfg.models])
     check_files(readers)
     check_carried_files(Path(readers[0].path))
     check_block_weights(cfg, readers[0].infos)
     return readers, params
+
+
+def check_output(cfg: MergeConfig) -> None:
+    """Refuse an output that is a file, or a non-empty directory without ``overwrite``."""
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise PaintError(f"output {cfg.output} is an existing file, not a directory; choose a directory path")
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise PaintError(
+            f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory"
+        )
 
 
 def check_block_weights(cfg: MergeConfig, base_keys: Any) -> None:
@@ -404,8 +415,23 @@ def run_merge(cfg: MergeConfig, evaluate: Evaluate | None = None, progress: bool
     """
     t0 = time.perf_counter()
     readers, params = validate_merge(cfg, evaluate)
-    labels = ["base"] + [f"model {i}" for i in range(len(cfg.models))]
     out = Path(cfg.output)
+    with output_lock(out, "paint merge"):
+        check_output(cfg)  # again under the lock: another merge may have written it since validation
+        return _merge_into(out, cfg, readers, params, evaluate, progress, t0)
+
+
+def _merge_into(
+    out: Path,
+    cfg: MergeConfig,
+    readers: list[CheckpointReader],
+    params: Any,
+    evaluate: Evaluate | None,
+    progress: bool,
+    t0: float,
+) -> dict[str, Any]:
+    """The merge written atomically to ``out``: weights, carried files, resolved config, model card, summary."""
+    labels = ["base"] + [f"model {i}" for i in range(len(cfg.models))]
     with atomic_path(out) as tmp:
         tmp.mkdir()
         if cfg.method == GREEDY_SOUP:

@@ -15,7 +15,12 @@ directory. :class:`RunDir` owns the rules every run shares:
 3. :meth:`RunDir.write_summary`: the summary, atomically, last (it marks a finished run).
 4. :meth:`RunDir.close`: release the lock.
 
-``with RunDir(out).open(cfg, resume) as run: ...`` does 1, 2 and 4. Run functions whose body
+``with RunDir(out).open(cfg, resume) as run: ...`` does 1, 2 and 4.
+
+A command that writes one whole output directory instead of a run (``paint merge``, ``paint
+interpolate``) holds :func:`output_lock` while it writes: the same :class:`FileLock` (beside the
+output, which is replaced by a rename) and the removal of the temporaries that a killed writer of
+that output left beside it (:func:`clean_stale_output_temps`). Run functions whose body
 cannot be re-indented use :func:`run_scope` instead: every RunDir started inside the decorated
 call is closed when it returns or raises.
 
@@ -37,6 +42,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -46,7 +52,7 @@ from typing import Any, TypeVar
 import yaml
 
 from paint.errors import PaintError
-from paint.utils import clean_stale_temps, pid_alive, write_json_atomic, write_yaml_atomic
+from paint.utils import TEMP_PREFIX, clean_stale_temps, pid_alive, temp_owner, write_json_atomic, write_yaml_atomic
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +147,8 @@ class RunDir:
         """
         self.path = Path(path)
         self.finished_marker = finished_marker
-        self._lock_fd: int | None = None
+        self._lock: FileLock | None = None
+        self.took_over: dict[str, Any] | None = None
         self.removed_temps: list[Path] = []
 
     # ------------------------------------------------------------------ checks (read only)
@@ -244,31 +251,91 @@ class RunDir:
 
     @property
     def locked(self) -> bool:
-        return self._lock_fd is not None
+        return self._lock is not None and self._lock.held
 
     def lock(self) -> None:
-        """Take the exclusive lock of the directory, or refuse with one line naming its holder.
+        """Take the exclusive lock of the directory, or refuse with one line naming its holder (see :class:`FileLock`)."""
+        if self.locked:
+            return
+        self._lock = FileLock(
+            self.lock_path,
+            str(self.path),
+            lambda holder: (
+                f"{self.path} is in use by another paint run ({holder}); "
+                "wait for it to finish, or choose another output_dir"
+            ),
+        )
+        self._lock.acquire()
+        self.took_over = self._lock.took_over
 
-        ``flock`` is released by the kernel when its process dies, so a lock file left by a
-        killed run is free to take; its recorded pid is then reported as taken over. Where
-        ``flock`` is unsupported (some network file systems) the recorded pid decides: a live
-        process on this host holds the lock, a dead one does not.
-        """
+    def close(self) -> None:
+        """Release the lock (and remove the lock file); a second call does nothing."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def __del__(self) -> None:  # a forgotten close must not keep the directory locked forever
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+class FileLock:
+    """An exclusive ``fcntl.flock`` on one file that records its holder's pid and host.
+
+    ``flock`` is released by the kernel when its process dies, so a lock file left by a
+    killed process is free to take; its recorded pid is then reported as taken over (a
+    warning, and :attr:`took_over`). Where ``flock`` is unsupported (some network file
+    systems) the recorded pid decides: a live process on this host holds the lock, a dead one
+    does not. :class:`RunDir` locks a run directory with it, :func:`output_lock` the output of a
+    command that replaces a whole directory (``paint merge``, ``paint interpolate``).
+
+    Args:
+        path: the lock file (created if missing; removed on :meth:`release`).
+        label: what the lock guards, for the take-over warning.
+        refusal: the one-line error for a held lock, from the holder's description ("pid N on host").
+    """
+
+    def __init__(self, path: Path, label: str, refusal: Callable[[str], str]):
+        self.path = path
+        self.label = label
+        self.refusal = refusal
+        self.took_over: dict[str, Any] | None = None
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise :class:`PaintError` (``refusal``) at once when another process holds it."""
+        if self._fd is not None:
+            return
+        fd = self._open_locked()
+        stale = _read_holder(fd)
+        if stale:
+            log.warning(
+                "%s: taking over the lock left by %s, which is no longer running (killed?)",
+                self.label,
+                _describe(stale),
+            )
+        self.took_over = stale
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    def _open_locked(self) -> int:
+        """An open descriptor of the current lock file with the lock taken (or the refusal raised)."""
         import fcntl
 
-        if self._lock_fd is not None:
-            return
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise PaintError(
-                    f"{self.path} is in use by another paint run ({_describe(holder)}); "
-                    "wait for it to finish, or choose another output_dir"
-                ) from None
+                raise PaintError(self.refusal(_describe(holder))) from None
             except OSError as e:
                 if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                     os.close(fd)
@@ -276,44 +343,91 @@ class RunDir:
                 holder = _read_holder(fd)
                 if holder and _holder_alive(holder) and holder.get("pid") != os.getpid():
                     os.close(fd)
-                    raise PaintError(
-                        f"{self.path} is in use by another paint run ({_describe(holder)}); "
-                        "wait for it to finish, or choose another output_dir"
-                    ) from None
+                    raise PaintError(self.refusal(_describe(holder))) from None
             # The file may have been removed (and recreated) by its previous holder between our
             # open and flock: then we locked an orphan inode; start again on the current file.
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
             except FileNotFoundError:
                 same = False
             if same:
-                break
+                return fd
             os.close(fd)
-        stale = _read_holder(fd)
-        if stale:
-            log.warning(
-                "%s: taking over the lock left by %s, which is no longer running (killed?)", self.path, _describe(stale)
-            )
-            self.took_over = stale
-        else:
-            self.took_over = None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        os.fsync(fd)
-        self._lock_fd = fd
 
-    def close(self) -> None:
+    def release(self) -> None:
         """Release the lock (and remove the lock file); a second call does nothing."""
-        fd, self._lock_fd = self._lock_fd, None
+        fd, self._fd = self._fd, None
         if fd is None:
             return
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.lock_path)  # while still locked: a newcomer either sees no file or a fresh one
+            os.unlink(self.path)  # while still locked: a newcomer either sees no file or a fresh one
         os.close(fd)
 
-    def __del__(self) -> None:  # a forgotten close must not keep the directory locked forever
+    def __del__(self) -> None:  # a forgotten release must not keep the file locked forever
         with contextlib.suppress(Exception):
-            self.close()
+            self.release()
+
+
+def output_lock_path(output: str | os.PathLike) -> Path:
+    """The lock file of an output that is replaced as a whole: beside it, as the output itself is renamed."""
+    out = Path(output)
+    return out.parent / f".{out.name}{LOCK_NAME}"
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike, command: str) -> Iterator[list[Path]]:
+    """Hold the exclusive lock of ``output`` and remove what killed writers of it left; yield what was removed.
+
+    For commands that write a whole directory through :func:`paint.utils.atomic_path`
+    (``paint merge``, ``paint interpolate``): a second writer of the same output is refused at once with one line
+    naming the output, instead of both succeeding and one silently replacing the other; and the
+    temporaries a killed writer left beside the output (``.paint-tmp.<pid>.<name>.*``, as large
+    as the output) are removed once their process is gone (:func:`clean_stale_output_temps`).
+    The lock file lies beside the output (the output directory itself is replaced by a rename).
+    """
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(
+        output_lock_path(out),
+        str(out),
+        lambda holder: (
+            f"output {out} is being written by another process ({holder}, another {command}); "
+            "wait for it to finish, or choose another output"
+        ),
+    )
+    lock.acquire()
+    try:
+        removed = clean_stale_output_temps(out)
+        if removed:
+            log.warning("%s: removed %d temporary file(s) left by a killed %s", out, len(removed), command)
+        yield removed
+    finally:
+        lock.release()
+
+
+def clean_stale_output_temps(output: str | os.PathLike) -> list[Path]:
+    """Remove the atomic-write temporaries of ``output`` (beside it) whose creating process is gone.
+
+    :func:`paint.utils.clean_stale_temps` walks a run directory that a run owns; an output lies
+    beside other files (a user's models folder), which are not walked: only the entries of its
+    parent named as temporaries of this output (``.paint-tmp.<pid>.<name>.*``, see
+    :func:`paint.utils.atomic_path`) are looked at, and those of live processes are kept.
+    """
+    out = Path(output)
+    if not out.parent.is_dir():
+        return []
+    removed = []
+    for p in sorted(out.parent.iterdir()):
+        pid = temp_owner(p.name)
+        if pid is None or not p.name.startswith(f"{TEMP_PREFIX}{pid}.{out.name}.") or pid_alive(pid):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+    return removed
 
 
 def _read_holder(fd: int) -> dict[str, Any] | None:

@@ -256,13 +256,12 @@ def pair_metrics(
     theta_zs = bundle.image_tower_copy()
     if isinstance(theta_ft, str):
         if theta_ft.endswith(".safetensors"):  # e.g. a run's finetune/checkpoint/trainable.safetensors
-            from safetensors.torch import load_file
-
             from paint.errors import PaintError
+            from paint.train.loop import load_checkpoint_file
 
             if not Path(theta_ft).is_file():
                 raise PaintError(f"fine-tuned weights file {theta_ft} does not exist")
-            theta_ft = load_file(theta_ft)
+            theta_ft = load_checkpoint_file(Path(theta_ft))  # verified when it lies in a checkpoint
         else:
             theta_ft = load_clip(theta_ft).image_tower_state()
     theta_ft = complete_state(theta_zs, theta_ft)
@@ -284,23 +283,21 @@ def run_metrics(run_dir: str, split: str = "val", alphas: Sequence[float] = BKT_
     """
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
     from paint.config import load_config
     from paint.errors import PaintError
     from paint.pipeline.patch import PatchConfig
+    from paint.train.loop import TRAINABLE, load_checkpoint_file
     from paint.utils import write_json_atomic
 
     run = Path(run_dir)
-    trained = run / "finetune" / "checkpoint" / "trainable.safetensors"
+    trained = run / "finetune" / "checkpoint" / TRAINABLE
     if not (run / "config.yaml").is_file() or not trained.is_file():
-        raise PaintError(
-            f"{run} is not a paint patch run (needs config.yaml and finetune/checkpoint/trainable.safetensors)"
-        )
+        raise PaintError(f"{run} is not a paint patch run (needs config.yaml and finetune/checkpoint/{TRAINABLE})")
+    theta_ft = load_checkpoint_file(trained)  # checksums verified: a damaged file is refused, not measured
     cfg = load_config(PatchConfig, run / "config.yaml")
     out = pair_metrics(
         cfg.model,
-        load_file(str(trained)),
+        theta_ft,
         cfg.support_tasks,
         cfg.patch_tasks,
         split,

@@ -54,6 +54,7 @@ from paint.utils import atomic_path, sha256_file
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 CHECKSUMS = "checksums.json"
+TRAINABLE = "trainable.safetensors"
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def save_checkpoint(
     """
     with atomic_path(path) as tmp:
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, str(tmp / TRAINABLE))
         opt_meta = None
         if optimizer is not None:
             opt_tensors, opt_meta = _flatten_optimizer_state(optimizer.state_dict())
@@ -166,31 +167,72 @@ def save_checkpoint(
         (tmp / CHECKSUMS).write_text(json.dumps({"sha256": sums}, indent=1))
 
 
-def verify_checkpoint(path: Path) -> None:
-    """Refuse a checkpoint whose files differ from the hashes stored when it was written.
+RESUME_REMEDY = "delete {path} to start training over"
+READ_REMEDY = "fine-tune again (a new paint patch run) to rebuild it"
 
-    A checkpoint from before checksums existed is accepted with a warning.
-    """
+
+def _recorded_sums(path: Path, remedy: str) -> dict[str, str] | None:
+    """The SHA-256 of each file recorded in ``checksums.json`` (None: a checkpoint from before checksums)."""
     sums_path = path / CHECKSUMS
     if not sums_path.exists():
         log.warning("%s has no %s (written by an older paint): its contents are not verified", path, CHECKSUMS)
-        return
+        return None
     try:
         sums = json.loads(sums_path.read_text())["sha256"]
-        assert isinstance(sums, dict) and "state.json" in sums and "trainable.safetensors" in sums
+        assert isinstance(sums, dict) and "state.json" in sums and TRAINABLE in sums
     except (OSError, ValueError, KeyError, TypeError, AssertionError):
-        raise PaintError(
-            f"checkpoint {path} is damaged ({CHECKSUMS} is unreadable); delete {path} to start training over"
-        ) from None
-    for name, expected in sums.items():
+        raise PaintError(f"checkpoint {path} is damaged ({CHECKSUMS} is unreadable); {remedy}") from None
+    return sums
+
+
+def verify_checkpoint(path: Path, names: Iterable[str] | None = None, remedy: str = RESUME_REMEDY) -> None:
+    """Refuse a checkpoint whose files differ from the hashes stored when it was written.
+
+    Args:
+        path: the checkpoint directory.
+        names: the files about to be read (default: every recorded file).
+        remedy: what the one-line error tells the user to do; ``{path}`` is the checkpoint.
+
+    A checkpoint from before checksums existed is accepted with a warning.
+    """
+    remedy = remedy.format(path=path)
+    sums = _recorded_sums(path, remedy)
+    if sums is None:
+        return
+    for name in sums if names is None else names:
         f = path / name
+        if name not in sums:
+            raise PaintError(f"checkpoint {path} is damaged ({name} has no recorded checksum); {remedy}")
         if not f.is_file():
-            raise PaintError(f"checkpoint {path} is damaged ({name} is missing); delete {path} to start training over")
-        if sha256_file(f) != expected:
+            raise PaintError(f"checkpoint {path} is damaged ({name} is missing); {remedy}")
+        if sha256_file(f) != sums[name]:
             raise PaintError(
                 f"checkpoint file {f} is damaged (its SHA-256 differs from the one recorded when it was written); "
-                f"delete {path} to start training over"
+                f"{remedy}"
             )
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a directory written by :func:`save_checkpoint` (with or without checksums)."""
+    return (path / CHECKSUMS).is_file() or (path / "state.json").is_file()
+
+
+def load_checkpoint_file(file: Path, remedy: str = READ_REMEDY) -> dict[str, torch.Tensor]:
+    """The tensors of one safetensors file, verified first when it lies in a checkpoint directory.
+
+    Every reader of a finished run's checkpoint (``paint interpolate --run``, ``paint metrics``)
+    goes through this (a resume through :func:`load_checkpoint`): a flipped or truncated byte is a
+    one-line :class:`PaintError` naming the file, never wrong weights. A file outside a checkpoint
+    has no recorded hash; it is read as it is, and an unreadable one is refused with one line too.
+    """
+    from safetensors import SafetensorError
+
+    if is_checkpoint(file.parent):
+        verify_checkpoint(file.parent, [file.name], remedy)
+    try:
+        return load_file(str(file))
+    except (OSError, ValueError, SafetensorError) as e:
+        raise PaintError(f"cannot read {file}: {str(e).splitlines()[0]}; {remedy.format(path=file.parent)}") from None
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
@@ -200,7 +242,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     verify_checkpoint(path)
     try:
         state = json.loads((path / "state.json").read_text())
-        trainable = load_file(str(path / "trainable.safetensors"))
+        trainable = load_file(str(path / TRAINABLE))
         opt = load_file(str(path / "optimizer.safetensors")) if state.get("optimizer") is not None else {}
     except (OSError, ValueError, SafetensorError) as e:
         raise PaintError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}; delete it to start over") from e

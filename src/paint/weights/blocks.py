@@ -22,7 +22,7 @@ import torch
 
 from paint.errors import PaintError
 from paint.types import StateDict
-from paint.weights.ops import check_compatible, lerp_tensor
+from paint.weights.ops import check_compatible, finite_coefficient, lerp_tensor
 
 EMBEDDINGS = "embeddings"
 HEAD = "head"
@@ -84,13 +84,14 @@ def _alpha_for(key: str, alphas: BlockAlphas) -> float:
     block = block_of(key)
     if block not in alphas:
         raise PaintError(f"no coefficient for block {block!r} (tensor {key!r}); give one per block: {sorted(alphas)}")
-    return float(alphas[block])
+    return finite_coefficient(alphas[block], f"alpha of block {block!r}")
 
 
 def check_block_alphas(alphas: BlockAlphas, allow_extrapolation: bool = False) -> None:
-    """Refuse a NaN coefficient, or one outside [0, 1] unless extrapolating, naming its block."""
+    """Refuse a NaN or infinite coefficient, or one outside [0, 1] unless extrapolating, naming its block."""
     for b, a in alphas.items():
-        if a != a or (not allow_extrapolation and not 0.0 <= a <= 1.0):
+        finite_coefficient(a, f"alpha of block {b!r}")
+        if not allow_extrapolation and not 0.0 <= a <= 1.0:
             raise PaintError(f"alpha {a} of block {b!r} is outside [0, 1]; set allow_extrapolation to extrapolate")
 
 

@@ -36,7 +36,7 @@ from pydantic import Field
 from paint.config import StrictModel, parse_config
 from paint.errors import PaintError
 from paint.weights.chunks import ChunkSource, OrderedSum, single, work_dtype
-from paint.weights.ops import lerp_tensor
+from paint.weights.ops import finite_coefficient, lerp_tensor
 from paint.weights.sparsify import Rescale, magnitude_trim, random_drop, tensor_seed
 
 Prepare = Callable[[ChunkSource, int, Sequence[float], Any, str], Any]
@@ -414,6 +414,9 @@ def with_block_weights(method: MergeMethod, block_weights: Sequence[Mapping[str,
     """
     if method.name != "task_arithmetic":
         raise PaintError(f"per-block weights (block_weights) need method 'task_arithmetic', not {method.name!r}")
+    for i, bw in enumerate(block_weights):
+        for block, w in (bw or {}).items():
+            finite_coefficient(w, f"model {i}: weight of block {block!r}")
     combine = functools.partial(_block_weights_combine, inner=method.combine, block_weights=list(block_weights))
     return dataclasses.replace(method, combine=combine, description=method.description + ", per block")
 
@@ -432,7 +435,6 @@ def check_weights(method: MergeMethod, weights: Sequence[float]) -> None:
     if len(weights) < method.min_models:
         raise PaintError(f"method {method.name!r} needs at least {method.min_models} models, got {len(weights)}")
     for i, w in enumerate(weights):
-        if not math.isfinite(w):
-            raise PaintError(f"model {i}: weight {w} is not a finite number")
+        finite_coefficient(w, f"model {i}: weight")
     if not method.uses_weights and any(w != 1.0 for w in weights):
         raise PaintError(f"method {method.name!r} does not use per-model weights; remove them (or set them to 1)")

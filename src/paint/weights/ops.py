@@ -7,6 +7,7 @@ state dict.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -45,8 +46,32 @@ def check_compatible(sd0: StateDict, sd1: StateDict, names: tuple[str, str] = ("
             )
 
 
+def finite_coefficient(value: float, what: str = "alpha") -> float:
+    """``value`` as a float, or a one-line :class:`PaintError` when it is NaN or infinite.
+
+    A NaN or infinite alpha (or merge weight) would turn every mixed tensor into NaN or inf
+    without any error; every place a coefficient enters the weight maths calls this first.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PaintError(f"{what} {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise PaintError(f"{what} {value} is not a finite number")
+    return number
+
+
+def check_alpha(alpha: float, allow_extrapolation: bool = False) -> float:
+    """``alpha`` as a float: finite, and in [0, 1] unless extrapolating (else a one-line :class:`PaintError`)."""
+    alpha = finite_coefficient(alpha)
+    if not allow_extrapolation and not 0.0 <= alpha <= 1.0:
+        raise PaintError(f"alpha {alpha} is outside [0, 1]; set allow_extrapolation to extrapolate")
+    return alpha
+
+
 def lerp_tensor(t0: torch.Tensor, t1: torch.Tensor, alpha: float) -> torch.Tensor:
     """(1 - alpha) * t0 + alpha * t1, exact at alpha 0 and 1, computed in float32 or wider."""
+    alpha = finite_coefficient(alpha)
     if not t0.is_floating_point():
         return t0.clone()
     work = torch.promote_types(t0.dtype, torch.float32)
@@ -79,8 +104,7 @@ def interpolate(
         >>> theta["w"]
         tensor([0.2500, 0.2500])
     """
-    if not allow_extrapolation and not 0.0 <= alpha <= 1.0:
-        raise PaintError(f"alpha {alpha} is outside [0, 1]; set allow_extrapolation to extrapolate")
+    alpha = check_alpha(alpha, allow_extrapolation)
     check_compatible(sd0, sd1, ("zero-shot model", "fine-tuned model"))
     out: dict[str, torch.Tensor] = {}
     for key, t0 in sd0.items():
@@ -115,6 +139,7 @@ def add_task_vectors(base: StateDict, vectors: list[StateDict], coefficients: li
     """
     if len(vectors) != len(coefficients):
         raise PaintError(f"{len(vectors)} task vectors but {len(coefficients)} coefficients")
+    coefficients = [finite_coefficient(c, f"coefficient of task vector {i}") for i, c in enumerate(coefficients)]
     out = {k: v.clone() for k, v in base.items()}
     for tau, c in zip(vectors, coefficients):
         for k, d in tau.items():

@@ -83,6 +83,21 @@ def _header_bytes(keys: Sequence[str], infos: Mapping[str, TensorInfo], metadata
     return struct.pack("<Q", len(raw)) + raw
 
 
+def check_finite(key: str, t: torch.Tensor) -> None:
+    """Refuse, in one line naming the tensor, a floating-point tensor that holds NaN or infinite values.
+
+    Every checkpoint writer here calls it on each tensor (or row chunk) before writing it: weights
+    that a NaN coefficient or a diverged run turned non-finite must not reach disk as a model.
+    """
+    if not t.is_floating_point() or t.numel() == 0:
+        return
+    work = t if t.dtype != torch.float8_e4m3fn else t.float()  # torch has no isfinite for e4m3
+    finite = torch.isfinite(work)
+    if not bool(finite.all()):
+        bad = int(finite.numel() - int(finite.sum()))
+        raise PaintError(f"refusing to write tensor {key!r}: it holds {bad} NaN or infinite values")
+
+
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a tensor, without copying a contiguous one."""
     flat = t.detach().cpu().contiguous().reshape(-1)
@@ -94,7 +109,8 @@ class ShardedWriter:
 
     Each shard's header is written when the shard is opened (the layout is known up front),
     then tensor bytes are appended as they come, so nothing is buffered beyond the tensor
-    (or row chunk) being written. Use it on a temporary directory and move that into place
+    (or row chunk) being written. A chunk holding NaN or inf is refused before its bytes are
+    written (:func:`check_finite`). Use it on a temporary directory and move that into place
     (see :func:`paint.utils.atomic_path`); :func:`save_state_dict` does both.
 
     Args:
@@ -150,6 +166,7 @@ class ShardedWriter:
                 raise ValueError(f"tensor {key!r}: got dtype {chunk.dtype}, planned {info.dtype}")
             if isinstance(data, torch.Tensor) and tuple(chunk.shape) != info.shape:
                 raise ValueError(f"tensor {key!r}: got shape {tuple(chunk.shape)}, planned {info.shape}")
+            check_finite(key, chunk)
             buf = _tensor_bytes(chunk)
             self._file.write(buf)
             written += buf.nbytes
@@ -245,11 +262,15 @@ def save_safetensors_file(
 ) -> Path:
     """``safetensors.torch.save_file`` with the mode other outputs get (not atomic by itself).
 
+    A tensor holding NaN or inf is refused before anything is written (:func:`check_finite`).
+
     safetensors (0.8) creates its file with mode 0600 whatever the umask, so a model or cache
     written with it could not be read by the group that reads every other output.
     """
     from safetensors.torch import save_file
 
+    for key, t in tensors.items():
+        check_finite(key, t)
     out = Path(path)
     save_file(dict(tensors), str(out), metadata=dict(metadata) if metadata else None)
     os.chmod(out, new_file_mode())
