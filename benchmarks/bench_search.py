@@ -148,7 +148,7 @@ def real(args, seed: int = 0) -> dict:
     if args.run_dir:
         from safetensors.torch import load_file
 
-        from paint.studies.metrics import complete_state
+        from paint.weights.ops import complete_state
 
         theta_ft = complete_state(
             theta_zs, load_file(str(Path(args.run_dir) / "finetune" / "checkpoint" / "trainable.safetensors"))

@@ -67,6 +67,8 @@ _API: dict[str, str] = {
     # studies and their statistics
     "ScaleConfig": "paint.studies.scale",
     "run_scale": "paint.studies.scale",
+    "load_finetuned": "paint.pipeline.patch",
+    "complete_state": "paint.weights.ops",
     "seed_interval": "paint.stats",
     "wilson_interval": "paint.stats",
     "image_interval": "paint.stats",

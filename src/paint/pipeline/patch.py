@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_validator
 
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
+from paint.errors import PaintError
 from paint.models.clip import ClipBundle, save_clip
 from paint.models.families import family_of
 from paint.pipeline.operation import (
@@ -41,6 +42,7 @@ from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table
 from paint.pipeline.run import SUMMARY, ModelRunConfig, check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.train.finetune import FinetuneConfig
+from paint.types import StateDict
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic
 
 
@@ -228,3 +230,26 @@ def patch_markdown(summary: dict[str, Any]) -> str:
             "",
         ]
     )
+
+
+def load_finetuned(run_dir: str | Path, theta_zs: StateDict) -> dict[str, torch.Tensor]:
+    """theta_ft of a finished ``paint patch`` run: its fine-tuned image tower, checksums verified.
+
+    The run keeps only the trained tensors (``finetune/checkpoint/trainable.safetensors``); the
+    buffers it lacks come from ``theta_zs`` (the base model's image tower, ``bundle.image_tower_copy()``).
+    A damaged checkpoint is a one-line :class:`PaintError`, never weights mixed in silently.
+
+    Example:
+        >>> from paint import interpolate, load_clip, load_finetuned
+        >>> theta_zs = load_clip("paint:default").image_tower_copy()
+        >>> theta_ft = load_finetuned("runs/patch-digits", theta_zs)  # doctest: +SKIP
+        >>> theta = interpolate(theta_zs, theta_ft, 0.4)  # doctest: +SKIP
+    """
+    from paint.train.loop import TRAINABLE, load_checkpoint_file
+    from paint.weights.ops import complete_state
+
+    path = Path(run_dir) / "finetune" / "checkpoint" / TRAINABLE
+    if not path.is_file():
+        raise PaintError(f"{run_dir} holds no fine-tuned checkpoint ({path} is missing): is it a paint patch run?")
+    trained = load_checkpoint_file(path)
+    return complete_state(theta_zs, {k: v for k, v in trained.items() if k in theta_zs})

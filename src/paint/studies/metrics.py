@@ -30,6 +30,7 @@ from paint.evaluation.line import (
     set_image_tower,
     weighted_loss,
 )
+from paint.weights.ops import complete_state
 
 StateDict = Mapping[str, torch.Tensor]
 BKT_GRID: tuple[float, ...] = tuple(round(i / 10, 10) for i in range(1, 11))
@@ -200,24 +201,6 @@ def transfer_metrics(
 
 
 # ----------------------------------------------------------------------------- from runs and checkpoints
-
-
-def complete_state(theta_zs: StateDict, theta_ft: StateDict) -> dict[str, torch.Tensor]:
-    """theta_ft restricted to theta_zs's keys; non-float buffers it lacks are taken from theta_zs.
-
-    A fine-tuning checkpoint holds trained parameters only, not integer buffers.
-    """
-    from paint.errors import PaintError
-    from paint.weights.ops import check_compatible
-
-    missing = [k for k in theta_zs if k not in theta_ft and theta_zs[k].is_floating_point()]
-    if missing:
-        raise PaintError(
-            f"the fine-tuned weights lack image-tower tensor {missing[0]!r}; are they from the same architecture?"
-        )
-    out = {k: (theta_ft[k] if k in theta_ft else theta_zs[k]).to(theta_zs[k].device) for k in theta_zs}
-    check_compatible(theta_zs, out, ("zero-shot image tower", "fine-tuned image tower"))
-    return out
 
 
 def _loss_data(prepared, split: str) -> dict[str, LossData]:

@@ -110,6 +110,23 @@ def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]
     return factor
 
 
+def warn_long_warmup(warmup_steps: int, total: int, desc: str = "fine-tune") -> bool:
+    """Warn (and return True) when the warmup is at least the run: the learning rate then climbs for the
+    whole run and never decays (the defaults' 500 warmup steps are sized for long runs on real data)."""
+    if total <= 0 or warmup_steps < total:
+        return False
+    log.warning(
+        "%s: warmup_steps (%d) is not shorter than the run (%d optimizer steps): the learning rate rises for the "
+        "whole run and never decays; set finetune.warmup_steps well below %d (e.g. %d)",
+        desc,
+        warmup_steps,
+        total,
+        total,
+        max(1, total // 10),
+    )
+    return True
+
+
 def make_optimizer(
     named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float
 ) -> torch.optim.AdamW:
@@ -364,6 +381,7 @@ class _Training:
         total = cfg.epochs * steps_per_epoch
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
+        warn_long_warmup(cfg.warmup_steps, total, desc)
         # Not passed to accelerator.prepare: its wrapper steps the schedule num_processes times per
         # call (it assumes a schedule sized for one process); ours is sized in optimizer steps.
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(cfg.warmup_steps, total))

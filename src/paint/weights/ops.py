@@ -145,3 +145,23 @@ def add_task_vectors(base: StateDict, vectors: list[StateDict], coefficients: li
         for k, d in tau.items():
             out[k] = (out[k].to(torch.promote_types(out[k].dtype, torch.float32)) + float(c) * d).to(base[k].dtype)
     return out
+
+
+def complete_state(theta_zs: StateDict, theta_ft: StateDict) -> dict[str, torch.Tensor]:
+    """theta_ft restricted to theta_zs's keys; non-float buffers it lacks are taken from theta_zs.
+
+    A fine-tuning checkpoint holds trained parameters only, not integer buffers.
+
+    Example:
+        >>> zs = {"w": torch.zeros(2), "n": torch.tensor([3])}
+        >>> complete_state(zs, {"w": torch.ones(2)})["n"]
+        tensor([3])
+    """
+    missing = [k for k in theta_zs if k not in theta_ft and theta_zs[k].is_floating_point()]
+    if missing:
+        raise PaintError(
+            f"the fine-tuned weights lack image-tower tensor {missing[0]!r}; are they from the same architecture?"
+        )
+    out = {k: (theta_ft[k] if k in theta_ft else theta_zs[k]).to(theta_zs[k].device) for k in theta_zs}
+    check_compatible(theta_zs, out, ("zero-shot image tower", "fine-tuned image tower"))
+    return out
