@@ -127,3 +127,31 @@ def test_augmented_finetuning_still_learns(tiny_clip_dir):
     cfg = CFG.model_copy(update={"augment": "crop-flip"})
     finetune(bundle.model, [TrainingSet("colours", xtr, ytr, head)], bundle.spec, cfg)
     assert evaluate_split(bundle.model, head, xte, yte, bundle.spec)["accuracy"] >= 0.85
+
+
+def test_tensorboard_logs_loss_and_lr_per_step_and_validation_accuracy_per_epoch(tiny_clip_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    bundle, head, (xtr, ytr), (xte, yte) = _setup(tiny_clip_dir)
+    cfg = CFG.model_copy(update={"log_with": "tensorboard"})
+    plain = FinetuneConfig(**{**CFG.model_dump(), "log_with": None})
+    assert cfg.identity() == plain.identity()  # logging never changes what is trained (resume, fingerprints)
+    fit = finetune(
+        bundle.model,
+        [TrainingSet("colours", xtr, ytr, head)],
+        bundle.spec,
+        cfg,
+        tmp_path / "finetune",
+        val_sets=[TrainingSet("colours", xte, yte, head)],
+    )
+    (events,) = list((tmp_path / "finetune" / "tensorboard").rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events.parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "epoch/loss", "epoch/val_accuracy/colours"} <= tags, tags
+    assert len(acc.Scalars("train/loss")) == fit.steps  # one point per optimizer step
+    assert len(acc.Scalars("epoch/val_accuracy/colours")) == CFG.epochs
+    last = acc.Scalars("epoch/val_accuracy/colours")[-1].value
+    assert last == pytest.approx(fit.history[-1]["val_accuracy/colours"])
+    assert fit.history[-1]["val_accuracy/colours"] >= 0.9  # the colours task is learned, as the test above

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from paint.data.preprocess import ImageSpec
@@ -89,7 +90,24 @@ def finetune(
         >>> sets = [TrainingSet("digits", images_uint8, labels, head)]  # doctest: +SKIP
         >>> record = finetune(bundle.model, sets, bundle.spec, cfg, "runs/ft")  # doctest: +SKIP
     """
+    if on_epoch_end is None and cfg.log_with is not None and val_sets:
+        on_epoch_end = validation_accuracy(val_sets, spec)  # what the tracker shows per epoch
     ctx = RecipeContext(
         model, list(sets), spec, cfg, out_dir, resume, fingerprint, on_epoch_end, tuple(val_sets), tokenizer
     )
     return run_recipe(ctx)
+
+
+def validation_accuracy(
+    val_sets: Sequence[TrainingSet], spec: ImageSpec
+) -> Callable[[int, torch.nn.Module], dict[str, float]]:
+    """An epoch-end callback: each task's validation accuracy against its head (``val_accuracy/<task>``)."""
+    from paint.evaluation.results import evaluate_split
+
+    def measure(epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        return {
+            f"val_accuracy/{s.name}": evaluate_split(model, s.head, s.images, np.asarray(s.labels), spec)["accuracy"]
+            for s in val_sets
+        }
+
+    return measure

@@ -75,11 +75,12 @@ class LoopConfig:
     tf32: bool | None = None  # TF32 matmuls/convolutions on CUDA (None: on); never on a CPU
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more compute
     compile: bool = False  # torch.compile the loss module (model forward included) for the run
+    log_with: str | None = None  # "tensorboard": Accelerate's tracker under the checkpoint directory's parent
 
     @classmethod
     def from_settings(cls, settings: Any) -> "LoopConfig":
         """The loop settings of any config that has these fields by name (fine-tuning, pretraining)."""
-        return cls(**{f: getattr(settings, f) for f in cls.__dataclass_fields__})
+        return cls(**{f: getattr(settings, f) for f in cls.__dataclass_fields__ if hasattr(settings, f)})
 
 
 # torch.compile's backend for ``LoopConfig.compile``; tests swap in "aot_eager", which traces the
@@ -125,6 +126,20 @@ def warn_long_warmup(warmup_steps: int, total: int, desc: str = "fine-tune") -> 
         max(1, total // 10),
     )
     return True
+
+
+TRACKER_DIR = "tensorboard"  # <finetune dir>/tensorboard: the event files TensorBoard reads
+
+
+def _check_tracker(name: str | None) -> None:
+    """A one-line error when the tracker's package is missing (before the first step)."""
+    if name == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise PaintError(
+                "finetune.log_with: tensorboard needs the tensorboard package: pip install 'paint[tensorboard]'"
+            ) from None
 
 
 def make_optimizer(
@@ -322,6 +337,7 @@ def fit(
             record = run.train_epoch(epoch, make_loader(epoch))
             record.update(run.epoch_metrics(epoch, on_epoch_end))
             run.result.history.append(record)
+            run.log_epoch(record)
             run.save(epoch)
             run.accelerator.wait_for_everyone()
         return run.finish()
@@ -372,7 +388,16 @@ class _Training:
                 "%s: bf16 was asked for but this %s device has no native bf16; training in fp32", desc, device_type
             )
         _allow_precision(precision)
-        accelerator = Accelerator(cpu=cfg.cpu, mixed_precision=precision)
+        tracking = cfg.log_with is not None and checkpoint_dir is not None
+        accelerator = Accelerator(
+            cpu=cfg.cpu,
+            mixed_precision=precision,
+            log_with=cfg.log_with if tracking else None,
+            project_dir=str(checkpoint_dir) if tracking else None,
+        )
+        if tracking:
+            _check_tracker(cfg.log_with)
+            accelerator.init_trackers(TRACKER_DIR)
         optimizer = make_optimizer([(n, p) for n, p in params if n in names], cfg.lr, cfg.weight_decay)
         # Count steps on the sharded loader: with N processes each rank gets ~1/N of the batches.
         steps_per_epoch = len(accelerator.prepare_data_loader(make_loader(0)))  # type: ignore[arg-type]
@@ -469,6 +494,8 @@ class _Training:
             self.step += 1
             running += value
             count += 1
+            if acc.trackers:  # the loss is already on the host: logging adds no sync
+                acc.log({"train/loss": value, "train/lr": self.scheduler.get_last_lr()[0]}, step=self.step)
             self.bar.update(1)
             self.bar.set_postfix(epoch=epoch, loss=f"{running / count:.4f}")
             if self.step >= self.total:
@@ -493,6 +520,12 @@ class _Training:
             broadcast_object_list(extra, from_process=0)
         return extra[0] or {}
 
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        """The epoch's numbers (mean loss, the callback's validation accuracies) to the tracker, if any."""
+        if self.accelerator.trackers:
+            values = {f"epoch/{k}": float(v) for k, v in record.items() if k not in ("epoch", "step")}
+            self.accelerator.log({k: v for k, v in values.items() if math.isfinite(v)}, step=self.step)
+
     def save(self, epoch: int) -> None:
         """The epoch-end checkpoint (trainable tensors, optimizer unless FSDP, schedule, history)."""
         if self.ckpt is None:
@@ -513,6 +546,8 @@ class _Training:
         """Close the bar, unwrap, freeze everything again, release the accelerator's memory."""
         self.bar.close()
         self.result.steps = self.step
+        if self.accelerator.trackers:
+            self.accelerator.end_training()  # flushes and closes the event files
         model = self.accelerator.unwrap_model(self.wrapped).model
         model.eval()
         for p in model.parameters():

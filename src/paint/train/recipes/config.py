@@ -155,6 +155,11 @@ class FinetuneConfig(StrictModel):
         None, ge=0, description="training-loader worker processes (default: 0 on a CPU, up to 4 on a GPU)"
     )
     recipe: RecipeSpec = Field(default_factory=FrozenHeadRecipe, description="how the image tower is fine-tuned")
+    log_with: Literal["tensorboard"] | None = Field(
+        None,
+        description="tensorboard: log loss and lr per step and the patching tasks' validation accuracy per epoch "
+        "to <run>/finetune/tensorboard (Accelerate's tracker; results.jsonl stays the record)",
+    )
 
     @field_validator("recipe", mode="before")
     @classmethod
@@ -167,4 +172,4 @@ class FinetuneConfig(StrictModel):
 
 
 # FinetuneConfig fields that change how fast a run goes, never its result (a resume may change them).
-RUNTIME_ONLY = frozenset({"loader_workers", "gradient_checkpointing"})
+RUNTIME_ONLY = frozenset({"loader_workers", "gradient_checkpointing", "log_with"})
