@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint docs setup clean
 
 $(BIN)/paint: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ setup: $(BIN)/paint
 demo: setup
 	$(BIN)/paint demo
 
-test: setup lint
+test: setup lint docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
+
+# The documentation site (mkdocs.yml, docs/); --strict fails on a broken link, page or API reference.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 # Style and layer rules: ruff (lint + format) and the import-linter contracts in pyproject.toml.
 lint: setup
@@ -28,4 +32,4 @@ lint: setup
 	$(BIN)/lint-imports --no-cache
 
 clean:
-	rm -rf $(VENV) runs .paint-cache
+	rm -rf $(VENV) runs .paint-cache site

@@ -67,3 +67,26 @@ def test_constrained_never_ships_an_infeasible_alpha(points, zero, eps, constrai
     assert feasible(chosen["val"], sweep[0]["val"], ["a", "b"], eps, constraint)
     best = max(p["val"]["p"] for p in sweep if feasible(p["val"], sweep[0]["val"], ["a", "b"], eps, constraint))
     assert chosen["val"]["p"] == best
+
+
+def test_a_support_drop_of_exactly_epsilon_is_within_the_bound():
+    """Accuracies are exact fractions: a float32 mean put a -1.0 point change at -1.000001 and refused it."""
+    import pytest
+    import torch
+
+    from paint.evaluation.results import metrics_from_logits
+    from paint.selection import select_alpha
+
+    def metrics(n_right: int, n: int = 2000) -> float:
+        labels = torch.zeros(n, dtype=torch.long)
+        logits = torch.zeros(n, 2)
+        logits[n_right:, 1] = 1.0  # wrong from n_right on
+        return metrics_from_logits(logits, labels)["accuracy"]
+
+    s0, s1 = [metrics(k) for k in (1970, 1966, 1950, 1934)], [metrics(k) for k in (1950, 1946, 1930, 1914)]
+    assert sum(s1) / 4 - sum(s0) / 4 == pytest.approx(-0.01, abs=1e-15)  # exactly one point lower
+    sweep = [
+        {"alpha": 0.0, "val": {"p": 0.5, **{f"s{i}": v for i, v in enumerate(s0)}}},
+        {"alpha": 0.7, "val": {"p": 0.9, **{f"s{i}": v for i, v in enumerate(s1)}}},
+    ]
+    assert select_alpha(sweep, ["p"], [f"s{i}" for i in range(4)], "constrained", 1.0, "mean")["alpha"] == 0.7

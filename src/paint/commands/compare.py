@@ -25,5 +25,6 @@ def run(args: argparse.Namespace) -> int:
     print(summary["table"])
     if summary["skipped_on_resume"]:
         print(f"kept from the previous run: {', '.join(summary['skipped_on_resume'])}")
-    print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, frontier.png, recipes/<label>/)")
+    where = "recipes/<label>/" if cfg.seeds is None else "seed-<s>/recipes/<label>/"
+    print(f"outputs: {cfg.output_dir}/ (comparison.md, comparison.json, frontier.png, {where})")
     return 0
