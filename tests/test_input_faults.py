@@ -219,3 +219,23 @@ def test_records_without_their_key_fields_are_skipped_not_fatal(tmp_path):
     path.write_text(json.dumps({"model": "m"}) + "\n" + json.dumps([1, 2]) + "\n")
     store = ResultsStore(path)
     assert store.records() == [] and store.skipped == 2
+
+
+def test_a_full_disk_while_preprocessing_names_the_cache_file(tmp_path, monkeypatch):
+    """The preprocessing disk-full error once named no path (a write into the memory-mapped cache)."""
+    import numpy as np
+
+    from paint.cli import describe_os_error
+    from paint.data import image_cache
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write into a full disk raises: no filename
+
+    monkeypatch.setattr(image_cache, "_fill", full_disk)
+    path = tmp_path / "cache" / "digits-32px-x.npy"
+    path.parent.mkdir()
+    with pytest.raises(OSError) as e:
+        image_cache.cached_images(path, 4, 8, lambda i: np.zeros((3, 8, 8), np.uint8), {"identity": "digits"})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert describe_os_error(e.value).startswith(f"{path}: No space left on device; free some space")
+    assert list(path.parent.iterdir()) == []  # no half-written cache left behind

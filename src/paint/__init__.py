@@ -39,6 +39,11 @@ _API: dict[str, str] = {
     "load_task": "paint.data.registry",
     # evaluation
     "predict": "paint.evaluation.results",
+    "metrics_from_logits": "paint.evaluation.results",
+    "classification_report": "paint.evaluation.classification",
+    "preprocess_split": "paint.data.preprocess",
+    "ImageSpec": "paint.data.preprocess",
+    "normalize": "paint.data.preprocess",
     "evaluate_split": "paint.evaluation.results",
     "ResultsStore": "paint.evaluation.results",
     # weight-space maths and merging

@@ -82,6 +82,17 @@ def _as_os_error(err: Exception, path: Path) -> OSError | None:
 
 
 @contextlib.contextmanager
+def naming_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names no file (a write into a full disk, an mmap) as one naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success.
 

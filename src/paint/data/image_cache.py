@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from paint.errors import PaintError
-from paint.utils import atomic_path, write_json_atomic
+from paint.utils import atomic_path, naming_os_errors, write_json_atomic
 
 log = logging.getLogger("paint.data")
 
@@ -156,7 +156,7 @@ def _build(
 ) -> None:
     """Decode every image straight into a memory-mapped file, then its digests (peak: a few images per worker)."""
     digests = [""] * n
-    with atomic_path(path) as tmp:
+    with naming_os_errors(path), atomic_path(path) as tmp:
         header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, crop, crop))
         del header  # it wrote the header and sized the file; rows go in with plain writes (below)
         with open(tmp, "r+b") as f:
@@ -174,11 +174,12 @@ def _repair(
     path: Path, rows: Sequence[int], decode: Decoder, digests: list[str], progress: bool, num_workers: int | None = 1
 ) -> None:
     """Decode ``rows`` again and write them in place; rewrite the digests if a damaged sidecar held wrong ones."""
-    mm = np.load(path, mmap_mode="r+")
-    fresh = list(digests)
-    _fill(mm, rows, decode, fresh, f"repair {path.name}", progress, num_workers)
-    mm.flush()
-    del mm
+    with naming_os_errors(path):
+        mm = np.load(path, mmap_mode="r+")
+        fresh = list(digests)
+        _fill(mm, rows, decode, fresh, f"repair {path.name}", progress, num_workers)
+        mm.flush()
+        del mm
     if fresh != digests:  # decoding is deterministic: a stored digest, not the fresh row, was wrong
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -31,7 +31,14 @@ from paint.progress import progress as tqdm
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """What a checkpoint's image processor asks for."""
+    """What a checkpoint's image processor asks for (``bundle.spec``, or :meth:`from_processor`).
+
+    Example:
+        >>> from paint import ImageSpec
+        >>> spec = ImageSpec(resize=32, crop=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        >>> spec.resample, spec.key_suffix  # bicubic, as CLIP's processor
+        (3, '')
+    """
 
     resize: int  # shortest side after resizing
     crop: int  # square centre crop
@@ -186,12 +193,28 @@ def preprocess_split(
     progress: bool = False,
     num_workers: int | None = None,
 ) -> torch.Tensor:
-    """:func:`preprocess_array` as a tensor (over the cache's memory map when ``cache_dir`` is given)."""
+    """:func:`preprocess_array` as a tensor (over the cache's memory map when ``cache_dir`` is given).
+
+    Example:
+        >>> import numpy as np
+        >>> from paint import ImageSpec, preprocess_split
+        >>> from paint.data.task import ArraySplit
+        >>> split = ArraySplit(np.zeros((2, 40, 50, 3), np.uint8), [0, 1], "my-task/val")
+        >>> preprocess_split(split, ImageSpec(32, 32, (0.5,) * 3, (0.5,) * 3)).shape  # uint8 (N, 3, crop, crop)
+        torch.Size([2, 3, 32, 32])
+    """
     return torch.from_numpy(preprocess_array(split, spec, cache_dir, progress, num_workers))
 
 
 def normalize(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 ``(B, 3, S, S)`` -> float32 normalised pixel values for the vision tower."""
+    """uint8 ``(B, 3, S, S)`` -> float32 normalised pixel values for the vision tower.
+
+    Example:
+        >>> import torch
+        >>> from paint import normalize
+        >>> normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), (0.5,) * 3, (0.5,) * 3).max().item()
+        1.0
+    """
     m = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, 3, 1, 1)
     return (batch.float() / 255.0 - m) / s

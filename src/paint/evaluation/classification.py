@@ -53,6 +53,13 @@ def classification_report(
         classnames: C names, for the per-class table and the pairs.
         k: the k of top-k (capped at C; reported as ``top{k}`` with the k used).
         top_pairs: how many most-confused (true, predicted) pairs to list.
+
+    Example:
+        >>> import torch
+        >>> from paint import classification_report
+        >>> r = classification_report(torch.tensor([[2.0, 1.0], [2.0, 1.0]]), [0, 1], ["cat", "dog"])
+        >>> r["top1"], r["per_class"]["dog"], r["most_confused"][0]["predicted"]
+        (0.5, {'accuracy': 0.0, 'n': 1}, 'cat')
     """
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     n, c = logits.shape

@@ -57,7 +57,15 @@ def predict(
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """Accuracy (fraction), mean cross-entropy, count and the per-image correctness (``correct``)."""
+    """Accuracy (fraction), mean cross-entropy, count and the per-image correctness (``correct``).
+
+    Example:
+        >>> import torch
+        >>> from paint import metrics_from_logits
+        >>> m = metrics_from_logits(torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]), [0, 1, 1])
+        >>> m["accuracy"], m["n"]
+        (0.6666666666666666, 3)
+    """
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     hit = logits.argmax(dim=1) == y
     return {
