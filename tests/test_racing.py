@@ -53,3 +53,53 @@ def test_schedule_and_settings_are_checked():
         race_grid(GRID, {"p": 4}, ["p"], [], lambda *a: np.ones(1, bool), objective="loss_sum")
     order = racing_order("digits", 50)
     assert sorted(order.tolist()) == list(range(50)) and racing_order("digits", 50).tolist() == order.tolist()
+
+
+def test_a_raced_patch_run_reads_what_the_replay_says_and_records_each_chunk(tmp_path):
+    """Live racing (selection.race) equals the race replayed from the full grid's per-image records."""
+    import json
+
+    import yaml
+
+    from paint.cli import main
+    from paint.evaluation.results import ResultsStore
+    from paint.stats import decode_correct
+
+    base = {
+        "model": "paint:tiny",
+        "patch_tasks": [{"name": "digits", "val_fraction": 0.2}],
+        "support_tasks": ["shapes", "colours"],
+        "finetune": {"epochs": 2, "lr": 3e-4, "batch_size": 128, "warmup_steps": 2, "seed": 0},
+        "threads": 1,
+    }
+    runs = {}
+    for name, selection in (("grid", {}), ("race", {"race": {"first": 0.1, "z": 2.5}})):
+        cfg = {**base, "output_dir": str(tmp_path / name), "selection": selection, "cache_dir": str(tmp_path / "cache")}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["patch", str(tmp_path / f"{name}.yaml")]) == 0
+        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    race = runs["race"]["selection"]["search"]
+    assert runs["race"]["selection"]["rule"] == "race:grid/constrained-mean"
+    # replay the race from the plain grid's full-split records (the same fine-tune: same seed, same data)
+    tasks = ["digits", "shapes", "colours"]
+    recs = {
+        (r["alpha"], r["task"]): r
+        for r in ResultsStore(tmp_path / "grid" / "results.jsonl").records()
+        if r["split"] == "val"
+    }
+    sizes = {t: int(recs[(0.0, t)]["n"]) for t in tasks}
+    full = {k: decode_correct(r["correct"], int(r["n"])) for k, r in recs.items()}
+    orders = {t: racing_order(t, n) for t, n in sizes.items()}
+    replay = race_grid(
+        GRID, sizes, ["digits"], ["shapes", "colours"], lambda a, t, s, e: full[(round(a, 10), t)][orders[t][s:e]]
+    )
+    assert race["alpha"] == replay.alpha == runs["race"]["alpha"]
+    assert race["images_read"] == replay.images_read <= race["images_full"]
+    chunks = [
+        r for r in ResultsStore(tmp_path / "race" / "results.jsonl").records() if r["split"].startswith("val[race:")
+    ]
+    assert sum(r["n"] for r in chunks) == race["images_read"]  # the results file records what each evaluation read
+    n_lines = len((tmp_path / "race" / "results.jsonl").read_text().splitlines())
+    (tmp_path / "race" / "summary.json").unlink()
+    assert main(["patch", str(tmp_path / "race.yaml"), "--resume"]) == 0  # a resumed race reads its chunks back
+    assert len((tmp_path / "race" / "results.jsonl").read_text().splitlines()) == n_lines

@@ -207,6 +207,8 @@ def choose(
                 "which paint patch and paint multitask support; this workflow takes one alpha (grid or a search)"
             )
         return choose_blocks(pool, [line.theta_ft], line.theta_zs, cfg, patch, support, reference, line.id)
+    if cfg.race is not None and reference is None:
+        return choose_by_race(pool, line, cfg, patch, support)
     measure = pool.measure(line)
     with counter(
         f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
@@ -224,6 +226,37 @@ def choose(
         search = {k: v for k, v in result.to_dict().items() if k != "evaluations"}
         search["alphas_evaluated"] = [e.alpha for e in result.evaluations]
     return Choice(result.alpha, rule, cfg.epsilon, candidates, sweep, search, result.n_model_evals)
+
+
+def choose_by_race(
+    pool: TaskPool, line: Line, cfg: SelectionConfig, patch: Sequence[str], support: Sequence[str]
+) -> Choice:
+    """The grid's choice by racing (``selection.race``): candidates read growing image subsets
+    (:mod:`paint.selection.racing`); the sweep holds alpha 0 and the survivors, which read every image."""
+    from paint.progress import phase
+    from paint.selection.racing import RaceSettings, race_grid
+
+    sizes = {t: len(pool.task(t).labels["val"]) for t in (*patch, *support)}
+    settings = RaceSettings(**cfg.race.model_dump())
+    with phase(
+        f"race the grid ({len(cfg.points())} alphas, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})"
+    ):
+        race = race_grid(
+            cfg.points(),
+            sizes,
+            patch,
+            support,
+            pool.race_reader(line),
+            cfg.objective,
+            cfg.epsilon,
+            cfg.constraint,
+            settings,
+        )
+    sweep = [{"alpha": a, "val": acc} for a, acc in sorted(race.accuracy.items())]
+    candidates = select_candidates(sweep, patch, support, cfg.epsilon)
+    return Choice(
+        race.alpha, f"race:grid/{cfg.rule_name}", cfg.epsilon, candidates, sweep, race.record(), len(cfg.points())
+    )
 
 
 def choose_blocks(

@@ -24,6 +24,7 @@ from paint.errors import PaintError
 from paint.evaluation.line import LossData, line_derivative, set_image_tower
 from paint.evaluation.results import MemoryStore, ResultKey, ResultsStore, evaluate_split
 from paint.selection.objectives import Measure, TaskMetrics
+from paint.stats import decode_correct
 from paint.types import HEAD_PREFIX, StateDict, is_head_key, is_image_tower_key
 from paint.utils import hash_tensors
 from paint.weights.ops import interpolate
@@ -215,6 +216,35 @@ class TaskPool:
         if self.bundle is None:
             raise PaintError("this task pool cannot rebuild heads from a text tower (it was made without the model)")
         return {t.name: build_head(self.bundle, t.classnames, t.templates, self.batch_size) for t in self.tasks}
+
+    def race_reader(self, line: Line, split: str = "val") -> Callable[[float, str, int, int], np.ndarray]:
+        """``read(alpha, task, start, stop)`` for :func:`paint.selection.racing.race_grid`: per-image correctness
+        of images ``start:stop`` of the task's racing order at theta(alpha).
+
+        Each chunk is stored under the split name ``<split>[race:<start>:<stop>]`` with its ``n`` (the
+        results file records how many images each partial evaluation read), so a resumed race reads it
+        back. The state is loaded once per alpha: the reader is for one race, during which nothing
+        else uses the model.
+        """
+        from paint.selection.racing import racing_order
+
+        loaded: dict[str, Any] = {}
+
+        def read(alpha: float, task: str, start: int, stop: int) -> np.ndarray:
+            key = ResultKey(line.id, alpha, task, f"{split}[race:{start}:{stop}]")
+            rec = self.store.get(key)
+            if rec is None or "correct" not in rec:
+                t = self.task(task)
+                rows = racing_order(task, len(t.labels[split]))[start:stop]
+                if loaded.get("alpha") != alpha:
+                    loaded.update(alpha=alpha, heads=self._load(line.at(alpha, True)))
+                images = t.images[split][torch.as_tensor(rows)]
+                labels = np.asarray(t.labels[split])[rows]
+                head = loaded["heads"].get(t.name, t.head)
+                rec = self.store.put(key, evaluate_split(self.model, head, images, labels, self.spec, self.batch_size))
+            return decode_correct(rec["correct"], int(rec["n"]))
+
+        return read
 
     def evaluate_line(
         self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True

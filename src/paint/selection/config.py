@@ -37,6 +37,15 @@ class BlockwiseConfig(StrictModel):
     seed: int = 0
 
 
+class RaceConfig(StrictModel):
+    """``strategy: grid`` with ``race``: candidates read a growing share of the validation images and drop out
+    once their intervals rule them out (:mod:`paint.selection.racing`); off by default (see the docs' measurement)."""
+
+    first: float = Field(0.1, gt=0.0, le=1.0, description="the first round's share of each task's images")
+    growth: float = Field(2.0, gt=1.0, le=16.0, description="each round reads this many times more images")
+    z: float = Field(2.5, gt=0.0, le=10.0, description="standard errors a difference must clear to drop a candidate")
+
+
 class SelectionConfig(StrictModel):
     """How alpha is chosen on validation. ``epsilon`` is in accuracy points (1.0 = one point).
 
@@ -65,6 +74,7 @@ class SelectionConfig(StrictModel):
     budget: int | None = Field(None, ge=1, description="most model evaluations; default: the grid, or 11")
     xtol: float = Field(1e-3, gt=0.0, description="stop when alpha is known to within this")
     blockwise: BlockwiseConfig = Field(default_factory=BlockwiseConfig)
+    race: RaceConfig | None = Field(None, description="grid only: race the candidates over growing image subsets")
     bound_confidence: float | None = Field(
         None,
         gt=0.5,
@@ -94,6 +104,12 @@ class SelectionConfig(StrictModel):
             raise ValueError(
                 f"bound_confidence needs per-image validation results, which strategy {self.strategy!r} does not keep"
             )
+        if self.race is not None and (
+            self.strategy != "grid" or self.objective not in ("constrained", "mean_accuracy")
+        ):
+            raise ValueError("race needs strategy 'grid' with objective 'constrained' or 'mean_accuracy'")
+        if self.race is not None and self.bound_confidence is not None:
+            raise ValueError("race and bound_confidence cannot be combined (the race holds the point estimate)")
         if self.strategy != "grid" and self.budget is not None and self.budget < 3:
             raise ValueError(f"strategy {self.strategy!r} needs a budget of at least 3 evaluations")
         return self

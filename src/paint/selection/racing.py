@@ -77,6 +77,7 @@ class RaceResult:
     images_read: int  # images evaluated, summed over candidates (alpha 0 included)
     images_full: int  # what the plain grid reads: every candidate, every image
     rounds: list[dict] = field(default_factory=list)  # per round: images per task, eliminated (alpha, why)
+    accuracy: dict[float, dict[str, float]] = field(default_factory=dict)  # survivors and alpha 0: full-split accuracy
 
     @property
     def fraction_read(self) -> float:
@@ -166,7 +167,8 @@ def race_grid(
             break
     alpha = _exact_choice(alive, correct, patch, support, objective, eps, constraint)
     full = len(grid) * sum(int(sizes[t]) for t in tasks)
-    return RaceResult(alpha, alive, read_total, full, rounds)
+    accuracy = {a: {t: float(correct[a][t].mean()) for t in tasks} for a in sorted({0.0, *alive})}
+    return RaceResult(alpha, alive, read_total, full, rounds, accuracy)
 
 
 def _changes(c: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray], support: Sequence[str]) -> dict[str, float]:
