@@ -35,7 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "paint.commands.tasks",
         "list the task catalog and built-ins; tasks show NAME for classes, templates, layout",
     ),
-    "merge": ("paint.commands.merge", "merge checkpoints (linear, task arithmetic, TIES, DARE, model stock), streamed"),
+    "merge": (
+        "paint.commands.merge",
+        "merge checkpoints (linear, task arithmetic, TIES, DARE, model stock, Iso-C/CTS, TSV-M), streamed",
+    ),
     "convert": (
         "paint.commands.convert",
         "convert an OpenAI CLIP / open_clip state dict to a Hugging Face CLIP checkpoint",

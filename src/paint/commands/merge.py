@@ -1,4 +1,4 @@
-"""paint merge CONFIG.yaml: merge checkpoints (linear, task arithmetic, TIES, DARE, model stock), streamed."""
+"""paint merge CONFIG.yaml: merge checkpoints (linear, task arithmetic, TIES, DARE, model stock, Iso-C/CTS, TSV-M), streamed."""
 
 from __future__ import annotations
 

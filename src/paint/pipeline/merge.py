@@ -7,6 +7,11 @@ processor files, a model card (README.md) and the resolved config, and moves the
 into place. The output is locked while it is written (a second merge into it is refused at
 once) and the temporaries that a killed merge left beside it are removed
 (:func:`paint.pipeline.rundir.output_lock`).
+
+RegMean (``method: regmean``) needs data: each model names its task, and before the streamed
+merge every model runs on images of its task (loaded one at a time into the base's
+architecture) to gather the Gram matrices of its image tower's linear layers
+(:mod:`paint.pipeline.regmean`); those stay in memory until the merge ends.
 """
 
 from __future__ import annotations
@@ -64,9 +69,15 @@ class ModelInput(StrictModel):
     """One model to merge."""
 
     path: str = Field(description="HF directory, .safetensors or legacy .bin/.pt file")
-    weight: float = Field(1.0, description="weight (linear) or coefficient (task arithmetic, TIES, DARE)")
+    weight: float = Field(
+        1.0,
+        description="weight (linear) or coefficient (task arithmetic, TIES, DARE; iso_c, iso_cts, tsv_m: of its task vector)",
+    )
     block_weights: dict[str, float] | None = Field(
         None, description="task_arithmetic: one coefficient per image-tower block (embeddings, layer.<i>, head)"
+    )
+    task: TaskSpec | None = Field(
+        None, description="regmean: the model's own task; images of its train split give its Gram matrices"
     )
 
 
@@ -81,7 +92,10 @@ class MergeConfig(StrictModel):
 
     base: str = Field(description="base (pre-trained / zero-shot) checkpoint; its config and tokenizer are copied")
     models: list[ModelInput] = Field(min_length=1)
-    method: str = Field("linear", description="a registry name, or greedy_soup (Python API, with an evaluate callback)")
+    method: str = Field(
+        "linear",
+        description=f"one of {', '.join([*METHODS, GREEDY_SOUP])} (greedy_soup needs evaluate_on or an evaluate callback)",
+    )
     parameters: dict[str, Any] = Field(default_factory=dict, description="the method's parameters")
     output: str = Field(description="output directory (an HF checkpoint)")
     include: list[str] | None = Field(
@@ -195,6 +209,7 @@ def validate_merge(cfg: MergeConfig, evaluate: Evaluate | None = None) -> tuple[
     check_files(readers)
     check_carried_files(Path(readers[0].path))
     check_block_weights(cfg, readers[0].infos)
+    check_tasks(cfg)
     return readers, params
 
 
@@ -207,6 +222,34 @@ def check_output(cfg: MergeConfig) -> None:
         raise PaintError(
             f"output {cfg.output} exists and is not empty; set overwrite: true or choose another directory"
         )
+
+
+def check_tasks(cfg: MergeConfig) -> None:
+    """A method that runs the models on data (regmean) has a task per model and a loadable base; others take none."""
+    needs = cfg.method in METHODS and METHODS[cfg.method].needs_data
+    if not needs:
+        given = [m.path for m in cfg.models if m.task is not None]
+        if given:
+            raise PaintError(
+                f"model {given[0]}: a task is only used by method 'regmean', not {cfg.method!r}; remove it"
+            )
+        return
+    missing = [m.path for m in cfg.models if m.task is None]
+    if missing:
+        raise PaintError(
+            f"method {cfg.method!r} runs every model on its own task: model {missing[0]} has none; "
+            "give each model one, e.g. models: [{path: ft-digits/, task: {name: digits}}, ...]"
+        )
+    from paint.models.clip import check_local_checkpoint, checkpoint_family
+
+    base = Path(_resolve_source(cfg.base))
+    if not base.is_dir():
+        raise PaintError(
+            f"method {cfg.method!r} runs the models in the base's architecture: base {cfg.base} must be a model "
+            "directory (config.json, tokenizer, processor) that load_clip reads"
+        )
+    check_local_checkpoint(base)
+    checkpoint_family(str(base))
 
 
 def check_block_weights(cfg: MergeConfig, base_keys: Any) -> None:
@@ -377,6 +420,12 @@ def _stream_into(
     method, w, p = resolve(cfg.method, len(weights), weights, params)
     if any(m.block_weights is not None for m in cfg.models):
         method = with_block_weights(method, [m.block_weights for m in cfg.models])
+    if method.needs_data:  # regmean: every model's Gram matrices on its task, models run one at a time
+        from paint.pipeline.regmean import model_grams
+        from paint.weights.regmean import with_grams
+
+        models = [(r, m.task) for r, m in zip(readers[1:], cfg.models)]
+        method = with_grams(method, [g.grams for g in model_grams(cfg.base, models, p, progress)])
     merged = stream_merge_into(
         tmp,
         readers,

@@ -10,7 +10,9 @@ A method merges ONE tensor, streamed as consecutive row chunks (one chunk when s
   returns the merged rows in the base dtype.
 
 So every method's memory is a few row chunks, whatever the tensor's size, and the result
-does not depend on the chunking (tests check it bit for bit). Integer and boolean tensors
+does not depend on the chunking (tests check it bit for bit). A method marked
+``whole_tensor`` (the SVD merges Iso-C, Iso-CTS and TSV-M) gets each tensor whole, as one
+chunk: one tensor's worth per model, never a whole checkpoint. Integer and boolean tensors
 never reach a method (they are copied from the base). :meth:`MergeMethod.fn` merges a whole
 in-memory tensor the same way.
 
@@ -18,12 +20,14 @@ Task arithmetic, TIES, DARE and DARE-TIES are configured instances of one implem
 (sparsify the task vectors, weight them, optionally elect signs, combine), mergekit's
 "generalized task arithmetic", with mergekit's semantics and defaults (see
 :mod:`paint.weights.sparsify` and the README). The greedy soup needs an evaluator and lives
-in :mod:`paint.weights.soup`.
+in :mod:`paint.weights.soup`. RegMean (``needs_data``) needs each model's Gram matrices, which
+the pipeline gathers on the model's task and binds (:mod:`paint.weights.regmean`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +41,9 @@ from paint.config import StrictModel, parse_config
 from paint.errors import PaintError
 from paint.weights.chunks import ChunkSource, OrderedSum, single, work_dtype
 from paint.weights.ops import finite_coefficient, lerp_tensor
+from paint.weights.regmean import RegMeanParams, regmean_merge, regmean_prepare
 from paint.weights.sparsify import Rescale, magnitude_trim, random_drop, tensor_seed
+from paint.weights.subspace import LazyTaskVectors, iso_c_delta, iso_cts_delta, mean_delta, tsv_m_delta
 
 Prepare = Callable[[ChunkSource, int, Sequence[float], Any, str], Any]
 Combine = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Any, str, Any], torch.Tensor]
@@ -66,6 +72,9 @@ DARE = Paper(
     "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", "2311.03099"
 )
 MODEL_STOCK = Paper("Model Stock: All we need is just a few fine-tuned models", "2403.19522")
+REGMEAN = Paper("Dataless Knowledge Fusion by Merging Weights of Language Models", "2212.09849")
+ISO = Paper("No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces", "2502.04959")
+TSV = Paper("Task Singular Vectors: Reducing Task Interference in Model Merging", "2412.00081")
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -104,6 +113,44 @@ class DareParams(StrictModel):
         "l1", description="l1: match each tensor's L1 norm (mergekit); paper: divide by 1 - p; none"
     )
     normalize: bool = Field(False, description="divide by the summed weights (of the agreeing models with TIES)")
+
+
+class IsoCParams(StrictModel):
+    """Iso-C with fusion_bench's semantics and defaults (``ISO_C_Merge``: scaling_factor 1, no excluded keys)."""
+
+    scaling: float = Field(
+        1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector (fusion_bench's scaling_factor)"
+    )
+    exclude_keys: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of 2-D tensors merged by the mean task vector instead (fusion_bench's exclude_keys)",
+    )
+
+
+class IsoCtsParams(IsoCParams):
+    """Iso-CTS with fusion_bench's semantics and defaults (``ISO_CTS_Merge``: common_space_fraction 0.8)."""
+
+    common_space_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="share of each 2-D tensor's rank given to the common subspace"
+    )
+
+
+class TsvMParams(StrictModel):
+    """TSV-M with fusion_bench's semantics and defaults (``TaskSingularVectorMerging``: alpha 1)."""
+
+    scaling: float = Field(
+        1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector (fusion_bench's alpha)"
+    )
+    rank_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of each 2-D tensor's rank split among the tasks: each keeps int(rank * fraction / tasks)",
+    )
+    exclude_keys: list[str] = Field(
+        default_factory=list,
+        description="fnmatch patterns of 2-D tensors merged by the mean task vector instead (fusion_bench's exclude_keys)",
+    )
 
 
 class NoParams(StrictModel):
@@ -281,6 +328,52 @@ def model_stock_merge(
     return (state * mean + (1.0 - state) * base.to(wd)).to(base.dtype)
 
 
+# ---------------------------------------------------------------------------- SVD merges (Iso-C, Iso-CTS, TSV-M)
+
+
+def _iso_c(taus: LazyTaskVectors, params: IsoCParams) -> torch.Tensor:
+    return iso_c_delta(taus)
+
+
+def _iso_cts(taus: LazyTaskVectors, params: IsoCtsParams) -> torch.Tensor:
+    return iso_cts_delta(taus, params.common_space_fraction)
+
+
+def _tsv_m(taus: LazyTaskVectors, params: TsvMParams) -> torch.Tensor:
+    return tsv_m_delta(taus, params.rank_fraction)
+
+
+def subspace_combine(
+    base: torch.Tensor,
+    models: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    params: Any,
+    key: str,
+    state: Any,
+    *,
+    merge: Callable[[LazyTaskVectors, Any], torch.Tensor],
+) -> torch.Tensor:
+    """``base + scaling * merge(w_i * tau_i)`` for a 2-D tensor, ``base + scaling * mean_i(w_i * tau_i)`` otherwise.
+
+    The shared frame of Iso-C, Iso-CTS and TSV-M (fusion_bench's; the maths is in
+    :mod:`paint.weights.subspace`): task vectors ``tau_i = theta_i - base`` in float32 or wider,
+    each scaled by its model's weight (fusion_bench's per-task alpha list in TSV-M; 1 by
+    default), merged by ``merge`` when the tensor is 2-D and not matched by
+    ``params.exclude_keys``, by their mean otherwise. Needs the whole tensor
+    (``whole_tensor``): every model's copy of it is in memory at once, one tensor's worth each,
+    plus the SVD factors (about 4-5 more tensors' worth at the peak; the task vectors are
+    computed one at a time).
+    """
+    b = base.to(work_dtype(base.dtype))
+    taus = LazyTaskVectors(b, models, weights)
+    excluded = any(fnmatch.fnmatchcase(key, pattern) for pattern in params.exclude_keys)
+    if b.dim() == 2 and b.numel() > 0 and not excluded:
+        delta = merge(taus, params)
+    else:
+        delta = mean_delta(taus)
+    return delta.mul_(float(params.scaling)).add_(b).to(base.dtype)
+
+
 # ---------------------------------------------------------------------------- registry
 
 
@@ -298,6 +391,10 @@ class MergeMethod:
         min_models: fewest models it needs.
         uses_weights: whether per-model weights mean anything (otherwise they must stay 1).
         uses_base: whether the base tensor enters the maths.
+        whole_tensor: merge each tensor whole, never in row chunks (an SVD needs the whole
+            matrix): memory is one tensor per input plus its factors, never a whole checkpoint.
+        needs_data: needs per-model data (a task per model) that the pipeline gathers and binds
+            before merging: RegMean's Gram matrices (:func:`paint.weights.regmean.with_grams`).
     """
 
     name: str
@@ -309,6 +406,8 @@ class MergeMethod:
     min_models: int = 1
     uses_weights: bool = True
     uses_base: bool = True
+    whole_tensor: bool = False
+    needs_data: bool = False
 
     def parse_params(self, data: Mapping[str, Any] | None) -> StrictModel:
         """Validate parameters; a bad one raises :class:`PaintError` naming it."""
@@ -377,6 +476,41 @@ METHODS: dict[str, MergeMethod] = {
         description="per-tensor interpolation of the average towards the base by the task vectors' angle",
         min_models=2,
         uses_weights=False,
+    ),
+    "iso_c": MergeMethod(
+        name="iso_c",
+        combine=functools.partial(subspace_combine, merge=_iso_c),
+        params=IsoCParams,
+        papers=(ISO,),
+        description="per 2-D tensor, the summed task vectors with every singular value set to their mean",
+        whole_tensor=True,
+    ),
+    "iso_cts": MergeMethod(
+        name="iso_cts",
+        combine=functools.partial(subspace_combine, merge=_iso_cts),
+        params=IsoCtsParams,
+        papers=(ISO,),
+        description="per 2-D tensor, a common subspace plus task-specific subspaces, orthogonalised, isotropic",
+        whole_tensor=True,
+    ),
+    "tsv_m": MergeMethod(
+        name="tsv_m",
+        combine=functools.partial(subspace_combine, merge=_tsv_m),
+        params=TsvMParams,
+        papers=(TSV,),
+        description="per 2-D tensor, each task's top singular vectors, stacked and decorrelated (TSV-Merge)",
+        whole_tensor=True,
+    ),
+    "regmean": MergeMethod(
+        name="regmean",
+        prepare=functools.partial(regmean_prepare, grams=None),  # the pipeline binds them (with_grams)
+        combine=regmean_merge,
+        params=RegMeanParams,
+        papers=(REGMEAN,),
+        description="linear layers solved from Gram matrices of their inputs on each model's task, mean elsewhere",
+        uses_weights=False,
+        uses_base=False,
+        needs_data=True,
     ),
 }
 

@@ -6,7 +6,9 @@ Integer and boolean tensors, and keys not selected by ``include``, are copied fr
 base. Tensors larger than ``chunk_bytes`` are processed in row chunks by every method: a
 method that needs a whole-tensor statistic (TIES threshold, DARE norm, Model Stock angle)
 first makes a pass over the chunks, one model at a time (see :mod:`paint.weights.methods`),
-so even a 150 MB embedding never needs a full-size temporary.
+so even a 150 MB embedding never needs a full-size temporary. The SVD methods (Iso-C,
+Iso-CTS, TSV-M: ``MergeMethod.whole_tensor``) need the whole matrix and take every merged
+tensor whole: one tensor's worth per input, never a whole checkpoint.
 
 :func:`merge_state_dicts` is the in-memory twin for state dicts already loaded; it runs the
 same per-key code (:func:`merge_key`), so its result is bit-identical to the streamed one.
@@ -107,13 +109,16 @@ def merge_key(
     """Yield the merged tensor ``key`` as consecutive row chunks (one chunk when small).
 
     Source 0 is the base, sources 1..n_models the models. A method with a ``prepare`` pass
-    re-reads the chunks it needs; a tensor taken whole is read once.
+    re-reads the chunks it needs; a tensor taken whole is read once. A ``whole_tensor``
+    method takes every tensor it merges whole (tensors copied from the base still stream).
     """
     ranges = row_ranges(info, chunk_bytes)
     if not (selected and info.dtype.is_floating_point):
         for start, stop in ranges or [(None, None)]:
             yield read(0, key, start, stop)
         return
+    if method.whole_tensor:
+        ranges = None
     needed = range(n_models + 1) if method.uses_base else range(1, n_models + 1)
     if ranges is None:
         whole = {i: read(i, key, None, None) for i in needed}
