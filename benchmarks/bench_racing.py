@@ -61,9 +61,10 @@ def cases(roots: list[Path]) -> list[dict]:
 def replay(case: dict, settings: RaceSettings, epsilon: float = 1.0) -> tuple[float, float, float]:
     """(grid's alpha, race's alpha, share of images read) of one case."""
     recs, patch, support = case["recs"], case["patch"], case["support"]
-    sweep = [{"alpha": a, "val": {t: recs[(a, t)]["accuracy"] for t in patch + support}} for a in PAPER_GRID]
-    grid = select_alpha(sweep, patch, support, "constrained", epsilon, "mean")["alpha"]
     full = {key: decode_correct(r["correct"], int(r["n"])) for key, r in recs.items()}
+    # exact accuracies (records written before paint stored exact fractions hold float32 means)
+    sweep = [{"alpha": a, "val": {t: float(full[(a, t)].mean()) for t in patch + support}} for a in PAPER_GRID]
+    grid = select_alpha(sweep, patch, support, "constrained", epsilon, "mean")["alpha"]
     sizes = {t: int(recs[(0.0, t)]["n"]) for t in patch + support}
     orders = {t: racing_order(t, n) for t, n in sizes.items()}
 

@@ -386,3 +386,30 @@ def render_digit(
     img = render_background(background, rng)
     img.paste(Image.new("RGB", (mw, mh), rgb), (x, y), mask)
     return img
+
+
+# --------------------------------------------------------------------------- benchmark task drawings
+
+
+def render_pair(
+    shapes: tuple[str, str],
+    colours: tuple[str, str],
+    background: str,
+    rng: np.random.Generator,
+) -> Image.Image:
+    """Two small shapes side by side (the first on the left half, the second on the right half)."""
+    items = []
+    for side, (shape, colour) in enumerate(zip(shapes, colours)):
+        r = rng.uniform(4.0, 5.5)
+        cx = (8.0 if side == 0 else 24.0) + rng.uniform(-1.5, 1.5)
+        cy = SIZE / 2 + rng.uniform(-6.0, 6.0)
+        items.append((shape, cx, cy, r, rng.uniform(-0.25, 0.25), jitter_colour(colour_rgb(colour), rng)))
+    return composite_shapes(render_background(background, rng), items)
+
+
+def render_tiny_shape(shape: str, colour: str, background: str, rng: np.random.Generator) -> Image.Image:
+    """One tiny shape (radius 2.2-3.2 px) anywhere in the frame."""
+    r = rng.uniform(2.2, 3.2)
+    cx, cy = rng.uniform(r + 1, SIZE - r - 1), rng.uniform(r + 1, SIZE - r - 1)
+    rgb = jitter_colour(colour_rgb(colour), rng)
+    return composite_shapes(render_background(background, rng), [(shape, cx, cy, r, rng.uniform(-0.25, 0.25), rgb)])

@@ -9,6 +9,14 @@ Support tasks (the shipped model is strong on them zero-shot): ``shapes``, ``col
 ``rendered-digits``, ``backgrounds``. Others: ``counting`` (a later patching task) and
 ``novel-font-digits`` (digits in fonts held out of pretraining, blurred like scans: for
 broad transfer from the handwritten-digit patch).
+
+Benchmark tasks (:data:`BENCHMARK_TASKS`, for the N-task merging benchmark
+``benchmarks/bench_merging.py``; weak zero-shot, learnt by fine-tuning): ``typographic-shapes``
+and ``typographic-colours`` (a shape with a wrong shape or colour word written over it),
+``upside-down-digits`` and ``mirrored-digits`` (pretraining-font digits turned by 180 degrees or
+mirrored), ``pair-colours`` (two shapes; the colour of the right one) and ``tiny-shapes``. They
+use only words of the world's vocabulary and stay out of :data:`WORLD_TASKS` and
+:func:`task_texts`, so the tokenizer and the pretraining corpus do not change.
 """
 
 from __future__ import annotations
@@ -22,10 +30,19 @@ from PIL import Image
 
 from paint.data.task import Task
 from paint.errors import PaintError
+from paint.world import lettering as L
 from paint.world import render as R
 from paint.world.corpus import GENERATOR_VERSION
 
 WORLD_TASKS: tuple[str, ...] = ("shapes", "colours", "rendered-digits", "backgrounds", "counting", "novel-font-digits")
+BENCHMARK_TASKS: tuple[str, ...] = (
+    "typographic-shapes",
+    "typographic-colours",
+    "upside-down-digits",
+    "mirrored-digits",
+    "pair-colours",
+    "tiny-shapes",
+)
 SUPPORT_TASKS: tuple[str, ...] = ("shapes", "colours", "rendered-digits", "backgrounds")
 DEFAULT_SIZES: Mapping[str, int] = {"train": 2000, "val": 500, "test": 1000}
 
@@ -39,6 +56,12 @@ CLASSNAMES: Mapping[str, tuple[str, ...]] = {
     "backgrounds": R.BACKGROUNDS,
     "counting": R.COUNT_WORDS,
     "novel-font-digits": DIGIT_CLASSNAMES,
+    "typographic-shapes": R.SHAPES,
+    "typographic-colours": R.COLOUR_NAMES,
+    "upside-down-digits": DIGIT_CLASSNAMES,
+    "mirrored-digits": DIGIT_CLASSNAMES,
+    "pair-colours": R.COLOUR_NAMES,
+    "tiny-shapes": R.SHAPES,
 }
 
 DIGIT_TEMPLATES: tuple[str, ...] = ('a photo of the number: "{}".', "the digit {}.", "the number {}.")
@@ -50,6 +73,15 @@ TEMPLATES: Mapping[str, tuple[str, ...]] = {
     "counting": ("a photo of {} objects.", "{} objects.", "there are {} shapes."),
     "novel-font-digits": DIGIT_TEMPLATES,
 }
+TEMPLATES = {
+    **TEMPLATES,
+    "typographic-shapes": TEMPLATES["shapes"],
+    "typographic-colours": TEMPLATES["colours"],
+    "upside-down-digits": DIGIT_TEMPLATES,
+    "mirrored-digits": DIGIT_TEMPLATES,
+    "pair-colours": TEMPLATES["colours"],
+    "tiny-shapes": TEMPLATES["shapes"],
+}
 
 DESCRIPTIONS: Mapping[str, str] = {
     "shapes": "one shape (8 kinds) of any colour on any background",
@@ -58,6 +90,12 @@ DESCRIPTIONS: Mapping[str, str] = {
     "backgrounds": "the background pattern (6 kinds) behind one shape",
     "counting": "how many small objects (1-10, scattered off the corpus's grid) an image holds",
     "novel-font-digits": "digits 0-9 in fonts and a slanted scan style held out of pretraining, like the 8x8 scans",
+    "typographic-shapes": "one shape (8 kinds) with the name of another shape written over it",
+    "typographic-colours": "the colour (9 hues) of one shape with the name of another colour written over it",
+    "upside-down-digits": "digits 0-9 in pretraining fonts, turned upside down (rotated by 180 degrees)",
+    "mirrored-digits": "digits 0-9 in pretraining fonts, mirrored left to right",
+    "pair-colours": "two shapes of different colours side by side: the colour (9 hues) of the right one",
+    "tiny-shapes": "one tiny shape (8 kinds, radius 2-3 px) anywhere in the frame",
 }
 
 
@@ -90,6 +128,48 @@ def _draw_counting(label: int, rng: np.random.Generator) -> Image.Image:
     return R.render_count(label + 1, _pick(rng, R.SHAPES), _pick(rng, R.COLOUR_NAMES), bg, rng, layout="scatter")
 
 
+def _other(rng: np.random.Generator, options: tuple[str, ...], label: int) -> str:
+    """A uniformly drawn option other than ``options[label]``."""
+    return options[(label + 1 + int(rng.integers(len(options) - 1))) % len(options)]
+
+
+def _draw_typographic_shapes(label: int, rng: np.random.Generator) -> Image.Image:
+    img = R.render_shape(R.SHAPES[label], _pick(rng, R.COLOUR_NAMES), _pick(rng, R.BACKGROUNDS), rng)
+    return L.render_text(img, _other(rng, R.SHAPES, label), L.AttackStyle(), rng)
+
+
+def _draw_typographic_colours(label: int, rng: np.random.Generator) -> Image.Image:
+    img = R.render_shape(_pick(rng, R.SHAPES), R.COLOUR_NAMES[label], _pick(rng, R.BACKGROUNDS), rng)
+    return L.render_text(img, _other(rng, R.COLOUR_NAMES, label), L.AttackStyle(), rng)
+
+
+def _draw_upright_digit(label: int, rng: np.random.Generator) -> Image.Image:
+    # Crisp or bold pretraining-font digits (the scan styles lose too much when turned).
+    style = _pick(rng, ("crisp", "bold"))
+    colour = _pick(rng, R.COLOUR_NAMES) if rng.random() < 0.7 else None
+    return R.render_digit(label, _pick(rng, R.PRETRAIN_FONTS), style, rng, colour=colour)
+
+
+def _draw_upside_down_digit(label: int, rng: np.random.Generator) -> Image.Image:
+    return _draw_upright_digit(label, rng).transpose(Image.Transpose.ROTATE_180)
+
+
+def _draw_mirrored_digit(label: int, rng: np.random.Generator) -> Image.Image:
+    return _draw_upright_digit(label, rng).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def _draw_pair_colours(label: int, rng: np.random.Generator) -> Image.Image:
+    first = _other(rng, R.COLOUR_NAMES, label)
+    shapes = (_pick(rng, R.SHAPES), _pick(rng, R.SHAPES))
+    bg = "plain" if rng.random() < 0.6 else _pick(rng, R.BACKGROUNDS)
+    return R.render_pair(shapes, (first, R.COLOUR_NAMES[label]), bg, rng)
+
+
+def _draw_tiny_shapes(label: int, rng: np.random.Generator) -> Image.Image:
+    bg = "plain" if rng.random() < 0.6 else _pick(rng, R.BACKGROUNDS)
+    return R.render_tiny_shape(R.SHAPES[label], _pick(rng, R.COLOUR_NAMES), bg, rng)
+
+
 DRAWERS: Mapping[str, Callable[[int, np.random.Generator], Image.Image]] = {
     "shapes": _draw_shapes_task,
     "colours": _draw_colours_task,
@@ -97,6 +177,12 @@ DRAWERS: Mapping[str, Callable[[int, np.random.Generator], Image.Image]] = {
     "backgrounds": _draw_backgrounds_task,
     "counting": _draw_counting,
     "novel-font-digits": _draw_novel_digit,
+    "typographic-shapes": _draw_typographic_shapes,
+    "typographic-colours": _draw_typographic_colours,
+    "upside-down-digits": _draw_upside_down_digit,
+    "mirrored-digits": _draw_mirrored_digit,
+    "pair-colours": _draw_pair_colours,
+    "tiny-shapes": _draw_tiny_shapes,
 }
 
 
@@ -145,12 +231,12 @@ def world_task(name: str, seed: int = 0, sizes: dict | None = None) -> Task:
     """A world task with lazily rendered "train", "val" and "test" splits.
 
     Args:
-        name: one of :data:`WORLD_TASKS`.
+        name: one of :data:`WORLD_TASKS` or :data:`BENCHMARK_TASKS`.
         seed: generator seed (a different seed gives different images).
         sizes: split name -> number of images; missing splits use :data:`DEFAULT_SIZES`.
     """
     if name not in CLASSNAMES:
-        raise PaintError(f"unknown world task {name!r}; choose one of: {', '.join(WORLD_TASKS)}")
+        raise PaintError(f"unknown world task {name!r}; choose one of: {', '.join(WORLD_TASKS + BENCHMARK_TASKS)}")
     sizes = {**DEFAULT_SIZES, **(sizes or {})}
     for split, n in sizes.items():
         if int(n) < 1:
