@@ -40,7 +40,7 @@ def digits_task(val_fraction: float = 0.1, val_max: int = 5000, split_seed: int 
 
 
 def builtin_task_names() -> tuple[str, ...]:
-    """Every built-in task name: ``digits`` and the synthetic world's tasks."""
-    from paint.world.tasks import WORLD_TASKS
+    """Every built-in task name: ``digits``, the synthetic world's tasks and its merging-benchmark tasks."""
+    from paint.world.tasks import BENCHMARK_TASKS, WORLD_TASKS
 
-    return ("digits", *WORLD_TASKS)
+    return ("digits", *WORLD_TASKS, *BENCHMARK_TASKS)

@@ -1,0 +1,79 @@
+"""The N-task merging benchmark (benchmarks/bench_merging.py), small: paint:tiny, two tasks, a few steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paint.data.registry import load_task
+from paint.data.spec import TaskSpec
+from paint.world.tasks import BENCHMARK_TASKS, TEMPLATES, WORLD_TASKS, task_texts, world_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_merging", ROOT / "benchmarks" / "bench_merging.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_tasks_load_and_stay_out_of_the_tokenizer_corpus():
+    vocab = set(json.loads((ROOT / "src/paint/assets/default-model/tokenizer.json").read_text())["model"]["vocab"])
+    assert not set(BENCHMARK_TASKS) & set(WORLD_TASKS)
+    texts = task_texts()
+    for name in BENCHMARK_TASKS:
+        task, _ = load_task(TaskSpec(name=name))
+        assert len(set(task.classnames)) == len(task.classnames) >= 2
+        for c in task.classnames:
+            for t in TEMPLATES[name]:
+                words = t.format(c).replace('"', " ").replace(".", " ").replace(":", " ").split()
+                assert set(words) <= vocab, (name, t.format(c))
+        test = world_task(name, sizes={"test": 20}).split("test")
+        a = np.asarray(test.image(5))
+        assert a.shape == (32, 32, 3) and np.array_equal(a, np.asarray(test.image(5)))
+    assert task_texts() == texts
+
+
+def test_bench_merging_small(tmp_path):
+    bench = _bench()
+    names = ["digits", "tiny-shapes"]
+    methods = ["task_arithmetic", "ties", "model_stock", "tsv_m", "regmean"]
+    argv = ["--model", "paint:tiny", "--tasks", *names, "--methods", *methods, "--grid", "0.5", "1.0"]
+    argv += ["--epochs", "1", "--max-steps", "3", "--out", str(tmp_path)]
+    out = bench.main(argv)
+    rows = out["results"][0]["rows"]
+    assert [r["method"] for r in rows] == ["zero-shot", "individual fine-tuned", *methods]
+    for r in rows:
+        assert set(r["test"]) == set(names)
+        assert r["avg"] == pytest.approx(np.mean([r["test"][n] for n in names]))
+    ft = rows[1]["test"]
+    assert rows[1]["normalized"] == pytest.approx(1.0)
+    for r in rows[2:]:
+        assert r["normalized"] == pytest.approx(np.mean([r["test"][n] / ft[n] for n in names]))
+        assert (r["scaling"] is None) == (r["method"] in ("model_stock", "regmean"))
+        assert r["scaling"] is None or r["scaling"] in (0.5, 1.0)
+    table = out["table"].splitlines()
+    assert table[2].startswith("| method | digits | tiny-shapes | avg | normalized | lambda |")
+    assert len([line for line in table if line.startswith("| ")]) == 1 + len(rows)
+    assert (tmp_path / "merging.png").is_file() and (tmp_path / "seed-0.json").is_file()
+
+    # The individual fine-tuned row is each fine-tune evaluated on its own task.
+    from safetensors.torch import load_file
+
+    from paint.models.clip import load_clip
+
+    bundle = load_clip("paint:tiny")
+    pool = bench.make_pool(bundle, names, tmp_path)
+    for n in names:
+        (path,) = tmp_path.glob(f"theta_ft-{n}-*.safetensors")
+        assert pool.evaluate_state(load_file(str(path)), "test", [n])[n]["accuracy"] == pytest.approx(ft[n])
+
+    # A rerun keeps the seed's results.
+    again = bench.main(argv)
+    assert again["results"][0] == json.loads((tmp_path / "seed-0.json").read_text())
