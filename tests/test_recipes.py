@@ -264,7 +264,9 @@ def test_patch_with_lpft_scores_the_learned_head_and_resumes(tiny_clip_dir, tmp_
     path.write_text(yaml.safe_dump(cfg))
     capsys.readouterr()
     assert main(["patch", str(path)]) == 2
-    assert "also interpolates head::digits (recipe lp-ft or flyp); choose another" in capsys.readouterr().err
+    # refused at config validation, before any work (it once failed after the fine-tune)
+    assert "differentiates along the image tower only; choose another selection.strategy" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()
 
 
 def _flyp_sets(bundle, sets):
