@@ -44,7 +44,20 @@ def test_bench_merging_small(tmp_path):
     bench = _bench()
     names = ["digits", "tiny-shapes"]
     methods = ["task_arithmetic", "ties", "model_stock", "tsv_m", "regmean"]
-    argv = ["--model", "paint:tiny", "--tasks", *names, "--methods", *methods, "--grid", "0.5", "1.0"]
+    argv = [
+        "--model",
+        "paint:tiny",
+        "--tasks",
+        *names,
+        "--methods",
+        *methods,
+        "--grid",
+        "0.5",
+        "1.0",
+        "--wide-grid",
+        "0.5",
+        "1.0",
+    ]
     argv += ["--epochs", "1", "--max-steps", "3", "--out", str(tmp_path)]
     out = bench.main(argv)
     rows = out["results"][0]["rows"]

@@ -408,8 +408,24 @@ def render_pair(
 
 
 def render_tiny_shape(shape: str, colour: str, background: str, rng: np.random.Generator) -> Image.Image:
-    """One tiny shape (radius 2.2-3.2 px) anywhere in the frame."""
-    r = rng.uniform(2.2, 3.2)
+    """One tiny shape (radius 2.8-3.8 px) anywhere in the frame."""
+    r = rng.uniform(2.8, 3.8)
     cx, cy = rng.uniform(r + 1, SIZE - r - 1), rng.uniform(r + 1, SIZE - r - 1)
     rgb = jitter_colour(colour_rgb(colour), rng)
     return composite_shapes(render_background(background, rng), [(shape, cx, cy, r, rng.uniform(-0.25, 0.25), rgb)])
+
+
+def render_outline_shape(shape: str, colour: str, background: str, rng: np.random.Generator) -> Image.Image:
+    """One shape drawn as its outline only (a stroke of about 1.5 px), near the centre."""
+    r = rng.uniform(8.0, 11.0)
+    cx = SIZE / 2 + float(np.clip(rng.normal(0, 1.5), -3, 3))
+    cy = SIZE / 2 + float(np.clip(rng.normal(0, 1.5), -3, 3))
+    big = Image.new("L", (SIZE * SUPER, SIZE * SUPER), 0)
+    draw_shape_mask(ImageDraw.Draw(big), shape, cx, cy, r, rng.uniform(-0.25, 0.25))
+    inner = big.filter(ImageFilter.MinFilter(2 * round(1.5 * SUPER) + 1))
+    ring = np.asarray(big, dtype=np.int16) - np.asarray(inner, dtype=np.int16)
+    edge = Image.fromarray(ring.clip(0, 255).astype(np.uint8))
+    mask = edge.resize((SIZE, SIZE), Image.BOX)
+    img = render_background(background, rng)
+    img.paste(Image.new("RGB", (SIZE, SIZE), jitter_colour(colour_rgb(colour), rng)), (0, 0), mask)
+    return img

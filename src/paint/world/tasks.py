@@ -42,6 +42,7 @@ BENCHMARK_TASKS: tuple[str, ...] = (
     "mirrored-digits",
     "pair-colours",
     "tiny-shapes",
+    "outline-shapes",
 )
 SUPPORT_TASKS: tuple[str, ...] = ("shapes", "colours", "rendered-digits", "backgrounds")
 DEFAULT_SIZES: Mapping[str, int] = {"train": 2000, "val": 500, "test": 1000}
@@ -62,6 +63,7 @@ CLASSNAMES: Mapping[str, tuple[str, ...]] = {
     "mirrored-digits": DIGIT_CLASSNAMES,
     "pair-colours": R.COLOUR_NAMES,
     "tiny-shapes": R.SHAPES,
+    "outline-shapes": R.SHAPES,
 }
 
 DIGIT_TEMPLATES: tuple[str, ...] = ('a photo of the number: "{}".', "the digit {}.", "the number {}.")
@@ -81,6 +83,7 @@ TEMPLATES = {
     "mirrored-digits": DIGIT_TEMPLATES,
     "pair-colours": TEMPLATES["colours"],
     "tiny-shapes": TEMPLATES["shapes"],
+    "outline-shapes": TEMPLATES["shapes"],
 }
 
 DESCRIPTIONS: Mapping[str, str] = {
@@ -95,7 +98,8 @@ DESCRIPTIONS: Mapping[str, str] = {
     "upside-down-digits": "digits 0-9 in pretraining fonts, turned upside down (rotated by 180 degrees)",
     "mirrored-digits": "digits 0-9 in pretraining fonts, mirrored left to right",
     "pair-colours": "two shapes of different colours side by side: the colour (9 hues) of the right one",
-    "tiny-shapes": "one tiny shape (8 kinds, radius 2-3 px) anywhere in the frame",
+    "tiny-shapes": "one tiny shape (8 kinds, radius 3-4 px) anywhere in the frame",
+    "outline-shapes": "one shape (8 kinds) drawn as its outline only",
 }
 
 
@@ -170,6 +174,11 @@ def _draw_tiny_shapes(label: int, rng: np.random.Generator) -> Image.Image:
     return R.render_tiny_shape(R.SHAPES[label], _pick(rng, R.COLOUR_NAMES), bg, rng)
 
 
+def _draw_outline_shapes(label: int, rng: np.random.Generator) -> Image.Image:
+    bg = "plain" if rng.random() < 0.6 else _pick(rng, R.BACKGROUNDS)
+    return R.render_outline_shape(R.SHAPES[label], _pick(rng, R.COLOUR_NAMES), bg, rng)
+
+
 DRAWERS: Mapping[str, Callable[[int, np.random.Generator], Image.Image]] = {
     "shapes": _draw_shapes_task,
     "colours": _draw_colours_task,
@@ -183,6 +192,7 @@ DRAWERS: Mapping[str, Callable[[int, np.random.Generator], Image.Image]] = {
     "mirrored-digits": _draw_mirrored_digit,
     "pair-colours": _draw_pair_colours,
     "tiny-shapes": _draw_tiny_shapes,
+    "outline-shapes": _draw_outline_shapes,
 }
 
 
