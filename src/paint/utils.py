@@ -47,6 +47,16 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def remove_path(p: Path) -> Path:
+    """Remove a file, link or directory tree (gone already is fine); returns ``p``."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return p
+
+
 def clean_stale_temps(root: str | os.PathLike) -> list[Path]:
     """Remove the atomic-write temporaries under ``root`` whose creating process is gone.
 
@@ -60,13 +70,7 @@ def clean_stale_temps(root: str | os.PathLike) -> list[Path]:
             pid = temp_owner(name)
             if pid is None or pid_alive(pid):
                 continue
-            p = Path(dirpath) / name
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-            removed.append(p)
+            removed.append(remove_path(Path(dirpath) / name))
         dirnames[:] = [d for d in dirnames if temp_owner(d) is None]  # never descend into a temporary
     return removed
 

@@ -42,7 +42,6 @@ import errno
 import functools
 import logging
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -52,7 +51,15 @@ from typing import Any, TypeVar
 import yaml
 
 from paint.errors import PaintError
-from paint.utils import TEMP_PREFIX, clean_stale_temps, pid_alive, temp_owner, write_json_atomic, write_yaml_atomic
+from paint.utils import (
+    TEMP_PREFIX,
+    clean_stale_temps,
+    pid_alive,
+    remove_path,
+    temp_owner,
+    write_json_atomic,
+    write_yaml_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -421,12 +428,7 @@ def clean_stale_output_temps(output: str | os.PathLike) -> list[Path]:
         pid = temp_owner(p.name)
         if pid is None or not p.name.startswith(f"{TEMP_PREFIX}{pid}.{out.name}.") or pid_alive(pid):
             continue
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        removed.append(p)
+        removed.append(remove_path(p))
     return removed
 
 
