@@ -36,7 +36,7 @@ from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
 from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import (
-    OptionalSeeds,
+    SeedsSetting,
     bound_on_test,
     method_summary,
     methods_markdown,
@@ -291,7 +291,7 @@ def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], su
 # ----------------------------------------------------------------------------- config and entry point
 
 
-class MultitaskConfig(ModelRunConfig):
+class MultitaskConfig(ModelRunConfig, SeedsSetting):
     """``paint multitask``: several patching tasks, one or more modes, a comparison table.
 
     Example:
@@ -308,11 +308,6 @@ class MultitaskConfig(ModelRunConfig):
     parallel_sweeps: int = Field(1, ge=1, description="coordinate-search passes over the alpha vector")
     save_models: bool = Field(
         True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model"
-    )
-    seeds: OptionalSeeds = Field(
-        None,
-        description="repeat the whole run per seed (a count or a list; each sets finetune.seed and the patching "
-        "tasks' split_seed), in <output_dir>/seed-<s>/, and compare the modes with intervals; null: one run",
     )
     reference: Mode | None = Field(
         None, description="the mode paired differences are taken against (default: the first)"

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
+from paint.config import StrictModel
 from paint.data.spec import TaskSpec
 from paint.stats import Correct, decode_correct, image_interval, paired_difference, seed_interval
 
@@ -32,6 +33,17 @@ def _check_seeds(v: int | list[int] | None) -> int | list[int] | None:
 
 Seeds = Annotated[int | list[int], AfterValidator(_check_seeds)]
 OptionalSeeds = Annotated[int | list[int] | None, AfterValidator(_check_seeds)]
+
+
+class SeedsSetting(StrictModel):
+    """The ``seeds:`` field every comparing command's config shares (one definition, one description)."""
+
+    seeds: OptionalSeeds = Field(
+        None,
+        description="repeat the whole run per seed (a count: 0..n-1, or a list), each a full repetition in "
+        "<output_dir>/seed-<s>/ (the fine-tuning seed, the patching tasks' split_seed, and a study's own seed); "
+        "the reports give each figure with its interval over seeds; null: one run",
+    )
 
 
 def seed_list(seeds: int | Sequence[int]) -> list[int]:

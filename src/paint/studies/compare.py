@@ -28,7 +28,7 @@ from paint.config import StrictModel, alpha_grid, first_duplicate
 from paint.data.spec import TaskSpec
 from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
-from paint.pipeline.seeds import OptionalSeeds, bound_on_test, run_seeds, test_record
+from paint.pipeline.seeds import SeedsSetting, bound_on_test, run_seeds, test_record
 from paint.train.finetune import FinetuneConfig
 from paint.train.recipes.config import RecipeSpec
 from paint.utils import write_json_atomic, write_text_atomic
@@ -72,7 +72,7 @@ class CompareRecipe(StrictModel):
         return self.label or self.recipe.name
 
 
-class CompareConfig(ModelRunConfig):
+class CompareConfig(ModelRunConfig, SeedsSetting):
     """``paint compare``: the tasks, the shared fine-tuning settings and the recipes to compare."""
 
     patch_tasks: list[TaskSpec] = Field(min_length=1, description="fine-tuned on jointly; one alpha")
@@ -81,11 +81,6 @@ class CompareConfig(ModelRunConfig):
     recipes: list[CompareRecipe] = Field(min_length=1)
     frontier_alphas: list[float] = Field(
         default_factory=lambda: [round(0.1 * i, 1) for i in range(11)], description="test-split points of each curve"
-    )
-    seeds: OptionalSeeds = Field(
-        None,
-        description="repeat the whole comparison per seed (a count or a list; each sets finetune.seed and the "
-        "patching tasks' split_seed), in <output_dir>/seed-<s>/; null: one run with finetune.seed",
     )
     reference: str | None = Field(
         None, description="the recipe every paired difference is taken against (default: the first)"

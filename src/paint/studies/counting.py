@@ -33,7 +33,7 @@ from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import run_scope
-from paint.pipeline.seeds import OptionalSeeds, fmt_fraction, interval_leaves, run_seeds
+from paint.pipeline.seeds import SeedsSetting, fmt_fraction, interval_leaves, run_seeds
 from paint.selection import SelectionFields
 from paint.studies.common import capped, demo_finetune
 from paint.train.finetune import FinetuneConfig
@@ -49,7 +49,7 @@ def _default_support() -> list[TaskSpec]:
     return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
 
 
-class CountingConfig(CachedRun, SelectionFields):
+class CountingConfig(CachedRun, SelectionFields, SeedsSetting):
     """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
 
     ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
@@ -66,11 +66,6 @@ class CountingConfig(CachedRun, SelectionFields):
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     seed: int = 0
-    seeds: OptionalSeeds = Field(
-        None,
-        description="repeat the study per seed (a count or a list; each sets seed, finetune.seed and the task's "
-        "split_seed) in <output_dir>/seed-<s>/, and report each figure as mean ± t over seeds; null: one run",
-    )
     eval_batch_size: int = Field(256, ge=1)
     cache_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -21,13 +21,13 @@ from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
-from paint.pipeline.seeds import OptionalSeeds, run_seeds
+from paint.pipeline.seeds import SeedsSetting, run_seeds
 from paint.stats import Difference, decode_correct, paired_difference
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
 
 
-class TransferConfig(ModelRunConfig):
+class TransferConfig(ModelRunConfig, SeedsSetting):
     """``paint transfer``: which tasks to patch one by one and evaluate across."""
 
     tasks: list[TaskSpec] = Field(min_length=2, description="each is patched in turn; all are evaluated")
@@ -35,11 +35,6 @@ class TransferConfig(ModelRunConfig):
         default_factory=list, description="kept within epsilon by the constrained objective"
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    seeds: OptionalSeeds = Field(
-        None,
-        description="repeat per seed (a count or a list; finetune.seed and the tasks' split_seed) in "
-        "<output_dir>/seed-<s>/; every cell then carries its interval and whether it is established",
-    )
 
     @model_validator(mode="after")
     def _unique(self):

@@ -45,7 +45,7 @@ from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.pipeline.run import config_identity
 from paint.pipeline.rundir import run_scope
-from paint.pipeline.seeds import OptionalSeeds, fmt_fraction, interval_leaves, run_seeds
+from paint.pipeline.seeds import SeedsSetting, fmt_fraction, interval_leaves, run_seeds
 from paint.selection import SelectionFields
 from paint.studies.attacks import (
     HELD_OUT_STYLES,
@@ -61,7 +61,7 @@ from paint.utils import hash_tensors, sha256_strings, write_json_atomic
 from paint.world.lettering import AttackStyle
 
 
-class TypographicConfig(CachedRun, SelectionFields):
+class TypographicConfig(CachedRun, SelectionFields, SeedsSetting):
     """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
 
     The patched task is chosen by ``patch_task``; alpha is selected on validation using the
@@ -89,11 +89,6 @@ class TypographicConfig(CachedRun, SelectionFields):
     attack: AttackStyle = Field(default_factory=AttackStyle)
     test_styles: dict[str, AttackStyle] = Field(default_factory=lambda: dict(HELD_OUT_STYLES))
     seed: int = 0
-    seeds: OptionalSeeds = Field(
-        None,
-        description="repeat the study per seed (a count or a list; each sets seed, finetune.seed and the patch "
-        "task's split_seed) in <output_dir>/seed-<s>/, and report each figure as mean ± t over seeds; null: one run",
-    )
     train_on: Literal["attacked", "both"] = "both"
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
