@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -167,15 +167,7 @@ def write_seeded_counting(cfg: CountingConfig, runs: dict[int, Any]) -> dict[str
     seeds = sorted(runs)
     first = runs[seeds[0]]
     test = interval_leaves([runs[s]["test"] for s in seeds])
-    held = list(first["heldout"])
-    head = ["model", "alpha", "seen counts", *(f"{c} ({first['heldout'][c][:6]}.)" for c in held), "support mean"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label in ("zeroshot", "patched", "finetuned"):
-        r = test[label]
-        support = "-" if not isinstance(r.get("support_mean"), dict) else fmt_fraction(r["support_mean"])
-        cells = [label, fmt_fraction(r["alpha"], 1.0, 2), fmt_fraction(r["seen"])]
-        lines.append("| " + " | ".join(cells + [fmt_fraction(r["heldout"][c]) for c in held] + [support]) + " |")
-    table = "\n".join(lines)
+    table = counting_table({"heldout": first["heldout"], "test": test}, fmt_fraction, lambda v: fmt_fraction(v, 1.0, 2))
     summary = {
         "model": cfg.model,
         "seeds": seeds,
@@ -342,20 +334,22 @@ def counting_test_row(
 # --------------------------------------------------------------------------- reports
 
 
-def counting_table(summary: dict[str, Any]) -> str:
-    """Markdown: seen, each held-out count, support mean, per model (test, %)."""
+def counting_table(
+    summary: dict[str, Any],
+    pct: Callable[[Any], str] = lambda v: "-" if v is None else f"{100 * v:.1f}",
+    alpha: Callable[[Any], str] = lambda v: f"{v:.2g}",
+) -> str:
+    """Markdown: seen, each held-out count, support mean, per model (test, %).
+
+    ``pct`` and ``alpha`` format a cell: a number here, an interval over seeds in the seeded report.
+    """
     held = list(summary["heldout"])
     head = ["model", "alpha", "seen counts"] + [f"{c} ({summary['heldout'][c][:6]}.)" for c in held] + ["support mean"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label in ("zeroshot", "patched", "finetuned"):
         r = summary["test"][label]
-        sm = "-" if r["support_mean"] is None else f"{100 * r['support_mean']:.1f}"
-        cells = (
-            [label, f"{r['alpha']:.2g}", f"{100 * r['seen']:.1f}"]
-            + [f"{100 * r['heldout'][c]:.1f}" for c in held]
-            + [sm]
-        )
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [label, alpha(r["alpha"]), pct(r["seen"]), *(pct(r["heldout"][c]) for c in held)]
+        lines.append("| " + " | ".join([*cells, pct(r.get("support_mean"))]) + " |")
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -126,18 +126,7 @@ def write_seeded_typographic(cfg: TypographicConfig, runs: dict[int, Any]) -> di
     """
     seeds = sorted(runs)
     test = interval_leaves([runs[s]["test"] for s in seeds])
-    lines = [
-        "| task | role | model | alpha | clean acc | attacked acc | attack success rate |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, r in test.items():
-        for label in ("zeroshot", "patched", "finetuned"):
-            m = r[label]
-            cells = [fmt_fraction(m[k]) for k in ("clean_accuracy", "attacked_accuracy", "attack_success_rate")]
-            lines.append(
-                f"| {name} | {r['role']} | {label} | {fmt_fraction(m['alpha'], 1.0, 2)} | " + " | ".join(cells) + " |"
-            )
-    table = "\n".join(lines)
+    table = typographic_table(test, fmt_fraction, lambda v: fmt_fraction(v, 1.0, 2))
     summary = {
         "model": cfg.model,
         "seeds": seeds,
@@ -332,8 +321,15 @@ def test_views(pool: Any, views: TaskViews, batch_size: int) -> dict[str, Any]:
     return row
 
 
-def typographic_table(test: dict[str, dict[str, Any]]) -> str:
-    """Markdown: per task and model, clean accuracy, attacked accuracy, ASR (test, %)."""
+def typographic_table(
+    test: dict[str, dict[str, Any]],
+    pct: Callable[[Any], str] = lambda v: f"{100 * v:.1f}",
+    alpha: Callable[[Any], str] = lambda v: f"{v:.2g}",
+) -> str:
+    """Markdown: per task and model, clean accuracy, attacked accuracy, ASR (test, %).
+
+    ``pct`` and ``alpha`` format a cell: a number here, an interval over seeds in the seeded report.
+    """
     lines = [
         "| task | role | model | alpha | clean acc | attacked acc | attack success rate |",
         "|---|---|---|---|---|---|---|",
@@ -341,10 +337,8 @@ def typographic_table(test: dict[str, dict[str, Any]]) -> str:
     for name, r in test.items():
         for label in ("zeroshot", "patched", "finetuned"):
             m = r[label]
-            lines.append(
-                f"| {name} | {r['role']} | {label} | {m['alpha']:.2g} | {100 * m['clean_accuracy']:.1f} | "
-                f"{100 * m['attacked_accuracy']:.1f} | {100 * m['attack_success_rate']:.1f} |"
-            )
+            cells = [pct(m[k]) for k in ("clean_accuracy", "attacked_accuracy", "attack_success_rate")]
+            lines.append(f"| {name} | {r['role']} | {label} | {alpha(m['alpha'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
