@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from finetune_cache import fine_tuned, finetune_config  # benchmarks/ (on sys.path when run as a script)
 
 from paint.data.spec import TaskSpec
 from paint.evaluation.results import MemoryStore
@@ -46,8 +47,6 @@ from paint.pipeline.pool import Line, TaskPool, load_tasks, prepare_tasks
 from paint.selection import SelectionConfig
 from paint.stats import decode_correct, paired_difference, seed_interval
 from paint.studies.demo import DEMO_SUPPORT
-from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
-from paint.utils import hash_tensors
 from paint.weights.blocks import add_block_task_vectors, interpolate_blocks
 
 BASE = dict(objective="constrained", epsilon=1.0, constraint="mean")
@@ -59,23 +58,6 @@ SINGLE = {
     "entropy, grid (label-free)": SelectionConfig(strategy="grid", **{**BASE, "objective": "entropy"}),
     "entropy, blockwise (label-free)": SelectionConfig(strategy="blockwise", **{**BASE, "objective": "entropy"}),
 }
-
-
-def fine_tuned(pool: TaskPool, theta_zs: dict, name: str, cfg: FinetuneConfig, out: Path) -> dict:
-    """theta_ft of one patching task from theta_zs, cached by (theta_zs, task, recipe)."""
-    from safetensors.torch import load_file, save_file
-
-    path = out / f"theta_ft-{name}-{hash_tensors(theta_zs)[:10]}-e{cfg.epochs}-s{cfg.seed}.safetensors"
-    if path.is_file():
-        return load_file(str(path))
-    pool.load(theta_zs)
-    t = pool.task(name)
-    t0 = time.time()
-    finetune(pool.model, [TrainingSet(name, t.images["train"], t.labels["train"], t.head)], pool.spec, cfg)
-    print(f"fine-tuned {name}: {cfg.epochs} epochs in {time.time() - t0:.0f}s", flush=True)
-    theta = {k: v.detach().clone().contiguous() for k, v in pool.model.state_dict().items() if k in theta_zs}
-    save_file(theta, str(path))
-    return theta
 
 
 def row(pool, label, theta, choice, patch, support, zs_test, wall, grad_steps=0, free=1, evals=0) -> dict:
@@ -126,7 +108,7 @@ def print_rows(title: str, rows: list[dict], patch: list[str], zs_val: dict, zs_
 
 
 def single_task(pool, theta_zs, out, epochs, only=(), seed=0) -> list[dict]:
-    ft_cfg = FinetuneConfig(epochs=epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=seed)
+    ft_cfg = finetune_config(epochs, seed)
     theta_ft = fine_tuned(pool, theta_zs, "digits", ft_cfg, out)
     line = Line.between(theta_zs, theta_ft)
     patch, support = ["digits"], list(DEMO_SUPPORT)
@@ -210,7 +192,7 @@ def print_seeded(seed_rows: list[list[dict]], seeds: list[int], reference: str, 
 def multitask(pool, theta_zs, out, epochs) -> list[dict]:
     from paint.pipeline.multitask import parallel_merge
 
-    ft_cfg = FinetuneConfig(epochs=epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=0)
+    ft_cfg = finetune_config(epochs, 0)
     patch, support = ["digits", "counting"], list(DEMO_SUPPORT)
     thetas = [fine_tuned(pool, theta_zs, n, ft_cfg, out) for n in patch]
     zs_val, zs_test = pool.evaluate_state(theta_zs, "val"), pool.evaluate_state(theta_zs, "test")

@@ -42,14 +42,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from finetune_cache import fine_tuned, finetune_config  # benchmarks/ (on sys.path when run as a script)
 
 from paint.data.spec import TaskSpec
 from paint.evaluation.results import MemoryStore
 from paint.models.clip import DEFAULT_MODEL, load_clip
 from paint.pipeline.pool import TaskPool, load_tasks, prepare_tasks
 from paint.stats import seed_interval
-from paint.train.finetune import FinetuneConfig, TrainingSet, finetune
-from paint.utils import hash_tensors
 from paint.weights.methods import get_method
 
 # digits and counting (weak zero-shot world tasks) and six of the world's benchmark tasks: 8 tasks, as CLIP's
@@ -82,31 +81,6 @@ METHODS: dict[str, dict[str, Any]] = {
     "regmean": {},
 }
 NO_SCALING = ("model_stock", "regmean")
-
-
-def finetune_config(epochs: int, seed: int, max_steps: int | None = None) -> FinetuneConfig:
-    return FinetuneConfig(
-        epochs=epochs, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=seed, max_steps=max_steps
-    )
-
-
-def fine_tuned(pool: TaskPool, theta_zs: dict, name: str, cfg: FinetuneConfig, out: Path) -> dict:
-    """theta_ft of one task from theta_zs, cached by (theta_zs, task, epochs, steps, seed)."""
-    from safetensors.torch import load_file, save_file
-
-    steps = f"-m{cfg.max_steps}" if cfg.max_steps else ""
-    path = out / f"theta_ft-{name}-{hash_tensors(theta_zs)[:10]}-e{cfg.epochs}{steps}-s{cfg.seed}.safetensors"
-    if path.is_file():
-        return load_file(str(path))
-    pool.load(theta_zs)
-    t = pool.task(name)
-    t0 = time.time()
-    finetune(pool.model, [TrainingSet(name, t.images["train"], t.labels["train"], t.head)], pool.spec, cfg)
-    print(f"fine-tuned {name}: {cfg.epochs} epochs in {time.time() - t0:.0f}s", flush=True)
-    theta = {k: v.detach().clone().contiguous() for k, v in pool.model.state_dict().items() if k in theta_zs}
-    save_file(theta, str(path))
-    pool.load(theta_zs)
-    return theta
 
 
 def merge_states(method: Any, params: Any, theta_zs: dict, thetas: Sequence[dict]) -> dict:

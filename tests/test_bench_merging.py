@@ -17,6 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _bench():
+    import sys
+
+    if str(ROOT / "benchmarks") not in sys.path:  # as when the script runs: its folder is on the path
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_merging", ROOT / "benchmarks" / "bench_merging.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
