@@ -18,8 +18,8 @@ from paint.config import load_config, parse_config
 from paint.errors import PaintError
 from paint.evaluation.results import ResultKey, ResultsStore
 from paint.pipeline.patch import PatchConfig
+from paint.pretraining.build import PretrainConfig
 from paint.utils import append_jsonl, atomic_path, read_jsonl
-from paint.world.pretrain import PretrainConfig
 
 BASE = {"model": "m", "output_dir": "o", "patch_tasks": ["digits"]}
 

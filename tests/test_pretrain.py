@@ -11,14 +11,8 @@ import torch
 import yaml
 
 from paint.errors import PaintError
-from paint.world.pretrain import (
-    CorpusBatches,
-    PretrainConfig,
-    build_clip,
-    clip_loss,
-    pretrain,
-    zero_shot,
-)
+from paint.pretraining.build import PretrainConfig, build_clip
+from paint.pretraining.run import CorpusBatches, clip_loss, pretrain, zero_shot
 
 TINY_CLIP = {
     "text_config": {
@@ -75,7 +69,7 @@ def test_a_few_steps_lower_the_contrastive_loss_on_a_fixed_batch(tmp_path):
     assert saved["batch_size"] == 16 and saved["clip"]["projection_dim"] == 32
 
     # Shipping writes the model with its build record (golden values the regression test reads).
-    from paint.world.ship import ship
+    from paint.pretraining.ship import ship
 
     record = ship(tmp_path / "run", tmp_path / "shipped", "paint pretrain tiny.yaml", golden_limit=10, test_limit=10)
     shipped = json.loads((tmp_path / "shipped" / "BUILD.json").read_text())

@@ -342,8 +342,9 @@ def test_sigmoid_loss_matches_transformers_siglip_loss(tiny_siglip_dir):
 def test_pretrain_a_tiny_siglip_lowers_the_sigmoid_loss_and_ships(tmp_path):
     from transformers import AutoTokenizer, SiglipModel
 
-    from paint.world.pretrain import CorpusBatches, PretrainConfig, build_clip, pretrain, siglip_loss
-    from paint.world.ship import ship
+    from paint.pretraining.build import PretrainConfig, build_clip
+    from paint.pretraining.run import CorpusBatches, pretrain, siglip_loss
+    from paint.pretraining.ship import ship
 
     arch = {
         "text_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
@@ -421,7 +422,7 @@ def test_shipped_siglip_is_small_and_loads_as_paint_siglip():
 
 @needs_asset
 def test_shipped_siglip_reproduces_its_recorded_zero_shot_accuracies():
-    from paint.world.pretrain import zero_shot
+    from paint.pretraining.run import zero_shot
 
     build = json.loads((ASSET / "BUILD.json").read_text())
     golden = build["golden"]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_run_options
+
+if TYPE_CHECKING:
+    from paint.studies.compare import CompareConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -15,11 +19,18 @@ def register(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def config(args: argparse.Namespace) -> CompareConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
     from paint.commands._shared import load_run_config
-    from paint.studies.compare import CompareConfig, run_compare
+    from paint.studies.compare import CompareConfig
 
-    cfg = load_run_config(CompareConfig, args.config, {"output_dir": args.output_dir}, args)
+    return load_run_config(CompareConfig, args.config, {"output_dir": args.output_dir}, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.studies.compare import run_compare
+
+    cfg = config(args)
     summary = run_compare(cfg, resume=args.resume)
     print("test accuracy (%) by fine-tuning recipe")
     print(summary["table"])

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_set_option
+
+if TYPE_CHECKING:
+    from paint.studies.counting import CountingConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -35,10 +39,11 @@ def register(p: argparse.ArgumentParser) -> None:
     add_set_option(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def config(args: argparse.Namespace) -> CountingConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
     from paint.commands._shared import load_run_config, selection_sets
     from paint.commands.triage import with_epochs
-    from paint.studies.counting import CountingConfig, counting_table, run_counting
+    from paint.studies.counting import CountingConfig
 
     overrides = {
         "output_dir": args.output_dir,
@@ -50,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         "cache_dir": args.cache_dir,
     }
     selection_sets(args)
-    cfg = with_epochs(load_run_config(CountingConfig, args.config, overrides, args), args.epochs)
+    return with_epochs(load_run_config(CountingConfig, args.config, overrides, args), args.epochs)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.studies.counting import counting_table, run_counting
+
+    cfg = config(args)
     summary = run_counting(cfg, resume=args.resume)
     if cfg.seeds is not None:
         print(f"test accuracy (%) over seeds {summary['seeds']}, mean ± 95% t half-width")

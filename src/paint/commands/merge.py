@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_set_option
+
+if TYPE_CHECKING:
+    from paint.pipeline.merge import MergeConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -15,16 +19,23 @@ def register(p: argparse.ArgumentParser) -> None:
     add_set_option(p)
 
 
-def run(args: argparse.Namespace) -> int:
-    from paint.config import load_config
-    from paint.pipeline.merge import MergeConfig, evaluator_for, run_merge
+def config(args: argparse.Namespace) -> MergeConfig:
+    """The merge's validated config: the YAML file, then --set, then the flags."""
+    from paint.commands._shared import load_run_config
+    from paint.pipeline.merge import MergeConfig
 
     overrides: dict[str, object] = {}
     if args.output:
         overrides["output"] = args.output
     if args.overwrite:
         overrides["overwrite"] = True
-    cfg = load_config(MergeConfig, args.config, overrides, sets=args.set)
+    return load_run_config(MergeConfig, args.config, overrides, args)  # applies --threads
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.pipeline.merge import evaluator_for, run_merge
+
+    cfg = config(args)
     summary = run_merge(cfg, evaluate=evaluator_for(cfg), progress=not args.no_progress)
     stats = summary["stats"]
     print(

@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_run_options
+
+if TYPE_CHECKING:
+    from paint.pipeline.patch import PatchConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
     add_run_options(p, "YAML config (see examples/patch-digits.yaml)")
 
 
+def config(args: argparse.Namespace) -> PatchConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
+    from paint.commands._shared import load_run_config
+    from paint.pipeline.patch import PatchConfig
+
+    return load_run_config(PatchConfig, args.config, {"output_dir": args.output_dir}, args)
+
+
 def run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import load_run_config, warn_without_support
-    from paint.pipeline.patch import PatchConfig, run_patch
+    from paint.commands._shared import warn_without_support
+    from paint.pipeline.patch import run_patch
     from paint.pipeline.report import test_table
 
-    cfg = load_run_config(PatchConfig, args.config, {"output_dir": args.output_dir}, args)
+    cfg = config(args)
     warn_without_support("patch", cfg)
     summary = run_patch(cfg, resume=args.resume)
     if not summary:  # a non-zero rank of a multi-process run: rank 0 reports

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_set_option
+
+if TYPE_CHECKING:
+    from paint.pretraining.build import PretrainConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -15,13 +19,20 @@ def register(p: argparse.ArgumentParser) -> None:
     add_set_option(p)
 
 
+def config(args: argparse.Namespace) -> PretrainConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
+    from paint.commands._shared import load_run_config
+    from paint.pretraining.build import PretrainConfig
+
+    return load_run_config(PretrainConfig, args.config, {"max_steps": args.max_steps}, args)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from paint.commands._shared import load_run_config
-    from paint.world.pretrain import PretrainConfig, pretrain
+    from paint.pretraining.run import pretrain
 
-    cfg = load_run_config(PretrainConfig, args.config, {"max_steps": args.max_steps}, args)
+    cfg = config(args)
     final = pretrain(cfg, args.out, resume=args.resume)
     last = final["history"][-1] if final["history"] else {}
     print(

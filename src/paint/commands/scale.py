@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_set_option
+
+if TYPE_CHECKING:
+    from paint.studies.scale import ScaleConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -24,11 +28,18 @@ def register(p: argparse.ArgumentParser) -> None:
     add_set_option(p)
 
 
-def run(args: argparse.Namespace) -> int:
+def config(args: argparse.Namespace) -> ScaleConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
     from paint.commands._shared import load_run_config
-    from paint.studies.scale import ScaleConfig, run_scale
+    from paint.studies.scale import ScaleConfig
 
-    cfg = load_run_config(ScaleConfig, args.config, {"output_dir": args.output_dir}, args)
+    return load_run_config(ScaleConfig, args.config, {"output_dir": args.output_dir}, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.studies.scale import run_scale
+
+    cfg = config(args)
 
     def done(model: str, seed: int, rec: dict) -> None:
         print(f"cell {model} seed {seed}: done ({rec['seconds']:.0f} s)", flush=True)

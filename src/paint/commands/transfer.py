@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_run_options
+
+if TYPE_CHECKING:
+    from paint.studies.transfer import TransferConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
     add_run_options(p, "YAML config (model, output_dir, tasks, support_tasks, finetune, selection)")
 
 
-def run(args: argparse.Namespace) -> int:
+def config(args: argparse.Namespace) -> TransferConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
     from paint.commands._shared import load_run_config
-    from paint.studies.transfer import TransferConfig, run_transfer
+    from paint.studies.transfer import TransferConfig
 
-    cfg = load_run_config(TransferConfig, args.config, {"output_dir": args.output_dir}, args)
+    return load_run_config(TransferConfig, args.config, {"output_dir": args.output_dir}, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.studies.transfer import run_transfer
+
+    cfg = config(args)
     summary = run_transfer(cfg, resume=args.resume)
     print("test accuracy change after patching (points; rows: patched on, columns: evaluated on)")
     print(summary["table"])

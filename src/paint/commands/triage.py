@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_set_option
+
+if TYPE_CHECKING:
+    from paint.studies.triage import TriageConfig
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -35,9 +39,10 @@ def with_epochs(cfg, epochs: int | None):
     return parse_config(type(cfg), data, "command line")
 
 
-def run(args: argparse.Namespace) -> int:
+def config(args: argparse.Namespace) -> TriageConfig:
+    """The run's validated config: the YAML file, then --set, then the flags."""
     from paint.commands._shared import load_run_config
-    from paint.studies.triage import TriageConfig, run_triage, triage_table
+    from paint.studies.triage import TriageConfig
 
     overrides = {
         "output_dir": args.output_dir,
@@ -50,7 +55,13 @@ def run(args: argparse.Namespace) -> int:
         "max_eval": args.max_eval,
         "cache_dir": args.cache_dir,
     }
-    cfg = load_run_config(TriageConfig, args.config, overrides, args)
+    return load_run_config(TriageConfig, args.config, overrides, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from paint.studies.triage import run_triage, triage_table
+
+    cfg = config(args)
     summary = run_triage(cfg, resume=args.resume)
     print(triage_table(summary["tasks"], cfg.shots, cfg.threshold))
     print(f"outputs: {cfg.output_dir}/ (triage.md, triage.json, kshot.png, results.jsonl, config.yaml)")

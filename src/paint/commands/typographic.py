@@ -9,8 +9,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from paint.commands._shared import add_set_option
+
+if TYPE_CHECKING:
+    from paint.studies.typographic import TypographicConfig
 
 
 def _style_args(p: argparse.ArgumentParser) -> None:
@@ -157,10 +161,11 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def run_config(args: argparse.Namespace) -> TypographicConfig:
+    """``typographic run``'s validated config: the YAML file, then --set, then the flags."""
     from paint.commands._shared import load_run_config, selection_sets
     from paint.commands.triage import with_epochs
-    from paint.studies.typographic import TypographicConfig, run_typographic, styles_table, typographic_table
+    from paint.studies.typographic import TypographicConfig
 
     overrides = {
         "output_dir": args.output_dir,
@@ -184,7 +189,13 @@ def _run(args: argparse.Namespace) -> int:
                 base = (yaml.safe_load(f) or {}).get("attack") or {}
         overrides["attack"] = {**base, **style}  # flags refine the config's attack section
     selection_sets(args)
-    cfg = with_epochs(load_run_config(TypographicConfig, args.config, overrides, args), args.epochs)
+    return with_epochs(load_run_config(TypographicConfig, args.config, overrides, args), args.epochs)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from paint.studies.typographic import run_typographic, styles_table, typographic_table
+
+    cfg = run_config(args)
     summary = run_typographic(cfg, resume=args.resume)
     if cfg.seeds is not None:
         print(f"test (%) over seeds {summary['seeds']}, mean ± 95% t half-width")

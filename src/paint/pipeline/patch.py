@@ -39,11 +39,17 @@ from paint.pipeline.operation import (
 )
 from paint.pipeline.pool import Line, PoolTask, TaskPool, start_pool
 from paint.pipeline.report import model_card, plot_tradeoff, points, sweep_table, test_table, write_markdown
-from paint.pipeline.run import SUMMARY, ModelRunConfig, check_output_dir, check_recipe_fits_selection
+from paint.pipeline.run import (
+    SUMMARY,
+    ModelRunConfig,
+    check_output_dir,
+    check_recipe_fits_selection,
+    run_fingerprint,
+)
 from paint.pipeline.rundir import run_scope
 from paint.train.finetune import FinetuneConfig
 from paint.types import StateDict
-from paint.utils import hash_tensors, sha256_strings, write_json_atomic
+from paint.utils import hash_tensors, write_json_atomic
 
 
 class PatchConfig(ModelRunConfig):
@@ -84,13 +90,13 @@ class PatchConfig(ModelRunConfig):
         return self
 
 
-def run_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PoolTask]) -> str:
+def patch_fingerprint(cfg: PatchConfig, bundle: ClipBundle, tasks: Sequence[PoolTask]) -> str:
     """What fine-tuning depends on: a checkpoint made under another fingerprint is refused on resume."""
     patch = [t for t in tasks if t.role == "patch"]
     parts = [bundle.text_identity, hash_tensors(bundle.image_tower_state()), cfg.finetune.identity()]
     for t in patch:
         parts += [t.name, t.identities["train"], *t.classnames, *t.templates]
-    return sha256_strings(parts)
+    return run_fingerprint(None, None, *parts)
 
 
 @run_scope
@@ -113,7 +119,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     pool, bundle = start_pool(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
     names_p, names_s = pool.names("patch"), pool.names("support")
     theta_zs = start_state(pool, bundle.image_tower_copy(), cfg.finetune)  # + text tower (flyp), heads (lp-ft)
-    fp = run_fingerprint(cfg, bundle, pool.tasks)
+    fp = patch_fingerprint(cfg, bundle, pool.tasks)
     theta_ft, fit = finetune_tower(pool, theta_zs, names_p, cfg.finetune, out / "finetune", resume, fp)
     t_ft = time.time()
     from accelerate import PartialState  # multi-process fine-tuning: rank 0 alone chooses and writes

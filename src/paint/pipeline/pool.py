@@ -293,6 +293,34 @@ class TaskPool:
         set_image_tower(self.model, theta)
 
 
+RoleSpecs = Sequence[tuple[str, Sequence[TaskSpec]]]  # (role, its task specs), e.g. [("patch", ...), ("support", ...)]
+
+
+def load_model_run(cfg: Any, roles: RoleSpecs) -> tuple[Any, list[tuple[str, Any, dict]]]:
+    """Load the tasks of every role and the model, and check each recipe fits the model; write nothing.
+
+    ``cfg`` is any run config with model, revision, device (and, where it fine-tunes, finetune or
+    recipes). A study checks what else it needs on the loaded tasks, then opens its run
+    (:func:`paint.pipeline.run.open_run`) and makes its pool (:func:`new_pool`).
+    """
+    from paint.models.clip import load_clip
+    from paint.pipeline.run import finetune_configs
+    from paint.train.recipes.registry import check_recipe_fits_model
+
+    loaded = [entry for role, specs in roles for entry in load_tasks(specs, role)]
+    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
+    for ft in finetune_configs(cfg):  # what needs the model (LoRA's target layers), before any output
+        check_recipe_fits_model(ft, bundle.model)
+    return bundle, loaded
+
+
+def new_pool(bundle: Any, tasks: Sequence[PoolTask], out: Path, batch_size: int) -> TaskPool:
+    """The run's pool: ``tasks`` on the bundle's model, results stored in ``out/results.jsonl``."""
+    return TaskPool(
+        bundle.model, bundle.spec, list(tasks), ResultsStore(out / "results.jsonl"), batch_size, bundle=bundle
+    )
+
+
 def start_pool(
     cfg: Any,
     out: Path,
@@ -305,17 +333,9 @@ def start_pool(
 
     ``cfg`` is any run config with model, revision, device, eval_batch_size, num_workers and cache_path.
     """
-    from paint.models.clip import load_clip
-    from paint.pipeline.run import finetune_configs, open_run
-    from paint.train.recipes.registry import check_recipe_fits_model
+    from paint.pipeline.run import open_run
 
-    loaded = load_tasks(patch_specs, "patch") + load_tasks(support_specs, "support")
-    bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
-    for ft in finetune_configs(cfg):  # what needs the model (LoRA's target layers), before any output
-        check_recipe_fits_model(ft, bundle.model)
+    bundle, loaded = load_model_run(cfg, [("patch", patch_specs), ("support", support_specs)])
     open_run(out, cfg, resume, marker)
     tasks = prepare_tasks(bundle, loaded, cfg.cache_path, cfg.eval_batch_size, cfg.num_workers)
-    pool = TaskPool(
-        bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size, bundle=bundle
-    )
-    return pool, bundle
+    return new_pool(bundle, tasks, out, cfg.eval_batch_size), bundle

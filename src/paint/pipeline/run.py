@@ -21,6 +21,7 @@ from paint.models.clip import DEFAULT_MODEL
 from paint.pipeline.rundir import RunDir
 from paint.selection import SelectionFields
 from paint.train.recipes.config import RUNTIME_ONLY
+from paint.utils import sha256_strings
 
 SUMMARY = "summary.json"
 
@@ -48,14 +49,13 @@ def open_run(out: Path, cfg: Any, resume: bool, marker: str = SUMMARY) -> RunDir
     return RunDir(out, marker).start(cfg, resume)
 
 
-class ModelRunConfig(CachedRun, SelectionFields):
-    """The fields every run on a model shares (``paint patch``, ``multitask``, ``transfer``, ``compare``).
-
-    The model and where it comes from, where outputs and caches go, evaluation batch, device and
-    CPU threads; ``selection`` (one default everywhere) comes from :class:`SelectionFields`.
+class RunFields(CachedRun, SelectionFields):
+    """The fields every run on models shares, whatever its model field: where the weights come from
+    (``revision``), where outputs and caches go, evaluation batch, device and CPU threads;
+    ``selection`` (one default everywhere) comes from :class:`SelectionFields`. ``paint scale`` (a
+    list of models) builds on it; every run on one model on :class:`ModelRunConfig`.
     """
 
-    model: str = DEFAULT_MODEL
     revision: str | None = None
     output_dir: str
     eval_batch_size: int = Field(256, ge=1)
@@ -63,6 +63,25 @@ class ModelRunConfig(CachedRun, SelectionFields):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
     num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
+
+
+class ModelRunConfig(RunFields):
+    """The fields every run on one model shares (``paint patch``, ``multitask``, ``transfer``,
+    ``compare``, ``counting``, ``typographic``): the model, and :class:`RunFields`."""
+
+    model: str = DEFAULT_MODEL
+
+
+def run_fingerprint(kind: str | None, cfg: BaseModel | None, *parts: str, exclude: Iterable[str] = ()) -> str:
+    """The one fingerprint of a run's inputs: ``kind`` (a versioned tag, or None), content hashes, the config.
+
+    A checkpoint or result made under another fingerprint is refused on resume. ``parts`` are
+    content hashes of what the run reads (a model's towers, a task's training split); ``cfg`` enters
+    through :func:`config_identity` (what never changes a result is left out, and ``exclude``).
+    """
+    tag = [kind] if kind else []
+    text = [config_identity(cfg, exclude)] if cfg is not None else []
+    return sha256_strings([*tag, *parts, *text])
 
 
 def check_recipe_fits_selection(finetune: Any, selection: Any, where: str = "") -> None:

@@ -26,7 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from paint.config import StrictModel, alpha_grid, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
+from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection, run_fingerprint
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, bound_on_test, run_seeds, test_record
 from paint.train.finetune import FinetuneConfig
@@ -188,12 +188,11 @@ def run_recipe_entry(
     """Fine-tune with one recipe, choose alpha on validation, evaluate its test frontier; return its record."""
     from paint.pipeline.operation import choose, finetune_tower, start_state
     from paint.pipeline.pool import Line
-    from paint.utils import sha256_strings
 
     names_p, names_s = pool.names("patch"), pool.names("support")
     rcfg = cfg.recipe_config(entry)
     rdir = out / "recipes" / entry.name
-    fp = sha256_strings([base_fp, rcfg.model_dump_json()])
+    fp = run_fingerprint(None, None, base_fp, rcfg.model_dump_json())
     t0 = time.time()
     theta_zs = start_state(pool, theta_zs, rcfg)  # + the text tower (flyp) or the patching heads (lp-ft)
     with PeakRSS() as mem:
@@ -315,7 +314,7 @@ def run_one_seed(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
     """One comparison run in ``cfg.output_dir`` (every recipe with ``finetune.seed``)."""
     from paint.pipeline.pool import start_pool
     from paint.pipeline.run import check_output_dir
-    from paint.utils import hash_tensors, sha256_strings
+    from paint.utils import hash_tensors
 
     t0 = time.time()
     out = Path(cfg.output_dir)
@@ -325,13 +324,8 @@ def run_one_seed(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
     names_p, names_s = pool.names("patch"), pool.names("support")
     theta_zs = bundle.image_tower_copy()
     text_zs = {k: v.detach().clone() for k, v in bundle.model.state_dict().items() if k not in theta_zs}
-    base_fp = sha256_strings(
-        [
-            bundle.text_identity,
-            hash_tensors(theta_zs),
-            *(f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks),
-        ]
-    )
+    train_ids = (f"{t.name}:{t.identities.get('train', '')}" for t in pool.tasks)
+    base_fp = run_fingerprint(None, None, bundle.text_identity, hash_tensors(theta_zs), *train_ids)
     zs_test = pool.evaluate_state(theta_zs, "test")
     zs = {n: m["accuracy"] for n, m in zs_test.items()}
     rows, skipped = [], []

@@ -20,26 +20,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, NumWorkers, ThreadsSetting
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
-from paint.evaluation.results import ResultsStore
-from paint.pipeline.run import config_identity
+from paint.pipeline.operation import outcome_record, patch
+from paint.pipeline.pool import load_model_run, new_pool
+from paint.pipeline.run import ModelRunConfig, open_run, run_fingerprint
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, fmt_fraction, interval_leaves, run_seeds
-from paint.selection import SelectionFields
 from paint.studies.common import capped, demo_finetune
 from paint.train.finetune import FinetuneConfig
 from paint.utils import (
     hash_tensors,
-    sha256_strings,
     write_json_atomic,
     write_text_atomic,
 )
@@ -49,15 +47,13 @@ def _default_support() -> list[TaskSpec]:
     return [TaskSpec(name=n) for n in ("shapes", "colours", "rendered-digits", "backgrounds")]
 
 
-class CountingConfig(CachedRun, SelectionFields, SeedsSetting):
+class CountingConfig(ModelRunConfig, SeedsSetting):
     """``paint counting``: which counts are held out, what is fine-tuned, how alpha is chosen.
 
     ``counts[i]`` is the number of objects of class ``i`` (default 1..C). ``heldout`` lists
     counts kept out of fine-tuning and of alpha selection.
     """
 
-    model: str = "paint:default"
-    output_dir: str
     task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="counting"))
     counts: list[int] | None = None
     heldout: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
@@ -66,11 +62,6 @@ class CountingConfig(CachedRun, SelectionFields, SeedsSetting):
     max_train: int | None = Field(None, ge=1)
     max_eval: int | None = Field(None, ge=1)
     seed: int = 0
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
-    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -195,28 +186,18 @@ def run_counting_once(cfg: CountingConfig, resume: bool = False) -> dict[str, An
     counts + support tasks); report test accuracy on seen counts, each held-out count
     (interpolation / extrapolation) and the support tasks at alpha 0, the chosen alpha and 1.
     """
-    from paint.data.registry import load_task
-    from paint.models.clip import load_clip
-    from paint.pipeline.operation import outcome_record, patch
-    from paint.pipeline.pool import TaskPool, load_tasks, pick_device
-    from paint.pipeline.run import check_output_dir, open_run
-
     t0 = time.time()
     out = Path(cfg.output_dir)
-    check_output_dir(out, resume)
-    bundle = load_clip(cfg.model, device=pick_device(cfg.device))
-    task, _ = load_task(cfg.task)
+    bundle, loaded = load_model_run(cfg, [("patch", [cfg.task]), ("support", cfg.support_tasks)])
+    task, supports = loaded[0][1], [t for _, t, _ in loaded[1:]]
     counts = class_counts(task, cfg.counts)
     kinds = heldout_kinds(counts, cfg.heldout)
     splits = counting_splits(task, counts, cfg.heldout)
-    supports = [t for _, t, _ in load_tasks(cfg.support_tasks, "support")]  # fail before any output
-    open_run(out, cfg, resume)
+    open_run(out, cfg, resume)  # every check above ran before any output
     data = prepare_counting(cfg, bundle, task, counts, splits, supports)
-    store = ResultsStore(out / "results.jsonl")
-    pool = TaskPool(bundle.model, bundle.spec, data.pool_tasks, store, cfg.eval_batch_size)
+    pool = new_pool(bundle, data.pool_tasks, out, cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
-    text = config_identity(cfg)
-    fingerprint = sha256_strings(["counting-v1", bundle.text_identity, hash_tensors(theta_zs), text])
+    fingerprint = run_fingerprint("counting-v1", cfg, bundle.text_identity, hash_tensors(theta_zs))
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
     ft_dir, sel = out / "finetune", cfg.selection
     res = patch(

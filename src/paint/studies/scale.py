@@ -27,21 +27,20 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, NumWorkers, ThreadsSetting, first_duplicate
+from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, comparison_rows, run_mode, start_run
 from paint.pipeline.operation import chosen_state
 from paint.pipeline.pool import Line, TaskPool
-from paint.pipeline.run import check_output_dir, check_recipe_fits_selection
+from paint.pipeline.run import RunFields, check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir, run_scope
 from paint.pipeline.seeds import Seeds, seed_list
-from paint.selection import SelectionFields
 from paint.stats import Interval, seed_interval
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
@@ -55,7 +54,7 @@ def _default_finetune() -> FinetuneConfig:
     return FinetuneConfig(epochs=10, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1)
 
 
-class ScaleConfig(CachedRun, SelectionFields):
+class ScaleConfig(RunFields):
     """``paint scale``: the models, seeds, tasks and the one fine-tuning recipe every cell runs.
 
     Example:
@@ -86,12 +85,6 @@ class ScaleConfig(CachedRun, SelectionFields):
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     finetune: FinetuneConfig = Field(default_factory=_default_finetune)
     cka_images: int = Field(500, ge=2, description="test images per CKA (the patching task's; as many of support)")
-    revision: str | None = None
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None  # shared by every cell (preprocessed images, heads keyed by the text tower)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"
-    num_workers: NumWorkers = None
 
     @model_validator(mode="after")
     def _checks(self):

@@ -33,13 +33,12 @@ from paint.config import NumWorkers, StrictModel, ThreadsSetting
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
-from paint.pipeline.run import config_identity
+from paint.pipeline.run import run_fingerprint
 from paint.pipeline.rundir import RunDir, run_scope
 from paint.studies.probe import DEFAULT_CS, DEFAULT_SHOTS, triage_features, zeroshot_accuracy
 from paint.utils import (
     append_jsonl,
     read_jsonl,
-    sha256_strings,
     write_json_atomic,
     write_text_atomic,
 )
@@ -180,8 +179,7 @@ def fingerprint_parts(bundle) -> dict[str, str]:
 def _fingerprint(cfg: TriageConfig, bundle) -> str:
     """Identity of a run's inputs: the config and both towers of the model."""
     ids = fingerprint_parts(bundle)
-    text = config_identity(cfg)
-    return sha256_strings(["triage-v1", ids["text"], ids["image_tower"], text])[:16]
+    return run_fingerprint("triage-v1", cfg, ids["text"], ids["image_tower"])[:16]
 
 
 def _task_features(bundle, task, cfg: TriageConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:

@@ -38,15 +38,15 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from paint.config import CachedRun, NumWorkers, ThreadsSetting, first_duplicate
+from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.data.task import Task
 from paint.errors import PaintError
-from paint.evaluation.results import ResultsStore
-from paint.pipeline.run import config_identity
+from paint.pipeline.operation import outcome_record, patch
+from paint.pipeline.pool import load_model_run, new_pool
+from paint.pipeline.run import ModelRunConfig, open_run, run_fingerprint
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, fmt_fraction, interval_leaves, run_seeds
-from paint.selection import SelectionFields
 from paint.studies.attacks import (
     HELD_OUT_STYLES,
     AttackedSplit,
@@ -57,11 +57,11 @@ from paint.studies.attacks import (
 )
 from paint.studies.common import capped, demo_finetune
 from paint.train.finetune import FinetuneConfig
-from paint.utils import hash_tensors, sha256_strings, write_json_atomic
+from paint.utils import hash_tensors, write_json_atomic
 from paint.world.lettering import AttackStyle
 
 
-class TypographicConfig(CachedRun, SelectionFields, SeedsSetting):
+class TypographicConfig(ModelRunConfig, SeedsSetting):
     """``paint typographic run``: patch on one task's attacked images, test on other tasks'.
 
     The patched task is chosen by ``patch_task``; alpha is selected on validation using the
@@ -78,8 +78,6 @@ class TypographicConfig(CachedRun, SelectionFields, SeedsSetting):
     whether the patch holds beyond the style it was trained on.
     """
 
-    model: str = "paint:default"
-    output_dir: str
     patch_task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="shapes"))
     transfer_tasks: list[TaskSpec] = Field(
         default_factory=lambda: [TaskSpec(name="colours"), TaskSpec(name="rendered-digits")]
@@ -94,11 +92,6 @@ class TypographicConfig(CachedRun, SelectionFields, SeedsSetting):
     max_eval: int | None = Field(None, ge=1)
     finetune: FinetuneConfig = Field(default_factory=lambda: demo_finetune(10))
     write_images: bool = True
-    eval_batch_size: int = Field(256, ge=1)
-    cache_dir: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: ThreadsSetting = "auto"  # torch CPU threads (paint.runtime); read by the CLI at start
-    num_workers: NumWorkers = None  # threads decoding images (paint.data.parallel); None: automatic
 
     @model_validator(mode="after")
     def _distinct(self):
@@ -157,28 +150,16 @@ def run_typographic_once(cfg: TypographicConfig, resume: bool = False) -> dict[s
     head frozen; choose alpha on validation); report clean and attacked test accuracy and ASR at
     alpha 0, the chosen alpha and 1, for the patch task and the held-out transfer tasks.
     """
-    from paint.models.clip import load_clip
-    from paint.pipeline.operation import outcome_record, patch
-    from paint.pipeline.pool import TaskPool, load_tasks, pick_device
-    from paint.pipeline.run import check_output_dir, open_run
-
     t0 = time.time()
     out = Path(cfg.output_dir)
-    check_output_dir(out, resume)
-    bundle = load_clip(cfg.model, device=pick_device(cfg.device))
-    loaded = (
-        load_tasks([cfg.patch_task], "patch")
-        + load_tasks(cfg.transfer_tasks, "transfer")
-        + load_tasks(cfg.support_tasks, "support")
-    )
+    roles = [("patch", [cfg.patch_task]), ("transfer", cfg.transfer_tasks), ("support", cfg.support_tasks)]
+    bundle, loaded = load_model_run(cfg, roles)
     open_run(out, cfg, resume)
     views = [prepare_views(cfg, bundle, role, task, k, out, resume) for k, (role, task, _) in enumerate(loaded)]
-    tasks = [t for v in views for t in v.pool_tasks]
-    pool = TaskPool(bundle.model, bundle.spec, tasks, ResultsStore(out / "results.jsonl"), cfg.eval_batch_size)
+    pool = new_pool(bundle, [t for v in views for t in v.pool_tasks], out, cfg.eval_batch_size)
     theta_zs = bundle.image_tower_copy()
-    # test styles do not change training
-    fp_parts = [bundle.text_identity, hash_tensors(theta_zs), config_identity(cfg, exclude={"test_styles"})]
-    fingerprint = sha256_strings(["typographic-v1", *fp_parts])
+    parts = (bundle.text_identity, hash_tensors(theta_zs))
+    fingerprint = run_fingerprint("typographic-v1", cfg, *parts, exclude={"test_styles"})  # styles: test only
     p = cfg.patch_task.name
     patch_names, support_names = selection_tasks(cfg)
     train = [next(v.train for v in views if v.train is not None)]

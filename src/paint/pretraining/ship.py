@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import transformers
 
-from paint.utils import atomic_path
-from paint.world.pretrain import PretrainConfig, zero_shot
+from paint.config import load_config
+from paint.data.builtin import digits_task
+from paint.data.preprocess import preprocess_split
+from paint.evaluation.results import evaluate_split
+from paint.models.clip import load_clip
+from paint.models.heads import build_head
+from paint.pretraining.build import PretrainConfig
+from paint.pretraining.run import zero_shot
+from paint.utils import atomic_path, read_jsonl
+from paint.world.corpus import GENERATOR_VERSION, KIND_WEIGHTS, KINDS
+from paint.world.tasks import SUPPORT_TASKS, WORLD_TASKS
 
 
 def machine_record() -> dict[str, Any]:
     """What a rebuild needs to know about the machine and library versions."""
-    import os
-    import platform
-
-    import transformers
 
     return {
         "platform": platform.platform(),
@@ -47,13 +56,6 @@ def ship(
     ``golden_limit`` test images, which the test suite must reproduce. ``test_limit`` (tests
     only) measures the first images of each test split instead of all of them.
     """
-    import shutil
-
-    from paint.config import load_config
-    from paint.models.clip import load_clip
-    from paint.utils import read_jsonl
-    from paint.world.tasks import SUPPORT_TASKS, WORLD_TASKS
-
     run = Path(run_dir)
     cfg = load_config(PretrainConfig, run / "config.yaml")
     # The checkpoint's step matches model/ (both are written at every epoch end), so a run
@@ -86,9 +88,6 @@ def build_record(
     notes: str,
 ) -> dict[str, Any]:
     """``BUILD.json``: command, config, corpus, steps, machine, zero-shot accuracies, golden values, history."""
-    from paint.world.corpus import GENERATOR_VERSION, KIND_WEIGHTS, KINDS
-    from paint.world.tasks import SUPPORT_TASKS
-
     steps = int(state["step"])
     return {
         "command": command,
@@ -117,11 +116,6 @@ def build_record(
 
 def _sklearn_digits_zero_shot(bundle) -> float:
     """Zero-shot accuracy (percent) on paint's scikit-learn digits test split (the patching task)."""
-    from paint.data.builtin import digits_task
-    from paint.data.preprocess import preprocess_split
-    from paint.evaluation.results import evaluate_split
-    from paint.models.heads import build_head
-
     task, _ = digits_task()
     split = task.split("test")
     head = build_head(bundle, task.classnames, task.templates)
