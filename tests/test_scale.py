@@ -30,7 +30,8 @@ def test_unknown_shipped_model_lists_the_shipped_names(capsys):
 
 def test_scale_config_defaults_and_one_line_errors():
     from paint.config import parse_config
-    from paint.studies.scale import LADDER, ScaleConfig, model_label, model_labels
+    from paint.studies.scale import LADDER, ScaleConfig
+    from paint.studies.scale_report import model_label, model_labels
 
     cfg = ScaleConfig()
     assert cfg.models == list(LADDER) == ["paint:tiny", "paint:default", "paint:medium"]
@@ -84,7 +85,7 @@ def _cell(seed: float) -> dict:
 
 
 def test_per_seed_figures_average_the_patching_tasks_by_hand():
-    from paint.studies.scale import multitask_figures, per_seed_figures, per_task_figures
+    from paint.studies.scale_report import multitask_figures, per_seed_figures, per_task_figures
 
     f = per_seed_figures(_cell(0.0))
     assert f["zeroshot_patch"] == pytest.approx(40.0) and f["finetuned_patch"] == pytest.approx(80.0)

@@ -9,6 +9,7 @@ import torch
 from paint.data.task import ImageSplit
 from paint.errors import PaintError
 from paint.world import captions as C
+from paint.world import glyphs as G
 from paint.world import render as R
 from paint.world.corpus import GENERATOR_VERSION, corpus_batch, corpus_pair
 from paint.world.tasks import SUPPORT_TASKS, WORLD_TASKS, world_task
@@ -167,7 +168,7 @@ def test_world_task_defaults_and_errors():
 def test_render_helpers():
     rng = np.random.default_rng(0)
     blank = R.render_background("plain", rng)
-    worded = np.asarray(R.render_word(blank, "star", (255, 0, 0), font=R.font_names()[0]))
+    worded = np.asarray(G.render_word(blank, "star", (255, 0, 0), font=R.font_names()[0]))
     assert worded.shape == (32, 32, 3) and not np.array_equal(worded, np.asarray(blank))
     assert (worded[..., 0].astype(int) - worded[..., 1]).max() > 100  # red ink is on the image
     for n in (1, 5, 10):
@@ -184,7 +185,7 @@ def test_scans_have_the_digits_grey_levels():
     from PIL import Image
 
     for style in ("scan", "bold-scan", "slanted-scan"):
-        img = np.asarray(R.render_digit(3, R.PRETRAIN_FONTS[0], style, np.random.default_rng(0)))
+        img = np.asarray(G.render_digit(3, R.PRETRAIN_FONTS[0], style, np.random.default_rng(0)))
         assert img.shape == (32, 32, 3)
         assert img[..., 0].mean() < 128  # bright ink on a dark ground, like the 8x8 scans
         assert np.array_equal(img[..., 0], img[..., 1])

@@ -193,7 +193,8 @@ def run_config(args: argparse.Namespace) -> TypographicConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from paint.studies.typographic import run_typographic, styles_table, typographic_table
+    from paint.studies.typographic import run_typographic
+    from paint.studies.typographic_report import styles_table, typographic_table
 
     cfg = run_config(args)
     summary = run_typographic(cfg, resume=args.resume)

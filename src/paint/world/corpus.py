@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from paint.world import captions as C
+from paint.world import glyphs as G
 from paint.world import lettering as L
 from paint.world import render as R
 
@@ -82,7 +83,7 @@ def digit_pair(rng: np.random.Generator, fonts: Sequence[str] = R.PRETRAIN_FONTS
     style = R.DIGIT_STYLES[int(rng.choice(len(R.DIGIT_STYLES), p=DIGIT_STYLE_WEIGHTS))]
     colour = _choice(rng, R.COLOUR_NAMES) if rng.random() < 0.7 else None
     bg = _choice(rng, R.BACKGROUNDS) if rng.random() < 0.3 else "plain"
-    img = R.render_digit(digit, font, style, rng, colour=colour, background=bg)
+    img = G.render_digit(digit, font, style, rng, colour=colour, background=bg)
     scan = style in ("scan", "bold-scan")
     cap = C.digit_caption(digit, R.DIGIT_WORDS[digit], style, None if scan else colour, rng)
     return Pair(img, cap, "digit", {"digit": digit, "font": font, "style": style, "colour": colour})
@@ -102,7 +103,7 @@ def word_pair(rng: np.random.Generator) -> Pair:
         img = L.render_text(base, word, L.AttackStyle(), rng)
     else:
         base = R.render_background("plain", rng)
-        img = R.render_word(base, word, ink, rng, font=_choice(rng, R.WORD_FONTS), height=int(rng.integers(8, 12)))
+        img = G.render_word(base, word, ink, rng, font=_choice(rng, R.WORD_FONTS), height=int(rng.integers(8, 12)))
     cap = C.word_caption(word, shape, rng, family=WORD_FAMILIES.get(word))
     return Pair(img, cap, "word", {"word": word, "shape": shape, "background": bg})
 

@@ -30,6 +30,7 @@ from PIL import Image
 
 from paint.data.task import Task
 from paint.errors import PaintError
+from paint.world import glyphs as G
 from paint.world import lettering as L
 from paint.world import render as R
 from paint.world.corpus import GENERATOR_VERSION
@@ -118,12 +119,12 @@ def _draw_backgrounds_task(label: int, rng: np.random.Generator) -> Image.Image:
 def _draw_rendered_digit(label: int, rng: np.random.Generator) -> Image.Image:
     style = _pick(rng, R.DIGIT_STYLES)
     colour = _pick(rng, R.COLOUR_NAMES) if rng.random() < 0.7 else None
-    return R.render_digit(label, _pick(rng, R.PRETRAIN_FONTS), style, rng, colour=colour)
+    return G.render_digit(label, _pick(rng, R.PRETRAIN_FONTS), style, rng, colour=colour)
 
 
 def _draw_novel_digit(label: int, rng: np.random.Generator) -> Image.Image:
     # Held-out fonts in a held-out style that looks like the handwritten scans.
-    return R.render_digit(label, _pick(rng, R.HELDOUT_FONTS), _pick(rng, R.HELDOUT_DIGIT_STYLES), rng)
+    return G.render_digit(label, _pick(rng, R.HELDOUT_FONTS), _pick(rng, R.HELDOUT_DIGIT_STYLES), rng)
 
 
 def _draw_counting(label: int, rng: np.random.Generator) -> Image.Image:
@@ -151,7 +152,7 @@ def _draw_upright_digit(label: int, rng: np.random.Generator) -> Image.Image:
     # Crisp or bold pretraining-font digits (the scan styles lose too much when turned).
     style = _pick(rng, ("crisp", "bold"))
     colour = _pick(rng, R.COLOUR_NAMES) if rng.random() < 0.7 else None
-    return R.render_digit(label, _pick(rng, R.PRETRAIN_FONTS), style, rng, colour=colour)
+    return G.render_digit(label, _pick(rng, R.PRETRAIN_FONTS), style, rng, colour=colour)
 
 
 def _draw_upside_down_digit(label: int, rng: np.random.Generator) -> Image.Image:
