@@ -14,10 +14,14 @@ Every computing command takes ``--threads`` (torch CPU threads; default ``auto``
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import re
 import sys
 from collections.abc import Sequence
+
+from paint import __version__, runtime
+from paint.errors import PaintError
 
 # name -> (module, one-line help). Modules import heavy libraries only inside run().
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -120,14 +124,19 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from paint import __version__
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``paint`` parser; with ``only``, just that command's arguments are registered.
 
+    A command's module (and what it imports) is loaded only when its arguments are registered,
+    so ``paint patch ...`` imports the patch command alone and ``paint --help`` imports none.
+    """
     parser = argparse.ArgumentParser(prog="paint", description="Patch open-vocabulary image models in weight space.")
     parser.add_argument("--version", action="version", version=f"paint {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if only is not None and name != only:
+            continue
         importlib.import_module(module).register(p)
         if name not in NO_THREADS:
             _add_threads(p)
@@ -135,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command an argument list names (its first word that is one), or None."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
 def describe_os_error(err: OSError) -> str:
     """One line for an operating-system error: what failed, on which path, and a hint for the common ones."""
-    import errno
-
     reason = err.strerror or str(err) or type(err).__name__
     where = f"{err.filename}: " if err.filename else ""
     hint = {
@@ -151,15 +163,12 @@ def describe_os_error(err: OSError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from paint.errors import PaintError
-
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=command_in(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from paint import runtime
-
     try:
         if args.command not in NO_THREADS and not hasattr(args, "set"):  # config commands apply it after the config
             # Announced with the first progress output, so a user error before any work stays one line.
