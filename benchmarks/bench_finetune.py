@@ -4,7 +4,7 @@ Fine-tuning: :func:`paint.train.finetune.finetune` with the default ``frozen-hea
 ``max_steps`` (Accelerate, AdamW with decay on matrices only, warmup-cosine schedule, grad clipping
 1.0, non-finite check, progress, loss history) against a bare loop over the same uint8 batches:
 per-batch normalisation, the frozen head's cross-entropy, AdamW with the same two parameter groups
-(:func:`paint.train.loop.make_optimizer`), the same schedule and clipping. Each run starts from its own
+(:func:`paint.train.optim.make_optimizer`), the same schedule and clipping. Each run starts from its own
 copy of the same model; paint and plain runs alternate (paint, plain, paint, ...) so a change in
 machine load hits both alike. A run's time includes its setup (optimiser, accelerator, loader), not
 the model copy. Evaluation: :func:`paint.evaluation.results.predict` against a bare
@@ -124,7 +124,7 @@ def plain_finetune(
     from torch.utils.data import DataLoader, TensorDataset
 
     from paint.data.preprocess import normalize
-    from paint.train.loop import make_optimizer, warmup_cosine
+    from paint.train.optim import make_optimizer, warmup_cosine
     from paint.train.speed import resolve_tf32, set_checkpointing, tf32_scope
 
     precision, checkpointing, compiled = VARIANTS[variant]

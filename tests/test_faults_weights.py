@@ -18,10 +18,10 @@ import yaml
 from paint.cli import main
 from paint.config import dump_config, parse_config
 from paint.errors import PaintError
+from paint.pipeline.locks import output_lock_path
 from paint.pipeline.merge import MergeConfig, run_merge
 from paint.pipeline.patch import PatchConfig
-from paint.pipeline.rundir import output_lock_path
-from paint.train.loop import save_checkpoint
+from paint.train.checkpoint import save_checkpoint
 from paint.types import is_image_tower_key
 from paint.utils import TEMP_PREFIX
 from paint.weights import io, writer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -82,3 +83,46 @@ def test_import_linter_contracts_hold():
     run = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert "0 broken" in run.stdout
+
+
+MAX_LOCAL_PAINT_IMPORTS = 40
+
+
+def function_local_imports(source: str, package: str = "paint") -> list[tuple[int, str]]:
+    """(line, text) of every import of ``package``'s own modules made inside a function body."""
+    tree = ast.parse(source)
+    lines = source.split("\n")
+    out = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package:
+                out.append((node.lineno, "\n".join(lines[node.lineno - 1 : node.end_lineno])))
+            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == package for a in node.names):
+                out.append((node.lineno, "\n".join(lines[node.lineno - 1 : node.end_lineno])))
+    return sorted(set(out))
+
+
+def test_function_local_imports_of_paint_are_few_and_say_why():
+    """Imports sit at the top; a function-local import of paint's own modules carries ``# lazy: <why>``."""
+    found = []
+    for path in sorted((ROOT / "src" / "paint").rglob("*.py")):
+        for line, text in function_local_imports(path.read_text()):
+            found.append((f"{path.relative_to(ROOT)}:{line}", text))
+    unexplained = [where for where, text in found if "# lazy:" not in text]
+    assert not unexplained, f"function-local imports without a `# lazy: <why>` comment: {unexplained}"
+    assert len(found) < MAX_LOCAL_PAINT_IMPORTS, [where for where, _ in found]
+
+
+def test_local_import_finder_sees_nested_and_multiline_imports():
+    src = (
+        "import paint\n"
+        "def f():\n"
+        "    from paint.x import (\n        a,\n    )  # lazy: a reason\n"
+        "    def g():\n        import paint.y\n"
+        "    import json\n"
+    )
+    found = function_local_imports(src)
+    assert [line for line, _ in found] == [3, 7]
+    assert "# lazy:" in found[0][1] and "# lazy:" not in found[1][1]

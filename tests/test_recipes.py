@@ -116,8 +116,7 @@ def test_lpft_returns_learned_heads_and_trains_against_them(tiny_clip_dir, tmp_p
 def test_lora_delta_equals_peft_merged_model_and_alpha_zero_is_theta_zs(tiny_clip_dir):
     from peft import LoraConfig, get_peft_model
 
-    from paint.train.recipes.config import LoraRecipe
-    from paint.train.recipes.lora import inject_lora, merged_deltas, remove_lora
+    from paint.train.recipes.lora import LoraRecipe, inject_lora, merged_deltas, remove_lora
 
     bundle, sets = _setup(tiny_clip_dir)
     zs = _tower(bundle.model)
@@ -309,7 +308,7 @@ def test_flyp_changes_both_towers_and_not_the_logit_scale(tiny_clip_dir):
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert any(k.startswith("vision_model.") for k in changed) and any(k.startswith("text_model.") for k in changed)
     assert "text_projection.weight" in changed and "logit_scale" not in changed
-    assert res.recipe == "flyp" and res.text_tower and res.trainable_params > 0
+    assert res.recipe == "flyp" and _cfg(recipe="flyp").recipe.coverage().text_tower and res.trainable_params > 0
     with pytest.raises(PaintError, match="flyp needs the model's tokenizer"):
         finetune(bundle.model, _flyp_sets(bundle, sets), bundle.spec, _cfg(recipe="flyp"))
 

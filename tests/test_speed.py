@@ -70,8 +70,10 @@ def test_resolve_tf32_is_on_for_cuda_by_default_and_never_on_cpu():
 def test_finetune_config_defaults_to_auto_precision_and_no_checkpointing_or_compile():
     cfg = FinetuneConfig()
     assert (cfg.mixed_precision, cfg.tf32, cfg.gradient_checkpointing, cfg.compile) == ("auto", None, False, False)
-    lc = loop.LoopConfig.from_settings(FinetuneConfig(tf32=False, gradient_checkpointing=True, compile=True))
-    assert (lc.tf32, lc.gradient_checkpointing, lc.compile) == (False, True, True)
+    ft = FinetuneConfig(tf32=False, gradient_checkpointing=True, compile=True)
+    # the loop reads the fine-tuning config itself (one definition of the settings, no loop copy)
+    assert set(loop.LoopSettings.__annotations__) <= set(FinetuneConfig.model_fields)
+    assert (ft.tf32, ft.gradient_checkpointing, ft.compile) == (False, True, True)
 
 
 @pytest.mark.parametrize("enabled", [True, False])

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from paint.data.preprocess import ImageSpec, preprocess_array, preprocess_split
 from paint.data.rows import cache_file, read_rows
 from paint.data.task import ArraySplit
-from paint.train.recipes.base import TrainingBatches, TrainingSet, make_loader_factory
+from paint.train.data import TrainingBatches, TrainingSet, make_loader_factory
 
 SPEC = ImageSpec(resize=8, crop=8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -82,7 +82,7 @@ def test_training_batches_never_hold_the_whole_set(tmp_path, monkeypatch):
         reads.append(len(np.arange(len(images))[index]))
         return real(images, index)
 
-    monkeypatch.setattr("paint.train.recipes.base.read_rows", spy)
+    monkeypatch.setattr("paint.train.data.read_rows", spy)
     ds = TrainingBatches(sets)
     assert not any(isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim == 4 for v in vars(ds).values())
     batches = list(make_loader_factory(sets, batch_size=16, seed=0)(0))
@@ -120,7 +120,7 @@ def test_a_pickled_dataset_carries_cache_paths_not_images(tmp_path):
 
 
 def test_loader_workers_default_to_none_on_a_cpu_and_a_few_on_a_gpu():
-    from paint.train.recipes.base import loader_workers
+    from paint.train.data import loader_workers
 
     assert loader_workers(None, on_gpu=False) == 0
     assert 1 <= loader_workers(None, on_gpu=True) <= 4

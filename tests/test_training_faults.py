@@ -107,3 +107,67 @@ def test_non_finite_loss_stops_training_with_one_line(tiny_clip_dir):
         PaintError, match=r"fine-tune: the loss became nan at epoch 0, step 2; lower the learning rate \(lr=1e\+30\)"
     ):
         finetune(bundle.model, sets, bundle.spec, cfg)
+
+
+def _toy_fit(tmp_path, loss_fn, log_every: int, epochs: int = 2):
+    """The shared loop on a 4 -> 1 linear model, 16 samples in batches of 4: 4 steps an epoch."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from paint.train.loop import fit
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    data = TensorDataset(torch.randn(16, 4))
+    cfg = FinetuneConfig(epochs=epochs, lr=1e-2, warmup_steps=0, weight_decay=0.0, cpu=True)
+    loaders = lambda epoch: DataLoader(data, batch_size=4, shuffle=False)  # noqa: E731
+    return model, fit(model, ["weight", "bias"], loaders, loss_fn, cfg, tmp_path, fingerprint="t", log_every=log_every)
+
+
+def test_a_non_finite_loss_between_two_reads_is_named_at_its_own_step_and_never_checkpointed(tmp_path):
+    calls = []
+
+    def loss_fn(model, batch):
+        calls.append(1)
+        loss = model(batch[0]).pow(2).mean()
+        return loss * float("nan") if len(calls) == 6 else loss  # epoch 1's second step
+
+    with pytest.raises(PaintError, match=r"^train: the loss became nan at epoch 1, step 6; lower the learning rate"):
+        _toy_fit(tmp_path, loss_fn, log_every=100)  # read at each epoch's end only
+    assert len(calls) == 8  # the loop ran on to the read; the epoch's checkpoint was not written
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["epoch"] == 0
+
+
+def test_reading_the_loss_every_step_or_every_epoch_gives_the_same_run(tmp_path):
+    def loss_fn(model, batch):
+        return model(batch[0]).pow(2).mean()
+
+    m1, r1 = _toy_fit(tmp_path / "a", loss_fn, log_every=1)
+    m2, r2 = _toy_fit(tmp_path / "b", loss_fn, log_every=3)
+    assert r1.history == r2.history and r1.steps == r2.steps == 8
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+def test_the_checkpoint_saver_resumes_what_it_saved_and_refuses_another_run(tmp_path):
+    from paint.train.checkpoint import CheckpointSaver
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5)
+    saver = CheckpointSaver(tmp_path, "fp")
+    assert saver.resume(allowed=False) is None  # nothing there yet
+    history = [{"epoch": 0, "step": 3, "loss": 1.5}]
+    saver.save(0, 3, history, False, dict(model.named_parameters()), opt, sched)
+    got = saver.resume(allowed=True)
+    assert (got.epoch, got.step, got.history, got.scheduler) == (0, 3, history, sched.state_dict())
+    assert all(torch.equal(got.trainable[k], v) for k, v in model.state_dict().items())
+    fresh = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.1)
+    fresh.load_state_dict(got.optimizer)
+    assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    with pytest.raises(PaintError, match="pass --resume to continue it"):
+        saver.resume(allowed=False)
+    with pytest.raises(PaintError, match="made by a different run"):
+        CheckpointSaver(tmp_path, "other").resume(allowed=True)
+    CheckpointSaver(tmp_path, "fp", writer=False).save(1, 6, history, True, {}, None, sched)  # not rank 0: no write
+    assert saver.resume(allowed=True).epoch == 0

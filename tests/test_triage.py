@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from paint.studies.probe import fit_probe, kshot_indices, triage_decision, triage_features
+from paint.studies.probe import fit_logistic_probe, kshot_indices, triage_decision, triage_features
 
 
 def _blobs(n_per_class: int, n_classes: int = 5, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,7 +23,7 @@ def test_linear_probe_recovers_a_linearly_separable_task():
     xtr, ytr = _blobs(40, seed=0)
     xva, yva = _blobs(10, seed=1)
     xte, yte = _blobs(30, seed=2)
-    probe, c, scores = fit_probe(xtr, ytr, xva, yva, cs=[1e-3, 1e-1, 10.0])
+    probe, c, scores = fit_logistic_probe(xtr, ytr, xva, yva, cs=[1e-3, 1e-1, 10.0])
     assert probe.score(xte, yte) >= 0.98
     assert c in (1e-3, 1e-1, 10.0) and set(scores) == {1e-3, 1e-1, 10.0}
     assert scores[c] == max(scores.values())

@@ -64,7 +64,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "compare": (
         "paint.commands.compare",
-        "fine-tuning recipes (frozen-head, lp-ft, flyp, l2-sp, lora, soup) on one frontier, over seeds",
+        "fine-tuning recipes compared on one frontier, over seeds (paint compare --help lists them)",
     ),
     "scale": (
         "paint.commands.scale",

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
+
+from paint.config import apply_overrides, load_config, parse_config
+from paint.data.builtin import builtin_task_names
+from paint.data.catalog import catalog_entry, default_data_root, locate
+from paint.data.spec import TaskSpec
+from paint.errors import PaintError
+from paint.runtime import apply_threads, parse_threads, resolve_threads
 
 
 def add_set_option(p: argparse.ArgumentParser) -> None:
@@ -52,8 +61,6 @@ def load_run_config(cls: type, path: str | None, overrides: dict[str, Any], args
     ``--threads`` (when given) overrides the config's ``threads`` field, so the resolved config
     written beside the results records the setting the run used.
     """
-    from paint.config import apply_overrides, load_config, parse_config
-    from paint.runtime import apply_threads
 
     given = {k: v for k, v in overrides.items() if v is not None}
     threads = getattr(args, "threads", None)
@@ -71,8 +78,6 @@ def load_run_config(cls: type, path: str | None, overrides: dict[str, Any], args
 def _threads_for(cls: type, threads: object) -> object:
     """The flag's value in the form the config field takes (a field that is a plain count gets auto resolved)."""
     from pydantic import TypeAdapter, ValidationError
-
-    from paint.runtime import parse_threads, resolve_threads
 
     value = parse_threads(threads)
     if value == "auto":
@@ -101,9 +106,6 @@ def _hf_dir(path) -> bool:
 
 def _specs_from_yaml(data: object, where: str) -> list:
     """Task specs from parsed YAML: one mapping, a list, or a run config's task fields."""
-    from paint.config import parse_config
-    from paint.data.spec import TaskSpec
-    from paint.errors import PaintError
 
     if isinstance(data, dict) and "name" not in data:
         keys = [k for k in ("patch_tasks", "support_tasks", "tasks", "transfer_tasks", "patch_task") if k in data]
@@ -120,12 +122,8 @@ def task_specs(value: str, root: str | None = None) -> list:
     The same specs as configs accept; a bare word is a built-in, else a catalog task read from
     ``root`` (``$PAINT_DATA`` or ``~/data`` by default).
     """
-    from pathlib import Path
 
     import yaml
-
-    from paint.data.spec import TaskSpec
-    from paint.errors import PaintError
 
     text = value.strip()
     if text.startswith(("{", "[")):
@@ -136,8 +134,6 @@ def task_specs(value: str, root: str | None = None) -> list:
         return _specs_from_yaml(data, "--task")
     if text.startswith("hf:"):
         return [TaskSpec(name=text[3:].rstrip("/").split("/")[-1], source="hf", path=text[3:])]
-    from paint.data.builtin import builtin_task_names
-    from paint.data.catalog import catalog_entry, default_data_root, locate
 
     bare = "/" not in text and "\\" not in text and not text.startswith((".", "~"))
     if bare and text in builtin_task_names():  # a name wins over a same-named folder in the working directory
@@ -176,7 +172,6 @@ def task_specs(value: str, root: str | None = None) -> list:
 
 def with_names(spec, classnames: list[str] | None, templates: list[str] | None):
     """``spec`` with class names and templates given on the command line (configs are frozen: a copy)."""
-    from paint.config import parse_config
 
     update = {}
     if classnames:
@@ -190,7 +185,6 @@ def with_names(spec, classnames: list[str] | None, templates: list[str] | None):
 
 def warn_without_support(command: str, cfg) -> None:
     """One warning when a run has no support tasks: then nothing guards the accuracy the patch may cost."""
-    import sys
 
     if getattr(cfg, "support_tasks", None):
         return

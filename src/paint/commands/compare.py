@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_run_options
-
-if TYPE_CHECKING:
-    from paint.studies.compare import CompareConfig
+from paint.commands._shared import add_run_options, load_run_config
+from paint.studies.compare import CompareConfig, run_compare
+from paint.train.recipes.registry import recipe_names
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -17,18 +15,17 @@ def register(p: argparse.ArgumentParser) -> None:
         "YAML config (model, output_dir, patch_tasks, support_tasks, finetune, recipes, selection)",
         "continue in the same output_dir; finished recipes are kept",
     )
+    # From the registry, so a recipe added (or registered by a plugin) is listed without editing this.
+    p.epilog = f"recipes: {', '.join(recipe_names())} (a name, or {{recipe: {{name: ..., <its settings>}}}})"
 
 
 def config(args: argparse.Namespace) -> CompareConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.studies.compare import CompareConfig
 
     return load_run_config(CompareConfig, args.config, {"output_dir": args.output_dir}, args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.studies.compare import run_compare
 
     cfg = config(args)
     summary = run_compare(cfg, resume=args.resume)

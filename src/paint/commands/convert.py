@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from paint.models.convert import convert_checkpoint, missing_tokenizer_note
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="state dict: .safetensors, or .bin/.pt/.pth (read with weights_only=True)")
@@ -24,7 +26,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.models.convert import convert_checkpoint
 
     summary = convert_checkpoint(
         args.src,
@@ -43,7 +44,5 @@ def run(args: argparse.Namespace) -> int:
         f"image {summary['image_size']}; text width {summary['text_width']}, {summary['text_layers']} layers"
     )
     if summary["tokenizer_from"] is None:
-        from paint.models.convert import missing_tokenizer_note
-
         print(missing_tokenizer_note(args.out), file=sys.stderr)
     return 0

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_set_option
-
-if TYPE_CHECKING:
-    from paint.studies.counting import CountingConfig
+from paint.commands._shared import add_set_option, load_run_config, selection_sets
+from paint.commands.triage import with_epochs
+from paint.studies.counting import CountingConfig, counting_table, run_counting
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -41,9 +39,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> CountingConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config, selection_sets
-    from paint.commands.triage import with_epochs
-    from paint.studies.counting import CountingConfig
 
     overrides = {
         "output_dir": args.output_dir,
@@ -59,7 +54,6 @@ def config(args: argparse.Namespace) -> CountingConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.studies.counting import counting_table, run_counting
 
     cfg = config(args)
     summary = run_counting(cfg, resume=args.resume)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from paint.pipeline.report import points, test_table
+from paint.studies.demo import run_demo
+
 
 def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="runs/demo", help="where the run goes (default: runs/demo)")
@@ -18,8 +21,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.pipeline.report import points, test_table
-    from paint.studies.demo import run_demo
 
     summary = run_demo(args.output_dir, quick=args.quick, resume=args.resume, model=args.model)
     sel = summary["selection"]

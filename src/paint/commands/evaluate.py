@@ -8,9 +8,24 @@ their own data before deciding to patch it.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
-from paint.commands._shared import TASK_HELP
+from paint.commands._shared import TASK_HELP, task_specs, with_names
+from paint.config import check_bounded
+from paint.data.builtin import builtin_task_names
+from paint.data.preprocess import preprocess_split
+from paint.data.registry import load_task
+from paint.data.task import SubsetSplit
+from paint.errors import PaintError
+from paint.evaluation.classification import classification_report, report_markdown
+from paint.evaluation.results import predict
+from paint.models.clip import load_clip
+from paint.models.heads import zeroshot_head
+from paint.pipeline.run import ModelRunConfig
+from paint.progress import phase
+from paint.utils import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from paint.data.spec import TaskSpec
@@ -37,9 +52,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def _classnames(value: str | None) -> list[str] | None:
-    from pathlib import Path
-
-    from paint.errors import PaintError
 
     if not value:
         return None
@@ -57,11 +69,8 @@ def _classnames(value: str | None) -> list[str] | None:
 
 def _flag_types() -> dict[str, tuple[str, object]]:
     """flag -> (argument name, the type it is validated as): the config field it matches, where there is one."""
-    from typing import Annotated
 
     from pydantic import Field
-
-    from paint.pipeline.run import ModelRunConfig
 
     batch = ModelRunConfig.model_fields["eval_batch_size"]  # what a config's eval_batch_size accepts
     return {
@@ -73,9 +82,6 @@ def _flag_types() -> dict[str, tuple[str, object]]:
 def check_flags(args: argparse.Namespace) -> None:
     """Every numeric flag validated as its config field is (bounds, int64 range), before any work: one line."""
     from pydantic import TypeAdapter, ValidationError
-
-    from paint.config import check_bounded
-    from paint.errors import PaintError
 
     for flag, (name, kind) in _flag_types().items():
         value = getattr(args, name)
@@ -111,9 +117,6 @@ def _subset(split, limit: int | None):
     """A seeded random subset (a folder's first N images would often be one class)."""
     import numpy as np
 
-    from paint.data.task import SubsetSplit
-    from paint.errors import PaintError
-
     if limit is None:
         return split
     if limit < 1:  # check_flags refuses it from the command line; this guards other callers
@@ -125,20 +128,6 @@ def _subset(split, limit: int | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from paint.commands._shared import task_specs, with_names
-    from paint.data.builtin import builtin_task_names
-    from paint.data.preprocess import preprocess_split
-    from paint.data.registry import load_task
-    from paint.errors import PaintError
-    from paint.evaluation.classification import classification_report, report_markdown
-    from paint.evaluation.results import predict
-    from paint.models.clip import load_clip
-    from paint.models.heads import zeroshot_head
-    from paint.progress import phase
-    from paint.utils import write_json_atomic, write_text_atomic
 
     check_flags(args)
     if args.template and any("{}" not in t for t in args.template):

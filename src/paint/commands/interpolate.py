@@ -6,6 +6,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from paint.errors import PaintError
+from paint.models.clip import load_clip, save_clip
+from paint.pipeline.locks import output_lock
+from paint.pipeline.report import write_markdown
+from paint.train.checkpoint import TRAINABLE, load_checkpoint_file
+from paint.utils import atomic_path
+from paint.weights.methods import PAINT, WISE_FT
+from paint.weights.ops import check_alpha, check_compatible, interpolate
+from paint.weights.writer import check_finite
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,8 +34,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.pipeline.rundir import output_lock
-    from paint.weights.ops import check_alpha, check_compatible, interpolate
 
     alpha = check_alpha(args.alpha, args.allow_extrapolation)  # NaN, inf, out of range: refused before any loading
     out = Path(args.out)
@@ -45,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse an existing file, or a non-empty directory without ``--overwrite``."""
-    from paint.errors import PaintError
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise PaintError(f"output {out} exists and is not empty; pass --overwrite or choose another directory")
@@ -53,8 +60,6 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 def load_pair(args: argparse.Namespace) -> tuple[ClipBundle, dict[str, torch.Tensor], dict[str, str]]:
     """(zero-shot bundle, theta_ft as a full state dict, the two sources for the model card)."""
-    from paint.errors import PaintError
-    from paint.models.clip import load_clip
 
     if args.run:
         return load_run(Path(args.run))
@@ -69,10 +74,6 @@ def load_run(run_dir: Path) -> tuple[ClipBundle, dict[str, torch.Tensor], dict[s
     """A finished ``paint patch`` run's base model and fine-tuned tower, its checkpoint verified first."""
     import yaml
 
-    from paint.errors import PaintError
-    from paint.models.clip import load_clip
-    from paint.train.loop import TRAINABLE, load_checkpoint_file
-
     cfg_path, ft_path = run_dir / "config.yaml", run_dir / "finetune" / "checkpoint" / TRAINABLE
     if not cfg_path.is_file() or not ft_path.is_file():
         raise PaintError(f"{run_dir} is not a paint patch run with a fine-tuned checkpoint")
@@ -85,10 +86,6 @@ def load_run(run_dir: Path) -> tuple[ClipBundle, dict[str, torch.Tensor], dict[s
 
 def write_interpolated(zs: ClipBundle, mixed: dict[str, torch.Tensor], out: Path, card: str) -> None:
     """The HF checkpoint and its model card (README.md), moved into place together; non-finite weights refused."""
-    from paint.models.clip import save_clip
-    from paint.pipeline.report import write_markdown
-    from paint.utils import atomic_path
-    from paint.weights.writer import check_finite
 
     for key, t in mixed.items():
         check_finite(key, t)
@@ -99,7 +96,6 @@ def write_interpolated(zs: ClipBundle, mixed: dict[str, torch.Tensor], out: Path
 
 def interpolation_card(family: str, sources: dict[str, str], alpha: float) -> str:
     """README.md of an interpolated checkpoint: the formula and alpha, the papers, the two inputs."""
-    from paint.weights.methods import PAINT, WISE_FT
 
     title = {"clip": "CLIP", "siglip": "SigLIP"}.get(family, family)
     extrapolated = "" if 0.0 <= alpha <= 1.0 else " (extrapolated: outside [0, 1])"

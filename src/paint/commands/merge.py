@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_set_option
-
-if TYPE_CHECKING:
-    from paint.pipeline.merge import MergeConfig
+from paint.commands._shared import add_set_option, load_run_config
+from paint.pipeline.merge import MergeConfig, evaluator_for, run_merge
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -21,8 +18,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> MergeConfig:
     """The merge's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.pipeline.merge import MergeConfig
 
     overrides: dict[str, object] = {}
     if args.output:
@@ -33,7 +28,6 @@ def config(args: argparse.Namespace) -> MergeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.pipeline.merge import evaluator_for, run_merge
 
     cfg = config(args)
     summary = run_merge(cfg, evaluate=evaluator_for(cfg), progress=not args.no_progress)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from paint.data.spec import TaskSpec
+from paint.errors import PaintError
+from paint.studies.metrics import BKT_GRID, pair_metrics, run_metrics
+from paint.utils import write_json_atomic
+from paint.weights.ops import finite_coefficient
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -26,13 +33,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from paint.data.spec import TaskSpec
-    from paint.errors import PaintError
-    from paint.studies.metrics import BKT_GRID, pair_metrics, run_metrics
-    from paint.utils import write_json_atomic
-    from paint.weights.ops import finite_coefficient
 
     # NaN or inf is refused here, before any model or data is loaded.
     alphas = tuple(finite_coefficient(a, "--alphas value") for a in args.alphas) if args.alphas else BKT_GRID

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_run_options
-
-if TYPE_CHECKING:
-    from paint.pipeline.multitask import MultitaskConfig
+from paint.commands._shared import add_run_options, load_run_config, warn_without_support
+from paint.pipeline.multitask import MultitaskConfig, run_multitask
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -17,15 +14,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> MultitaskConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.pipeline.multitask import MultitaskConfig
 
     return load_run_config(MultitaskConfig, args.config, {"output_dir": args.output_dir}, args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import warn_without_support
-    from paint.pipeline.multitask import run_multitask
 
     cfg = config(args)
     warn_without_support("multitask", cfg)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_run_options
-
-if TYPE_CHECKING:
-    from paint.pipeline.patch import PatchConfig
+from paint.commands._shared import add_run_options, load_run_config, warn_without_support
+from paint.pipeline.patch import PatchConfig, run_patch
+from paint.pipeline.report import test_table
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -17,16 +15,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> PatchConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.pipeline.patch import PatchConfig
 
     return load_run_config(PatchConfig, args.config, {"output_dir": args.output_dir}, args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.commands._shared import warn_without_support
-    from paint.pipeline.patch import run_patch
-    from paint.pipeline.report import test_table
 
     cfg = config(args)
     warn_without_support("patch", cfg)

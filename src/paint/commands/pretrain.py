@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import json
 
-from paint.commands._shared import add_set_option
-
-if TYPE_CHECKING:
-    from paint.pretraining.build import PretrainConfig
+from paint.commands._shared import add_set_option, load_run_config
+from paint.pretraining.build import PretrainConfig
+from paint.pretraining.run import pretrain
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -21,16 +20,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> PretrainConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.pretraining.build import PretrainConfig
 
     return load_run_config(PretrainConfig, args.config, {"max_steps": args.max_steps}, args)
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from paint.pretraining.run import pretrain
 
     cfg = config(args)
     final = pretrain(cfg, args.out, resume=args.resume)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_set_option
-
-if TYPE_CHECKING:
-    from paint.studies.scale import ScaleConfig
+from paint.commands._shared import add_set_option, load_run_config
+from paint.studies.scale import ScaleConfig, run_scale
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -30,14 +27,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> ScaleConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.studies.scale import ScaleConfig
 
     return load_run_config(ScaleConfig, args.config, {"output_dir": args.output_dir}, args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.studies.scale import run_scale
 
     cfg = config(args)
 

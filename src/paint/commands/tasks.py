@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+import paint.data.builtin as builtin
+from paint.data.catalog import default_data_root, describe, list_catalog
+from paint.data.registry import load_task
+from paint.data.spec import TaskSpec
+from paint.errors import PaintError
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -16,7 +23,6 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def _builtin_names() -> tuple[str, ...]:
     """Built-in task names from the lead's registry (whichever name it exports)."""
-    import paint.data.builtin as builtin
 
     names = getattr(builtin, "BUILTIN_TASKS", None)
     if names is not None:
@@ -29,9 +35,6 @@ def _builtin_names() -> tuple[str, ...]:
 
 def _builtin_classes(name: str) -> str:
     """Class count of a built-in (its splits are lazy, so loading it renders nothing)."""
-    from paint.data.registry import load_task
-    from paint.data.spec import TaskSpec
-    from paint.errors import PaintError
 
     try:
         task, _ = load_task(TaskSpec(name=name), warn_small_val=False)
@@ -42,10 +45,6 @@ def _builtin_classes(name: str) -> str:
 
 def _show_builtin(name: str, as_json: bool) -> int:
     """``tasks show`` for a built-in: classes and templates (its images are generated, nothing to download)."""
-    import json
-
-    from paint.data.registry import load_task
-    from paint.data.spec import TaskSpec
 
     task, _ = load_task(TaskSpec(name=name), warn_small_val=False)
     d = {
@@ -73,10 +72,6 @@ def _show_builtin(name: str, as_json: bool) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from paint.data.catalog import default_data_root, describe, list_catalog
-    from paint.errors import PaintError
 
     root = args.root or str(default_data_root())
     if args.action == "show":

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_run_options
-
-if TYPE_CHECKING:
-    from paint.studies.transfer import TransferConfig
+from paint.commands._shared import add_run_options, load_run_config
+from paint.studies.transfer import TransferConfig, run_transfer
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -17,14 +14,11 @@ def register(p: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> TransferConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.studies.transfer import TransferConfig
 
     return load_run_config(TransferConfig, args.config, {"output_dir": args.output_dir}, args)
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.studies.transfer import run_transfer
 
     cfg = config(args)
     summary = run_transfer(cfg, resume=args.resume)

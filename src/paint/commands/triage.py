@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-from paint.commands._shared import add_set_option
-
-if TYPE_CHECKING:
-    from paint.studies.triage import TriageConfig
+from paint.commands._shared import add_set_option, load_run_config
+from paint.config import parse_config
+from paint.studies.triage import TriageConfig, run_triage, triage_table
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -32,7 +30,6 @@ def with_epochs(cfg, epochs: int | None):
     """``cfg`` with ``finetune.epochs`` replaced (configs are frozen, so a validated copy)."""
     if epochs is None:
         return cfg
-    from paint.config import parse_config
 
     data = cfg.model_dump()
     data["finetune"]["epochs"] = epochs
@@ -41,8 +38,6 @@ def with_epochs(cfg, epochs: int | None):
 
 def config(args: argparse.Namespace) -> TriageConfig:
     """The run's validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config
-    from paint.studies.triage import TriageConfig
 
     overrides = {
         "output_dir": args.output_dir,
@@ -59,7 +54,6 @@ def config(args: argparse.Namespace) -> TriageConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from paint.studies.triage import run_triage, triage_table
 
     cfg = config(args)
     summary = run_triage(cfg, resume=args.resume)

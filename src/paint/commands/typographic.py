@@ -9,12 +9,22 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+import json
 
-from paint.commands._shared import add_set_option
-
-if TYPE_CHECKING:
-    from paint.studies.typographic import TypographicConfig
+from paint.commands._shared import add_set_option, load_run_config, selection_sets
+from paint.commands.triage import with_epochs
+from paint.config import parse_config
+from paint.data.preprocess import preprocess_split
+from paint.data.registry import load_task
+from paint.data.spec import TaskSpec
+from paint.data.task import SubsetSplit
+from paint.evaluation.results import predict
+from paint.models.clip import load_clip
+from paint.models.heads import zeroshot_head
+from paint.studies.attacks import AttackedSplit, attack_metrics, read_attacked_dir, write_attacked_dataset
+from paint.studies.typographic import TypographicConfig, run_typographic
+from paint.studies.typographic_report import styles_table, typographic_table
+from paint.world.lettering import AttackStyle
 
 
 def _style_args(p: argparse.ArgumentParser) -> None:
@@ -110,13 +120,6 @@ def run(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from paint.config import parse_config
-    from paint.data.registry import load_task
-    from paint.data.spec import TaskSpec
-    from paint.data.task import SubsetSplit
-    from paint.studies.attacks import AttackedSplit, write_attacked_dataset
-    from paint.world.lettering import AttackStyle
-
     style = parse_config(AttackStyle, _style_overrides(args), "attack style")
     task, _ = load_task(TaskSpec(name=args.task))
     split = task.split(args.split)
@@ -129,19 +132,9 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
-
-    from paint.data.preprocess import preprocess_split
-    from paint.evaluation.results import predict
-    from paint.models.clip import load_clip
-    from paint.models.heads import zeroshot_head
-    from paint.studies.attacks import attack_metrics, read_attacked_dir
 
     classnames, templates = None, args.template or ["a photo of a {}."]
     if args.task:
-        from paint.data.registry import load_task
-        from paint.data.spec import TaskSpec
-
         task, _ = load_task(TaskSpec(name=args.task))
         classnames, templates = task.classnames, args.template or task.templates
     split, names = read_attacked_dir(args.data, classnames)
@@ -163,9 +156,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 def run_config(args: argparse.Namespace) -> TypographicConfig:
     """``typographic run``'s validated config: the YAML file, then --set, then the flags."""
-    from paint.commands._shared import load_run_config, selection_sets
-    from paint.commands.triage import with_epochs
-    from paint.studies.typographic import TypographicConfig
 
     overrides = {
         "output_dir": args.output_dir,
@@ -193,8 +183,6 @@ def run_config(args: argparse.Namespace) -> TypographicConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from paint.studies.typographic import run_typographic
-    from paint.studies.typographic_report import styles_table, typographic_table
 
     cfg = run_config(args)
     summary = run_typographic(cfg, resume=args.resume)

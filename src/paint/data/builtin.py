@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from paint.data.task import ArraySplit, Task, holdout_split
+from paint.world.tasks import BENCHMARK_TASKS, DIGIT_CLASSNAMES, DIGIT_TEMPLATES, WORLD_TASKS
 
 DIGITS_TEST_SIZE = 600  # of 1,797; fixed, so every run tests on the same images
 
@@ -19,7 +20,6 @@ def digits_task(val_fraction: float = 0.1, val_max: int = 5000, split_seed: int 
 
     # The same class names and prompts as the world's rendered digits (CLIP's MNIST prompt
     # among them), so the digits head is the one the model already has for digits.
-    from paint.world.tasks import DIGIT_CLASSNAMES, DIGIT_TEMPLATES
 
     data = load_digits()
     images = np.round(data.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)  # (N, 8, 8)
@@ -41,6 +41,5 @@ def digits_task(val_fraction: float = 0.1, val_max: int = 5000, split_seed: int 
 
 def builtin_task_names() -> tuple[str, ...]:
     """Every built-in task name: ``digits``, the synthetic world's tasks and its merging-benchmark tasks."""
-    from paint.world.tasks import BENCHMARK_TASKS, WORLD_TASKS
 
     return ("digits", *WORLD_TASKS, *BENCHMARK_TASKS)

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from paint.data.readers.registry import probe_groups
 from paint.errors import PaintError
 
 ROLES = ("patch", "support", "transfer")
@@ -114,7 +115,6 @@ def catalog_entry(name: str) -> CatalogEntry:
 
 def locate(entry: CatalogEntry, root: str | Path) -> Path | None:
     """The directory holding ``entry``'s data: ``root/<name>`` or ``root`` itself; None if absent."""
-    from paint.data.readers.registry import probe_groups
 
     groups = probe_groups(entry.as_mapping())
     for cand in (Path(root) / entry.name, Path(root)):

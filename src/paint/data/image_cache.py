@@ -23,7 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from paint.data.parallel import ordered_map
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import atomic_path, naming_os_errors, write_json_atomic
 
 log = logging.getLogger("paint.data")
@@ -65,7 +67,6 @@ def bad_rows(path: Path, digests: Sequence[str], chunk: int = 256, progress: boo
     hashing through one long-lived map would leave the whole file resident in this process.
     ``progress`` shows a bar (a 50,000-image cache at 224 px is 7 GB to hash).
     """
-    from paint.progress import progress as tqdm
 
     bad = []
     starts = range(0, len(digests), chunk)
@@ -90,8 +91,6 @@ def _fill(
     Workers decode and hash; this thread writes each row in index order, so the file and its
     digests are the same bytes whatever the number of workers (:mod:`paint.data.parallel`).
     """
-    from paint.data.parallel import ordered_map
-    from paint.progress import progress as tqdm
 
     def decoded(i: int) -> tuple[np.ndarray, str]:
         row = np.empty(out.shape[1:], dtype=out.dtype)

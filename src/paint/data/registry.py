@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from paint.data.builtin import builtin_task_names, digits_task
+from paint.data.sources import load_external_task
 from paint.data.spec import TaskSpec
 from paint.data.task import Task
 from paint.errors import PaintError
+from paint.world.tasks import world_task
 
 log = logging.getLogger("paint.data")
 
@@ -68,8 +71,6 @@ def load_task(spec: TaskSpec, *, warn_small_val: bool = True) -> tuple[Task, dic
     if spec.source == "builtin":
         task, info = _builtin(spec)
     else:
-        from paint.data.sources import load_external_task
-
         try:
             task, info = load_external_task(spec)
         except PaintError as e:
@@ -93,7 +94,6 @@ def load_task(spec: TaskSpec, *, warn_small_val: bool = True) -> tuple[Task, dic
 
 
 def _builtin(spec: TaskSpec) -> tuple[Task, dict]:
-    from paint.data.builtin import builtin_task_names, digits_task
 
     if spec.name == "digits":
         return digits_task(spec.val_fraction, spec.val_max, spec.split_seed)
@@ -102,7 +102,6 @@ def _builtin(spec: TaskSpec) -> tuple[Task, dict]:
         raise PaintError(
             f"unknown built-in task {spec.name!r}; built-ins are: {', '.join(names)} (or give source: folder/csv/hf/catalog)"
         )
-    from paint.world.tasks import world_task
 
     task = world_task(spec.name, seed=spec.seed)
     return task, {"generator_seed": spec.seed, "sizes": {k: len(v) for k, v in task.splits.items()}}

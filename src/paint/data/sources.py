@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from paint.data.catalog import catalog_entry
 from paint.data.readers import (
     ReadResult,
     read_catalog_layout,
@@ -42,7 +43,6 @@ class SourceRead:
 
 
 def _read_catalog(spec: TaskSpec) -> SourceRead:
-    from paint.data.catalog import catalog_entry
 
     entry = catalog_entry(spec.name)
     read = read_catalog_layout(spec.path, entry.as_mapping(), spec.max_bad_fraction)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from paint.data.images import open_rgb
 from paint.errors import PaintError
+from paint.utils import sha256_strings
 
 
 @runtime_checkable
@@ -156,7 +157,6 @@ def holdout_split(
     ``kept`` name the two parts (a test set held out of all the data: "test", "trainval") in
     the definition's keys and the splits' identities.
     """
-    from paint.utils import sha256_strings
 
     n = len(split)
     n_val = min(max_size, max(1, int(round(fraction * n))))

@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.rows import read_rows
+from paint.selection.blockwise import GradientStep
 from paint.types import StateDict
 from paint.weights.blocks import add_block_task_vectors, block_names, block_of, interpolate_blocks
 from paint.weights.ops import check_compatible, task_vector
@@ -220,7 +221,6 @@ class PenalisedLoss:
         return tower_logits(self.model, params, t.head, pixels).float()
 
     def __call__(self, x: np.ndarray, multiplier: float):
-        from paint.selection.blockwise import GradientStep
 
         self.model.eval()
         xt = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)

@@ -26,6 +26,7 @@ from paint.data.rows import read_rows
 from paint.models.clip import image_features
 from paint.models.families import family_of
 from paint.types import StateDict
+from paint.weights.ops import interpolate
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,6 @@ def set_image_tower(model: torch.nn.Module, state: StateDict) -> None:
 
 def line_point(theta_zs: StateDict, theta_ft: StateDict, alpha: float) -> dict[str, torch.Tensor]:
     """theta_zs + alpha * (theta_ft - theta_zs) over floating-point tensors, any alpha."""
-    from paint.weights.ops import interpolate
 
     return interpolate(theta_zs, theta_ft, alpha, allow_extrapolation=True)
 

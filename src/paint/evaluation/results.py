@@ -87,9 +87,12 @@ def evaluate_split(
     """Accuracy, mean cross-entropy and per-image correctness of ``model`` with ``head`` on one split.
 
     Example:
-        >>> from paint import evaluate_split
-        >>> evaluate_split(bundle.model, head, images_uint8, labels, bundle.spec)  # doctest: +SKIP
-        {'accuracy': 0.48, 'loss': 1.93, 'n': 600}
+        ```python
+        from paint import evaluate_split
+
+        metrics = evaluate_split(bundle.model, head, images_uint8, labels, bundle.spec)
+        metrics["accuracy"], metrics["loss"], metrics["n"]  # a fraction, the mean cross-entropy, the image count
+        ```
     """
     model.eval()
     return metrics_from_logits(predict(model, head, images, spec, batch_size), labels)

@@ -22,10 +22,12 @@ import torch
 
 from paint.data.preprocess import ImageSpec
 from paint.errors import PaintError
-from paint.models.families import Family, family_for_model_type, family_of
+from paint.models.families import CLIP, Family, family_for_model_type, family_of
 from paint.models.families import image_features as image_features  # re-exported: the generic, per-family one
 from paint.models.families import text_features as text_features
 from paint.utils import atomic_path, hash_tensors, sha256_strings
+from paint.weights.io import LEGACY_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS, open_checkpoint, unsafe_pickle_error
+from paint.weights.writer import new_file_mode
 
 DEFAULT_MODEL = "paint:default"  # the small CLIP pretrained on paint's synthetic world, shipped in the package
 # Models shipped in the package, pretrained on paint's synthetic world: name -> assets folder.
@@ -116,7 +118,6 @@ def check_tokenizer_files(path: Path) -> None:
 
 def weights_file(path: Path) -> Path:
     """The weights file transformers reads from a local directory (for naming it in errors)."""
-    from paint.weights.io import LEGACY_WEIGHTS, SAFE_INDEX, SAFE_WEIGHTS
 
     for name in (SAFE_WEIGHTS, SAFE_INDEX, *LEGACY_WEIGHTS):
         if (path / name).is_file():
@@ -181,7 +182,6 @@ def checkpoint_family(source: str, revision: str | None = None) -> Family:
 
 def check_local_checkpoint(path: Path) -> None:
     """Before transformers reads a local checkpoint: config.json, tokenizer files, readable safetensors headers."""
-    from paint.weights.io import SAFE_INDEX, SAFE_WEIGHTS, open_checkpoint
 
     if not (path / "config.json").is_file():
         raise PaintError(
@@ -216,8 +216,6 @@ def load_clip(source: str, revision: str | None = None, device: str | torch.devi
     from safetensors import SafetensorError
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
-
-    from paint.weights.io import unsafe_pickle_error
 
     src = resolve_model_source(source)
     path = Path(src)
@@ -267,7 +265,6 @@ def _first_line(e: BaseException) -> str:
 
 def pil_image_processor_class() -> type:
     """CLIP's PIL-backed image processor: the default one needs torchvision, absent here."""
-    from paint.models.families import CLIP
 
     return CLIP.image_processor_class()
 
@@ -284,8 +281,6 @@ def save_clip(bundle: ClipBundle, out_dir: str | Path, state_dict: dict[str, tor
         >>> save_clip(bundle, "runs/copy-of-default")  # doctest: +SKIP
     """
     from transformers.utils import logging as hf_logging
-
-    from paint.weights.writer import new_file_mode
 
     out = Path(out_dir)
     bars = hf_logging.is_progress_bar_enabled()

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from paint.errors import PaintError
+from paint.models.clip import TOKENIZER_FILES, pil_image_processor_class
 from paint.utils import atomic_path
 from paint.weights.io import file_sha256, load_state_dict
 from paint.weights.writer import parse_size, write_state_dict_into
@@ -236,7 +237,6 @@ def openai_image_processor(image_size: int) -> Any:
     A state dict carries no preprocessing; ``image_size`` (grid x patch from the weights, 224
     for ViT-B/32) is the only part that varies between OpenAI's ViT models.
     """
-    from paint.models.clip import pil_image_processor_class
 
     return pil_image_processor_class()(
         do_resize=True,
@@ -254,7 +254,6 @@ def openai_image_processor(image_size: int) -> Any:
 
 
 def _check_tokenizer_source(path: Path) -> None:
-    from paint.models.clip import TOKENIZER_FILES
 
     if not path.is_dir():
         raise PaintError(f"--tokenizer-from {path} is not a directory; point to an HF CLIP checkpoint directory")

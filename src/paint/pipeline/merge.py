@@ -6,7 +6,7 @@ merge tensor by tensor into a temporary directory, adds the base's config, token
 processor files, a model card (README.md) and the resolved config, and moves the directory
 into place. The output is locked while it is written (a second merge into it is refused at
 once) and the temporaries that a killed merge left beside it are removed
-(:func:`paint.pipeline.rundir.output_lock`).
+(:func:`paint.pipeline.locks.output_lock`).
 
 RegMean (``method: regmean``) needs data: each model names its task, and before the streamed
 merge every model runs on images of its task (loaded one at a time into the base's
@@ -30,7 +30,7 @@ from pydantic import Field, field_validator
 from paint.config import StrictModel, dump_config
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
-from paint.pipeline.rundir import output_lock
+from paint.pipeline.locks import output_lock
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
 from paint.weights.io import CheckpointReader, file_sha256
 from paint.weights.methods import GREEDY_SOUP, METHODS, get_method, with_block_weights

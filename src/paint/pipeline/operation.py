@@ -5,7 +5,8 @@ Every workflow patches through these three steps on a :class:`paint.pipeline.poo
 - :func:`finetune_tower` fine-tunes from any image-tower state on the named pool tasks with the
   configured recipe (default: PAINT's, their zero-shot heads frozen) and returns theta_ft (the epoch
   checkpoints make it resumable); :func:`start_state` adds to theta_zs what a recipe's lines also
-  interpolate (flyp: the text tower; lp-ft: the patching tasks' heads as ``head::<task>``);
+  interpolate, as the recipe's ``coverage()`` says (the text tower, e.g. flyp; the patching tasks'
+  learned heads as ``head::<task>``, e.g. lp-ft); no recipe is named here;
 - :func:`choose` evaluates the line theta_zs -> theta_ft on validation with the configured
   selection (grid or search, one :class:`paint.selection.SelectionConfig`) and returns the chosen
   alpha, every reported rule's choice and the evaluated points;
@@ -30,9 +31,9 @@ from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
-from paint.train.loop import FitResult
-from paint.train.recipes.flyp import TEXT_TOWER_PREFIXES
-from paint.train.recipes.registry import recipe_flags
+from paint.train.recipes.base import Coverage, is_text_tower_key
+from paint.train.recipes.registry import recipe_names
+from paint.train.record import FitResult
 from paint.types import HEAD_PREFIX, StateDict, head_key, is_head_key, is_image_tower_key
 
 
@@ -99,13 +100,14 @@ def finetune_tower(
     study trains on other images (attacked copies, a subset of counts); each set is still scored
     against its own head.
     """
-    recipe = recipe_flags(cfg)
-    missing = [n for n in names if head_key(n) not in theta_start] if recipe.learns_heads else []
-    if missing or (recipe.text_tower and all(is_image_tower_key(k) for k in theta_start)):
+    covers = cfg.recipe.coverage()
+    missing = [n for n in names if head_key(n) not in theta_start] if covers.learns_heads else []
+    if missing or (covers.text_tower and all(is_image_tower_key(k) for k in theta_start)):
         what = "learns a head per patching task" if missing else "fine-tunes both towers"
+        plain = recipe_names(lambda cls: cls.soupable and cls.covers == Coverage())
         raise PaintError(
-            f"recipe {recipe_label(cfg)} {what}, which this workflow does not carry along (`paint patch`, "
-            "`paint multitask`, `paint transfer` and `paint compare` do); use frozen-head, l2-sp, lora or a soup of those"
+            f"recipe {cfg.recipe.label()} {what}, which this workflow does not carry along (`paint patch`, "
+            f"`paint multitask`, `paint transfer` and `paint compare` do); use {', '.join(plain)} or a soup of those"
         )
     pool.model.load_state_dict({k: v for k, v in theta_start.items() if not is_head_key(k)}, strict=False)
     if sets is None:
@@ -139,16 +141,17 @@ def _training_set(pool: TaskPool, theta: StateDict, name: str, split: str) -> Tr
 
 
 def start_state(pool: TaskPool, theta_zs: StateDict, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
-    """theta_zs as the recipe's lines need it: the image tower, plus the text tower (flyp) or the patching tasks' heads (lp-ft).
+    """theta_zs as the recipe's lines need it: the image tower, plus what its coverage names (the text
+    tower; the patching tasks' heads).
 
     With the default recipe this is ``theta_zs`` itself, so runs and their result keys are unchanged.
     """
-    recipe = recipe_flags(cfg)
+    covers = cfg.recipe.coverage()
     out = dict(theta_zs)
-    if recipe.text_tower:
-        text = pool.model.state_dict().items()  # the towers flyp trains; the logit scale stays out of the line
-        out.update({k: v.detach().clone() for k, v in text if k.startswith(TEXT_TOWER_PREFIXES)})
-    if recipe.learns_heads:
+    if covers.text_tower:
+        text = pool.model.state_dict().items()  # the text tower and projection; the logit scale stays out of the line
+        out.update({k: v.detach().clone() for k, v in text if is_text_tower_key(k)})
+    if covers.learns_heads:
         out.update({head_key(n): pool.task(n).head.detach().float().cpu().clone() for n in pool.names("patch")})
     return out
 
@@ -167,12 +170,6 @@ def save_heads(heads: dict[str, torch.Tensor], path: Path) -> None:
 
     with atomic_path(path) as tmp:
         save_safetensors_file({n: h.contiguous() for n, h in heads.items()}, tmp)
-
-
-def recipe_label(cfg: FinetuneConfig) -> str:
-    """``lp-ft``, or ``soup of lp-ft``."""
-    r = cfg.recipe
-    return f"soup of {r.base.name}" if r.name == "soup" else r.name
 
 
 def choose(

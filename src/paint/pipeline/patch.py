@@ -27,6 +27,7 @@ from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import ClipBundle, save_clip
 from paint.models.families import family_of
+from paint.pipeline.multitask import run_patch_multitask
 from paint.pipeline.operation import (
     Choice,
     choose,
@@ -47,9 +48,11 @@ from paint.pipeline.run import (
     run_fingerprint,
 )
 from paint.pipeline.rundir import run_scope
+from paint.train.checkpoint import TRAINABLE, load_checkpoint_file
 from paint.train.finetune import FinetuneConfig
 from paint.types import StateDict
 from paint.utils import hash_tensors, write_json_atomic
+from paint.weights.ops import complete_state
 
 
 class PatchConfig(ModelRunConfig):
@@ -110,8 +113,6 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
         >>> summary["alpha"], summary["test"]["digits"]["patched"]  # doctest: +SKIP
     """
     if len(cfg.patch_tasks) > 1:
-        from paint.pipeline.multitask import run_patch_multitask
-
         return run_patch_multitask(cfg, resume)
     t_start = time.time()
     out = Path(cfg.output_dir)
@@ -251,8 +252,6 @@ def load_finetuned(run_dir: str | Path, theta_zs: StateDict) -> dict[str, torch.
         >>> theta_ft = load_finetuned("runs/patch-digits", theta_zs)  # doctest: +SKIP
         >>> theta = interpolate(theta_zs, theta_ft, 0.4)  # doctest: +SKIP
     """
-    from paint.train.loop import TRAINABLE, load_checkpoint_file
-    from paint.weights.ops import complete_state
 
     path = Path(run_dir) / "finetune" / "checkpoint" / TRAINABLE
     if not path.is_file():

@@ -21,7 +21,8 @@ import numpy as np
 
 from paint.evaluation.functional import BlockBasis, PenalisedLoss, TaskData, measure_state
 from paint.evaluation.results import ResultKey
-from paint.pipeline.pool import TaskPool, state_id, sweep_point
+from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
+from paint.progress import counter, ticking
 from paint.selection import SelectionConfig
 from paint.selection.blockwise import (
     BlockSearchResult,
@@ -101,8 +102,6 @@ def search_blocks(
     s_data = task_data(pool, support, "val")
     data = p_data + s_data
 
-    from paint.progress import counter, ticking
-
     t0 = time.time()
     # lines and blockwise run for minutes: every validation evaluation advances the progress line
     with counter(f"choose per-block alphas ({cfg.strategy}, val)", total=cfg.max_evals()) as bar:
@@ -138,8 +137,6 @@ def diagonal_sweep(
         m = diag[a]
         if m is None or label_free or any("accuracy" not in v for v in m.values()):
             if basis.n_vectors == 1 and line_id is not None:
-                from paint.pipeline.pool import Line
-
                 m = pool.evaluate_line(Line(basis.theta_zs, basis.thetas[0], line_id), a, "val")
             else:
                 m = pool.evaluate_state(basis.state([a] * basis.size), "val")

@@ -19,11 +19,17 @@ import numpy as np
 import torch
 
 from paint.data.preprocess import ImageSpec, preprocess_array
+from paint.data.registry import load_task
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.evaluation.line import LossData, line_derivative, set_image_tower
 from paint.evaluation.results import MemoryStore, ResultKey, ResultsStore, evaluate_split
+from paint.models.clip import load_clip
+from paint.models.heads import build_head, zeroshot_head
+from paint.pipeline.run import finetune_configs, open_run
+from paint.progress import progress
 from paint.selection.objectives import Measure, TaskMetrics
+from paint.selection.racing import racing_order
 from paint.stats import decode_correct
 from paint.types import HEAD_PREFIX, StateDict, is_head_key, is_image_tower_key
 from paint.utils import hash_tensors
@@ -60,7 +66,6 @@ def pick_device(name: str) -> torch.device:
 
 def load_tasks(specs: Sequence[TaskSpec], role: str) -> list[tuple[str, Any, dict]]:
     """Build every task and check the splits its role needs, before any output is written."""
-    from paint.data.registry import load_task
 
     out = []
     for spec in specs:
@@ -79,8 +84,6 @@ def prepare_tasks(
     num_workers: int | None = None,
 ) -> list[PoolTask]:
     """Preprocess (cached, ``num_workers`` decoding threads) and build the zero-shot head (cached) of every task."""
-    from paint.models.heads import zeroshot_head
-    from paint.progress import progress
 
     prepared = []
     for role, task, info in progress(loaded, desc="prepare tasks (preprocess images, zero-shot heads)", unit="task"):
@@ -148,10 +151,13 @@ class TaskPool:
     need a particular state afterwards load it (see :func:`paint.evaluation.line.set_image_tower`).
 
     Example:
-        >>> from paint import Line, TaskPool
-        >>> pool = TaskPool(bundle.model, bundle.spec, tasks, store)  # doctest: +SKIP
-        >>> pool.evaluate_line(Line.between(theta_zs, theta_ft), 0.4, "val")  # doctest: +SKIP
-        {'digits': {'accuracy': 0.83, 'loss': 0.6, 'n': 239}, 'shapes': {...}}
+        ```python
+        from paint import Line, TaskPool
+
+        pool = TaskPool(bundle.model, bundle.spec, tasks, store)
+        metrics = pool.evaluate_line(Line.between(theta_zs, theta_ft), 0.4, "val")
+        metrics["digits"]["accuracy"]  # per task: accuracy, loss, n and the per-image correctness
+        ```
     """
 
     model: torch.nn.Module
@@ -211,7 +217,6 @@ class TaskPool:
 
     def text_heads(self) -> dict[str, torch.Tensor]:
         """Every task's zero-shot head rebuilt from the model's current text tower (not cached: it moves)."""
-        from paint.models.heads import build_head
 
         if self.bundle is None:
             raise PaintError("this task pool cannot rebuild heads from a text tower (it was made without the model)")
@@ -226,7 +231,6 @@ class TaskPool:
         back. The state is loaded once per alpha: the reader is for one race, during which nothing
         else uses the model.
         """
-        from paint.selection.racing import racing_order
 
         loaded: dict[str, Any] = {}
 
@@ -303,14 +307,11 @@ def load_model_run(cfg: Any, roles: RoleSpecs) -> tuple[Any, list[tuple[str, Any
     recipes). A study checks what else it needs on the loaded tasks, then opens its run
     (:func:`paint.pipeline.run.open_run`) and makes its pool (:func:`new_pool`).
     """
-    from paint.models.clip import load_clip
-    from paint.pipeline.run import finetune_configs
-    from paint.train.recipes.registry import check_recipe_fits_model
 
     loaded = [entry for role, specs in roles for entry in load_tasks(specs, role)]
     bundle = load_clip(cfg.model, cfg.revision, device=pick_device(cfg.device))
     for ft in finetune_configs(cfg):  # what needs the model (LoRA's target layers), before any output
-        check_recipe_fits_model(ft, bundle.model)
+        ft.recipe.check_model(bundle.model)
     return bundle, loaded
 
 
@@ -333,7 +334,6 @@ def start_pool(
 
     ``cfg`` is any run config with model, revision, device, eval_batch_size, num_workers and cache_path.
     """
-    from paint.pipeline.run import open_run
 
     bundle, loaded = load_model_run(cfg, [("patch", patch_specs), ("support", support_specs)])
     open_run(out, cfg, resume, marker)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from paint.plotting import new_figure, save_figure
 from paint.utils import write_text_atomic
 
 
@@ -48,7 +49,6 @@ def plot_tradeoff(
     title: str = "PAINT: accuracy trade-off over alpha (validation)",
 ) -> Path:
     """The paper's figure: patching accuracy against mean support accuracy, one point per alpha."""
-    from paint.plotting import new_figure
 
     xs = [100 * sum(p["val"][t] for t in support) / max(1, len(support)) for p in sweep]
     ys = [100 * sum(p["val"][t] for t in patch) / len(patch) for p in sweep]
@@ -70,7 +70,6 @@ def plot_tradeoff(
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 

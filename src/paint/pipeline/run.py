@@ -90,9 +90,8 @@ def check_recipe_fits_selection(finetune: Any, selection: Any, where: str = "") 
     ``derivative`` differentiates along the image tower only; ``lp-ft`` (learned heads) and ``flyp``
     (the text tower) interpolate more than that. ``where`` prefixes the message (e.g. a recipe label).
     """
-    from paint.train.recipes.registry import recipe_flags
 
-    flags = recipe_flags(finetune)
+    flags = finetune.recipe.coverage()
     if selection.strategy == "derivative" and (flags.text_tower or flags.learns_heads):
         extra = "the text tower" if flags.text_tower else "the patching tasks' learned heads"
         raise ValueError(

@@ -9,6 +9,7 @@ command that compares things takes the same ``seeds:`` setting (:data:`Seeds`): 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,8 @@ from pydantic import AfterValidator, Field
 
 from paint.config import StrictModel
 from paint.data.spec import TaskSpec
+from paint.pipeline.run import check_output_dir
+from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir
 from paint.stats import Correct, decode_correct, image_interval, paired_difference, seed_interval
 
 
@@ -93,10 +96,6 @@ def run_seeds(cfg: Any, resume: bool, marker: str, run_one: Callable[[Any, bool]
     A seed whose ``<out>/seed-<s>/<marker>`` exists is read back on resume; an unfinished one continues.
     Returns each seed's summary, by seed.
     """
-    import json
-
-    from paint.pipeline.run import check_output_dir
-    from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir
 
     out = Path(cfg.output_dir)
     check_output_dir(out, resume, marker)

@@ -51,7 +51,7 @@ from paint.pretraining.build import (
     export_hf,
     load_or_train_tokenizer,
 )
-from paint.train.loop import LoopConfig, fit
+from paint.train.loop import fit
 from paint.utils import append_jsonl, write_json_atomic
 from paint.world.corpus import GENERATOR_VERSION, corpus_batch
 from paint.world.tasks import world_task
@@ -191,7 +191,6 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
     model = build_clip(cfg, tokenizer)
     processor = build_image_processor(cfg, model)
     max_len = int(model.config.text_config.max_position_embeddings)
-    loop_cfg = LoopConfig.from_settings(cfg)
 
     def make_loader(epoch: int) -> torch.utils.data.DataLoader:
         ds = CorpusBatches(cfg, tokenizer, epoch, max_len)
@@ -211,7 +210,7 @@ def pretrain(cfg: PretrainConfig, out_dir: str | Path, resume: bool = False) -> 
         [n for n, _ in model.named_parameters()],
         make_loader,
         LOSSES[cfg.family],
-        loop_cfg,
+        cfg,
         checkpoint_dir=out,
         resume=resume,
         fingerprint=fp,

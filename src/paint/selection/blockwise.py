@@ -238,11 +238,6 @@ def lines_vector(depths: Sequence[float], first: float, last: float, n_vectors: 
     return tile([first + (last - first) * d for d in depths], n_vectors)
 
 
-def default_lines_budget(cfg: SelectionConfig) -> int:
-    """The 2-D grid of ``cfg.points()`` plus 16 refinement evaluations."""
-    return len(cfg.points()) ** 2 + 16
-
-
 def search_lines(
     ev: VectorEvaluator, depths: Sequence[float], cfg: SelectionConfig, n_vectors: int = 1
 ) -> BlockSearchResult:

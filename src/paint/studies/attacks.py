@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from PIL import Image
 
 from paint.data.task import ImageSplit, Task
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import atomic_path, sha256_strings
 from paint.world.lettering import AttackStyle, render_text
 
@@ -119,9 +121,6 @@ def write_attacked_dataset(split: AttackedSplit, out_dir: str | Path, progress: 
     Returns:
         The file names, in source order.
     """
-    from collections import Counter
-
-    from paint.progress import progress as tqdm
 
     labels, texts = split.labels, split.texts
     pairs = Counter(zip(labels.tolist(), texts.tolist()))

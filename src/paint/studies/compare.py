@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import resource
 import threading
 import time
 from collections.abc import Sequence
@@ -26,12 +27,17 @@ from pydantic import Field, field_validator, model_validator
 
 from paint.config import StrictModel, alpha_grid, first_duplicate
 from paint.data.spec import TaskSpec
-from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection, run_fingerprint
+from paint.pipeline.operation import choose, finetune_tower, start_state
+from paint.pipeline.pool import Line, start_pool
+from paint.pipeline.run import ModelRunConfig, check_output_dir, check_recipe_fits_selection, run_fingerprint
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, bound_on_test, run_seeds, test_record
+from paint.plotting import new_figure, save_figure
+from paint.progress import progress
+from paint.studies.compare_stats import write_seeded_reports
 from paint.train.finetune import FinetuneConfig
 from paint.train.recipes.config import RecipeSpec
-from paint.utils import write_json_atomic, write_text_atomic
+from paint.utils import hash_tensors, write_json_atomic, write_text_atomic
 
 RESULT = "result.json"
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -160,8 +166,6 @@ class PeakRSS:
             now = self._now_mb()
             self.peak_mb = max(self.peak_mb, now or 0.0)
         else:
-            import resource
-
             self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
@@ -186,8 +190,6 @@ def run_recipe_entry(
     resume: bool,
 ) -> dict[str, Any]:
     """Fine-tune with one recipe, choose alpha on validation, evaluate its test frontier; return its record."""
-    from paint.pipeline.operation import choose, finetune_tower, start_state
-    from paint.pipeline.pool import Line
 
     names_p, names_s = pool.names("patch"), pool.names("support")
     rcfg = cfg.recipe_config(entry)
@@ -200,7 +202,6 @@ def run_recipe_entry(
     seconds = time.time() - t0
     line = Line.between(theta_zs, theta_ft, f"{entry.name}/")
     choice = choose(pool, line, cfg.selection, names_p, names_s)
-    from paint.progress import progress
 
     frontier = []
     for a in progress(sorted({*cfg.frontier_alphas, choice.alpha}), desc=f"test frontier ({entry.name})"):
@@ -270,7 +271,6 @@ def plot_frontier(
     rows: Sequence[dict[str, Any]], zeroshot: tuple[float, float], eps: float, path: str | Path, title: str = ""
 ) -> Path:
     """Each recipe's test curve in the (support mean, patching mean) plane; zero-shot and chosen points marked."""
-    from paint.plotting import new_figure, save_figure
 
     fig, ax = new_figure(figsize=(6.4, 4.8), dpi=120)
     zp, zs_ = zeroshot
@@ -300,7 +300,6 @@ def run_compare(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
     """
     if cfg.seeds is None:
         return run_one_seed(cfg, resume)
-    from paint.studies.compare_stats import write_seeded_reports
 
     t0 = time.time()
     runs = run_seeds(cfg, resume, MARKER, run_one_seed)
@@ -312,9 +311,6 @@ MARKER = "comparison.json"
 
 def run_one_seed(cfg: CompareConfig, resume: bool = False) -> dict[str, Any]:
     """One comparison run in ``cfg.output_dir`` (every recipe with ``finetune.seed``)."""
-    from paint.pipeline.pool import start_pool
-    from paint.pipeline.run import check_output_dir
-    from paint.utils import hash_tensors
 
     t0 = time.time()
     out = Path(cfg.output_dir)

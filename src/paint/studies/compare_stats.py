@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from paint.pipeline.seeds import fmt_interval, method_summary, methods_markdown, summarise_methods
+from paint.plotting import new_figure, save_figure
 from paint.stats import seed_interval
 from paint.utils import write_json_atomic, write_text_atomic
 
@@ -102,7 +103,6 @@ def mean_frontier(runs: Sequence[Run], label: str) -> list[dict[str, float]]:
 
 def plot_seeded_frontier(runs: Sequence[Run], summary: Mapping[str, Any], path: str | Path) -> Path:
     """Each recipe's mean test curve with error bars over seeds; its chosen points' mean starred."""
-    from paint.plotting import new_figure, save_figure
 
     def half(v: float) -> float:
         return 0.0 if math.isnan(v) else v

@@ -26,16 +26,20 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
+from paint.data.preprocess import preprocess_split
 from paint.data.spec import TaskSpec
 from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
+from paint.evaluation.results import metrics_from_logits, predict
+from paint.models.heads import zeroshot_head
 from paint.pipeline.operation import outcome_record, patch
-from paint.pipeline.pool import load_model_run, new_pool
+from paint.pipeline.pool import PoolTask, load_model_run, new_pool
 from paint.pipeline.run import ModelRunConfig, open_run, run_fingerprint
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, fmt_fraction, interval_leaves, run_seeds
+from paint.plotting import new_figure, save_figure
 from paint.studies.common import capped, demo_finetune
-from paint.train.finetune import FinetuneConfig
+from paint.train.finetune import FinetuneConfig, TrainingSet
 from paint.utils import (
     hash_tensors,
     write_json_atomic,
@@ -243,10 +247,6 @@ def prepare_counting(
     supports: Sequence[Task],
 ) -> CountingData:
     """Preprocess (cached) every split the study uses and build the heads."""
-    from paint.data.preprocess import preprocess_split
-    from paint.models.heads import zeroshot_head
-    from paint.pipeline.pool import PoolTask
-    from paint.train.finetune import TrainingSet
 
     cache = cfg.cache_path / "images"
 
@@ -287,7 +287,6 @@ def counting_test_row(
     kinds: dict[int, str],
 ) -> dict[str, Any]:
     """Test accuracy at one image tower: all, seen counts, each count, held-out kinds, support tasks."""
-    from paint.evaluation.results import metrics_from_logits, predict
 
     pool.load(theta)
     bs = pool.batch_size
@@ -336,7 +335,6 @@ def counting_table(
 
 def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     """Left: test accuracy per count (held-out counts marked); right: validation sweep over alpha."""
-    from paint.plotting import new_figure
 
     fig, (ax1, ax2) = new_figure(1, 2, figsize=(10, 3.8), dpi=120)
     counts = summary["counts"]
@@ -367,7 +365,6 @@ def plot_counting(summary: dict[str, Any], path: str | Path) -> Path:
     ax2.legend(fontsize=6)
     ax2.grid(alpha=0.3)
     fig.suptitle(f"Counting: patched on counts {summary['seen_counts']}", fontsize=9)
-    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 

@@ -15,13 +15,16 @@ mean cross-entropies (see REFERENCE.md, "Choosing the coefficient by loss"):
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from paint.data.preprocess import ImageSpec
+from paint.config import load_config
+from paint.data.preprocess import ImageSpec, normalize
 from paint.errors import PaintError
 from paint.evaluation.line import (
     LossData,
@@ -30,6 +33,12 @@ from paint.evaluation.line import (
     set_image_tower,
     weighted_loss,
 )
+from paint.models.clip import image_features, load_clip
+from paint.pipeline.patch import PatchConfig
+from paint.pipeline.pool import load_tasks, pick_device, prepare_tasks
+from paint.progress import phase, progress
+from paint.train.checkpoint import TRAINABLE, load_checkpoint_file
+from paint.utils import write_json_atomic
 from paint.weights.ops import complete_state
 
 StateDict = Mapping[str, torch.Tensor]
@@ -103,7 +112,6 @@ def backward_knowledge_transfer(
     """BackwardKnowledgeTransfer over ``alphas`` (each in (0, 1]) with the support losses it used."""
     if any(not 0.0 < a <= 1.0 for a in alphas):
         raise PaintError("BackwardKnowledgeTransfer alphas must lie in (0, 1]")
-    from paint.progress import progress
 
     losses = []
     for a in progress([0.0, *alphas], desc="BackwardKnowledgeTransfer: support loss along the line", unit="alpha"):
@@ -140,8 +148,6 @@ def image_embeddings(
     model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, D), the ones the zero-shot head scores."""
-    from paint.data.preprocess import normalize
-    from paint.models.clip import image_features
 
     model.eval()
     device = next(model.parameters()).device
@@ -180,7 +186,6 @@ def transfer_metrics(
     batch_size: int = 256,
 ) -> dict[str, object]:
     """Every metric for one fine-tuned model: GS and BKT on the support tasks (equal weights), CKA per task."""
-    from paint.progress import phase, progress
 
     out: dict[str, object] = {"distance": weight_distance(theta_zs, theta_ft)}
     if support:
@@ -229,19 +234,11 @@ def pair_metrics(
         cka_tasks: TaskSpec of the tasks whose images CKA compares.
         split: which split the metrics use (validation by default).
     """
-    import tempfile
-    from pathlib import Path
-
-    from paint.models.clip import load_clip
-    from paint.pipeline.pool import load_tasks, pick_device, prepare_tasks
 
     bundle = load_clip(zeroshot, device=pick_device(device))
     theta_zs = bundle.image_tower_copy()
     if isinstance(theta_ft, str):
         if theta_ft.endswith(".safetensors"):  # e.g. a run's finetune/checkpoint/trainable.safetensors
-            from paint.errors import PaintError
-            from paint.train.loop import load_checkpoint_file
-
             if not Path(theta_ft).is_file():
                 raise PaintError(f"fine-tuned weights file {theta_ft} does not exist")
             theta_ft = load_checkpoint_file(Path(theta_ft))  # verified when it lies in a checkpoint
@@ -264,13 +261,6 @@ def run_metrics(run_dir: str, split: str = "val", alphas: Sequence[float] = BKT_
     GS and BKT use the run's support tasks, CKA its patching tasks; the result is also written
     to ``<run_dir>/metrics.json``.
     """
-    from pathlib import Path
-
-    from paint.config import load_config
-    from paint.errors import PaintError
-    from paint.pipeline.patch import PatchConfig
-    from paint.train.loop import TRAINABLE, load_checkpoint_file
-    from paint.utils import write_json_atomic
 
     run = Path(run_dir)
     trained = run / "finetune" / "checkpoint" / TRAINABLE

@@ -5,6 +5,7 @@ scikit-learn's logistic regression on L2-normalised features (the ones the zero-
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -38,7 +39,7 @@ def make_probe(c: float, max_iter: int = 2000, seed: int = 0):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter, random_state=seed))
 
 
-def fit_probe(
+def fit_logistic_probe(
     train_x: np.ndarray,
     train_y: np.ndarray,
     val_x: np.ndarray,
@@ -64,7 +65,6 @@ def fit_probe(
     Returns:
         (fitted probe, chosen C, validation accuracy per C). Ties go to the smaller C.
     """
-    import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
@@ -131,12 +131,12 @@ def triage_features(
     """
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1):  # see fit_probe: tiny problems, no BLAS threads
+    with threadpool_limits(limits=1):  # see fit_logistic_probe: tiny problems, no BLAS threads
         return _triage_features(feats, labels, zeroshot_test, shots, draws, cs, threshold, max_iter, seed)
 
 
 def _triage_features(feats, labels, zeroshot_test, shots, draws, cs, threshold, max_iter, seed) -> dict[str, Any]:
-    probe, best_c, val_scores = fit_probe(
+    probe, best_c, val_scores = fit_logistic_probe(
         feats["train"], labels["train"], feats["val"], labels["val"], cs, max_iter, seed
     )
     probe_test = float(probe.score(feats["test"], labels["test"]))
@@ -147,7 +147,7 @@ def _triage_features(feats, labels, zeroshot_test, shots, draws, cs, threshold, 
             idx = kshot_indices(labels["train"], k, seed * 1000 + 97 * k + d)
             if len(np.unique(labels["train"][idx])) < 2:
                 continue
-            p, c, _ = fit_probe(
+            p, c, _ = fit_logistic_probe(
                 feats["train"][idx],
                 labels["train"][idx],
                 feats["val"],

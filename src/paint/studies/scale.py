@@ -34,12 +34,14 @@ from pydantic import Field, model_validator
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
+from paint.models.clip import check_model_name
 from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, comparison_rows, run_mode, start_run
 from paint.pipeline.operation import chosen_state
 from paint.pipeline.pool import Line, TaskPool
 from paint.pipeline.run import RunFields, check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import DEFAULT_IGNORED, RunDir, run_scope
 from paint.pipeline.seeds import Seeds, seed_list
+from paint.studies.metrics import feature_cka
 from paint.studies.scale_report import aggregate, model_labels, plot_scale, scale_markdown, to_json
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
@@ -155,7 +157,6 @@ def support_cka_images(pool: TaskPool, support: Sequence[str], n: int) -> np.nda
 
 def single_patch(ctx: MultitaskRun, name: str, cka_images: int) -> dict[str, Any]:
     """PAINT on one task: fine-tune, choose alpha, test at 0 / chosen / 1, CKA of zs vs ft features."""
-    from paint.studies.metrics import feature_cka
 
     run = sub_run(ctx, [name])
     theta_ft = run.finetune_from(ctx.theta_zs, [name], f"single/{name}/finetune")
@@ -257,10 +258,12 @@ def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None, repor
     """Every (model, seed) cell, then the tables and the figure; returns the summary (``scale.json``).
 
     Example:
-        >>> from paint import ScaleConfig, run_scale
-        >>> summary = run_scale(ScaleConfig(output_dir="runs/scale", seeds=3))  # doctest: +SKIP
-        >>> summary["results"]["paint:medium"]["summary"]["patched_patch"]  # doctest: +SKIP
-        {'mean': 70.1, 'low': 68.0, 'high': 72.2, 'n': 3, 'std': 0.8}
+        ```python
+        from paint import ScaleConfig, run_scale
+
+        summary = run_scale(ScaleConfig(output_dir="runs/scale", seeds=3))
+        summary["results"]["paint:medium"]["summary"]["patched_patch"]  # mean, low, high (95% t), n, std
+        ```
 
     ``report_only``: run no cell; write the reports from the cells finished so far (the others are
     listed as missing), e.g. while a long study is still running elsewhere.
@@ -268,7 +271,6 @@ def run_scale(cfg: ScaleConfig, resume: bool = False, on_cell: Any = None, repor
     t0 = time.time()
     out = Path(cfg.output_dir)
     check_output_dir(out, resume or report_only, MARKER)
-    from paint.models.clip import check_model_name
 
     for m in cfg.models:
         check_model_name(m)

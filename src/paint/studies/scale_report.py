@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from paint.plotting import new_figure, save_figure
 from paint.stats import Interval, seed_interval
 
 
@@ -209,7 +210,6 @@ def plot_scale(agg: Mapping[str, Any], path: str | Path) -> Path:
 
     Each point is the mean over seeds, its bars the 95% interval over seeds on both axes.
     """
-    from paint.plotting import new_figure, save_figure
 
     fig, ax = new_figure(figsize=(6.4, 4.8), dpi=120)
     colours = ["#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377"]

@@ -19,9 +19,13 @@ from pydantic import Field, model_validator
 
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
-from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
+from paint.pipeline.multitask import MultitaskRun, start_run
+from paint.pipeline.operation import choose
+from paint.pipeline.pool import Line
+from paint.pipeline.run import ModelRunConfig, check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, run_seeds
+from paint.plotting import new_figure, save_figure
 from paint.stats import Difference, decode_correct, paired_difference
 from paint.train.finetune import FinetuneConfig
 from paint.utils import write_json_atomic, write_text_atomic
@@ -63,7 +67,6 @@ def matrix_markdown(matrix: Sequence[Sequence[float]], tasks: Sequence[str], alp
 
 def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: str | Path, title: str = "") -> Path:
     """Heatmap of the delta matrix (points), diverging colours centred on 0."""
-    from paint.plotting import new_figure
 
     m = np.asarray(matrix, dtype=float)
     lim = max(1.0, float(np.abs(m).max()))
@@ -87,7 +90,6 @@ def plot_heatmap(matrix: Sequence[Sequence[float]], tasks: Sequence[str], path: 
             )
     fig.colorbar(im, ax=ax, label="accuracy - zero-shot (points)")
     ax.set_title(title or "Broad transfer: accuracy change after patching", fontsize=9)
-    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 
@@ -169,10 +171,6 @@ def write_seeded_transfer(cfg: TransferConfig, runs: dict[int, Any], seconds: fl
 
 def run_transfer_once(cfg: TransferConfig, resume: bool = False) -> dict[str, Any]:
     """One transfer matrix in ``cfg.output_dir`` (with ``finetune.seed``)."""
-    from paint.pipeline.multitask import MultitaskRun, start_run
-    from paint.pipeline.operation import choose
-    from paint.pipeline.pool import Line
-    from paint.pipeline.run import check_output_dir
 
     t0 = time.time()
     out = Path(cfg.output_dir)

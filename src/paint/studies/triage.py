@@ -30,15 +30,24 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from paint.config import NumWorkers, StrictModel, ThreadsSetting
-from paint.data.preprocess import ImageSpec, normalize
+from paint.data.builtin import builtin_task_names
+from paint.data.preprocess import ImageSpec, normalize, preprocess_split
+from paint.data.registry import load_task
 from paint.data.spec import TaskSpec
+from paint.data.task import SubsetSplit
 from paint.errors import PaintError
+from paint.models.clip import image_features, load_clip
+from paint.models.heads import zeroshot_head
 from paint.pipeline.run import run_fingerprint
 from paint.pipeline.rundir import RunDir, run_scope
+from paint.plotting import new_figure, save_figure
+from paint.progress import progress as tqdm
 from paint.studies.probe import DEFAULT_CS, DEFAULT_SHOTS, triage_features, zeroshot_accuracy
 from paint.utils import (
     append_jsonl,
+    hash_tensors,
     read_jsonl,
+    seed_everything,
     write_json_atomic,
     write_text_atomic,
 )
@@ -90,8 +99,6 @@ def extract_features(
     model: torch.nn.Module, images: torch.Tensor, spec: ImageSpec, batch_size: int = 256, desc: str = "features"
 ) -> torch.Tensor:
     """L2-normalised image embeddings (N, D) of uint8 images (N, 3, S, S), with a progress bar."""
-    from paint.models.clip import image_features
-    from paint.progress import progress as tqdm
 
     model.eval()
     device = next(model.parameters()).device
@@ -126,7 +133,6 @@ def triage_table(results: dict[str, dict[str, Any]], shots: Sequence[int], thres
 
 def plot_kshot(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
     """One panel per task: k-shot probe accuracy against k (log2), zero-shot and full probe as lines."""
-    from paint.plotting import new_figure
 
     n = max(1, len(results))
     cols = min(4, n)
@@ -152,7 +158,6 @@ def plot_kshot(results: dict[str, dict[str, Any]], path: str | Path) -> Path:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="lower right")
     fig.suptitle("Linear-probe triage: few-shot probes vs zero-shot", fontsize=10)
-    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 
@@ -164,14 +169,12 @@ def resolve_tasks(cfg: TriageConfig) -> TriageConfig:
     """Fill an empty task list with every built-in task (so the written config is explicit)."""
     if cfg.tasks:
         return cfg
-    from paint.data.builtin import builtin_task_names
 
     return cfg.model_copy(update={"tasks": [TaskSpec(name=n) for n in builtin_task_names()]})
 
 
 def fingerprint_parts(bundle) -> dict[str, str]:
     """Short content hashes of the model's text side and image tower (recorded with results)."""
-    from paint.utils import hash_tensors
 
     return {"text": bundle.text_identity[:16], "image_tower": hash_tensors(bundle.image_tower_state())[:16]}
 
@@ -184,9 +187,6 @@ def _fingerprint(cfg: TriageConfig, bundle) -> str:
 
 def _task_features(bundle, task, cfg: TriageConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
     """Features and labels of train/val/test, and zero-shot test accuracy, for one task."""
-    from paint.data.preprocess import preprocess_split
-    from paint.data.task import SubsetSplit
-    from paint.models.heads import zeroshot_head
 
     cache = Path(cfg.cache_dir) if cfg.cache_dir else None
     feats, labels = {}, {}
@@ -219,9 +219,6 @@ def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
         resume: reuse tasks already finished in ``output_dir/results.jsonl`` by the same config
             and model (without it, an existing results file is refused).
     """
-    from paint.models.clip import load_clip
-    from paint.progress import progress as tqdm
-    from paint.utils import seed_everything
 
     cfg = resolve_tasks(cfg)
     out = Path(cfg.output_dir)
@@ -236,7 +233,6 @@ def run_triage(cfg: TriageConfig, resume: bool = False) -> dict[str, Any]:
         if rec.get("fingerprint") != fingerprint:
             raise PaintError(f"{results_path} was written by a different config or model; use a new output directory")
         done[rec["task"]] = rec["result"]
-    from paint.data.registry import load_task
 
     tasks = []
     for spec in cfg.tasks:  # every task is checked before any output is written

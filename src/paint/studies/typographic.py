@@ -38,11 +38,14 @@ import torch
 from pydantic import Field, model_validator
 
 from paint.config import first_duplicate
+from paint.data.preprocess import preprocess_split
 from paint.data.spec import TaskSpec
 from paint.data.task import Task
 from paint.errors import PaintError
+from paint.evaluation.results import predict
+from paint.models.heads import zeroshot_head
 from paint.pipeline.operation import outcome_record, patch
-from paint.pipeline.pool import load_model_run, new_pool
+from paint.pipeline.pool import PoolTask, load_model_run, new_pool
 from paint.pipeline.run import ModelRunConfig, open_run, run_fingerprint
 from paint.pipeline.rundir import run_scope
 from paint.pipeline.seeds import SeedsSetting, fmt_fraction, interval_leaves, run_seeds
@@ -56,8 +59,8 @@ from paint.studies.attacks import (
 )
 from paint.studies.common import capped, demo_finetune
 from paint.studies.typographic_report import typographic_table, write_typographic_reports
-from paint.train.finetune import FinetuneConfig
-from paint.utils import hash_tensors, write_json_atomic
+from paint.train.finetune import FinetuneConfig, TrainingSet
+from paint.utils import hash_tensors, write_json_atomic, write_text_atomic
 from paint.world.lettering import AttackStyle
 
 
@@ -129,7 +132,6 @@ def write_seeded_typographic(cfg: TypographicConfig, runs: dict[int, Any]) -> di
         "per_seed": {str(s): f"seed-{s}/summary.json" for s in seeds},
     }
     out = Path(cfg.output_dir)
-    from paint.utils import write_text_atomic
 
     write_text_atomic(
         out / "summary.md",
@@ -218,9 +220,6 @@ def prepare_views(
     cfg: TypographicConfig, bundle: Any, role: str, task: Task, k: int, out: Path, resume: bool
 ) -> TaskViews:
     """Preprocess a task's clean and attacked splits (cached) and build its head."""
-    from paint.data.preprocess import preprocess_split
-    from paint.models.heads import zeroshot_head
-    from paint.pipeline.pool import PoolTask
 
     cache = cfg.cache_path / "images"
 
@@ -276,7 +275,6 @@ def write_and_read_back(
 
 def attacked_training_set(cfg: TypographicConfig, task: Task, head: torch.Tensor, pre: Any) -> Any:
     """The patch task's training images, attacked (and clean too with ``train_on: both``), true labels."""
-    from paint.train.finetune import TrainingSet
 
     base_train = capped(task.split("train"), cfg.max_train, cfg.seed, 0xCA9)
     x = pre(AttackedSplit(base_train, task.classnames, cfg.attack, cfg.seed * 7919 + 7))
@@ -288,7 +286,6 @@ def attacked_training_set(cfg: TypographicConfig, task: Task, head: torch.Tensor
 
 def test_views(pool: Any, views: TaskViews, batch_size: int) -> dict[str, Any]:
     """Clean and attacked test metrics (and per held-out style) of one task at the model's current image tower."""
-    from paint.evaluation.results import predict
 
     t = views.test
     lc = predict(pool.model, views.head, t["clean"], pool.spec, batch_size)

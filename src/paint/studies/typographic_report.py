@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from paint.utils import write_json_atomic
+from paint.plotting import new_figure, save_figure
+from paint.utils import write_json_atomic, write_text_atomic
 
 
 def typographic_table(
@@ -56,7 +57,6 @@ def plot_typographic_sweep(
     sweep: list[dict[str, Any]], path: str | Path, chosen: float | None = None, patch_task: str | None = None
 ) -> Path:
     """Validation accuracy against alpha: solid = clean, dashed = attacked, one colour per task."""
-    from paint.plotting import new_figure
 
     alphas = [pt["alpha"] for pt in sweep]
     tasks = sorted({n.rsplit("/", 1)[0] for n in sweep[0]["val"]})
@@ -83,13 +83,11 @@ def plot_typographic_sweep(
     ax.set_title("Typographic attack: clean (solid) vs attacked (dashed)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="best")
-    from paint.plotting import save_figure
 
     return save_figure(fig, path)
 
 
 def write_typographic_reports(out: Path, summary: dict[str, Any]) -> None:
-    from paint.utils import write_text_atomic
 
     plot_typographic_sweep(summary["sweep"], out / "sweep.png", summary["alpha"], summary["patch_task"])
     text = "\n".join(

@@ -6,9 +6,10 @@ parameter is added: the classifier is the frozen zero-shot head, so the fine-tun
 compatible with the text side and can be interpolated with the zero-shot one. Several tasks at
 once (joint patching) are scored each against its own head.
 
-Other recipes (``finetune.recipe``: lp-ft, flyp, l2-sp, lora, soup; :mod:`paint.train.recipes`)
-change how the tower is trained, not what comes out: new weights in the model (flyp: both towers),
-so the interpolation, selection and reports downstream are the same.
+Other recipes (``finetune.recipe``, any registered in :mod:`paint.train.recipes`) change how the
+tower is trained, not what comes out: new weights in the model (and what else the recipe's
+:meth:`~paint.train.recipes.base.Recipe.coverage` names), so the interpolation, selection and
+reports downstream are the same.
 """
 
 from __future__ import annotations
@@ -20,38 +21,13 @@ import numpy as np
 import torch
 
 from paint.data.preprocess import ImageSpec
-from paint.train.recipes.base import (
-    FrozenHeadLoss,
-    RecipeContext,
-    RecipeResult,
-    TrainingSet,
-    augment_generator,
-    image_tower_names,
-)
+from paint.evaluation.results import evaluate_split
+from paint.train.data import TrainingSet
+from paint.train.recipes.base import RecipeContext, RecipeResult
 from paint.train.recipes.config import FinetuneConfig
-from paint.train.recipes.registry import run_recipe
 
-__all__ = [
-    "FinetuneConfig",
-    "FrozenHeadLoss",
-    "RecipeResult",
-    "TrainingSet",
-    "augment_generator",
-    "finetune",
-    "image_tower_names",
-    "make_loss",
-]
-
-
-def make_loss(
-    heads: list[torch.Tensor],
-    spec: ImageSpec,
-    label_smoothing: float,
-    augment: str = "none",
-    seed: int = 0,
-) -> FrozenHeadLoss:
-    """Mean cross-entropy of each sample against its own task's frozen head (augmentation reseeded per epoch)."""
-    return FrozenHeadLoss(heads, spec, label_smoothing, augment, seed)
+# The entry point and the types its callers need, in one import.
+__all__ = ["FinetuneConfig", "RecipeResult", "TrainingSet", "finetune"]
 
 
 def finetune(
@@ -95,14 +71,13 @@ def finetune(
     ctx = RecipeContext(
         model, list(sets), spec, cfg, out_dir, resume, fingerprint, on_epoch_end, tuple(val_sets), tokenizer
     )
-    return run_recipe(ctx)
+    return cfg.recipe.run(ctx)
 
 
 def validation_accuracy(
     val_sets: Sequence[TrainingSet], spec: ImageSpec
 ) -> Callable[[int, torch.nn.Module], dict[str, float]]:
     """An epoch-end callback: each task's validation accuracy against its head (``val_accuracy/<task>``)."""
-    from paint.evaluation.results import evaluate_split
 
     def measure(epoch: int, model: torch.nn.Module) -> dict[str, float]:
         return {

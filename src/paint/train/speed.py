@@ -48,6 +48,19 @@ def resolve_precision(requested: str, device_type: str, bf16_ok: bool) -> str:
     return requested
 
 
+def autocast_dtype(precision: str, device_type: str) -> torch.dtype | None:
+    """The dtype the training loop autocasts to for a resolved precision; None: no autocast (fp32).
+
+    ``"fp16"`` autocasts on an accelerator only (with a gradient scaler): on a CPU it trains in
+    fp32, as Accelerate's own mixed precision did there.
+    """
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16" and device_type != "cpu":
+        return torch.float16
+    return None
+
+
 def resolve_tf32(requested: bool | None, device_type: str) -> bool:
     """Whether fp32 matmuls and convolutions may use TF32 tensor cores: on CUDA unless turned off; never elsewhere."""
     if device_type != "cuda":

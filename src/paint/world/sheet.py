@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from paint.plotting import new_figure, save_figure
 from paint.world import render as R
 from paint.world.corpus import corpus_pair
+from paint.world.tasks import world_task
 
 ROWS: tuple[tuple[str, str], ...] = (
     ("shapes", "one shape, any colour and background"),
@@ -44,7 +46,6 @@ def _row_of(pair) -> str | None:
 
 def sample_rows(seed: int = 0, per_row: int = 8, max_pairs: int = 5000) -> dict[str, list[tuple[Image.Image, str]]]:
     """Row title -> (image, caption) samples, taken in corpus order (deterministic by seed)."""
-    from paint.world.tasks import world_task
 
     rows: dict[str, list[tuple[Image.Image, str]]] = {title: [] for title, _ in ROWS}
     for i in range(max_pairs):
@@ -61,7 +62,6 @@ def sample_rows(seed: int = 0, per_row: int = 8, max_pairs: int = 5000) -> dict[
 
 def contact_sheet(path: str | Path, seed: int = 0, per_row: int = 8) -> Path:
     """Draw :func:`sample_rows` as a grid of images with captions and write a PNG atomically."""
-    from paint.plotting import new_figure, save_figure
 
     rows = sample_rows(seed, per_row)
     fig, axes = new_figure(len(ROWS), per_row, figsize=(per_row * 1.55, len(ROWS) * 1.9), dpi=110)

@@ -22,6 +22,7 @@ from PIL import Image
 from paint.data.images import check_image
 from paint.data.task import FileSplit, ImageSplit
 from paint.errors import PaintError
+from paint.progress import progress as tqdm
 from paint.utils import sha256_strings
 
 log = logging.getLogger("paint.data")
@@ -106,7 +107,6 @@ def filter_readable(
     Returns:
         (kept paths, kept labels, number dropped).
     """
-    from paint.progress import progress as tqdm
 
     checked = tqdm(paths, desc=f"check {where}", unit="file", leave=False, disable=len(paths) < 5000)
     results = [check_image(p) for p in checked]

@@ -11,6 +11,7 @@ both, and whoever scores the line rebuilds every task's head from the interpolat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,16 +19,19 @@ import torch.nn.functional as F
 from paint.data.preprocess import ImageSpec, normalize
 from paint.errors import PaintError
 from paint.models.clip import image_features, text_features
+from paint.train.data import TrainingSet
 from paint.train.recipes.base import (
+    Coverage,
+    Recipe,
     RecipeContext,
     RecipeResult,
-    TrainingSet,
     as_result,
     count_params,
     fit_tower,
+    image_tower_names,
+    is_text_tower_key,
 )
-
-TEXT_TOWER_PREFIXES = ("text_model.", "text_projection.")
+from paint.train.recipes.registry import register
 
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -86,21 +90,32 @@ class FlypLoss:
         return contrastive_loss(image_features(model, pixels), text_features(model, ids, mask), model.logit_scale)
 
 
-def both_tower_names(model: torch.nn.Module) -> list[str]:
-    """Every parameter of both towers and projections; the logit scale stays frozen."""
-    from paint.types import is_image_tower_key
+@register
+class FlypRecipe(Recipe):
+    """Contrastive fine-tuning of both towers, the class prompts as captions; the line covers both towers.
 
-    return [n for n, _ in model.named_parameters() if is_image_tower_key(n) or n.startswith(TEXT_TOWER_PREFIXES)]
+    Each image is paired with one of its class's prompts (a template drawn per image and epoch);
+    the loss is CLIP's symmetric contrastive loss over the batch. The logit scale stays frozen.
+    Heads on the line are rebuilt from the interpolated text tower.
+    """
 
+    name: Literal["flyp"] = "flyp"
+    paper: ClassVar[str] = "Goyal et al. 2023, Finetune like you pretrain (arXiv:2212.00638)"
+    covers: ClassVar[Coverage] = Coverage(text_tower=True)
+    soupable: ClassVar[bool] = False  # a soup averages image towers only
+    desc: ClassVar[str] = "fine-tune (flyp)"
 
-def run_flyp(ctx: RecipeContext) -> RecipeResult:
-    """Contrastive fine-tuning of both towers on (image, class prompt) pairs."""
-    if ctx.tokenizer is None:
-        raise PaintError("flyp needs the model's tokenizer to caption the images")
-    max_len = getattr(ctx.model.config.text_config, "max_position_embeddings", 77)
-    table, layout = caption_table(ctx.sets, ctx.tokenizer, max_len)
-    names = both_tower_names(ctx.model)
-    fit = fit_tower(ctx, names, FlypLoss(table, layout, ctx.spec, ctx.cfg.seed), desc="fine-tune (flyp)")
-    result = as_result(fit, "flyp", count_params(ctx.model, names), info={"captions": len(table["input_ids"])})
-    result.text_tower = True
-    return result
+    def trainable(self, model: torch.nn.Module) -> list[str]:
+        """Every parameter of both towers and projections; the logit scale stays frozen."""
+        image = set(image_tower_names(model))
+        return [n for n, _ in model.named_parameters() if n in image or is_text_tower_key(n)]
+
+    def run(self, ctx: RecipeContext) -> RecipeResult:
+        """Contrastive fine-tuning of both towers on (image, class prompt) pairs."""
+        if ctx.tokenizer is None:
+            raise PaintError("flyp needs the model's tokenizer to caption the images")
+        max_len = getattr(ctx.model.config.text_config, "max_position_embeddings", 77)
+        table, layout = caption_table(ctx.sets, ctx.tokenizer, max_len)
+        names = self.trainable(ctx.model)
+        fit = fit_tower(ctx, names, FlypLoss(table, layout, ctx.spec, ctx.cfg.seed), self.desc)
+        return as_result(fit, self.name, count_params(ctx.model, names), info={"captions": len(table["input_ids"])})

@@ -10,13 +10,15 @@ without an adapter (norms, embeddings, biases) stay bit-identical to theta_zs.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from paint.errors import PaintError
-from paint.train.recipes.base import RecipeContext, RecipeResult, as_result, count_params, fit_tower, frozen_head_loss
-from paint.train.recipes.config import LoraRecipe
+from paint.train.recipes.base import Recipe, RecipeContext, RecipeResult, as_result, count_params, fit_tower
+from paint.train.recipes.registry import register
 from paint.types import is_image_tower_key
 
 ADAPTER = "default"
@@ -38,9 +40,45 @@ def lora_targets(model: nn.Module, names: Sequence[str]) -> list[str]:
     return found
 
 
+@register
+class LoraRecipe(Recipe):
+    """Low-rank adapters (through peft) on the image tower's projections; the merged delta is theta_ft - theta_zs."""
+
+    name: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0, description="peft's lora_alpha: the delta is scaled by lora_alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        min_length=1,
+        description="names of the image tower's Linear layers that get adapters",
+    )
+    paper: ClassVar[str] = "Hu et al. 2021, LoRA: Low-Rank Adaptation of Large Language Models (arXiv:2106.09685)"
+
+    def check_model(self, model: nn.Module) -> None:
+        lora_targets(model, self.target_modules)
+
+    def run(self, ctx: RecipeContext) -> RecipeResult:
+        """Train LoRA adapters on the image tower; leave theta_zs + merged delta in the model."""
+        start = {k: v.detach().clone() for k, v in ctx.model.state_dict().items() if is_image_tower_key(k)}
+        targets = inject_lora(ctx.model, self, ctx.cfg.seed)
+        try:
+            trainable = lora_trainable(ctx.model)
+            n_trainable = count_params(ctx.model, trainable)
+            fit = fit_tower(ctx, trainable, self.loss(ctx))
+            deltas = merged_deltas(ctx.model, targets)
+        finally:
+            remove_lora(ctx.model, targets)
+        merged = {k: (start[k].float() + d).to(start[k].dtype) for k, d in deltas.items()}
+        ctx.model.load_state_dict({**start, **merged}, strict=False)
+        tower = sum(v.numel() for v in start.values() if v.is_floating_point())
+        info = {"rank": self.rank, "lora_alpha": self.lora_alpha, "adapted_layers": len(targets), "tower_params": tower}
+        return as_result(fit, self.name, n_trainable, info=info)
+
+
 def inject_lora(model: nn.Module, spec: LoraRecipe, seed: int = 0) -> list[str]:
     """Add peft LoRA adapters in place (A seeded by ``seed``, B zero); return the adapted layers' names."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig, inject_adapter_in_model  # heavy (seconds to import); only this recipe uses it
 
     targets = lora_targets(model, spec.target_modules)
     config = LoraConfig(r=spec.rank, lora_alpha=spec.lora_alpha, lora_dropout=spec.dropout, target_modules=targets)
@@ -79,27 +117,3 @@ def remove_lora(model: nn.Module, targets: Sequence[str]) -> None:
 
 def lora_trainable(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if ".lora_" in n]
-
-
-def run_lora(ctx: RecipeContext) -> RecipeResult:
-    """Train LoRA adapters on the image tower; leave theta_zs + merged delta in the model."""
-    spec = ctx.cfg.recipe
-    assert isinstance(spec, LoraRecipe)
-    start = {k: v.detach().clone() for k, v in ctx.model.state_dict().items() if is_image_tower_key(k)}
-    targets = inject_lora(ctx.model, spec, ctx.cfg.seed)
-    try:
-        trainable = lora_trainable(ctx.model)
-        n_trainable = count_params(ctx.model, trainable)
-        fit = fit_tower(ctx, trainable, frozen_head_loss(ctx))
-        deltas = merged_deltas(ctx.model, targets)
-    finally:
-        remove_lora(ctx.model, targets)
-    merged = {k: (start[k].float() + d).to(start[k].dtype) for k, d in deltas.items()}
-    ctx.model.load_state_dict({**start, **merged}, strict=False)
-    tower = sum(v.numel() for v in start.values() if v.is_floating_point())
-    return as_result(
-        fit,
-        "lora",
-        n_trainable,
-        info={"rank": spec.rank, "lora_alpha": spec.lora_alpha, "adapted_layers": len(targets), "tower_params": tower},
-    )

@@ -13,24 +13,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from safetensors.torch import load_file, save_file
 
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.rows import read_rows
 from paint.errors import PaintError
 from paint.models.clip import image_features
 from paint.train.recipes.base import (
+    Coverage,
+    Recipe,
     RecipeContext,
     RecipeResult,
     as_result,
     count_params,
     fit_tower,
     frozen_head_loss,
-    image_tower_names,
 )
+from paint.train.recipes.registry import register
 from paint.utils import atomic_path
 
 PROBE_HEADS = "probe-heads.safetensors"
@@ -89,8 +94,6 @@ def fit_probe(
 
 
 def _load_heads(path: Path, names: Sequence[str]) -> dict[str, torch.Tensor] | None:
-    from safetensors.torch import load_file
-
     try:
         heads = load_file(str(path))
     except Exception as e:  # a damaged file: refit (the probe is deterministic)
@@ -98,30 +101,42 @@ def _load_heads(path: Path, names: Sequence[str]) -> dict[str, torch.Tensor] | N
     return heads if set(heads) == set(names) else None
 
 
-def run_lpft(ctx: RecipeContext) -> RecipeResult:
-    """Linear probe from the zero-shot heads, then fine-tune the image tower against the learned heads."""
-    spec = ctx.cfg.recipe
-    names = [s.name for s in ctx.sets]
-    path = ctx.out_dir / PROBE_HEADS if ctx.out_dir is not None else None
-    heads = _load_heads(path, names) if (path is not None and ctx.resume and path.is_file()) else None
-    if heads is None:
+@register
+class LPFTRecipe(Recipe):
+    """Linear probe (heads fitted on frozen features, from the zero-shot heads) then fine-tune against them."""
+
+    name: Literal["lp-ft"] = "lp-ft"
+    probe_steps: int = Field(100, ge=1, description="L-BFGS iterations of the linear probe")
+    probe_l2: float = Field(0.0, ge=0, description="weight of ||W - W_zs||^2 in the probe's loss")
+    paper: ClassVar[str] = "Kumar et al. 2022, Fine-Tuning can Distort Pretrained Features (arXiv:2202.10054)"
+    covers: ClassVar[Coverage] = Coverage(learns_heads=True)
+
+    def probe_heads(self, ctx: RecipeContext) -> dict[str, torch.Tensor]:
+        """Each patching task's learned head: read back on resume, else fitted and written beside the checkpoint."""
+        names = [s.name for s in ctx.sets]
+        path = ctx.out_dir / PROBE_HEADS if ctx.out_dir is not None else None
+        heads = _load_heads(path, names) if (path is not None and ctx.resume and path.is_file()) else None
+        if heads is not None:
+            return heads
         heads = {}
         for s in ctx.sets:
             feats = probe_features(ctx.model, s.images, ctx.spec)
-            heads[s.name] = fit_probe(feats, s.labels, s.head, spec.probe_steps, spec.probe_l2)  # type: ignore[union-attr]
+            heads[s.name] = fit_probe(feats, s.labels, s.head, self.probe_steps, self.probe_l2)
         if path is not None:
-            from safetensors.torch import save_file
-
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
                 save_file({k: v.contiguous() for k, v in heads.items()}, str(tmp))
-    tower = image_tower_names(ctx.model)
-    fit = fit_tower(ctx, tower, frozen_head_loss(ctx, [heads[n] for n in names]))
-    probe_params = sum(int(h.numel()) for h in heads.values())
-    return as_result(
-        fit,
-        "lp-ft",
-        count_params(ctx.model, tower),
-        heads={k: v.clone() for k, v in heads.items()},
-        info={"probe_params": probe_params, "heads_file": PROBE_HEADS},
-    )
+        return heads
+
+    def run(self, ctx: RecipeContext) -> RecipeResult:
+        """Linear probe from the zero-shot heads, then fine-tune the image tower against the learned heads."""
+        heads = self.probe_heads(ctx)
+        tower = self.trainable(ctx.model)
+        fit = fit_tower(ctx, tower, frozen_head_loss(ctx, [heads[s.name] for s in ctx.sets]))
+        return as_result(
+            fit,
+            self.name,
+            count_params(ctx.model, tower),
+            heads={k: v.clone() for k, v in heads.items()},
+            info={"probe_params": sum(int(h.numel()) for h in heads.values()), "heads_file": PROBE_HEADS},
+        )

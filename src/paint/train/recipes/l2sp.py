@@ -1,28 +1,15 @@
-"""Recipes that train every image-tower tensor against frozen heads: frozen-head (PAINT) and L2-SP."""
+"""L2-SP (Li et al. 2018): frozen-head plus a pull toward theta_zs, the start of the fine-tune."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 
-from paint.train.recipes.base import (
-    FrozenHeadLoss,
-    RecipeContext,
-    RecipeResult,
-    as_result,
-    count_params,
-    fit_tower,
-    frozen_head_loss,
-    image_tower_names,
-)
-
-
-def run_frozen_head(ctx: RecipeContext) -> RecipeResult:
-    """PAINT: cross-entropy against each task's frozen zero-shot head; only the image tower trains."""
-    names = image_tower_names(ctx.model)
-    fit = fit_tower(ctx, names, frozen_head_loss(ctx))
-    return as_result(fit, "frozen-head", count_params(ctx.model, names))
+from paint.train.loop import LossFn
+from paint.train.recipes.base import FrozenHeadLoss, Recipe, RecipeContext, frozen_head_loss
+from paint.train.recipes.registry import register
 
 
 class L2SPLoss:
@@ -58,11 +45,22 @@ class L2SPLoss:
         return loss + self.strength * self.penalty(model)
 
 
-def run_l2sp(ctx: RecipeContext) -> RecipeResult:
-    """L2-SP (Li et al. 2018): frozen-head plus a pull toward theta_zs, the start of the fine-tune."""
-    names = image_tower_names(ctx.model)
-    params = dict(ctx.model.named_parameters())
-    anchors = {n: params[n].detach().clone() for n in names}
-    strength = float(ctx.cfg.recipe.strength)  # type: ignore[union-attr]
-    fit = fit_tower(ctx, names, L2SPLoss(frozen_head_loss(ctx), anchors, strength))
-    return as_result(fit, "l2-sp", count_params(ctx.model, names), info={"strength": strength})
+@register
+class L2SPRecipe(Recipe):
+    """Frozen-head plus ``strength * ||theta - theta_zs||^2`` over the trained image-tower tensors.
+
+    ``strength`` is the paper's lambda (a sum over every tensor, not a mean); AdamW's own weight
+    decay still applies as configured (set ``weight_decay: 0`` for the paper's form).
+    """
+
+    name: Literal["l2-sp"] = "l2-sp"
+    strength: float = Field(0.01, ge=0, description="lambda of the L2-SP penalty")
+    paper: ClassVar[str] = "Li et al. 2018, Explicit Inductive Bias for Transfer Learning with CNNs (arXiv:1802.01483)"
+
+    def loss(self, ctx: RecipeContext) -> LossFn:
+        params = dict(ctx.model.named_parameters())
+        anchors = {n: params[n].detach().clone() for n in self.trainable(ctx.model)}
+        return L2SPLoss(frozen_head_loss(ctx), anchors, float(self.strength))
+
+    def info(self) -> dict[str, Any]:
+        return {"strength": float(self.strength)}
