@@ -388,6 +388,7 @@ def test_pretrain_a_tiny_siglip_lowers_the_sigmoid_loss_and_ships(tmp_path):
 
 def test_demo_takes_the_model_to_patch(monkeypatch, tmp_path):
     from paint.cli import main
+    from paint.commands import demo as demo_command
     from paint.studies import demo
 
     seen = {}
@@ -396,7 +397,7 @@ def test_demo_takes_the_model_to_patch(monkeypatch, tmp_path):
         seen["model"] = model
         raise PaintError("stop here")
 
-    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.setattr(demo_command, "run_demo", fake_run_demo)  # the command's own reference to the study
     assert main(["demo", "--quick", "--output-dir", str(tmp_path / "d"), "--model", "paint:siglip"]) == 2
     assert seen["model"] == "paint:siglip"
     assert demo.demo_config(tmp_path, quick=True, model="paint:siglip").model == "paint:siglip"

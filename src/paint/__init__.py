@@ -60,10 +60,13 @@ _API: dict[str, str] = {
     "function_evaluator": "paint.selection.evaluator",
     # fine-tuning
     "FinetuneConfig": "paint.train.recipes.config",
+    "Recipe": "paint.train.recipes.base",
+    "Coverage": "paint.train.recipes.base",
     "finetune": "paint.train.finetune",
     # the pipeline: task pool, the patch operation, the runs
     "TaskPool": "paint.pipeline.pool",
     "Line": "paint.pipeline.pool",
+    "PatchState": "paint.types",
     "choose": "paint.pipeline.operation",
     "PatchConfig": "paint.pipeline.patch",
     "run_patch": "paint.pipeline.patch",

@@ -27,14 +27,21 @@ from typing import Any
 import torch
 
 from paint.errors import PaintError
+from paint.pipeline.perblock import basis_for, block_record, diagonal_sweep, search_blocks
 from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
+from paint.progress import counter, phase, ticking
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
+from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
+from paint.selection.racing import RaceSettings, race_grid
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.recipes.base import Coverage, is_text_tower_key
 from paint.train.recipes.registry import recipe_names
 from paint.train.record import FitResult
-from paint.types import HEAD_PREFIX, StateDict, head_key, is_head_key, is_image_tower_key
+from paint.types import PatchState, StateDict
+from paint.utils import atomic_path
+from paint.weights.blocks import interpolate_blocks, mean_alpha
+from paint.weights.writer import save_safetensors_file
 
 
 @dataclass(frozen=True)
@@ -68,17 +75,15 @@ class PatchOutcome:
     timing_s: dict[str, float] = field(default_factory=dict)
 
     @property
-    def theta(self) -> dict:
-        """The patched image tower at the chosen alpha (or per-block alphas)."""
+    def theta(self) -> PatchState:
+        """The patched state at the chosen alpha (or per-block alphas)."""
         return chosen_state(self.line, self.choice)
 
 
-def chosen_state(line: Line, choice: Choice) -> dict:
-    """The patched image tower: theta(alpha) on ``line``, or per block with the chosen block alphas."""
+def chosen_state(line: Line, choice: Choice) -> PatchState:
+    """The patched state: theta(alpha) on ``line``, or per block with the chosen block alphas."""
     if choice.block_alphas is not None:
-        from paint.weights.blocks import interpolate_blocks
-
-        return interpolate_blocks(line.theta_zs, line.theta_ft, choice.block_alphas[0])
+        return PatchState.of(interpolate_blocks(line.theta_zs, line.theta_ft, choice.block_alphas[0]))
     return line.at(choice.alpha)
 
 
@@ -91,7 +96,7 @@ def finetune_tower(
     resume: bool,
     fingerprint: str,
     sets: Sequence[TrainingSet] | None = None,
-) -> tuple[dict, RecipeResult]:
+) -> tuple[PatchState, RecipeResult]:
     """Fine-tune from ``theta_start`` on the named pool tasks jointly with ``cfg.recipe``; return (theta_ft, record).
 
     ``theta_ft`` has the keys of ``theta_start``: the image tower, and what :func:`start_state` adds
@@ -100,19 +105,19 @@ def finetune_tower(
     study trains on other images (attacked copies, a subset of counts); each set is still scored
     against its own head.
     """
-    covers = cfg.recipe.coverage()
-    missing = [n for n in names if head_key(n) not in theta_start] if covers.learns_heads else []
-    if missing or (covers.text_tower and all(is_image_tower_key(k) for k in theta_start)):
+    covers, start = cfg.recipe.coverage(), PatchState.of(theta_start)
+    missing = [n for n in names if n not in start.heads] if covers.learns_heads else []
+    if missing or (covers.text_tower and not start.text):
         what = "learns a head per patching task" if missing else "fine-tunes both towers"
         plain = recipe_names(lambda cls: cls.soupable and cls.covers == Coverage())
         raise PaintError(
             f"recipe {cfg.recipe.label()} {what}, which this workflow does not carry along (`paint patch`, "
             f"`paint multitask`, `paint transfer` and `paint compare` do); use {', '.join(plain)} or a soup of those"
         )
-    pool.model.load_state_dict({k: v for k, v in theta_start.items() if not is_head_key(k)}, strict=False)
+    pool.model.load_state_dict(start.model_tensors(), strict=False)
     if sets is None:
-        sets = [_training_set(pool, theta_start, n, "train") for n in names]
-    val = [_training_set(pool, theta_start, n, "val") for n in names]
+        sets = [_training_set(pool, start, n, "train") for n in names]
+    val = [_training_set(pool, start, n, "val") for n in names]
     fit = finetune(
         pool.model,
         list(sets),
@@ -125,48 +130,44 @@ def finetune_tower(
         tokenizer=getattr(pool.bundle, "tokenizer", None),
     )
     state = pool.model.state_dict()
-    learned = {head_key(n): h for n, h in fit.heads.items()}
-    theta_ft = {}
-    for k, v in theta_start.items():
-        new = learned.get(k, state.get(k, v))  # a head no one learned (another task's) stays as it was
-        theta_ft[k] = new.detach().to(v.dtype).clone()
-    return theta_ft, fit
+
+    def after(part: StateDict, new: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: new.get(k, v).detach().to(v.dtype).clone() for k, v in part.items()}
+
+    # a head no one learned (another task's) stays as it was
+    return PatchState(after(start.image, state), after(start.text, state), after(start.heads, fit.heads)), fit
 
 
 def _training_set(pool: TaskPool, theta: StateDict, name: str, split: str) -> TrainingSet:
     """A pool task's split with its current head (a learned one the state carries, else the zero-shot one)."""
     t = pool.task(name)
-    head = theta.get(head_key(name), t.head)
+    head = PatchState.of(theta).heads.get(name, t.head)
     return TrainingSet(name, t.images[split], t.labels[split], head, t.classnames, t.templates)
 
 
-def start_state(pool: TaskPool, theta_zs: StateDict, cfg: FinetuneConfig) -> dict[str, torch.Tensor]:
+def start_state(pool: TaskPool, theta_zs: StateDict, cfg: FinetuneConfig) -> PatchState:
     """theta_zs as the recipe's lines need it: the image tower, plus what its coverage names (the text
-    tower; the patching tasks' heads).
+    tower; the patching tasks' zero-shot heads, which lp-ft learns from).
 
-    With the default recipe this is ``theta_zs`` itself, so runs and their result keys are unchanged.
+    With the default recipe this is the image tower alone, so runs and their result keys are unchanged.
     """
     covers = cfg.recipe.coverage()
-    out = dict(theta_zs)
-    if covers.text_tower:
-        text = pool.model.state_dict().items()  # the text tower and projection; the logit scale stays out of the line
-        out.update({k: v.detach().clone() for k, v in text if is_text_tower_key(k)})
+    text, heads = {}, {}
+    if covers.text_tower:  # the text tower and projection; the logit scale stays out of the line
+        text = {k: v.detach().clone() for k, v in pool.model.state_dict().items() if is_text_tower_key(k)}
     if covers.learns_heads:
-        out.update({head_key(n): pool.task(n).head.detach().float().cpu().clone() for n in pool.names("patch")})
-    return out
+        heads = {n: pool.task(n).head.detach().float().cpu().clone() for n in pool.names("patch")}
+    return PatchState(PatchState.of(theta_zs).image, text, heads)
 
 
 def split_heads(theta: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(model tensors, learned heads by task) of a state: the heads have no place in a CLIP checkpoint."""
-    model = {k: v for k, v in theta.items() if not is_head_key(k)}
-    heads = {k[len(HEAD_PREFIX) :]: v for k, v in theta.items() if is_head_key(k)}
-    return model, heads
+    st = PatchState.of(theta)
+    return st.model_tensors(), dict(st.heads)
 
 
 def save_heads(heads: dict[str, torch.Tensor], path: Path) -> None:
     """Learned heads (C, D) by task name, as safetensors (atomic)."""
-    from paint.utils import atomic_path
-    from paint.weights.writer import save_safetensors_file
 
     with atomic_path(path) as tmp:
         save_safetensors_file({n: h.contiguous() for n, h in heads.items()}, tmp)
@@ -194,8 +195,6 @@ def choose(
         >>> choice = choose(pool, line, SelectionConfig(), ["digits"], ["shapes", "colours"])  # doctest: +SKIP
         >>> choice.alpha, choice.candidates["constrained-each"]["alpha"]  # doctest: +SKIP
     """
-    from paint.progress import counter, ticking
-    from paint.selection.blockwise import is_block_choice
 
     if is_block_choice(cfg):
         if not per_block:
@@ -230,8 +229,6 @@ def choose_by_race(
 ) -> Choice:
     """The grid's choice by racing (``selection.race``): candidates read growing image subsets
     (:mod:`paint.selection.racing`); the sweep holds alpha 0 and the survivors, which read every image."""
-    from paint.progress import phase
-    from paint.selection.racing import RaceSettings, race_grid
 
     sizes = {t: len(pool.task(t).labels["val"]) for t in (*patch, *support)}
     settings = RaceSettings(**cfg.race.model_dump())
@@ -267,8 +264,6 @@ def choose_blocks(
     line_id: str | None = None,
 ) -> Choice:
     """Choose one alpha per block (and per task vector in ``thetas``) as ``cfg`` says (lines, blockwise, entropy)."""
-    from paint.pipeline.perblock import basis_for, block_record, diagonal_sweep, search_blocks
-    from paint.weights.blocks import mean_alpha
 
     basis = basis_for(theta_zs, thetas)
     result, cost = search_blocks(pool, basis, cfg, patch, support, reference)

@@ -34,7 +34,6 @@ from paint.pipeline.operation import (
     chosen_state,
     finetune_tower,
     save_heads,
-    split_heads,
     start_state,
     test_at,
 )
@@ -134,7 +133,7 @@ def run_patch(cfg: PatchConfig, resume: bool = False) -> dict[str, Any]:
     t_sweep = time.time()
     chosen = chosen_state(line, choice)  # theta(alpha) or per-block; flyp: + text tower; lp-ft: + heads
     test = test_chosen(pool, line, choice, chosen)
-    patched, heads = split_heads(chosen)
+    patched, heads = chosen.model_tensors(), chosen.heads
     pool.load(patched)
     timing = {"finetune": t_ft - t_start, "sweep": t_sweep - t_ft, "total": time.time() - t_start}
     summary = patch_summary(cfg, pool, choice, test, fit, timing)

@@ -31,7 +31,7 @@ from paint.progress import progress
 from paint.selection.objectives import Measure, TaskMetrics
 from paint.selection.racing import racing_order
 from paint.stats import decode_correct
-from paint.types import HEAD_PREFIX, StateDict, is_head_key, is_image_tower_key
+from paint.types import PatchState, StateDict, is_image_tower_key
 from paint.utils import hash_tensors
 from paint.weights.ops import interpolate
 
@@ -105,33 +105,49 @@ def state_id(theta: StateDict) -> str:
     return hash_tensors(theta)[:16]
 
 
-@dataclass(frozen=True)
 class Line:
-    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs) over the image tower.
+    """The interpolation line theta(alpha) = theta_zs + alpha * (theta_ft - theta_zs), part by part.
 
-    A recipe may put more in both ends, and the line interpolates it the same way: the text tower
-    (flyp; the heads are then rebuilt from it) or learned heads ``head::<task>`` (lp-ft; WiSE-FT's
-    treatment of a fine-tuned classifier). Alpha 0 stays the zero-shot model either way.
+    Both ends are :class:`paint.types.PatchState`: the image tower, and what a recipe adds (the
+    text tower for flyp, whose heads are then rebuilt from it; learned heads for lp-ft, WiSE-FT's
+    treatment of a fine-tuned classifier); each part is interpolated alike and alpha 0 stays the
+    zero-shot model. A flat state dict given for an end is read into its parts
+    (:meth:`PatchState.of`).
 
     Example:
         >>> import torch
         >>> from paint import Line
-        >>> line = Line.between({"w": torch.zeros(2)}, {"w": torch.ones(2)})
-        >>> line.at(0.5)["w"]
+        >>> line = Line.between({"vision_model.w": torch.zeros(2)}, {"vision_model.w": torch.ones(2)})
+        >>> line.at(0.5)["vision_model.w"]
         tensor([0.5000, 0.5000])
     """
 
-    theta_zs: StateDict
-    theta_ft: StateDict
-    id: str
+    __slots__ = ("zs", "ft", "id")
+
+    def __init__(self, theta_zs: StateDict, theta_ft: StateDict, id: str) -> None:
+        self.zs, self.ft, self.id = PatchState.of(theta_zs), PatchState.of(theta_ft), id
 
     @classmethod
     def between(cls, theta_zs: StateDict, theta_ft: StateDict, tag: str = "") -> Line:
         """The line between two states, keyed by both contents (and an optional tag)."""
         return cls(theta_zs, theta_ft, f"{tag}{state_id(theta_zs)}-{state_id(theta_ft)}")
 
-    def at(self, alpha: float, allow_extrapolation: bool = True) -> dict[str, torch.Tensor]:
-        return interpolate(self.theta_zs, self.theta_ft, alpha, allow_extrapolation=allow_extrapolation)
+    @property
+    def theta_zs(self) -> PatchState:
+        return self.zs
+
+    @property
+    def theta_ft(self) -> PatchState:
+        return self.ft
+
+    def at(self, alpha: float, allow_extrapolation: bool = True) -> PatchState:
+        """theta(alpha): every part of the two ends interpolated with the same alpha."""
+
+        def part(a: StateDict, b: StateDict) -> dict[str, torch.Tensor]:
+            return interpolate(a, b, alpha, allow_extrapolation=allow_extrapolation) if a or b else {}
+
+        zs, ft = self.zs, self.ft
+        return PatchState(part(zs.image, ft.image), part(zs.text, ft.text), part(zs.heads, ft.heads))
 
 
 def sweep_point(alpha: float, metrics: TaskMetrics) -> dict[str, Any]:
@@ -208,12 +224,15 @@ class TaskPool:
         return out
 
     def _load(self, state: StateDict) -> dict[str, torch.Tensor]:
-        """Load a state's model tensors; return the heads it implies (learned, or rebuilt from its text tower)."""
-        self.model.load_state_dict({k: v for k, v in state.items() if not is_head_key(k)}, strict=False)
-        learned = {k[len(HEAD_PREFIX) :]: v for k, v in state.items() if is_head_key(k)}
-        if any(not is_image_tower_key(k) and not is_head_key(k) for k in state):
-            return {**self.text_heads(), **learned}
-        return learned
+        """Load a state's towers; return the heads it implies (its learned ones, or rebuilt from its text tower)."""
+        st = PatchState.of(state, self._is_image)
+        self.model.load_state_dict(st.model_tensors(), strict=False)
+        if st.text:
+            return {**self.text_heads(), **st.heads}
+        return dict(st.heads)
+
+    def _is_image(self, key: str) -> bool:
+        return self.bundle.family.is_image_tower_key(key) if self.bundle is not None else is_image_tower_key(key)
 
     def text_heads(self) -> dict[str, torch.Tensor]:
         """Every task's zero-shot head rebuilt from the model's current text tower (not cached: it moves)."""
@@ -270,11 +289,11 @@ class TaskPool:
         def measure(alpha: float, grad: bool) -> TaskMetrics:
             if not grad:
                 return self.evaluate_line(line, alpha, split)
-            extra = sorted({k.split(".")[0] for k in line.theta_ft if not is_image_tower_key(k)})
+            extra = line.ft.covers[1:]
             if extra:
                 raise PaintError(
                     "the derivative strategy differentiates along the image tower only, but this line also "
-                    f"interpolates {extra[-1]} (recipe lp-ft or flyp); choose another selection.strategy"
+                    f"interpolates the {' and the '.join(extra)}; choose another selection.strategy"
                 )
             out: TaskMetrics = {}
             for t in self.tasks:

@@ -44,7 +44,15 @@ TEXT_TOWER_PREFIXES = ("text_model.", "text_projection.")
 
 @dataclass(frozen=True)
 class Coverage:
-    """What a recipe's theta_ft holds besides the image tower (always there), so what its line interpolates."""
+    """What a recipe's theta_ft holds besides the image tower (always there), so what its line interpolates.
+
+    Example:
+        >>> from paint import FinetuneConfig
+        >>> FinetuneConfig(recipe={"name": "lp-ft"}).recipe.coverage()
+        Coverage(text_tower=False, learns_heads=True)
+        >>> FinetuneConfig(recipe={"name": "flyp"}).recipe.coverage()
+        Coverage(text_tower=True, learns_heads=False)
+    """
 
     text_tower: bool = False  # both towers trained (flyp): each task's head is rebuilt from the interpolated text
     learns_heads: bool = False  # a learned head per patching task rides the state as ``head::<task>`` (lp-ft)
@@ -94,13 +102,21 @@ class Recipe(StrictModel):
     ``paper``, declares its settings as fields, and overrides what differs.
 
     Example:
-        >>> from typing import Literal
-        >>> from paint.train.recipes.registry import register
-        >>> @register
-        ... class LastBlock(Recipe):
-        ...     name: Literal["last-block"] = "last-block"
-        ...     def trainable(self, model):
-        ...         return [n for n in image_tower_names(model) if ".layers.1." in n]  # doctest: +SKIP
+        ```python
+        from typing import Literal
+
+        from paint import Recipe
+        from paint.train.recipes.base import image_tower_names
+        from paint.train.recipes.registry import register
+
+
+        @register  # the one line: `finetune: {recipe: {name: last-block}}` now validates and runs
+        class LastBlock(Recipe):
+            name: Literal["last-block"] = "last-block"
+
+            def trainable(self, model):
+                return [n for n in image_tower_names(model) if ".layers.1." in n]
+        ```
     """
 
     name: str

@@ -26,11 +26,9 @@ from paint.train.recipes.base import Coverage, Recipe, RecipeContext, RecipeResu
 from paint.train.recipes.frozen_head import FrozenHeadRecipe
 from paint.train.recipes.registry import recipe_field, register
 from paint.train.record import FitResult
-from paint.types import StateDict, is_image_tower_key
+from paint.types import PatchState, StateDict, is_image_tower_key
 from paint.weights.soup import greedy_soup
 from paint.weights.stream import merge_state_dicts
-
-HEAD_KEY = "head::"  # learned heads ride along in a soup's state under this prefix
 
 SoupBase = recipe_field(lambda cls: cls.soupable, "a soup's base")
 
@@ -91,7 +89,7 @@ class SoupRecipe(Recipe):
                 fingerprint=f"{ctx.fingerprint}/ingredient-{i}",
             )
             r = sub.cfg.recipe.run(sub)
-            states.append({**tower_state(ctx.model), **{HEAD_KEY + k: v for k, v in r.heads.items()}})
+            states.append(PatchState(tower_state(ctx.model), heads=r.heads))  # learned heads average too
             records.append({**overrides, "steps": r.steps, "final_loss": r.history[-1]["loss"] if r.history else None})
             history += [dict(h, ingredient=i) for h in r.history]
             trainable = r.trainable_params
@@ -103,7 +101,8 @@ class SoupRecipe(Recipe):
             res = greedy_soup(states, lambda s: held_out_accuracy(ctx, s))
             soup = res.state_dict
             info.update(kept=res.ingredients, individual_val=res.individual, soup_val=res.accuracy)
-        tower, heads = split_heads(soup)
+        st = PatchState.of(soup)
+        tower, heads = st.model_tensors(), st.heads
         ctx.model.load_state_dict(tower, strict=False)
         out = as_result(FitResult(history=history, runtime=runtime), self.name, trainable, heads=heads, info=info)
         out.steps = sum(r["steps"] for r in records)
@@ -112,13 +111,6 @@ class SoupRecipe(Recipe):
 
 def tower_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items() if is_image_tower_key(k)}
-
-
-def split_heads(state: StateDict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(image tower, learned heads by task) of a soup state."""
-    tower = {k: v for k, v in state.items() if not k.startswith(HEAD_KEY)}
-    heads = {k[len(HEAD_KEY) :]: v for k, v in state.items() if k.startswith(HEAD_KEY)}
-    return tower, heads
 
 
 def uniform_soup(states: list[StateDict]) -> dict[str, torch.Tensor]:
@@ -138,7 +130,8 @@ def ingredient_config(cfg: Any, spec: SoupRecipe, overrides: Mapping[str, object
 
 def held_out_accuracy(ctx: RecipeContext, state: StateDict) -> float:
     """Mean accuracy over the validation sets of ``state`` (tower plus any learned heads)."""
-    tower, heads = split_heads(state)
+    st = PatchState.of(state)
+    tower, heads = st.model_tensors(), st.heads
     ctx.model.load_state_dict(tower, strict=False)
     accs = []
     for s in ctx.val_sets:
