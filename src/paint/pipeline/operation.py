@@ -12,7 +12,7 @@ Every workflow patches through these three steps on a :class:`paint.pipeline.poo
   alpha, every reported rule's choice and the evaluated points;
 - :func:`test_at` evaluates the test splits at named alphas (zero-shot, patched, fine-tuned).
 
-:func:`patch` chains the first two; ``paint patch``, the multi-task modes, transfer, the case
+:func:`patch_operation` chains the first two; ``paint patch``, the multi-task modes, transfer, the case
 studies and the demo all call these and none re-implements the sequence.
 """
 
@@ -282,7 +282,7 @@ def choose_blocks(
     )
 
 
-def patch(
+def patch_operation(
     pool: TaskPool,
     theta_zs: StateDict,
     patch_names: Sequence[str],

@@ -32,7 +32,7 @@ from paint.data.task import ImageSplit, SubsetSplit, Task
 from paint.errors import PaintError
 from paint.evaluation.results import metrics_from_logits, predict
 from paint.models.heads import zeroshot_head
-from paint.pipeline.operation import outcome_record, patch
+from paint.pipeline.operation import outcome_record, patch_operation
 from paint.pipeline.pool import PoolTask, load_model_run, new_pool
 from paint.pipeline.run import ModelRunConfig, open_run, run_fingerprint
 from paint.pipeline.rundir import run_scope
@@ -204,7 +204,7 @@ def run_counting_once(cfg: CountingConfig, resume: bool = False) -> dict[str, An
     fingerprint = run_fingerprint("counting-v1", cfg, bundle.text_identity, hash_tensors(theta_zs))
     patch_names, support_names = [f"{task.name}/seen"], [st.name for st in supports]
     ft_dir, sel = out / "finetune", cfg.selection
-    res = patch(
+    res = patch_operation(
         pool, theta_zs, patch_names, support_names, cfg.finetune, sel, ft_dir, resume, fingerprint, [data.train]
     )
     alphas = (("zeroshot", 0.0), ("patched", res.choice.alpha), ("finetuned", 1.0))

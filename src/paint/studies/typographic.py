@@ -44,7 +44,7 @@ from paint.data.task import Task
 from paint.errors import PaintError
 from paint.evaluation.results import predict
 from paint.models.heads import zeroshot_head
-from paint.pipeline.operation import outcome_record, patch
+from paint.pipeline.operation import outcome_record, patch_operation
 from paint.pipeline.pool import PoolTask, load_model_run, new_pool
 from paint.pipeline.run import ModelRunConfig, open_run, run_fingerprint
 from paint.pipeline.rundir import run_scope
@@ -166,7 +166,7 @@ def run_typographic_once(cfg: TypographicConfig, resume: bool = False) -> dict[s
     patch_names, support_names = selection_tasks(cfg)
     train = [next(v.train for v in views if v.train is not None)]
     ft_dir = out / "finetune"
-    res = patch(
+    res = patch_operation(
         pool, theta_zs, patch_names, support_names, cfg.finetune, cfg.selection, ft_dir, resume, fingerprint, train
     )
     test = test_at_alphas(pool, res.line, res.choice.alpha, views, cfg.eval_batch_size)
