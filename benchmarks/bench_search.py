@@ -40,14 +40,25 @@ from paint.selection import (
     STRATEGIES,
     CurveValue,
     Evaluator,
+    Objective,
     SelectionConfig,
-    compatible,
     function_evaluator,
     make_objective,
     run_search,
 )
 
 TOL = 1e-3  # 0.1 %
+
+
+def compatible(strategy: str, objective: Objective) -> bool:
+    """Whether ``strategy`` can run on ``objective`` (derivative: differentiable; boundary: constrained)."""
+    if strategy == "derivative":
+        return objective.differentiable
+    if strategy == "boundary":
+        return objective.name == "constrained"
+    return True
+
+
 MAX_BUDGET = 30
 SYNTHETIC = {
     # name: (f, f', known minimiser)

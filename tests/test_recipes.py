@@ -415,9 +415,17 @@ def test_set_reaches_a_recipes_own_settings():
         apply_overrides(PatchConfig, data, ["finetune.recipe.bogus=1"])
 
 
-@pytest.mark.parametrize("recipe", ["lp-ft", "flyp", {"name": "soup", "base": "lp-ft", "seeds": [0, 1]}])
+@pytest.mark.parametrize(
+    ("recipe", "strategy"),
+    [
+        ("lp-ft", "derivative"),
+        ("flyp", "derivative"),
+        ({"name": "soup", "base": "lp-ft", "seeds": [0, 1]}, "derivative"),
+        ("lp-ft", "surrogate"),  # surrogate on loss_sum uses the exact derivative too
+    ],
+)
 def test_a_recipe_whose_line_leaves_the_image_tower_refuses_the_derivative_strategy_before_any_work(
-    tiny_clip_dir, tmp_path, capsys, recipe
+    tiny_clip_dir, tmp_path, capsys, recipe, strategy
 ):
     import yaml
 
@@ -429,7 +437,7 @@ def test_a_recipe_whose_line_leaves_the_image_tower_refuses_the_derivative_strat
         "patch_tasks": ["digits"],
         "support_tasks": ["shapes"],
         "finetune": {"epochs": 1, "max_steps": 1, "recipe": recipe},
-        "selection": {"strategy": "derivative", "objective": "loss_sum"},
+        "selection": {"strategy": strategy, "objective": "loss_sum"},
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["patch", str(tmp_path / "p.yaml")]) == 2

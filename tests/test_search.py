@@ -58,7 +58,7 @@ def test_strategies_find_known_minimum_within_budget(curve, strategy, budget):
         assert abs(res.alpha - amin) < 0.01
 
 
-@pytest.mark.parametrize("strategy", ["bounded", "quasiconvex", "derivative"])
+@pytest.mark.parametrize("strategy", ["bounded", "quasiconvex", "derivative", "surrogate"])
 def test_adaptive_strategies_with_6_beat_grid_with_11(strategy):
     for curve, (f, df, _) in CURVES.items():
         grid = run_search(
@@ -98,6 +98,100 @@ def test_boundary_bisects_to_the_largest_feasible_alpha():
         assert 0.125 - tol <= res.alpha <= 0.125
     with pytest.raises(PaintError, match="boundary"):
         parse_config(SelectionConfig, {"strategy": "boundary", "objective": "loss_sum"})
+
+
+def test_cubic_minimiser_is_exact_on_a_cubic():
+    from paint.selection.surrogate import cubic_minimiser
+
+    # f = (a - 0.3)^2 (a + 1): f' = (a - 0.3)(3a + 1.7), local minimum at 0.3
+    def f(a):
+        return (a - 0.3) ** 2 * (a + 1)
+
+    def df(a):
+        return (a - 0.3) * (3 * a + 1.7)
+
+    assert cubic_minimiser(0.0, f(0.0), df(0.0), 1.0, f(1.0), df(1.0)) == pytest.approx(0.3, abs=1e-12)
+    assert cubic_minimiser(0.1, f(0.1), df(0.1), 0.9, f(0.9), df(0.9)) == pytest.approx(0.3, abs=1e-12)
+    # a quadratic is a cubic too (the cubic term vanishes)
+    assert cubic_minimiser(0.0, 0.37**2, -0.74, 1.0, 0.63**2, 1.26) == pytest.approx(0.37, abs=1e-12)
+
+
+def test_surrogate_uses_the_derivative_and_needs_3_evaluations_on_a_quadratic():
+    f, df, amin = CURVES["smooth"]
+    res = run_search(
+        function_evaluator(f, df, 3), SelectionConfig(strategy="surrogate", budget=3, objective="loss_sum")
+    )
+    assert res.alpha == pytest.approx(amin, abs=1e-9)
+    assert [e.alpha for e in res.evaluations][:2] == [0.0, 1.0] and all(
+        e.derivative is not None for e in res.evaluations
+    )
+
+
+def test_edge_root_is_exact_on_a_power_law():
+    from paint.selection.surrogate import edge_root
+
+    law = [(a, 8.0 * a**2.5) for a in (0.0, 0.5, 1.0)]
+    level = 1.0
+    edge = (level / 8.0) ** (1 / 2.5)
+    assert edge_root(law, level, 0.0, 0.5) == pytest.approx(edge)  # two points above: their exponent
+    law = [(0.0, 0.0), (0.3, 8.0 * 0.3**2.5), (1.0, 8.0)]
+    assert edge_root(law, level, 0.3, 1.0) == pytest.approx(edge)  # one each side
+    assert edge_root([(0.0, 0.0), (1.0, 4.0)], level, 0.0, 1.0) == pytest.approx(0.5)  # the prior: quadratic
+
+
+def _edge_measure(scale, power, n=None):
+    """Patching accuracy rises with alpha; support falls by scale * alpha^power (accuracy, fractions)."""
+
+    def measure(alpha, grad):
+        s = 0.9 - scale * alpha**power
+        if n is not None:
+            s = round(s * n) / n  # whole images
+        m = {"p": {"accuracy": 0.3 + 0.6 * alpha, "loss": 1.0}, "s": {"accuracy": s, "loss": 1.0}}
+        if n is not None:
+            m["s"]["n"] = n
+        return m
+
+    return measure
+
+
+@pytest.mark.parametrize(("scale", "power"), [(0.4, 1.0), (0.08, 2.0), (0.2, 3.0), (0.05, 1.5)])
+def test_surrogate_finds_the_support_edge_in_fewer_evaluations_than_bisection(scale, power):
+    from paint.selection import evaluator_for
+
+    edge = (0.01 / scale) ** (1 / power)  # where the support drop reaches epsilon = 1 point
+    found = {}
+    for strategy in ("surrogate", "boundary"):
+        for budget in range(3, 16):
+            cfg = SelectionConfig(strategy=strategy, objective="constrained", epsilon=1.0, budget=budget)
+            res = run_search(evaluator_for(cfg, _edge_measure(scale, power), ["p"], ["s"]), cfg)
+            assert res.feasible and res.alpha <= edge + 1e-9
+            if edge - res.alpha <= 0.005:
+                found[strategy] = res.n_model_evals
+                break
+    assert found["surrogate"] <= 6 and found["surrogate"] < found["boundary"], found
+
+
+def test_surrogate_edge_search_crosses_a_flat_stretch_of_whole_images():
+    """A drop that moves in whole images sits on the bound for a while; the search still reaches its end."""
+    from paint.selection import evaluator_for
+
+    measure = _edge_measure(0.2, 2.0, n=50)  # one image = 2 points: the bound (1 point) holds until 2 points
+    cfg = SelectionConfig(strategy="surrogate", objective="constrained", epsilon=1.0, budget=11)
+    res = run_search(evaluator_for(cfg, measure, ["p"], ["s"]), cfg)
+    last = max(a / 1000 for a in range(1001) if round((0.9 - 0.2 * (a / 1000) ** 2) * 50) / 50 >= 0.89 - 1e-12)
+    assert res.feasible and last - 0.01 <= res.alpha <= last
+
+
+def test_constrained_margins_agree_with_feasibility():
+    groups = TaskGroups(patch=("p",), support=("s1", "s2"))
+    ref = {"p": {"accuracy": 0.3}, "s1": {"accuracy": 0.9}, "s2": {"accuracy": 0.8}}
+    m = {"p": {"accuracy": 0.7}, "s1": {"accuracy": 0.895}, "s2": {"accuracy": 0.78}}
+    each, mean = Constrained(groups, 1.0, "each"), Constrained(groups, 1.0, "mean")
+    assert each.margins(m, ref) == pytest.approx([0.005, -0.01])
+    assert mean.margins(m, ref) == pytest.approx([-0.0025])
+    assert not each.feasible(m, ref) and not mean.feasible(m, ref)
+    assert Constrained(groups, 3.0, "each").margins(m, ref) == pytest.approx([0.025, 0.01])
+    assert Constrained(TaskGroups(("p",)), 1.0).margins(m, ref) == []
 
 
 def test_evaluator_caches_and_enforces_budget():
@@ -190,7 +284,7 @@ accuracy = st.floats(0.0, 1.0, allow_nan=False)
 @given(
     rows=st.lists(st.tuples(accuracy, accuracy, accuracy), min_size=11, max_size=11),
     epsilon=st.sampled_from([0.0, 1.0, 5.0]),
-    strategy=st.sampled_from(["grid", "bounded", "quasiconvex", "boundary"]),
+    strategy=st.sampled_from(["grid", "bounded", "quasiconvex", "boundary", "surrogate"]),
     budget=st.integers(3, 11),
     constraint=st.sampled_from(["each", "mean"]),
 )

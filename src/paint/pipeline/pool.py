@@ -292,7 +292,7 @@ class TaskPool:
             extra = line.ft.covers[1:]
             if extra:
                 raise PaintError(
-                    "the derivative strategy differentiates along the image tower only, but this line also "
+                    "a search with the exact derivative differentiates along the image tower only, but this line also "
                     f"interpolates the {' and the '.join(extra)}; choose another selection.strategy"
                 )
             out: TaskMetrics = {}

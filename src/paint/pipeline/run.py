@@ -92,11 +92,12 @@ def check_recipe_fits_selection(finetune: Any, selection: Any, where: str = "") 
     """
 
     flags = finetune.recipe.coverage()
-    if selection.strategy == "derivative" and (flags.text_tower or flags.learns_heads):
+    if selection.uses_derivative and (flags.text_tower or flags.learns_heads):
         extra = "the text tower" if flags.text_tower else "the patching tasks' learned heads"
         raise ValueError(
             f"{where}recipe {finetune.recipe.name!r} interpolates {extra} as well as the image tower, and strategy "
-            "'derivative' differentiates along the image tower only; choose another selection.strategy"
+            f"{selection.strategy!r} (objective {selection.objective!r}) differentiates along the image tower only; "
+            "choose another selection.strategy"
         )
 
 

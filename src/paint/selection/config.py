@@ -19,7 +19,7 @@ from paint.config import StrictModel
 PAPER_GRID: tuple[float, ...] = tuple(round(i / 10, 10) for i in range(11))
 DEFAULT_SEARCH_BUDGET = 11
 
-Strategy = Literal["grid", "bounded", "quasiconvex", "derivative", "boundary", "lines", "blockwise"]
+Strategy = Literal["grid", "bounded", "quasiconvex", "derivative", "boundary", "surrogate", "lines", "blockwise"]
 ObjectiveName = Literal["constrained", "mean_accuracy", "loss_sum", "entropy"]
 Constraint = Literal["each", "mean"]
 
@@ -127,6 +127,11 @@ class SelectionConfig(StrictModel):
         if self.strategy == "blockwise":  # the grid (alpha 0 is the reference), an iterate every eval_every steps
             return len(self.points()) + -(-self.blockwise.steps // self.blockwise.eval_every)
         return len(self.points()) if self.strategy == "grid" else DEFAULT_SEARCH_BUDGET
+
+    @property
+    def uses_derivative(self) -> bool:
+        """Whether the search evaluates dL/dalpha along the line (``derivative``; ``surrogate`` on ``loss_sum``)."""
+        return self.strategy == "derivative" or (self.strategy == "surrogate" and self.objective == "loss_sum")
 
     @property
     def rule_name(self) -> str:

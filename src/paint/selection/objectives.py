@@ -135,6 +135,22 @@ class Constrained:
             total += max(0.0, floor - _mean(metrics, (t,), "accuracy"))
         return total
 
+    def margins(self, metrics: TaskMetrics, reference: TaskMetrics) -> list[float]:
+        """Signed room (fraction) of each bounded group above its floor: negative where it is past it.
+
+        One entry for the support mean (``mean``) or one per support task (``each``): the change
+        (its point estimate, or with ``confidence`` its paired lower bound) plus epsilon. Their shape
+        along alpha is what :func:`paint.selection.surrogate.edge_search` models to find the
+        feasibility edge; empty without support tasks.
+        """
+        groups = [self.groups.support] if self.constraint == "mean" else [(t,) for t in self.groups.support]
+        groups = [g for g in groups if g]
+        if self.confidence is not None:
+            changes = [self._lower_change(metrics, reference, g) for g in groups]
+        else:
+            changes = [_mean(metrics, g, "accuracy") - _mean(reference, g, "accuracy") for g in groups]
+        return [c + self.epsilon / 100.0 for c in changes]
+
     def feasible(self, metrics: TaskMetrics, reference: TaskMetrics) -> bool:
         # A tiny slack so that floating-point noise in "acc0 - eps" never flips alpha = 0.
         return self.violation(metrics, reference) <= 1e-12

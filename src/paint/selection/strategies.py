@@ -8,6 +8,9 @@
   derivative along the line, dL/dalpha = grad L(theta_alpha) . (theta_ft - theta_zs).
 - ``boundary`` (``constrained`` only): bisection for the largest alpha that keeps the support
   tasks within epsilon, where the constrained optimum sits when support accuracy falls with alpha.
+- ``surrogate``: a model of the curve from what every evaluation measures
+  (:mod:`paint.selection.surrogate`): cubic steps on the exact derivative (``loss_sum``), a power-law
+  root of the support drop (``constrained``), Brent's method otherwise (``mean_accuracy``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from paint.errors import PaintError
 from paint.selection.config import SelectionConfig
 from paint.selection.evaluator import BudgetExhausted, Evaluation, Evaluator
-from paint.selection.objectives import Measure, Objective, TaskMetrics, make_objective
+from paint.selection.objectives import Measure, TaskMetrics, make_objective
+from paint.selection.surrogate import search as surrogate_search
 
 
 @dataclass(frozen=True)
@@ -233,24 +237,26 @@ def search_boundary(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
     return _result("boundary", ev, stopped)
 
 
-def compatible(strategy: str, objective: Objective) -> bool:
-    """Whether ``strategy`` can run on ``objective`` (derivative: differentiable; boundary: constrained)."""
-    if strategy == "derivative":
-        return objective.differentiable
-    if strategy == "boundary":
-        return objective.name == "constrained"
-    return True
+def search_surrogate(ev: Evaluator, cfg: SelectionConfig) -> SearchResult:
+    """Model-based search on any objective (:mod:`paint.selection.surrogate`)."""
+    stopped = "converged"
+    try:
+        surrogate_search(ev, cfg.xtol, cfg.max_evals())
+    except BudgetExhausted:
+        stopped = "budget"
+    return _result("surrogate", ev, stopped)
 
 
-Strategy = Callable[[Evaluator, SelectionConfig], SearchResult]
+SearchFn = Callable[[Evaluator, SelectionConfig], SearchResult]  # a strategy's search (named by config.Strategy)
 
 # name -> strategy; the one place a strategy is registered.
-STRATEGIES: Mapping[str, Strategy] = {
+STRATEGIES: Mapping[str, SearchFn] = {
     "grid": search_grid,  # PAINT (Ilharco et al. 2022): 11-point sweep
     "bounded": search_bounded,  # Brent 1973 via scipy.optimize.minimize_scalar(method="bounded")
     "quasiconvex": search_quasiconvex,  # bracket + 5th-order polynomial (REFERENCE.md, quasi-convexity)
     "derivative": search_derivative,  # exact line derivative, brentq on its sign
     "boundary": search_boundary,  # bisection on the support constraint (constrained rule only)
+    "surrogate": search_surrogate,  # model-based: cubic on the derivative, power-law support edge, else Brent
 }
 # Per-block strategies (one alpha per block of the tower: "lines", LiNeS 2410.17146; "blockwise",
 # layer-wise AdaMerging 2310.02575) take a vector evaluator: see paint.selection.blockwise.
