@@ -190,7 +190,7 @@ def print_seeded(seed_rows: list[list[dict]], seeds: list[int], reference: str, 
 
 
 def multitask(pool, theta_zs, out, epochs) -> list[dict]:
-    from paint.pipeline.multitask import parallel_merge
+    from paint.pipeline.combine import parallel_merge
 
     ft_cfg = finetune_config(epochs, 0)
     patch, support = ["digits", "counting"], list(DEMO_SUPPORT)
@@ -199,7 +199,7 @@ def multitask(pool, theta_zs, out, epochs) -> list[dict]:
     reference = zs_val
     rows = []
     # Coordinate-wise single alphas (what `modes: [parallel]` does), on the same two fine-tunes.
-    from paint.pipeline.multitask import parallel_line
+    from paint.pipeline.combine import parallel_line
 
     t0 = time.time()
     alphas, evals = [0.0, 0.0], 0

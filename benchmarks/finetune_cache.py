@@ -6,6 +6,7 @@ folder is on ``sys.path``).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def fine_tuned(pool: TaskPool, theta_zs: dict, name: str, cfg: FinetuneConfig, o
     finetune(pool.model, [TrainingSet(name, t.images["train"], t.labels["train"], t.head)], pool.spec, cfg)
     print(f"fine-tuned {name}: {cfg.epochs} epochs in {time.time() - t0:.0f}s", flush=True)
     theta = {k: v.detach().clone().contiguous() for k, v in pool.model.state_dict().items() if k in theta_zs}
-    save_file(theta, str(path))
+    tmp = path.with_name(path.name + ".tmp")  # atomic: a killed run leaves no half-written cache entry
+    save_file(theta, str(tmp))
+    os.replace(tmp, path)
     pool.load(theta_zs)
     return theta

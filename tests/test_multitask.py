@@ -87,7 +87,7 @@ def test_three_modes_and_comparison(ctx):
 
 
 def test_parallel_merge_matches_coordinate_lines(ctx):
-    from paint.pipeline.multitask import parallel_line, parallel_merge
+    from paint.pipeline.combine import parallel_line, parallel_merge
 
     g = torch.Generator().manual_seed(0)
     thetas = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in ctx.theta_zs.items()} for _ in range(2)]

@@ -71,6 +71,7 @@ _API: dict[str, str] = {
     "PatchConfig": "paint.pipeline.patch",
     "run_patch": "paint.pipeline.patch",
     "MultitaskConfig": "paint.pipeline.multitask",
+    "CombineConfig": "paint.pipeline.combine",
     "run_multitask": "paint.pipeline.multitask",
     # studies and their statistics
     "ScaleConfig": "paint.studies.scale",

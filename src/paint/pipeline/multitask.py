@@ -9,7 +9,11 @@
   with tau_i = theta_i - theta_zs; the alpha vector is searched coordinate by coordinate with
   the configured scalar strategy (``parallel_sweeps`` passes), each coordinate a line search;
   with a per-block strategy (``lines``, ``blockwise``, ``entropy``) one vector of per-block alphas
-  per task, ``theta_zs + sum_i sum_l alpha_il tau_il`` (layer-wise AdaMerging).
+  per task, ``theta_zs + sum_i sum_l alpha_il tau_il`` (layer-wise AdaMerging). That is the default
+  ``combine: {method: per_task}``; ``combine.method`` names a merge method instead (TIES, DARE,
+  Iso-C/CTS, TSV-M, RegMean, ...) whose one coefficient is chosen on validation
+  (:mod:`paint.pipeline.combine`, the merging benchmark's code path). The reports are
+  :mod:`paint.pipeline.multitask_report`.
 
 Every alpha is chosen on validation splits by :func:`paint.pipeline.operation.choose`; the reference of every
 objective (zero-shot accuracy and loss) is theta_zs, whatever line is searched. With one
@@ -25,33 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
-from paint.pipeline.operation import Choice, choose, choose_blocks, chosen_state, finetune_tower
+from paint.models.clip import save_clip
+from paint.pipeline.combine import PER_TASK, Chooser, CombineConfig, combine_parallel
+from paint.pipeline.multitask_report import comparison_markdown, comparison_rows, write_seeded_multitask
+from paint.pipeline.operation import Choice, chosen_state, finetune_tower, save_heads, split_heads, start_state
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
-from paint.pipeline.run import ModelRunConfig, check_recipe_fits_selection
+from paint.pipeline.run import ModelRunConfig, check_output_dir, check_recipe_fits_selection
 from paint.pipeline.rundir import run_scope
-from paint.pipeline.seeds import (
-    SeedsSetting,
-    bound_on_test,
-    method_summary,
-    methods_markdown,
-    run_seeds,
-    summarise_methods,
-    test_record,
-)
+from paint.pipeline.seeds import SeedsSetting, run_seeds
 from paint.selection import SelectionConfig
-from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
 from paint.train.finetune import FinetuneConfig
 from paint.types import StateDict
 from paint.utils import hash_tensors, sha256_strings, write_json_atomic, write_text_atomic
-from paint.weights.blocks import add_block_task_vectors, mean_alpha
-from paint.weights.ops import add_task_vectors, task_vector
 
 Mode = Literal["joint", "sequential", "parallel"]
 MODES: tuple[str, ...] = ("joint", "sequential", "parallel")
@@ -104,14 +99,19 @@ class MultitaskRun:
             self.finetuned[key], _ = finetune_tower(self.pool, theta_start, names, self.finetune, out, self.resume, fp)
         return self.finetuned[key]
 
+    def chooser(self, patch: Sequence[str] | None = None) -> Chooser:
+        """The configured selection on this pool, over ``patch`` (default: every patching task), referenced to theta_zs."""
+        return Chooser(
+            self.pool, self.selection, self.patch if patch is None else list(patch), self.support, self.reference()
+        )
+
     def choose_on_line(self, theta_a: StateDict, theta_b: StateDict, patch: Sequence[str]) -> Choice:
         """Choose alpha on theta_a -> theta_b with the configured selection, referenced to theta_zs.
 
         The line is keyed by its two ends' contents alone, so a line that two modes share (sequential
         step 0 and parallel's first coordinate are both theta_zs -> theta_1) is evaluated once per task.
         """
-        line = Line.between(theta_a, theta_b)
-        return choose(self.pool, line, self.selection, patch, self.support, self.reference(), per_block=True)
+        return self.chooser(patch).on_line(Line.between(theta_a, theta_b))
 
 
 @dataclass
@@ -124,6 +124,7 @@ class ModeResult:
     choices: list[Choice]
     n_finetunes: int
     seconds: float = 0.0
+    combine: dict[str, Any] | None = None  # parallel: the combine step's record (method, parameters, lambda)
 
     @property
     def n_model_evals(self) -> int:
@@ -154,138 +155,28 @@ def patch_sequential(ctx: MultitaskRun) -> ModeResult:
     return ModeResult("sequential", theta, alphas, choices, len(patch))
 
 
-def parallel_line(
-    theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequence[float], i: int
-) -> tuple[StateDict, StateDict]:
-    """The line along coordinate i: (theta with alpha_i = 0, theta with alpha_i = 1).
-
-    When every other alpha is 0 the line is exactly theta_zs -> theta_i (no rounding), so
-    parallel patching of one task reproduces single-task patching bit for bit.
-    """
-    others = [(j, a) for j, a in enumerate(alphas) if j != i and a != 0.0]
-    if not others:
-        return theta_zs, thetas[i]
-    taus = [task_vector(theta_zs, thetas[j]) for j, _ in others]
-    base = add_task_vectors(theta_zs, taus, [a for _, a in others])
-    end = add_task_vectors(base, [task_vector(theta_zs, thetas[i])], [1.0])
-    return base, end
-
-
-def parallel_merge(theta_zs: StateDict, thetas: Sequence[StateDict], alphas: Sequence[float]) -> StateDict:
-    """theta_zs + sum_i alpha_i (theta_i - theta_zs)."""
-    return add_task_vectors(theta_zs, [task_vector(theta_zs, t) for t in thetas], list(alphas))
-
-
-def search_parallel(
-    ctx: MultitaskRun, thetas: Sequence[StateDict], sweeps: int = 1
-) -> tuple[list[float], list[Choice], StateDict]:
-    """Coordinate-wise search of the alpha vector; returns (alphas, choices, final theta)."""
-    alphas = [0.0] * len(thetas)
-    choices: list[Choice] = []
-    theta = ctx.theta_zs
-    for _ in range(sweeps):
-        for i in range(len(thetas)):
-            base, end = parallel_line(ctx.theta_zs, thetas, alphas, i)
-            res = ctx.choose_on_line(base, end, ctx.patch)
-            alphas[i] = res.alpha
-            choices.append(res)
-            theta = Line.between(base, end).at(res.alpha)  # = parallel_merge(...) up to rounding
-    return alphas, choices, theta
-
-
-def patch_parallel(ctx: MultitaskRun, sweeps: int = 1) -> ModeResult:
-    """Fine-tune each task from theta_zs; search the alpha vector of their task vectors."""
+def patch_parallel(ctx: MultitaskRun, sweeps: int = 1, combine: CombineConfig | None = None) -> ModeResult:
+    """Fine-tune each task from theta_zs; combine them as ``combine`` says (:func:`paint.pipeline.combine.combine_parallel`)."""
     thetas = [ctx.finetune_from(ctx.theta_zs, [n], f"parallel/{i}-{n}/finetune") for i, n in enumerate(ctx.patch)]
-    if is_block_choice(ctx.selection):  # one vector of per-block alphas per task (layer-wise AdaMerging)
-        res = choose_blocks(ctx.pool, thetas, ctx.theta_zs, ctx.selection, ctx.patch, ctx.support, ctx.reference())
-        theta = add_block_task_vectors(ctx.theta_zs, [task_vector(ctx.theta_zs, t) for t in thetas], res.block_alphas)
-        alphas = [mean_alpha(a) for a in res.block_alphas]
-        return ModeResult("parallel", theta, alphas, [res], len(ctx.patch))
-    alphas, choices, theta = search_parallel(ctx, thetas, sweeps)
-    return ModeResult("parallel", theta, alphas, choices, len(ctx.patch))
+    r = combine_parallel(ctx.chooser(), combine or CombineConfig(), ctx.theta_zs, thetas, ctx.patch, sweeps)
+    return ModeResult("parallel", r.theta, r.alphas, r.choices, len(ctx.patch), combine=r.record)
 
 
-def run_mode(ctx: MultitaskRun, mode: str, parallel_sweeps: int = 1) -> ModeResult:
-    """Run one mode, timed."""
+def run_mode(
+    ctx: MultitaskRun, mode: str, parallel_sweeps: int = 1, combine: CombineConfig | None = None
+) -> ModeResult:
+    """Run one mode, timed (``combine``: parallel's combine step, default ``per_task``)."""
     t0 = time.time()
     if mode == "joint":
         r = patch_joint(ctx)
     elif mode == "sequential":
         r = patch_sequential(ctx)
     elif mode == "parallel":
-        r = patch_parallel(ctx, parallel_sweeps)
+        r = patch_parallel(ctx, parallel_sweeps, combine)
     else:
         raise PaintError(f"unknown multi-task mode {mode!r}; choose from: {', '.join(MODES)}")
     r.seconds = time.time() - t0
     return r
-
-
-# ----------------------------------------------------------------------------- comparison
-
-
-def comparison_rows(ctx: MultitaskRun, results: Sequence[ModeResult]) -> list[dict[str, Any]]:
-    """One row per mode (and zero-shot): test accuracy per task, group means, costs."""
-    zs = ctx.pool.evaluate_state(ctx.theta_zs, "test")
-    rows = []
-    for label, theta, r in [("zero-shot", ctx.theta_zs, None)] + [(m.mode, m.theta, m) for m in results]:
-        test = zs if r is None else ctx.pool.evaluate_state(theta, "test")
-        acc = {n: test[n]["accuracy"] for n in test}
-        support = ctx.support
-        zs_acc = {n: zs[n]["accuracy"] for n in zs}
-        eps, constraint = ctx.selection.epsilon, ctx.selection.constraint
-        rows.append(
-            {
-                "mode": label,
-                "label": label,
-                **test_record(test),
-                "bound_on_test": None if r is None else bound_on_test(acc, zs_acc, support, eps, constraint),
-                "alphas": [] if r is None else r.alphas,
-                "test": acc,
-                "patch_mean": float(np.mean([acc[n] for n in ctx.patch])),
-                "support_mean": float(np.mean([acc[n] for n in support])) if support else None,
-                "worst_support_drop": float(min(acc[n] - zs[n]["accuracy"] for n in support)) if support else None,
-                "finetunes": 0 if r is None else r.n_finetunes,
-                "model_evals": 0 if r is None else r.n_model_evals,
-                "seconds": 0.0 if r is None else round(r.seconds, 2),
-            }
-        )
-    return rows
-
-
-def comparison_markdown(rows: Sequence[dict[str, Any]], patch: Sequence[str], support: Sequence[str]) -> str:
-    """Markdown table of the modes (accuracy in %, drop in points)."""
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    head = [
-        "mode",
-        "alphas",
-        *patch,
-        "patch mean",
-        *support,
-        "support mean",
-        "worst support drop",
-        "fine-tunes",
-        "model evals",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        alphas = ", ".join(f"{a:.3g}" for a in r["alphas"]) or "-"
-        drop = "-" if r["worst_support_drop"] is None else f"{100 * r['worst_support_drop']:+.1f}"
-        cells = [
-            r["mode"],
-            alphas,
-            *(pct(r["test"][n]) for n in patch),
-            pct(r["patch_mean"]),
-            *(pct(r["test"][n]) for n in support),
-            pct(r["support_mean"]),
-            drop,
-            str(r["finetunes"]),
-            str(r["model_evals"]),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- config and entry point
@@ -305,7 +196,13 @@ class MultitaskConfig(ModelRunConfig, SeedsSetting):
     support_tasks: list[TaskSpec] = Field(default_factory=list)
     modes: list[Mode] = Field(default_factory=lambda: list(MODES), min_length=1)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    parallel_sweeps: int = Field(1, ge=1, description="coordinate-search passes over the alpha vector")
+    parallel_sweeps: int = Field(
+        1, ge=1, description="combine per_task: coordinate-search passes over the alpha vector"
+    )
+    combine: CombineConfig = Field(
+        default_factory=CombineConfig,
+        description="parallel mode's combine step: per_task alphas (default) or a merge method with lambda chosen on validation",
+    )
     save_models: bool = Field(
         True, description="write each mode's patched HF checkpoint under <output_dir>/<mode>/model"
     )
@@ -324,6 +221,12 @@ class MultitaskConfig(ModelRunConfig, SeedsSetting):
         if self.reference is not None and self.reference not in self.modes:
             raise ValueError(f"reference {self.reference!r} is not one of the modes ({', '.join(self.modes)})")
         check_recipe_fits_selection(self.finetune, self.selection)
+        if self.combine.method != PER_TASK:
+            if "parallel" not in self.modes:
+                raise ValueError(f"combine.method {self.combine.method!r} is parallel mode's; add 'parallel' to modes")
+            if self.parallel_sweeps != 1:
+                raise ValueError("parallel_sweeps is for combine.method 'per_task' (a merge method has one lambda)")
+            self.combine.check_tasks(len(self.patch_tasks))
         return self
 
 
@@ -340,7 +243,6 @@ def start_run(
     ``cfg`` is a :class:`MultitaskConfig` or :class:`paint.studies.transfer.TransferConfig` (model,
     revision, device, finetune, selection, eval_batch_size, cache_path). Returns (run, bundle).
     """
-    from paint.pipeline.operation import start_state
 
     pool, bundle = start_pool(cfg, out, resume, patch_specs, support_specs, marker)
     theta_zs = start_state(pool, bundle.image_tower_copy(), cfg.finetune)  # + text tower (flyp), heads (lp-ft)
@@ -374,52 +276,14 @@ def run_multitask(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     return write_seeded_multitask(cfg, runs, time.time() - t0)
 
 
-def write_seeded_multitask(cfg: MultitaskConfig, runs: dict[int, Any], seconds: float) -> dict[str, Any]:
-    """The parent's ``comparison.md`` / ``comparison.json``: every mode over seeds, paired against the reference."""
-    seeds = sorted(runs)
-    first = runs[seeds[0]]
-    patch, support = list(first["patch_tasks"]), list(first["support_tasks"])
-    reference = cfg.reference or cfg.modes[0]
-    per_seed = {s: runs[s]["comparison"] for s in seeds}
-    modes = summarise_methods(per_seed, list(cfg.modes), reference, patch, support)
-    zero = [next(r for r in per_seed[s] if r["label"] == "zero-shot") for s in seeds[:1]]
-    zeroshot = method_summary(zero, None, patch, support)
-    costs = {
-        "fine-tunes": [str(runs[seeds[0]]["modes"][m]["finetunes"]) for m in cfg.modes],
-        "model evals": [f"{np.mean([runs[s]['modes'][m]['model_evals'] for s in seeds]):.0f}" for m in cfg.modes],
-    }
-    table = methods_markdown(modes, reference, cfg.selection.epsilon, patch, support, zeroshot, costs)
-    summary = {
-        "model": cfg.model,
-        "seeds": seeds,
-        "patch_tasks": patch,
-        "support_tasks": support,
-        "selection": cfg.selection.model_dump(mode="json"),
-        "reference": reference,
-        "zeroshot": zeroshot,
-        "modes": modes,
-        "per_seed": {str(s): f"seed-{s}/comparison.json" for s in seeds},
-        "timing_s": {"total": round(seconds, 2)},
-    }
-    out = Path(cfg.output_dir)
-    header = f"# Multi-task patching over seeds {seeds}: {', '.join(patch)}"
-    write_text_atomic(out / "comparison.md", f"{header}\n\n{table}\n")
-    write_json_atomic(out / "comparison.json", summary)
-    summary["table"] = table
-    return summary
-
-
 def run_multitask_once(cfg: MultitaskConfig, resume: bool = False) -> dict[str, Any]:
     """One run of every mode in ``cfg.output_dir`` (with ``finetune.seed``)."""
-    from paint.models.clip import save_clip
-    from paint.pipeline.operation import save_heads, split_heads
-    from paint.pipeline.run import check_output_dir
 
     t0 = time.time()
     out = Path(cfg.output_dir)
     check_output_dir(out, resume, "comparison.json")
     ctx, bundle = start_run(cfg, out, resume, cfg.patch_tasks, cfg.support_tasks)
-    results = [run_mode(ctx, m, cfg.parallel_sweeps) for m in cfg.modes]
+    results = [run_mode(ctx, m, cfg.parallel_sweeps, cfg.combine) for m in cfg.modes]
     rows = comparison_rows(ctx, results)
     if cfg.save_models:
         full = bundle.model.state_dict()
@@ -443,6 +307,7 @@ def run_multitask_once(cfg: MultitaskConfig, resume: bool = False) -> dict[str, 
                 "finetunes": r.n_finetunes,
                 "model_evals": r.n_model_evals,
                 "seconds": round(r.seconds, 2),
+                **({"combine": r.combine} if r.combine else {}),
             }
             for r in results
         },

@@ -9,7 +9,8 @@ preprocessed images, through forward hooks on the ``nn.Linear`` modules of the i
 never calls (the ``out_proj`` of SigLIP's ``nn.MultiheadAttention`` pooling head, which is
 applied functionally) gets no Gram matrix and is merged by the plain mean.
 
-:func:`model_grams` does it for every model of a merge: it loads every task (a bad one fails
+:func:`pool_grams` does it for in-memory fine-tunes on a task pool's prepared train images (parallel
+patching's combine step and the merging benchmark); :func:`model_grams` does it for every model of a merge: it loads every task (a bad one fails
 before any model loads), loads the base model once with :func:`paint.models.clip.load_clip`,
 preprocesses ``n_images`` images drawn (seeded) from each model's train split, and then, for
 each model in turn, copies that model's image-tower tensors into the base model (one model's
@@ -30,12 +31,16 @@ import numpy as np
 import torch
 
 from paint.data.preprocess import ImageSpec, normalize, preprocess_split
+from paint.data.registry import load_task
 from paint.data.rows import read_rows
 from paint.data.spec import TaskSpec
 from paint.data.task import SubsetSplit
 from paint.errors import PaintError
+from paint.models.clip import load_clip
 from paint.models.families import family_of
+from paint.pipeline.pool import TaskPool, pick_device
 from paint.progress import progress as tqdm
+from paint.types import StateDict
 from paint.weights.io import CheckpointReader
 from paint.weights.regmean import RegMeanParams
 
@@ -126,7 +131,6 @@ def sample_indices(n: int, n_images: int, seed: int) -> np.ndarray:
 
 def train_sample(spec: TaskSpec, params: RegMeanParams) -> SubsetSplit:
     """``params.n_images`` images (all when fewer) drawn with ``params.seed`` from the task's train split."""
-    from paint.data.registry import load_task
 
     task, _ = load_task(spec)
     split = task.split(TRAIN_SPLIT)
@@ -172,8 +176,6 @@ def model_grams(
     fails first. Memory: see the module docstring (one ``(in, in)`` float64 matrix per linear
     layer per model).
     """
-    from paint.models.clip import load_clip
-    from paint.pipeline.pool import pick_device
 
     samples = [train_sample(spec, params) for _, spec in models]  # every task loads before the model does
     bundle = load_clip(base, device=pick_device(params.device))
@@ -184,4 +186,25 @@ def model_grams(
         desc = f"regmean: Gram matrices of model {i} on {spec.name}"
         out.append(gather_grams(bundle.model, imgs, bundle.spec, params.batch_size, progress, desc))
     del bundle
+    return out
+
+
+def pool_grams(
+    pool: TaskPool, theta_zs: StateDict, thetas: Sequence[StateDict], names: Sequence[str], params: RegMeanParams
+) -> list[dict[str, torch.Tensor]]:
+    """Each in-memory fine-tune's Gram matrices on ``params.n_images`` of its own pool task's train split.
+
+    The parallel combine step's data side (:mod:`paint.pipeline.combine`): the pool's model runs each
+    state in turn (its device; ``params.device`` is for :func:`model_grams`), and ends at ``theta_zs``.
+    """
+    out = []
+    for theta, name in zip(thetas, names, strict=True):
+        t = pool.task(name)
+        if "train" not in t.images:
+            raise PaintError(f"regmean needs the train split of {name!r}, which this pool did not prepare")
+        idx = sample_indices(len(t.labels[TRAIN_SPLIT]), params.n_images, params.seed)
+        pool.load(theta)
+        images = torch.as_tensor(np.asarray(t.images[TRAIN_SPLIT][idx]))
+        out.append(gather_grams(pool.model, images, pool.spec, params.batch_size).grams)
+    pool.load(theta_zs)
     return out

@@ -35,7 +35,8 @@ from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import check_model_name
-from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, comparison_rows, run_mode, start_run
+from paint.pipeline.multitask import MODES, Mode, MultitaskConfig, MultitaskRun, run_mode, start_run
+from paint.pipeline.multitask_report import comparison_rows
 from paint.pipeline.operation import chosen_state
 from paint.pipeline.pool import Line, TaskPool
 from paint.pipeline.run import RunFields, check_output_dir, check_recipe_fits_selection

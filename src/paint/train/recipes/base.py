@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +32,8 @@ from paint.evaluation.results import logits_for
 from paint.models.clip import image_features
 from paint.models.families import family_of
 from paint.train.data import TrainingSet, augment_generator, loader_workers, make_loader_factory
-from paint.train.loop import LossFn, fit
+from paint.train.loop import LoopSettings, LossFn, fit
 from paint.train.record import FitResult
-
-if TYPE_CHECKING:
-    from paint.train.recipes.config import FinetuneConfig
 
 # The text tower and its projection (CLIP's names; SigLIP's text head lies inside text_model).
 TEXT_TOWER_PREFIXES = ("text_model.", "text_projection.")
@@ -75,6 +72,17 @@ class RecipeResult(FitResult):
     info: dict[str, Any] = field(default_factory=dict)
 
 
+class FinetuneSettings(LoopSettings, Protocol):
+    """What a recipe reads of :class:`paint.train.recipes.config.FinetuneConfig` (which imports the
+    recipes, so they see it through this protocol)."""
+
+    label_smoothing: float
+    augment: str
+    loader_workers: int | None
+    log_with: str | None
+    recipe: Any
+
+
 @dataclass(frozen=True)
 class RecipeContext:
     """Everything a recipe needs: the model (trained in place), data, settings, checkpoint place."""
@@ -82,7 +90,7 @@ class RecipeContext:
     model: torch.nn.Module
     sets: Sequence[TrainingSet]
     spec: ImageSpec
-    cfg: FinetuneConfig
+    cfg: FinetuneSettings
     out_dir: Path | None = None
     resume: bool = False
     fingerprint: str = ""
