@@ -50,7 +50,7 @@ _API: dict[str, str] = {
     "interpolate": "paint.weights.ops",
     "task_vector": "paint.weights.ops",
     "add_task_vectors": "paint.weights.ops",
-    "MergeConfig": "paint.pipeline.merge",
+    "MergeConfig": "paint.pipeline.merge_config",
     "run_merge": "paint.pipeline.merge",
     # choosing coefficients
     "SelectionConfig": "paint.selection.config",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from paint.commands._shared import add_set_option, load_run_config
-from paint.pipeline.merge import MergeConfig, evaluator_for, run_merge
+from paint.pipeline.merge import MergeConfig, merge_evaluator, run_merge
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def config(args: argparse.Namespace) -> MergeConfig:
 def run(args: argparse.Namespace) -> int:
 
     cfg = config(args)
-    summary = run_merge(cfg, evaluate=evaluator_for(cfg), progress=not args.no_progress)
+    summary = run_merge(cfg, evaluate=merge_evaluator(cfg), progress=not args.no_progress)
     stats = summary["stats"]
     print(
         f"merged {stats['merged']} tensors ({stats['copied']} copied from the base) with {cfg.method} "

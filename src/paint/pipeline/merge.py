@@ -16,27 +16,32 @@ architecture) to gather the Gram matrices of its image tower's linear layers
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from pydantic import Field, field_validator
 
-from paint.config import StrictModel, dump_config
-from paint.data.spec import TaskSpec
+from paint.config import dump_config
+from paint.data.preprocess import preprocess_split
+from paint.data.registry import load_task
 from paint.errors import PaintError
+from paint.evaluation.results import evaluate_split
+from paint.models.clip import check_local_checkpoint, checkpoint_family, load_clip, resolve_model_source
+from paint.models.heads import zeroshot_head
 from paint.pipeline.locks import output_lock
+from paint.pipeline.merge_config import CONFIG_NAME, SUMMARY_NAME, Evaluate, MergeConfig
+from paint.pipeline.merge_files import carry_files, check_carried_files, input_hashes, model_card
+from paint.pipeline.regmean import model_grams
+from paint.types import is_image_tower_key
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
-from paint.weights.io import CheckpointReader, file_sha256
-from paint.weights.methods import GREEDY_SOUP, METHODS, get_method, with_block_weights
-from paint.weights.soup import GREEDY_SOUP_PAPERS, greedy_soup
+from paint.weights.blocks import block_names
+from paint.weights.io import CheckpointReader
+from paint.weights.methods import GREEDY_SOUP, METHODS, with_block_weights
+from paint.weights.regmean import with_grams
+from paint.weights.soup import greedy_soup
 from paint.weights.stream import (
-    DEFAULT_CHUNK_BYTES,
     check_files,
     check_layouts,
     resolve,
@@ -44,90 +49,8 @@ from paint.weights.stream import (
 )
 from paint.weights.writer import parse_size, write_state_dict_into
 
+
 # Files of an HF model directory that describe the model rather than hold its weights.
-CARRIED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "preprocessor_config.json",
-    "processor_config.json",
-    "chat_template.json",
-)
-CONFIG_NAME = "merge_config.yaml"
-SUMMARY_NAME = "merge_summary.json"
-
-Evaluate = Callable[[Mapping[str, torch.Tensor]], float]
-
-
-class ModelInput(StrictModel):
-    """One model to merge."""
-
-    path: str = Field(description="HF directory, .safetensors or legacy .bin/.pt file")
-    weight: float = Field(
-        1.0,
-        description="weight (linear) or coefficient (task arithmetic, TIES, DARE; iso_c, iso_cts, tsv_m: of its task vector)",
-    )
-    block_weights: dict[str, float] | None = Field(
-        None, description="task_arithmetic: one coefficient per image-tower block (embeddings, layer.<i>, head)"
-    )
-    task: TaskSpec | None = Field(
-        None, description="regmean: the model's own task; images of its train split give its Gram matrices"
-    )
-
-
-class MergeConfig(StrictModel):
-    """A merge: base, models with weights, method with parameters, output.
-
-    Example:
-        >>> from paint import MergeConfig
-        >>> cfg = MergeConfig(base="clip-b32/", models=[{"path": "ft-mnist/"}, {"path": "ft-svhn/"}], method="ties",
-        ...                   parameters={"density": 0.2}, output="merged/")  # doctest: +SKIP
-    """
-
-    base: str = Field(description="base (pre-trained / zero-shot) checkpoint; its config and tokenizer are copied")
-    models: list[ModelInput] = Field(min_length=1)
-    method: str = Field(
-        "linear",
-        description=f"one of {', '.join([*METHODS, GREEDY_SOUP])} (greedy_soup needs evaluate_on or an evaluate callback)",
-    )
-    parameters: dict[str, Any] = Field(default_factory=dict, description="the method's parameters")
-    output: str = Field(description="output directory (an HF checkpoint)")
-    include: list[str] | None = Field(
-        None, description="fnmatch patterns of keys to merge; others are copied from base"
-    )
-    max_shard_size: int | str = Field("2GB", description="largest output shard, e.g. 500MB")
-    chunk_size: int | str = Field(
-        DEFAULT_CHUNK_BYTES, description="row-chunk size: larger tensors are merged in chunks"
-    )
-    hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
-    overwrite: bool = False
-    evaluate_on: TaskSpec | None = Field(
-        None, description="a task whose validation split scores the merge (required by greedy_soup); head from the base"
-    )
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        if v not in METHODS and v != GREEDY_SOUP:
-            raise ValueError(f"unknown method {v!r}; choose one of: {', '.join([*METHODS, GREEDY_SOUP])}")
-        return v
-
-    @field_validator("max_shard_size", "chunk_size")
-    @classmethod
-    def _size(cls, v: int | str) -> int | str:
-        try:
-            parse_size(v)
-        except PaintError as e:
-            raise ValueError(str(e)) from None
-        return v
-
-
 def accuracy_evaluator(
     model: torch.nn.Module,
     head: torch.Tensor,
@@ -149,7 +72,6 @@ def accuracy_evaluator(
         spec: the model's :class:`paint.data.preprocess.ImageSpec`.
         batch_size: evaluation batch size.
     """
-    from paint.evaluation.results import evaluate_split
 
     def evaluate(state_dict: Mapping[str, torch.Tensor]) -> float:
         model.load_state_dict(dict(state_dict), strict=True)
@@ -158,14 +80,10 @@ def accuracy_evaluator(
     return evaluate
 
 
-def evaluator_for(cfg: MergeConfig, split: str = "val") -> Evaluate | None:
+def merge_evaluator(cfg: MergeConfig, split: str = "val") -> Evaluate | None:
     """The ``evaluate_on`` task as an accuracy callback: the base model's architecture and zero-shot head."""
     if cfg.evaluate_on is None:
         return None
-    from paint.data.preprocess import preprocess_split
-    from paint.data.registry import load_task
-    from paint.models.clip import load_clip
-    from paint.models.heads import zeroshot_head
 
     task, _ = load_task(cfg.evaluate_on)
     data = task.split(split)
@@ -177,7 +95,6 @@ def evaluator_for(cfg: MergeConfig, split: str = "val") -> Evaluate | None:
 
 def _resolve_source(path: str) -> str:
     """``paint:default`` and friends -> a path (the model module owns that mapping)."""
-    from paint.models.clip import resolve_model_source
 
     return resolve_model_source(path)
 
@@ -240,7 +157,6 @@ def check_tasks(cfg: MergeConfig) -> None:
             f"method {cfg.method!r} runs every model on its own task: model {missing[0]} has none; "
             "give each model one, e.g. models: [{path: ft-digits/, task: {name: digits}}, ...]"
         )
-    from paint.models.clip import check_local_checkpoint, checkpoint_family
 
     base = Path(_resolve_source(cfg.base))
     if not base.is_dir():
@@ -256,8 +172,6 @@ def check_block_weights(cfg: MergeConfig, base_keys: Any) -> None:
     """Per-block weights: task arithmetic only, exactly the blocks of the base's image tower (before any data)."""
     if all(m.block_weights is None for m in cfg.models):
         return
-    from paint.types import is_image_tower_key
-    from paint.weights.blocks import block_names
 
     if cfg.method != "task_arithmetic":
         raise PaintError(f"per-block weights (block_weights) need method 'task_arithmetic', not {cfg.method!r}")
@@ -269,125 +183,6 @@ def check_block_weights(cfg: MergeConfig, base_keys: Any) -> None:
         if missing or extra:
             what = f"no coefficient for block {missing[0]!r}" if missing else f"unknown block {extra[0]!r}"
             raise PaintError(f"model {m.path}: block_weights has {what}; the base's image tower has blocks {blocks}")
-
-
-def check_carried_files(base: Path) -> None:
-    """The base's JSON files that the output will carry (config, tokenizer, processor) parse as JSON objects."""
-    if not base.is_dir():
-        return
-    for name in CARRIED_FILES:
-        path = base / name
-        if not name.endswith(".json") or not path.is_file():
-            continue
-        try:
-            ok = isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
-            why = "is not a JSON object"
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            ok, why = False, f"is not valid JSON ({str(e).splitlines()[0]})"
-        if not ok:
-            raise PaintError(f"base file {path} {why}; fix or remove it (the merge would copy it into the output)")
-
-
-def _carry_files(base: Path, dest: Path) -> list[str]:
-    """Copy config, tokenizer and processor files from a base directory; return their names."""
-    if not base.is_dir():
-        return []
-    copied = []
-    for name in CARRIED_FILES:
-        if (base / name).is_file():
-            shutil.copy2(base / name, dest / name)
-            copied.append(name)
-    return copied
-
-
-def _input_hashes(
-    readers: list[CheckpointReader], labels: list[str], known: Mapping[str, str] | None = None
-) -> list[dict[str, str]]:
-    """One row per input file; each distinct file is hashed once (``known``: hashes computed while streaming)."""
-    digests = {Path(p).resolve(): h for p, h in (known or {}).items()}
-    rows = []
-    for label, r in zip(labels, readers):
-        for f in r.files:
-            if f.resolve() not in digests:
-                digests[f.resolve()] = file_sha256(f)
-            rows.append({"input": label, "file": str(f), "sha256": digests[f.resolve()]})
-    return rows
-
-
-def _card_inputs(cfg: MergeConfig, summary: Mapping[str, Any]) -> list[str]:
-    """The model card's inputs section: roles, paths and weights, then each file's sha256."""
-    lines = [
-        "## Inputs",
-        "",
-        "| role | path | weight |",
-        "|---|---|---|",
-        f"| base | `{cfg.base}` | |",
-        *[f"| model {i} | `{m.path}` | {m.weight:g} |" for i, m in enumerate(cfg.models)],
-        "",
-    ]
-    if summary.get("input_hashes"):
-        lines += ["| input | file | sha256 |", "|---|---|---|"]
-        lines += [f"| {h['input']} | `{Path(h['file']).name}` | `{h['sha256']}` |" for h in summary["input_hashes"]]
-        lines.append("")
-    return lines
-
-
-def model_card(cfg: MergeConfig, summary: Mapping[str, Any]) -> str:
-    """README.md for the merged checkpoint: method and papers, inputs with hashes, results, config."""
-    if cfg.method == GREEDY_SOUP:
-        papers, description = (
-            GREEDY_SOUP_PAPERS,
-            "greedy soup: add models by validation accuracy while it does not fall",
-        )
-    else:
-        m = get_method(cfg.method)
-        papers, description = m.papers, m.description
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags:",
-        "- paint",
-        "- merge",
-        f"- {cfg.method}",
-        "---",
-        "",
-        f"# Merged model ({cfg.method})",
-        "",
-        f"Made with `paint merge`: {description}.",
-        "",
-        "## Method",
-        "",
-        *[f"- {p.cite()}" for p in papers],
-        "",
-        f"Parameters: `{json.dumps(summary['parameters'], sort_keys=True)}`",
-        "",
-        *_card_inputs(cfg, summary),
-        "## Evaluation",
-        "",
-    ]
-    evaluation = summary.get("evaluation")
-    if evaluation:
-        lines.append("```json")
-        lines.append(json.dumps(evaluation, indent=2, sort_keys=True))
-        lines.append("```")
-    else:
-        lines.append("Not evaluated by the merge.")
-    stats = summary["stats"]
-    lines += [
-        "",
-        "## Output",
-        "",
-        f"{stats['tensors']} tensors ({stats['merged']} merged, {stats['copied']} copied from the base), "
-        f"{stats['bytes'] / 1e6:.1f} MB in {', '.join(stats['files'])}.",
-        "",
-        f"## Merge config (`{CONFIG_NAME}`)",
-        "",
-        "```yaml",
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(),
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _soup_into(tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], evaluate: Evaluate) -> dict[str, Any]:
@@ -421,9 +216,6 @@ def _stream_into(
     if any(m.block_weights is not None for m in cfg.models):
         method = with_block_weights(method, [m.block_weights for m in cfg.models])
     if method.needs_data:  # regmean: every model's Gram matrices on its task, models run one at a time
-        from paint.pipeline.regmean import model_grams
-        from paint.weights.regmean import with_grams
-
         models = [(r, m.task) for r, m in zip(readers[1:], cfg.models)]
         method = with_grams(method, [g.grams for g in model_grams(cfg.base, models, p, progress)])
     merged = stream_merge_into(
@@ -493,8 +285,8 @@ def _merge_into(
             "parameters": done["parameters"],
             "weights": [m.weight for m in cfg.models],
             "stats": done["stats"],
-            "carried_files": _carry_files(Path(readers[0].path), tmp),
-            "input_hashes": _input_hashes(readers, labels, done["hashes"]) if cfg.hash_inputs else [],
+            "carried_files": carry_files(Path(readers[0].path), tmp),
+            "input_hashes": input_hashes(readers, labels, done["hashes"]) if cfg.hash_inputs else [],
             "evaluation": done["evaluation"],
             "output": str(out),
         }
