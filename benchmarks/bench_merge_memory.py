@@ -1,27 +1,35 @@
-"""Peak memory and wall time of ``paint merge`` for every method vs the naive load-everything merge.
+"""Peak memory and wall time of ``paint merge`` for every method vs the naive merge and the disk's own speed.
 
 Generates three random checkpoints (a base and two "fine-tuned" ones) with the real key
 names and shapes of Hugging Face CLIP ViT-L/14 (about 1.7 GB each in fp32; ``--layout
-vit-b16`` for 0.6 GB), written tensor by tensor so generation stays light, then merges in
-fresh subprocesses:
+vit-b16`` for 0.6 GB), written tensor by tensor so generation stays light, then measures, each
+in a fresh process that starts after :func:`settle` (dirty pages flushed, one plain write):
 
-- ``naive``: ``safetensors.torch.load_file`` both fine-tuned models, lerp every tensor at
-  0.5, ``save_file`` (what a script without streaming does);
-- ``METHOD``: :func:`paint.pipeline.merge.run_merge`, i.e. ``paint merge`` with its defaults (input
-  hashes included), for every registered method: base plus the two fine-tuned models;
-  ``linear (no hashes)`` is the same linear merge with ``hash_inputs: false``.
+- the disk: ``cp`` of one checkpoint; a Python read of the three inputs and a write of one
+  checkpoint's bytes; the IO floor of a two-model merge (read both models, write one output,
+  no maths); sha256 of the three inputs on one thread (what ``hash_inputs`` costs in CPU);
+- ``naive``: ``safetensors.torch.load_file`` both fine-tuned models, lerp every tensor at 0.5,
+  ``save_file`` (what a script without streaming does);
+- ``METHOD``: :func:`paint.pipeline.merge.run_merge`, i.e. ``paint merge`` with its defaults
+  (input hashes included), for every registered method: base plus the two fine-tuned models;
+  ``linear (no hashes)`` is the same linear merge with ``hash_inputs: false``;
+- ``regmean (merge step)``: RegMean needs data (each model's Gram matrices, gathered by forward
+  passes on its task). Its merge step is measured with random Gram matrices for every linear
+  layer of the image tower, written to a safetensors file per model and read one at a time
+  (``merge_checkpoints`` with ``with_grams``; no input hashes);
+- with ``--before-src DIR`` (a copy of ``src/`` from another commit), every fast method again
+  with that code, interleaved, so that before and after are measured side by side.
 
-Peak resident memory comes from the OS twice: ``ru_maxrss`` of each child via ``os.wait4``
-and the child's own ``VmHWM`` from ``/proc/self/status``. The parent stays small (stdlib
-only; generation runs in a child too) because a child's ``ru_maxrss`` also counts the
-parent's resident pages it shared between fork and exec. Before each run the page
-cache's dirty pages are flushed (``os.sync``), so that no run pays for the writeback of
-the previous one's output (on a slow disk that dominates the wall time). The naive and the streamed
-linear outputs are compared tensor by tensor (they must be bit-identical). The goals:
-every method's peak <= 25% of one checkpoint + 300 MB; linear no slower than naive.
+Rounds of the fast methods alternate with the naive merge (``--repeats``; the best of each is
+compared); the SVD merges and RegMean run once (minutes each). Peak resident memory is the
+larger of each child's ``ru_maxrss`` (``os.wait4``) and its own ``VmHWM``; the parent stays
+small (stdlib only) because a child's ``ru_maxrss`` also counts the parent's pages shared
+between fork and exec. Outputs that must be bit-identical are compared tensor by tensor (naive
+and linear; each method and its ``[before]``). The goals: every method's peak <= 25% of one
+checkpoint + 300 MB, and no slower than naive.
 
 Usage: ``OMP_NUM_THREADS=1 nice -n 15 .venv/bin/python benchmarks/bench_merge_memory.py
-[--repeats 2] [--layout vit-b16] [--methods linear ties] [--workdir DIR]``
+[--repeats 3] [--layout vit-b16] [--methods linear ties] [--inputs DIR] [--before-src DIR]``
 """
 
 from __future__ import annotations
@@ -43,20 +51,51 @@ METHOD_SETTINGS = {  # weights, parameters
     "dare_task_arithmetic": ([0.5, 0.5], {"drop_rate": 0.5}),
     "dare_ties": ([1.0, 1.0], {"drop_rate": 0.5}),
     "model_stock": ([1.0, 1.0], {}),
+    "iso_c": ([1.0, 1.0], {}),
+    "iso_cts": ([1.0, 1.0], {}),
+    "tsv_m": ([1.0, 1.0], {}),
+    "regmean": ([1.0, 1.0], {}),
 }
-NO_HASH = " (no hashes)"  # paint merge with hash_inputs: false: the merge's own cost
+SLOW = ("iso_c", "iso_cts", "tsv_m", "regmean")  # run once: compute-bound (SVDs, solves), minutes each
+NO_HASH, BEFORE, REGMEAN = " (no hashes)", " [before]", "regmean (merge step)"
+SAFE = "model.safetensors"
+WHY_NOT = {  # why a method cannot keep the memory or time goal, printed beside it
+    "iso_c": "an SVD needs the whole matrix: N + 1 inputs, the task vectors and LAPACK's factors of the 49408 x 768 "
+    "token embedding (145 MiB each) at once; compute-bound (one SVD per 2-D tensor)",
+    "iso_cts": "as iso_c, plus one SVD per task and two polar factors per 2-D tensor",
+    "tsv_m": "as iso_c, with one SVD per task and two polar factors per 2-D tensor",
+    "regmean": "compute-bound: a float64 Cholesky solve per linear layer (4096 x 4096 for fc2); the Gram matrices "
+    "themselves (4.2 GB per model at ViT-L/14 in float64) stay in memory in `paint merge`",
+    "ties": "compute-bound: an exact radix select (two passes per model) and the sign election",
+    "dare_ties": "compute-bound: a random draw per entry and model, an L1 pass, the sign election",
+    "dare_task_arithmetic": "compute-bound: a random draw per entry and model, and an L1 pass",
+    "model_stock": "compute-bound: float64 running sums of every pair of task vectors, exact whatever the chunking",
+    "linear": "sha256 of the 3 inputs (the disk table's last rows: as long as the merge) shares the 2 cores",
+    "linear" + NO_HASH: "writing the output to the page cache (the disk table's Python write) and paint's imports",
+    "task_arithmetic": "reads and hashes 3 inputs where the naive merge reads 2",
+}
 VMHWM = 'int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])'
 CHILD = {
     "stream": f"""
 import json, sys, time
 from paint.pipeline.merge import MergeConfig, run_merge
 t = time.perf_counter()
-weights, params = json.loads(sys.argv[5]), json.loads(sys.argv[6])
-method, hash_inputs = sys.argv[7].removesuffix(" (no hashes)"), not sys.argv[7].endswith(" (no hashes)")
+weights, params, method = json.loads(sys.argv[5]), json.loads(sys.argv[6]), sys.argv[7]
 cfg = MergeConfig(base=sys.argv[1], models=[{{"path": sys.argv[2], "weight": weights[0]}},
-                  {{"path": sys.argv[3], "weight": weights[1]}}], method=method, parameters=params, output=sys.argv[4],
-                  hash_inputs=hash_inputs)
+                  {{"path": sys.argv[3], "weight": weights[1]}}], method=method.split(" ")[0], parameters=params,
+                  output=sys.argv[4], hash_inputs="{NO_HASH}" not in method)
 run_merge(cfg, progress=False)
+print(json.dumps({{"seconds": time.perf_counter() - t, "vmhwm_kb": {VMHWM}}}))
+""",
+    "regmean": f"""
+import json, sys, time
+from paint.weights.io import CheckpointReader
+from paint.weights.methods import get_method
+from paint.weights.regmean import with_grams
+from paint.weights.stream import merge_checkpoints
+t = time.perf_counter()
+grams = [CheckpointReader(p + "/grams.safetensors").as_mapping() for p in sys.argv[2:4]]  # read one at a time
+merge_checkpoints(sys.argv[1], sys.argv[2:4], sys.argv[4], with_grams(get_method("regmean"), grams), progress=False)
 print(json.dumps({{"seconds": time.perf_counter() - t, "vmhwm_kb": {VMHWM}}}))
 """,
     "naive": f"""
@@ -72,6 +111,30 @@ save_file(out, sys.argv[4] + "/model.safetensors", metadata={{"format": "pt"}})
 print(json.dumps({{"seconds": time.perf_counter() - t, "vmhwm_kb": {VMHWM}}}))
 """,
 }
+DISK = """
+import hashlib, json, os, sys, time
+mode, out, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+buf = bytearray(4 << 20); view = memoryview(buf)
+def read(path, h=None):
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            if h: h.update(view[:n])
+def write(nbytes):
+    with open(out, "wb", buffering=0) as f:
+        while nbytes > 0:
+            nbytes -= f.write(view[: min(len(buf), nbytes)])
+t = time.perf_counter()
+if mode == "read":
+    for p in files: read(p)
+elif mode == "write":
+    write(os.path.getsize(files[0]))
+elif mode == "floor":
+    for p in files: read(p)
+    write(os.path.getsize(files[0]))
+elif mode == "sha256":
+    for p in files: read(p, hashlib.sha256())
+print(json.dumps({"seconds": time.perf_counter() - t, "vmhwm_kb": 0}))
+"""
 LAYOUTS = {  # CLIP vision / text sizes
     "vit-l14": ({"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
                  "image_size": 224, "patch_size": 14}, 768, 768),
@@ -99,10 +162,17 @@ def clip_layout(name: str) -> dict:
     return {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
 
-def generate(paths: list[Path], layout: dict) -> None:
-    """Write a random base and fine-tuned variants (base + small noise) tensor by tensor."""
+def is_tower_linear(key: str) -> bool:
+    """A linear layer of the image tower (the weights RegMean merges from Gram matrices)."""
+    linear = key.endswith(("_proj.weight", "fc1.weight", "fc2.weight")) or key == "visual_projection.weight"
+    return linear and key.startswith(("vision_model.", "visual_projection."))
+
+
+def generate(paths: list[Path], layout: dict, grams: bool) -> None:
+    """Write a random base and fine-tuned variants (base + small noise) tensor by tensor, and Gram matrices."""
     import torch
 
+    from paint.weights.io import TensorInfo
     from paint.weights.writer import ShardedWriter
 
     gen = torch.Generator().manual_seed(0)
@@ -122,110 +192,207 @@ def generate(paths: list[Path], layout: dict) -> None:
             w.write(key, base + torch.randn(info.shape, generator=gen, dtype=info.dtype) * 0.002)
     for w in writers:
         w.close()
+    if not grams:
+        return
+    linears = {k: info.shape[1] for k, info in layout.items() if is_tower_linear(k)}
+    for p in paths[1:]:  # X^T X of 64 random input directions, plus the identity: symmetric positive definite
+        infos = {k: TensorInfo((n, n), torch.float32) for k, n in linears.items()}
+        gw = ShardedWriter(p, infos, single_file=p / "grams.safetensors")
+        for k, n in linears.items():
+            x = torch.randn(64, n, generator=gen)
+            gw.write(k, (x.T @ x).add_(torch.eye(n)))
+        gw.close()
 
 
-def run_child(mode: str, method: str, paths: list[Path], out: Path) -> dict:
-    """Run one merge in a fresh interpreter; peak RSS from the kernel's rusage of that child."""
-    weights, params = METHOD_SETTINGS[method.removesuffix(NO_HASH)]
-    argv = [*map(str, paths), str(out), json.dumps(weights), json.dumps(params), method]
+def run_child(mode: str, name: str, paths: list[Path], out: Path, src: str | None = None) -> dict:
+    """Run one merge (or disk check) in a fresh interpreter; peak RSS from the kernel's rusage of that child."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if src:
+        env["PYTHONPATH"] = src
+    if mode == "disk":
+        argv = [sys.executable, "-c", DISK, name, str(out), *map(str, paths)]
+    elif mode == "cp":
+        argv = ["cp", str(paths[0]), str(out)]
+    else:
+        settings = [json.dumps(x) for x in METHOD_SETTINGS.get(name.split(" ")[0], ([], {}))]
+        argv = [sys.executable, "-c", CHILD[mode], *map(str, paths), str(out), *settings, name]
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD[mode], *argv], stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
     stdout = proc.stdout.read() if proc.stdout else b""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{mode} {method} merge failed with exit code {os.waitstatus_to_exitcode(status)}")
-    inner = json.loads(stdout.decode().strip().splitlines()[-1])
+        raise SystemExit(f"{mode} {name} failed with exit code {os.waitstatus_to_exitcode(status)}")
+    inner = json.loads(stdout.decode().strip().splitlines()[-1]) if mode != "cp" else {"seconds": wall, "vmhwm_kb": 0}
     peak = max(usage.ru_maxrss / 1024, inner["vmhwm_kb"] / 1024)
-    return {
-        "name": "naive" if mode == "naive" else method,
-        "peak_mb": peak,
-        "wall_s": wall,
-        "merge_s": inner["seconds"],
-    }
+    return {"peak_mb": peak, "wall_s": wall, "inner_s": inner["seconds"]}
 
 
 def same_tensors(x: Path, y: Path) -> bool:
-    """Bit-for-bit comparison of two checkpoints, one tensor at a time."""
-    import torch
+    """Bit-for-bit comparison of two checkpoints, one tensor at a time (in a child: the parent never holds torch)."""
+    code = (
+        "import sys, torch\nfrom paint.weights.io import CheckpointReader\n"
+        "rx, ry = CheckpointReader(sys.argv[1]), CheckpointReader(sys.argv[2])\n"
+        "same = set(rx.keys()) == set(ry.keys()) and all(torch.equal(rx.get(k), ry.get(k)) for k in rx.keys())\n"
+        "print(same)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(x), str(y)], capture_output=True, text=True, check=True)
+    return done.stdout.strip() == "True"
 
-    from paint.weights.io import CheckpointReader
 
-    rx, ry = CheckpointReader(x), CheckpointReader(y)
-    return set(rx.keys()) == set(ry.keys()) and all(torch.equal(rx.get(k), ry.get(k)) for k in rx.keys())
+def goal_note(name: str, peak_ok: bool, ratio: float | None) -> str:
+    """``met``, or what is not met and why."""
+    missing = ([] if peak_ok else ["memory"]) + ([] if ratio is None or ratio <= 1.0 else ["time"])
+    if not missing:
+        return "met"
+    method = name.removesuffix(BEFORE)
+    why = WHY_NOT.get(method, "" if NO_HASH in method else WHY_NOT.get(method.split(" ")[0], ""))
+    return f"NOT met ({' and '.join(missing)})" + (f": {why}" if why else "")
 
 
-def report(results: list[dict], size: int) -> bool:
-    """Print the table; return whether every goal is met."""
+def report(results: list[dict], size: int, disk: dict[str, float]) -> bool:
+    """Print the tables; return whether every goal is met."""
     goal_mb = 0.25 * size / 2**20 + 300
     names = list(dict.fromkeys(r["name"] for r in results))
     peak = {n: max(r["peak_mb"] for r in results if r["name"] == n) for n in names}
     walls = {n: [r["wall_s"] for r in results if r["name"] == n] for n in names}
-    print(f"\ncheckpoint {size / 2**20:.1f} MiB; memory goal {goal_mb:.1f} MiB\n")
-    print(f"| {'merge':<22} | {'peak RSS (MiB)':>14} | {'wall (s)':<22} | memory goal |")
-    print(f"|{'-' * 24}|{'-' * 15}:|{'-' * 24}|{'-' * 13}|")
+    naive = min(walls["naive"])
+    floor = disk.get("IO floor (read 2, write 1)")
+    print(f"\ncheckpoint {size / 2**20:.1f} MiB; memory goal {goal_mb:.1f} MiB; wall seconds of fresh processes")
+    print("\n| disk (same files) | wall (s) | GB/s |\n|---|---:|---:|")
+    for n, sec in disk.items():
+        nbytes = 1 if n.startswith("Python write") else {"cp (one checkpoint)": 2}.get(n, 3)
+        print(f"| {n} | {sec:.2f} | {nbytes * size / sec / 1e9:.2f} |")
+    head = f"| {'merge':<30} | {'peak RSS (MiB)':>14} | {'wall (s), each run':<24} | best / naive | best / IO floor"
+    print(f"\n{head} | goals |")
+    print(f"|{'-' * 32}|{'-' * 15}:|{'-' * 26}|{'-' * 13}:|{'-' * 16}:|{'-' * 7}|")
     ok = True
     for n in names:
-        met = n == "naive" or peak[n] <= goal_mb
-        ok &= met
+        ratio = None if n == "naive" else min(walls[n]) / naive
+        note = "-" if n == "naive" else goal_note(n, peak[n] <= goal_mb, ratio)
+        ok &= note in ("-", "met") or n.endswith(BEFORE)
         wall = " / ".join(f"{w:.1f}" for w in walls[n])
-        print(
-            f"| {n:<22} | {peak[n]:>14,.0f} | {wall:<22} | {'-' if n == 'naive' else 'met' if met else 'NOT met':<11} |"
-        )
-    if "linear" in walls:
-        faster = min(walls["linear"]) <= min(walls["naive"])
-        ok &= faster
-        print(f"\nlinear / naive best wall time: {min(walls['linear']) / min(walls['naive']):.3f} "
-              f"({'met' if faster else 'NOT met'}: no slower than naive)")  # fmt: skip
+        vs_floor = f"{min(walls[n]) / floor:.2f}x" if floor else "-"
+        shown = "-" if ratio is None else f"{ratio:.2f}x"
+        print(f"| {n:<30} | {peak[n]:>14,.0f} | {wall:<24} | {shown:>12} | {vs_floor:>15} | {note} |")
     return ok
+
+
+def disk_speed(paths: list[Path], work: Path) -> dict[str, float]:
+    """Wall seconds of plain copies, reads and writes of the same files (best of two), and of hashing them."""
+    files = [p / SAFE for p in paths]
+    checks = {
+        "cp (one checkpoint)": ("cp", files[1:2]),
+        "Python read (3 inputs)": ("read", files),
+        "Python write (one checkpoint)": ("write", files[1:2]),
+        "IO floor (read 2, write 1)": ("floor", files[1:]),
+        "sha256 of the 3 inputs, one thread": ("sha256", files),
+    }
+    out: dict[str, float] = {}
+    for name, (mode, which) in checks.items():
+        runs = []
+        for _ in range(2):
+            target = work / "disk-out"
+            target.unlink(missing_ok=True)
+            os.sync()
+            runs.append(run_child("cp" if mode == "cp" else "disk", mode, which, target)["wall_s"])
+        out[name] = min(runs)
+        print(f"{name:>36}: {out[name]:6.2f}s", flush=True)
+    (work / "disk-out").unlink(missing_ok=True)
+    return out
+
+
+def settle(paths: list[Path], work: Path) -> float:
+    """Flush dirty pages, write one checkpoint's bytes and flush again; return that write's seconds.
+
+    Every run starts after it, so that none pays for an earlier one's writeback nor for what a
+    process leaves behind: the first large write after the naive merge's 5 GB process ends took
+    3-4 s of system time here (a plain 1.7 GB write, 0.3-0.8 s otherwise), so whichever run came
+    right after the naive merge was slowed by it.
+    """
+    target = work / "disk-out"
+    os.sync()
+    seconds = run_child("disk", "write", [paths[1] / SAFE], target)["wall_s"]
+    target.unlink(missing_ok=True)
+    os.sync()
+    return seconds
+
+
+def twin(name: str) -> str | None:
+    """The run whose output must equal this one's bit for bit: naive and linear, a method and its [before]."""
+    if name in ("naive", "linear"):
+        return "linear" if name == "naive" else "naive"
+    return name.removesuffix(BEFORE) if name.endswith(BEFORE) else name + BEFORE
+
+
+def plan(methods: list[str], repeats: int, before: str | None) -> list[tuple[str, str, str | None]]:
+    """(mode, name, src) of every run: rounds of the naive merge and the fast methods, then the slow ones once."""
+    fast = [m for m in methods if m not in SLOW]
+    names = [*(["linear", "linear" + NO_HASH] if "linear" in fast else []), *(m for m in fast if m != "linear")]
+    one = [("naive", "naive", None)] + [r for n in names for r in [("stream", n, None), ("stream", n + BEFORE, before)]]
+    slow = [("regmean", REGMEAN, None) if m == "regmean" else ("stream", m, None) for m in methods if m in SLOW]
+    return [r for r in one if before or not r[1].endswith(BEFORE)] * repeats + slow
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", help="where to put the temporary checkpoints (default: a new temp dir)")
-    ap.add_argument("--repeats", type=int, default=1, help="alternating runs of naive and linear")
+    ap.add_argument("--inputs", help="generate the checkpoints here once and reuse them (kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the naive merge and the fast methods")
     ap.add_argument("--layout", choices=sorted(LAYOUTS), default="vit-l14", help="checkpoint size (vit-b16: smaller)")
     ap.add_argument("--methods", nargs="+", default=list(METHOD_SETTINGS), help="methods to measure")
+    ap.add_argument("--before-src", help="a src/ directory of other code to measure side by side ([before])")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--generate", nargs=3, metavar=("BASE", "A", "B"), help=argparse.SUPPRESS)
+    ap.add_argument("--grams", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.generate:
-        generate([Path(p) for p in args.generate], clip_layout(args.layout))
+        generate([Path(p) for p in args.generate], clip_layout(args.layout), args.grams)
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="paint-bench-", dir=args.workdir))
+    inputs = Path(args.inputs) if args.inputs else work
     try:
         t = time.perf_counter()
-        paths = [work / "base", work / "a", work / "b"]
-        # generate in a child so that this process never holds torch or tensors (see the module docstring)
-        subprocess.run([sys.executable, __file__, "--layout", args.layout, "--generate", *map(str, paths)], check=True)
-        size = (paths[0] / "model.safetensors").stat().st_size
-        print(f"generated 3 {args.layout} checkpoints, {size / 1e9:.3f} GB each, in {time.perf_counter() - t:.1f}s")
-        results = []
-        runs = [("naive", "linear"), ("stream", "linear"), ("stream", "linear" + NO_HASH)] * args.repeats
-        runs += [("stream", m) for m in args.methods if m != "linear"]
-        for mode, method in runs:
-            out = work / f"out-{mode}-{method.replace(' ', '_')}"
+        paths = [inputs / "base", inputs / "a", inputs / "b"]
+        grams = "regmean" in args.methods
+        if not all((p / SAFE).is_file() for p in paths) or (grams and not (paths[1] / "grams.safetensors").is_file()):
+            for p in paths:
+                shutil.rmtree(p, ignore_errors=True)
+            # generate in a child so that this process never holds torch or tensors (see the module docstring)
+            cmd = [sys.executable, __file__, "--layout", args.layout, "--generate", *map(str, paths)]
+            subprocess.run(cmd + (["--grams"] if grams else []), check=True)
+        size = (paths[0] / SAFE).stat().st_size
+        print(f"3 {args.layout} checkpoints, {size / 1e9:.3f} GB each, ready in {time.perf_counter() - t:.1f}s")
+        disk = disk_speed(paths, work)
+        runs = plan(args.methods, args.repeats, args.before_src)
+        planned = {name for _, name, _ in runs}
+        results, identical, spacers = [], {}, []
+        for mode, name, src in runs:
+            out = work / f"out-{name.replace(' ', '_')}"
             shutil.rmtree(out, ignore_errors=True)
-            os.sync()  # start every run with no dirty pages: none pays for an earlier run's writeback
-            res = run_child(mode, method, paths, out)
+            spacers.append(settle(paths, work))
+            res = {"name": name, **run_child(mode, name, paths, out, src)}
             results.append(res)
-            print(
-                f"{res['name']:>22}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:6.2f}s"
-                f"   (after imports {res['merge_s']:6.2f}s)",
-                flush=True,
-            )
-            if mode == "stream" and method != "linear":
-                shutil.rmtree(out)  # keep disk use at four checkpoints
-        identical = same_tensors(work / "out-naive-linear", work / "out-stream-linear")
-        ok = report(results, size)
-        print(f"naive and streamed linear outputs bit-identical: {identical}")
-        return 0 if identical and ok else 1
+            print(f"{name:>30}: peak RSS {res['peak_mb']:8.1f} MiB   wall {res['wall_s']:7.2f}s"
+                  f"   (after imports {res['inner_s']:7.2f}s)", flush=True)  # fmt: skip
+            other = twin(name)
+            pair = " vs ".join(sorted((name, other or "")))
+            twin_out = work / f"out-{(other or '').replace(' ', '_')}"
+            if other and pair not in identical and twin_out.exists():
+                identical[pair] = same_tensors(out, twin_out)
+                shutil.rmtree(twin_out)
+            if not (other in planned and pair not in identical):  # keep an output only while its twin is to come
+                shutil.rmtree(out, ignore_errors=True)
+        disk[f"Python write before each run (median of {len(spacers)})"] = sorted(spacers)[len(spacers) // 2]
+        ok = report(results, size, disk)
+        for pair, same in identical.items():
+            print(f"bit-identical outputs, {pair}: {same}")
+        return 0 if ok and all(identical.values()) else 1
     finally:
-        if args.keep:
-            print(f"kept {work}")
-        else:
+        if args.keep or args.inputs:
+            print(f"kept {inputs if args.inputs else work}")
+        if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 

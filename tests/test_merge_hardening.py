@@ -12,7 +12,7 @@ import torch
 from paint.cli import main
 from paint.errors import PaintError
 from paint.pipeline.merge import MergeConfig, run_merge
-from paint.weights import io, writer
+from paint.weights import io, stream, writer
 from paint.weights import sparsify as S
 from paint.weights.methods import METHODS, get_method
 from paint.weights.stream import merge_checkpoints, merge_state_dicts
@@ -49,9 +49,14 @@ def sds():
     return base, models
 
 
+@pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize("method", [m for m in METHODS if not METHODS[m].needs_data])  # regmean: test_regmean.py
-def test_every_method_is_bit_identical_in_tiny_chunks(sds, method):
-    """A 24-byte chunk cuts every tensor into many row chunks (1-D ones into single entries)."""
+def test_every_method_is_bit_identical_in_tiny_chunks(sds, method, held, monkeypatch):
+    """A 24-byte chunk cuts every tensor into many row chunks (1-D ones into single entries).
+
+    ``held``: a first pass slices each input's tensor read once; otherwise it re-reads every chunk.
+    """
+    monkeypatch.setattr(stream, "HELD_BYTES", stream.HELD_BYTES if held else 0)
     base, models = sds
     weights = None if method == "model_stock" else [0.5, -0.25, 1.0] if "arithmetic" in method else [0.3, 0.5, 0.2]
     kw = {"method": method, "weights": weights, "params": PARAMS[method]}
@@ -100,7 +105,7 @@ def test_inputs_are_hashed_once_while_streaming(tmp_path, sds, monkeypatch, meth
     files = [b / "model.safetensors", other / "model.safetensors", *m.glob("*.safetensors")]
     expected = {str(p): io.file_sha256(p) for p in files}
     # No file is read a second time for its hash: the hashes come from the merge's own reads.
-    monkeypatch.setattr("paint.pipeline.merge.file_sha256", lambda p: pytest.fail(f"{p} hashed by a second read"))
+    monkeypatch.setattr("paint.pipeline.merge_files.file_sha256", lambda p: pytest.fail(f"{p} hashed by a second read"))
     base_dir = b if method == "ties" else other
     models_cfg = [{"path": str(b)}, {"path": str(m)}]
     cfg = MergeConfig(base=str(base_dir), models=models_cfg, method=method, output=str(tmp_path / "o"))

@@ -271,3 +271,22 @@ def test_run_merge_validates_svd_parameters_before_reading(tiny_clip_dir, finetu
                       parameters={"exclude_keys": [1, 2]}, output=str(tmp_path / "o"))  # fmt: skip
     with pytest.raises(PaintError, match="exclude_keys"):
         run_merge(cfg, progress=False)
+
+
+def test_orthonormal_factor_retries_in_double_when_the_svd_does_not_converge(monkeypatch):
+    """LAPACK's SVD can fail on repeated singular values (seen with Iso-CTS on identical task vectors)."""
+    from paint.weights import subspace
+
+    real, calls = torch.linalg.svd, []
+
+    def flaky(a, full_matrices=True):
+        calls.append(a.dtype)
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(a, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    a = torch.randn(6, 4)
+    q = subspace.orthonormal_factor(a)
+    assert calls == [torch.float32, torch.float64] and q.dtype == torch.float32
+    torch.testing.assert_close(q.T @ q, torch.eye(4), atol=1e-5, rtol=0)

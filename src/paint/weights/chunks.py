@@ -39,7 +39,10 @@ class OrderedSum:
 
     def add(self, chunk: torch.Tensor) -> None:
         """Add every entry of ``chunk`` (the next rows of the tensor)."""
-        flat = torch.cat([self._total, chunk.reshape(-1).to(torch.float64)])
+        if chunk.numel() == 0:
+            return
+        flat = chunk.reshape(-1).to(torch.float64, copy=True)
+        flat[:1] += self._total  # total + first entry (addition commutes), then the same scan as before
         self._total = torch.cumsum(flat, 0)[-1:]
 
     @property

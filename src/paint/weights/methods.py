@@ -22,313 +22,63 @@ Task arithmetic, TIES, DARE and DARE-TIES are configured instances of one implem
 :mod:`paint.weights.sparsify` and the README). The greedy soup needs an evaluator and lives
 in :mod:`paint.weights.soup`. RegMean (``needs_data``) needs each model's Gram matrices, which
 the pipeline gathers on the model's task and binds (:mod:`paint.weights.regmean`).
+
+This module is the registry; the maths is :mod:`paint.weights.combine` (and the modules it
+names), the parameters :mod:`paint.weights.method_params`, the citations
+:mod:`paint.weights.papers`. Their names stay importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import functools
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
 
 from paint.config import StrictModel, parse_config
 from paint.errors import PaintError
-from paint.weights.chunks import ChunkSource, OrderedSum, single, work_dtype
-from paint.weights.ops import finite_coefficient, lerp_tensor
+from paint.types import is_image_tower_key
+from paint.weights.blocks import block_of
+from paint.weights.chunks import single
+from paint.weights.combine import (  # noqa: F401 (re-exported: the maths' names as they were)
+    Combine,
+    Prepare,
+    delta_combine,
+    delta_prepare,
+    linear_merge,
+    model_stock_merge,
+    model_stock_prepare,
+    subspace_combine,
+)
+from paint.weights.method_params import (  # noqa: F401 (re-exported)
+    DareParams,
+    IsoCParams,
+    IsoCtsParams,
+    LinearParams,
+    NoParams,
+    TaskArithmeticParams,
+    TiesParams,
+    TsvMParams,
+)
+from paint.weights.ops import finite_coefficient
+from paint.weights.papers import (  # noqa: F401 (re-exported)
+    DARE,
+    ISO,
+    MODEL_STOCK,
+    PAINT,
+    REGMEAN,
+    SOUPS,
+    TASK_ARITHMETIC,
+    TIES,
+    TSV,
+    WISE_FT,
+    Paper,
+)
 from paint.weights.regmean import RegMeanParams, regmean_merge, regmean_prepare
-from paint.weights.sparsify import Rescale, magnitude_trim, random_drop, tensor_seed
-from paint.weights.subspace import LazyTaskVectors, iso_c_delta, iso_cts_delta, mean_delta, tsv_m_delta
-
-Prepare = Callable[[ChunkSource, int, Sequence[float], Any, str], Any]
-Combine = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[float], Any, str, Any], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class Paper:
-    """A paper a method implements."""
-
-    title: str
-    arxiv: str
-
-    def cite(self) -> str:
-        return f"{self.title} (arXiv:{self.arxiv})"
-
-
-PAINT = Paper("Patching open-vocabulary models by interpolating weights", "2208.05592")
-WISE_FT = Paper("Robust fine-tuning of zero-shot models", "2109.01903")
-SOUPS = Paper(
-    "Model soups: averaging weights of multiple fine-tuned models improves accuracy without increasing inference time",
-    "2203.05482",
-)
-TASK_ARITHMETIC = Paper("Editing Models with Task Arithmetic", "2212.04089")
-TIES = Paper("TIES-Merging: Resolving Interference When Merging Models", "2306.01708")
-DARE = Paper(
-    "Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free Lunch", "2311.03099"
-)
-MODEL_STOCK = Paper("Model Stock: All we need is just a few fine-tuned models", "2403.19522")
-REGMEAN = Paper("Dataless Knowledge Fusion by Merging Weights of Language Models", "2212.09849")
-ISO = Paper("No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces", "2502.04959")
-TSV = Paper("Task Singular Vectors: Reducing Task Interference in Model Merging", "2412.00081")
-
-
-# ---------------------------------------------------------------------------- parameters
-
-
-class LinearParams(StrictModel):
-    """Weighted average of the models (the base is not part of the average unless listed)."""
-
-    normalize: bool = Field(True, description="divide by the sum of the weights")
-
-
-class TaskArithmeticParams(StrictModel):
-    """``base + scaling * sum_i w_i * (theta_i - base)`` (mergekit's ``task_arithmetic``)."""
-
-    scaling: float = Field(1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector")
-    normalize: bool = Field(False, description="divide the summed task vectors by the sum of the weights")
-
-
-class TiesParams(StrictModel):
-    """TIES with mergekit's semantics: per-tensor trim, elect by summed mass, weighted disjoint mean."""
-
-    density: float = Field(0.2, gt=0.0, le=1.0, description="fraction of each tensor's task vector kept (top-k)")
-    scaling: float = Field(1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector")
-    normalize: bool = Field(
-        True, description="divide by the summed weights of the models that agree with the elected sign"
-    )
-
-
-class DareParams(StrictModel):
-    """DARE with mergekit's defaults (``dare_linear`` / ``dare_ties``): L1-norm rescale, no normalization."""
-
-    drop_rate: float = Field(0.5, ge=0.0, lt=1.0, description="probability p of dropping each delta entry")
-    scaling: float = Field(1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector")
-    seed: int = Field(0, ge=0, description="seed; each tensor's mask is seeded from (seed, tensor name, model index)")
-    rescale: Rescale = Field(
-        "l1", description="l1: match each tensor's L1 norm (mergekit); paper: divide by 1 - p; none"
-    )
-    normalize: bool = Field(False, description="divide by the summed weights (of the agreeing models with TIES)")
-
-
-class IsoCParams(StrictModel):
-    """Iso-C with fusion_bench's semantics and defaults (``ISO_C_Merge``: scaling_factor 1, no excluded keys)."""
-
-    scaling: float = Field(
-        1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector (fusion_bench's scaling_factor)"
-    )
-    exclude_keys: list[str] = Field(
-        default_factory=list,
-        description="fnmatch patterns of 2-D tensors merged by the mean task vector instead (fusion_bench's exclude_keys)",
-    )
-
-
-class IsoCtsParams(IsoCParams):
-    """Iso-CTS with fusion_bench's semantics and defaults (``ISO_CTS_Merge``: common_space_fraction 0.8)."""
-
-    common_space_fraction: float = Field(
-        0.8, ge=0.0, le=1.0, description="share of each 2-D tensor's rank given to the common subspace"
-    )
-
-
-class TsvMParams(StrictModel):
-    """TSV-M with fusion_bench's semantics and defaults (``TaskSingularVectorMerging``: alpha 1)."""
-
-    scaling: float = Field(
-        1.0, ge=-100.0, le=100.0, description="lambda applied to the merged task vector (fusion_bench's alpha)"
-    )
-    rank_fraction: float = Field(
-        1.0,
-        gt=0.0,
-        le=1.0,
-        description="share of each 2-D tensor's rank split among the tasks: each keeps int(rank * fraction / tasks)",
-    )
-    exclude_keys: list[str] = Field(
-        default_factory=list,
-        description="fnmatch patterns of 2-D tensors merged by the mean task vector instead (fusion_bench's exclude_keys)",
-    )
-
-
-class NoParams(StrictModel):
-    """The method takes no parameters."""
-
-
-# ---------------------------------------------------------------------------- linear
-
-
-def linear_merge(
-    base: torch.Tensor,
-    models: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    params: LinearParams,
-    key: str,
-    state: Any = None,
-) -> torch.Tensor:
-    """``sum_i w_i * theta_i`` (divided by ``sum_i w_i`` when normalizing); elementwise.
-
-    PAINT and WiSE-FT are two models weighted ``(1 - alpha, alpha)``; a uniform soup is N
-    models with equal weights. Two normalized models go through
-    :func:`paint.weights.ops.lerp_tensor`, so the result equals ``paint interpolate`` bit for bit.
-    """
-    total = float(sum(weights))
-    if params.normalize:
-        if total == 0.0:
-            raise PaintError(f"linear merge of {key!r}: the weights sum to 0; give weights with a non-zero sum")
-        if len(models) == 2:
-            return lerp_tensor(models[0], models[1], float(weights[1]) / total)
-        coefs = [float(w) / total for w in weights]
-    else:
-        coefs = [float(w) for w in weights]
-    wd = work_dtype(models[0].dtype)
-    acc = torch.zeros(models[0].shape, dtype=wd)
-    for c, m in zip(coefs, models):
-        acc.add_(m.to(wd), alpha=c)
-    return acc.to(base.dtype)
-
-
-# ---------------------------------------------------------------------------- generalized task arithmetic
-
-
-def _tau_chunks(source: ChunkSource, i: int) -> Callable[[], Any]:
-    """Model i's task-vector chunks ``theta_i - base`` in the work dtype, fresh at each call."""
-
-    def chunks() -> Any:
-        for b, m in zip(source(0), source(i + 1)):
-            wd = work_dtype(b.dtype)
-            yield m.to(wd) - b.to(wd)
-
-    return chunks
-
-
-def delta_prepare(
-    source: ChunkSource,
-    n_models: int,
-    weights: Sequence[float],
-    params: Any,
-    key: str,
-    *,
-    sparsify: Literal["none", "magnitude", "random"],
-) -> list[Any]:
-    """One sparsifier per model (None: keep every entry), built one model at a time."""
-    if sparsify == "magnitude":
-        return [magnitude_trim(_tau_chunks(source, i), params.density) for i in range(n_models)]
-    if sparsify == "random":
-        return [
-            random_drop(_tau_chunks(source, i), params.drop_rate, tensor_seed(params.seed, key, i), params.rescale)
-            for i in range(n_models)
-        ]
-    return [None] * n_models
-
-
-def _consensus(taus: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool) -> torch.Tensor:
-    """TIES: elect each entry's sign by summed mass (>= 0 elects +), keep the models that agree."""
-    mass = taus[0].clone()
-    for t in taus[1:]:
-        mass += t
-    positive = mass >= 0  # the elected sign: + where the mass is >= 0
-    del mass
-    mixed = torch.zeros_like(taus[0])
-    divisor = torch.zeros_like(taus[0]) if normalize else None
-    for t, w in zip(taus, weights):
-        agree = torch.where(positive, t > 0, t < 0)  # a zero entry never agrees
-        mixed += torch.where(agree, t, 0.0)
-        if divisor is not None:
-            divisor += torch.where(agree, float(w), 0.0)
-    if divisor is not None:
-        mixed /= divisor.masked_fill_(divisor == 0, 1.0)
-    return mixed
-
-
-def delta_combine(
-    base: torch.Tensor,
-    models: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    params: Any,
-    key: str,
-    state: Sequence[Any],
-    *,
-    sign_consensus: bool,
-) -> torch.Tensor:
-    """The one implementation behind task arithmetic, TIES, DARE and DARE-TIES (mergekit's order).
-
-    1. task vectors ``tau_i = theta_i - base``, sparsified by ``state[i]`` (TIES trim, DARE drop);
-    2. weight: ``w_i * tau_i``;
-    3. combine: sum, or with ``sign_consensus`` the sum of the entries agreeing with the
-       elected sign; with ``params.normalize`` divide by the summed weights (of the agreeing
-       models), a zero divisor counting as 1;
-    4. ``base + params.scaling * merged``, cast to the base dtype.
-    """
-    wd = work_dtype(base.dtype)
-    b = base.to(wd)
-    taus = []
-    for m, w, sparsifier in zip(models, weights, state):
-        tau = m.to(wd) - b
-        taus.append((tau if sparsifier is None else sparsifier(tau)) * float(w))
-    if sign_consensus:
-        mixed = _consensus(taus, weights, params.normalize)
-    else:
-        mixed = taus[0].clone()
-        for t in taus[1:]:
-            mixed += t
-        total = float(sum(weights))
-        if params.normalize and abs(total) >= 1e-8:
-            mixed /= total
-    if params.scaling != 1.0:
-        mixed *= float(params.scaling)
-    return (b + mixed).to(base.dtype)
-
-
-# ---------------------------------------------------------------------------- model stock
-
-
-def model_stock_prepare(
-    source: ChunkSource, n_models: int, weights: Sequence[float], params: NoParams, key: str
-) -> float:
-    """``t = N cos / (1 + (N - 1) cos)`` from the mean pairwise cosine of the task vectors, clamped to [0, 1].
-
-    One pass reads every model's rows together and accumulates the dot products and norms.
-    """
-    pairs = [(i, j) for i in range(n_models) for j in range(i, n_models)]
-    sums = {p: OrderedSum() for p in pairs}
-    for rows in zip(*(source(i) for i in range(n_models + 1))):
-        wd = work_dtype(rows[0].dtype)
-        taus = [m.to(wd) - rows[0].to(wd) for m in rows[1:]]
-        for i, j in pairs:
-            sums[i, j].add(taus[i] * taus[j])
-    cosines = [
-        sums[i, j].value / max(math.sqrt(sums[i, i].value) * math.sqrt(sums[j, j].value), 1e-12)
-        for i, j in pairs
-        if i < j
-    ]
-    cos = min(1.0, max(0.0, sum(cosines) / len(cosines)))
-    return n_models * cos / (1.0 + (n_models - 1) * cos)
-
-
-def model_stock_merge(
-    base: torch.Tensor,
-    models: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    params: NoParams,
-    key: str,
-    state: float,
-) -> torch.Tensor:
-    """Model Stock: ``t * mean_i(theta_i) + (1 - t) * base``, ``t`` from :func:`model_stock_prepare`.
-
-    The paper assumes a positive angle; a negative one would extrapolate away, hence the clamp.
-    """
-    wd = work_dtype(base.dtype)
-    mean = models[0].to(wd).clone()
-    for m in models[1:]:
-        mean += m.to(wd)
-    mean /= len(models)
-    return (state * mean + (1.0 - state) * base.to(wd)).to(base.dtype)
-
-
-# ---------------------------------------------------------------------------- SVD merges (Iso-C, Iso-CTS, TSV-M)
+from paint.weights.subspace import LazyTaskVectors, iso_c_delta, iso_cts_delta, tsv_m_delta
 
 
 def _iso_c(taus: LazyTaskVectors, params: IsoCParams) -> torch.Tensor:
@@ -341,37 +91,6 @@ def _iso_cts(taus: LazyTaskVectors, params: IsoCtsParams) -> torch.Tensor:
 
 def _tsv_m(taus: LazyTaskVectors, params: TsvMParams) -> torch.Tensor:
     return tsv_m_delta(taus, params.rank_fraction)
-
-
-def subspace_combine(
-    base: torch.Tensor,
-    models: Sequence[torch.Tensor],
-    weights: Sequence[float],
-    params: Any,
-    key: str,
-    state: Any,
-    *,
-    merge: Callable[[LazyTaskVectors, Any], torch.Tensor],
-) -> torch.Tensor:
-    """``base + scaling * merge(w_i * tau_i)`` for a 2-D tensor, ``base + scaling * mean_i(w_i * tau_i)`` otherwise.
-
-    The shared frame of Iso-C, Iso-CTS and TSV-M (fusion_bench's; the maths is in
-    :mod:`paint.weights.subspace`): task vectors ``tau_i = theta_i - base`` in float32 or wider,
-    each scaled by its model's weight (fusion_bench's per-task alpha list in TSV-M; 1 by
-    default), merged by ``merge`` when the tensor is 2-D and not matched by
-    ``params.exclude_keys``, by their mean otherwise. Needs the whole tensor
-    (``whole_tensor``): every model's copy of it is in memory at once, one tensor's worth each,
-    plus the SVD factors (about 4-5 more tensors' worth at the peak; the task vectors are
-    computed one at a time).
-    """
-    b = base.to(work_dtype(base.dtype))
-    taus = LazyTaskVectors(b, models, weights)
-    excluded = any(fnmatch.fnmatchcase(key, pattern) for pattern in params.exclude_keys)
-    if b.dim() == 2 and b.numel() > 0 and not excluded:
-        delta = merge(taus, params)
-    else:
-        delta = mean_delta(taus)
-    return delta.mul_(float(params.scaling)).add_(b).to(base.dtype)
 
 
 # ---------------------------------------------------------------------------- registry
@@ -530,9 +249,6 @@ def _block_weights_combine(
     block_weights: Sequence[Mapping[str, float] | None],
 ) -> torch.Tensor:
     """``inner`` with each model's weight for ``key`` taken from its per-block coefficients (image tower only)."""
-    from paint.types import is_image_tower_key
-    from paint.weights.blocks import block_of
-
     if is_image_tower_key(key):
         weights = [w if bw is None else float(bw[block_of(key)]) for w, bw in zip(weights, block_weights)]
     return inner(base, models, weights, params, key, state)

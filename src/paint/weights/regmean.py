@@ -69,12 +69,15 @@ class RegMeanParams(StrictModel):
 
 
 def reduce_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
-    """``G~``: the diagonal of ``gram`` kept, its off-diagonal entries scaled by ``alpha`` (float64)."""
-    g = gram.to(torch.float64)
+    """``G~``: the diagonal of ``gram`` kept, its off-diagonal entries scaled by ``alpha`` (float64).
+
+    Scaled in place in one float64 copy (a 4096 x 4096 Gram matrix is 128 MiB of it).
+    """
+    out = gram.to(torch.float64, copy=True)
     if alpha == 1.0:
-        return g.clone()
-    out = g * alpha
-    out.diagonal().copy_(g.diagonal())
+        return out
+    diagonal = out.diagonal().clone()
+    out.mul_(alpha).diagonal().copy_(diagonal)
     return out
 
 
@@ -115,13 +118,9 @@ def regmean_combine(weights: Sequence[torch.Tensor], grams: Sequence[torch.Tenso
     shape = tuple(weights[0].shape)
     if len(shape) != 2:
         raise PaintError(f"regmean merges 2-D (out, in) weights, got shape {shape}")
-    for i, (w, g) in enumerate(zip(weights, grams)):
+    for i, w in enumerate(weights):
         if tuple(w.shape) != shape:
             raise PaintError(f"regmean: weight {i} has shape {tuple(w.shape)}, weight 0 has {shape}")
-        if tuple(g.shape) != (shape[1], shape[1]):
-            raise PaintError(
-                f"regmean: Gram matrix {i} has shape {tuple(g.shape)}; a {shape} weight needs {(shape[1],) * 2}"
-            )
     f64 = torch.float64
     mean = torch.zeros(shape, dtype=f64)
     for w in weights:
@@ -129,10 +128,17 @@ def regmean_combine(weights: Sequence[torch.Tensor], grams: Sequence[torch.Tenso
     mean /= len(weights)
     a = torch.zeros(shape[1], shape[1], dtype=f64)
     r = torch.zeros(shape, dtype=f64)
-    for w, g in zip(weights, grams):
+    for i, w in enumerate(weights):
+        g = grams[i]  # looked up once and dropped after use: a lazy sequence holds one Gram matrix at a time
+        if tuple(g.shape) != (shape[1], shape[1]):
+            raise PaintError(
+                f"regmean: Gram matrix {i} has shape {tuple(g.shape)}; a {shape} weight needs {(shape[1],) * 2}"
+            )
         reduced = reduce_gram(g, float(alpha))
+        del g
         a += reduced
         r += (w.to(f64) - mean) @ reduced  # sum_i W_i G~_i - mean A, summed without cancelling large terms
+        del reduced
     dead = a.diagonal() <= 0  # an input dimension no model activated: its column of R is 0, keep the mean's
     if bool(dead.all()):
         return mean.to(weights[0].dtype)
@@ -142,6 +148,19 @@ def regmean_combine(weights: Sequence[torch.Tensor], grams: Sequence[torch.Tenso
 
 
 # ---------------------------------------------------------------------------- as a streamed merge method
+
+
+class GramsOf(Sequence[torch.Tensor]):
+    """Every model's Gram matrix of one weight, each looked up when it is used (a file-backed mapping reads it then)."""
+
+    def __init__(self, grams: Grams, key: str):
+        self.grams, self.key = grams, key
+
+    def __len__(self) -> int:
+        return len(self.grams)
+
+    def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
+        return self.grams[i][self.key]
 
 
 @dataclasses.dataclass
@@ -181,7 +200,7 @@ def regmean_prepare(
         raise PaintError(f"regmean: model {having.index(False)} has no Gram matrix for {key!r}, model 0 has one")
     ws = [torch.cat(list(source(i + 1))) for i in range(n_models)]
     try:
-        merged = regmean_combine(ws, [g[key] for g in grams], params.alpha)
+        merged = regmean_combine(ws, GramsOf(grams, key), params.alpha)
     except PaintError as e:
         raise PaintError(f"tensor {key!r}: {e}") from None
     return MergedRows(merged)

@@ -22,12 +22,14 @@ same chunks in the same order (it keeps state between chunks).
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from paint.weights.chunks import OrderedSum
 
@@ -85,7 +87,13 @@ def kth_largest_magnitude(chunks: TauChunks, density: float) -> tuple[torch.Tens
     match the prefix found so far (2 passes for float32, 4 for float64); memory is one chunk,
     and the result is exact. None when the trim keeps everything.
     """
-    prefix, known, remaining, nbits = 0, 0, 0, None
+    found = _radix_select(chunks, density)
+    return None if found is None else found[:2]
+
+
+def _radix_select(chunks: TauChunks, density: float) -> tuple[torch.Tensor, int, int] | None:
+    """:func:`kth_largest_magnitude` plus how many entries equal the k-th largest magnitude in all."""
+    prefix, known, remaining, nbits, equal = 0, 0, 0, None, 0
     while nbits is None or known < nbits:
         step = 16 if nbits is None else min(16, nbits - known)
         hist, nbits = _histogram(chunks, prefix, known, step, nbits)
@@ -97,11 +105,12 @@ def kth_largest_magnitude(chunks: TauChunks, density: float) -> tuple[torch.Tens
         at_least = torch.flip(hist, [0]).cumsum(0)  # at_least[j]: entries whose digit >= 2**step - 1 - j
         j = int(torch.searchsorted(at_least, remaining))
         remaining -= int(at_least[j - 1]) if j else 0
+        equal = int(hist[(1 << step) - 1 - j])  # the entries whose bits so far equal the prefix's
         prefix = (prefix << step) | ((1 << step) - 1 - j)
         known += step
     if nbits == 63:
-        return torch.tensor(prefix, dtype=torch.int64).view(torch.float64), remaining
-    return torch.tensor(prefix, dtype=torch.int32).view(torch.float32), remaining
+        return torch.tensor(prefix, dtype=torch.int64).view(torch.float64), remaining, equal
+    return torch.tensor(prefix, dtype=torch.int32).view(torch.float32), remaining, equal
 
 
 class MagnitudeTrim:
@@ -110,13 +119,22 @@ class MagnitudeTrim:
     Args:
         threshold: the k-th largest magnitude.
         ties: how many entries equal to ``threshold`` are kept (the first ones in flat order).
+        equal: how many entries equal ``threshold`` in the whole tensor, when known: keeping
+            them all (the usual case, a single one) needs no count of them chunk by chunk.
     """
 
-    def __init__(self, threshold: torch.Tensor, ties: int):
+    def __init__(self, threshold: torch.Tensor, ties: int, equal: int | None = None):
         self.threshold = threshold
         self.ties_left = ties
+        self._all_ties = equal is not None and ties >= equal
+        # the largest float below the threshold: |x| > below  <=>  |x| >= threshold
+        self._below = float(torch.nextafter(threshold, torch.tensor(-math.inf, dtype=threshold.dtype)))
 
     def __call__(self, tau: torch.Tensor) -> torch.Tensor:
+        if self._all_ties or self.ties_left == 0:
+            # |x| kept above the bound, else 0, given x's sign back: tau * keep bit for bit (NaN stays NaN).
+            bound = self._below if self._all_ties else float(self.threshold)
+            return F.threshold_(tau.abs(), bound, 0.0).copysign_(tau)
         mag = tau.abs()
         keep = mag > self.threshold
         tied = mag == self.threshold
@@ -132,7 +150,7 @@ class MagnitudeTrim:
 
 def magnitude_trim(chunks: TauChunks, density: float) -> MagnitudeTrim | None:
     """The TIES trim of one task vector (None: density keeps every entry)."""
-    found = kth_largest_magnitude(chunks, density)
+    found = _radix_select(chunks, density)
     return None if found is None else MagnitudeTrim(*found)
 
 
@@ -143,6 +161,17 @@ def trim_magnitude(tau: torch.Tensor, density: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- random drop
+
+
+def keep_where(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``torch.where(mask, x, 0.0)`` bit for bit, at a quarter of its cost when ``x`` is finite.
+
+    ``x * mask`` is ``x`` or a signed zero, and adding +0 turns -0 into +0 and leaves every other
+    value alone; an infinity or NaN (``inf * 0`` is NaN) takes ``torch.where`` itself.
+    """
+    if not math.isfinite(float(x.sum())):
+        return torch.where(mask, x, 0.0)
+    return (x * mask).add_(0.0)
 
 
 class RandomDrop:
@@ -164,11 +193,12 @@ class RandomDrop:
         if self._replay:
             bits = np.unpackbits(self._replay.popleft(), count=tau.numel()).view(np.bool_)
             return torch.from_numpy(bits).reshape(tau.shape)
-        drawn = torch.full(tau.shape, self.keep_prob, dtype=torch.float32)
-        return torch.bernoulli(drawn, generator=self._gen).to(torch.bool)
+        # torch.bernoulli(full(keep_prob)) draws one float32 uniform per entry and keeps it when below
+        # keep_prob; torch.rand draws the same uniforms from the same stream, 4x faster (tests hold it).
+        return torch.rand(tau.shape, generator=self._gen) < self.keep_prob
 
     def __call__(self, tau: torch.Tensor) -> torch.Tensor:
-        masked = torch.where(self.mask(tau), tau, 0.0)
+        masked = keep_where(self.mask(tau), tau)
         return masked if self.scale == 1.0 else masked * self.scale
 
 
@@ -190,7 +220,7 @@ def random_drop(chunks: TauChunks, drop_rate: float, seed: int, rescale: Rescale
         mask = probe.mask(tau)
         masks.append(np.packbits(mask.reshape(-1).numpy()))
         before.add(tau.abs())
-        after.add(torch.where(mask, tau.abs(), 0.0))
+        after.add(keep_where(mask, tau.abs()))
     if before.value < _L1_EPS or after.value < _L1_EPS:
         return RandomDrop(seed, keep, masks=masks)
     return RandomDrop(seed, keep, before.value / after.value, masks=masks)

@@ -6,9 +6,16 @@ Integer and boolean tensors, and keys not selected by ``include``, are copied fr
 base. Tensors larger than ``chunk_bytes`` are processed in row chunks by every method: a
 method that needs a whole-tensor statistic (TIES threshold, DARE norm, Model Stock angle)
 first makes a pass over the chunks, one model at a time (see :mod:`paint.weights.methods`),
-so even a 150 MB embedding never needs a full-size temporary. The SVD methods (Iso-C,
-Iso-CTS, TSV-M: ``MergeMethod.whole_tensor``) need the whole matrix and take every merged
-tensor whole: one tensor's worth per input, never a whole checkpoint.
+so even a 150 MB embedding never needs a full-size temporary (a tensor of up to
+:data:`HELD_BYTES` is read once and sliced for every pass). The SVD methods (Iso-C, Iso-CTS,
+TSV-M: ``MergeMethod.whole_tensor``) need the whole matrix and take every merged tensor whole:
+one tensor's worth per input, never a whole checkpoint.
+
+A merge is bound by reading its inputs and writing its output, so the work is spread over
+threads that overlap: the merge's own thread reads (:mod:`paint.weights.reads`) and computes,
+each input file is hashed on a thread of its own, and the output is written on another
+(:class:`paint.weights.writer.ShardedWriter`), each with a few chunks queued at most, so memory
+stays a few chunks per input.
 
 :func:`merge_state_dicts` is the in-memory twin for state dicts already loaded; it runs the
 same per-key code (:func:`merge_key`), so its result is bit-identical to the streamed one.
@@ -30,6 +37,7 @@ from paint.errors import PaintError
 from paint.progress import progress as tqdm
 from paint.utils import atomic_path
 from paint.weights.chunks import single
+from paint.weights.heap import kept_heap
 from paint.weights.io import DEFAULT_SHARD_BYTES, CheckpointReader, LazyStateDict, TensorInfo, check_safetensors_size
 from paint.weights.methods import MergeMethod, check_weights, get_method
 from paint.weights.ops import check_compatible
@@ -37,6 +45,7 @@ from paint.weights.reads import InputReads
 from paint.weights.writer import ShardedWriter
 
 DEFAULT_CHUNK_BYTES = 4 * 1024**2
+HELD_BYTES = 16 * 1024**2  # a method's first pass reads an input's tensor of up to this size once, not per pass
 
 # read(source index, key, start row, stop row); rows None means the whole tensor.
 RowReader = Callable[[int, str, "int | None", "int | None"], torch.Tensor]
@@ -105,12 +114,15 @@ def merge_key(
     params: Any,
     selected: bool,
     chunk_bytes: int,
+    held_bytes: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the merged tensor ``key`` as consecutive row chunks (one chunk when small).
 
     Source 0 is the base, sources 1..n_models the models. A method with a ``prepare`` pass
-    re-reads the chunks it needs; a tensor taken whole is read once. A ``whole_tensor``
-    method takes every tensor it merges whole (tensors copied from the base still stream).
+    reads each input's tensor once when it is at most ``held_bytes`` (default
+    :data:`HELD_BYTES`) and hands its chunks out as slices of it, and re-reads the chunks of a
+    larger one; a tensor taken whole is read once. A ``whole_tensor`` method takes every
+    tensor it merges whole (tensors copied from the base still stream).
     """
     ranges = row_ranges(info, chunk_bytes)
     if not (selected and info.dtype.is_floating_point):
@@ -126,13 +138,19 @@ def merge_key(
         ranges = [(None, None)]
     else:
         whole = {}
+        # A first pass reads every chunk again: read a tensor of moderate size once and slice it instead.
+        hold = method.prepare is not None and info.nbytes <= (HELD_BYTES if held_bytes is None else held_bytes)
+        held = {i: read(i, key, None, None) for i in needed} if hold else {}
+
+        def rows_of(i: int, start: int, stop: int) -> torch.Tensor:
+            return held[i][start:stop] if held else read(i, key, start, stop)
 
         def source(i: int) -> Iterator[torch.Tensor]:
-            return (read(i, key, a, b) for a, b in ranges)
+            return (rows_of(i, a, b) for a, b in ranges)
 
     state = method.prepare(source, n_models, weights, params, key) if method.prepare else None
     for start, stop in ranges:
-        rows = whole or {i: read(i, key, start, stop) for i in needed}
+        rows = whole or {i: rows_of(i, start, stop) for i in needed}
         models = [rows[i + 1] for i in range(n_models)]
         # A method that ignores the base only needs its dtype, which models[0] shares: skip the read.
         base = rows[0] if method.uses_base else models[0]
@@ -228,20 +246,24 @@ def stream_merge_into(
     reads = InputReads(readers, hashing=hash_inputs, unread=() if method.uses_base else (0,))
     writer = ShardedWriter(out_dir, infos, max_shard_bytes)
     merged = copied = 0
-    try:
-        reads.start()
-        for key, info in tqdm(infos.items(), total=len(infos), unit="tensor", desc="merge", disable=not progress):
-            sel = selected(key) and info.dtype.is_floating_point
-            writer.write(
-                key, merge_key(key, info, reads.read, len(readers) - 1, method, weights, params, sel, chunk_bytes)
-            )
-            merged += sel
-            copied += not sel
-        digests = reads.digests()
-    finally:
-        writer.abort()
-        reads.close()
-    files = writer.close()
+    with kept_heap():  # the same few chunk-sized buffers, again and again
+        try:
+            reads.start()
+            for key, info in tqdm(infos.items(), total=len(infos), unit="tensor", desc="merge", disable=not progress):
+                sel = selected(key) and info.dtype.is_floating_point
+                writer.write(
+                    key, merge_key(key, info, reads.read, len(readers) - 1, method, weights, params, sel, chunk_bytes)
+                )
+                merged += sel
+                copied += not sel
+            files = writer.close()
+            digests = reads.digests()
+            reads.check_unchanged()  # the files on disk are the ones merged and hashed
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            reads.close()
     return MergeStats(
         tensors=len(infos),
         merged=merged,

@@ -60,13 +60,33 @@ def mean_delta(taus: TaskVectors) -> torch.Tensor:
     return _sum(taus).div_(len(taus))
 
 
+def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(a, full_matrices=False)``, again in float64 where LAPACK does not converge.
+
+    LAPACK's divide and conquer can fail on a float32 matrix whose singular values cluster (as
+    :func:`orthonormal_factor` also allows for); float64 converges there, and the factors come back
+    in ``a``'s dtype. A matrix on which the float64 SVD fails too raises ``torch.linalg.LinAlgError``.
+    """
+    try:
+        return torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if a.dtype == torch.float64:
+            raise
+        u, s, vh = torch.linalg.svd(a.double(), full_matrices=False)
+        return u.to(a.dtype), s.to(a.dtype), vh.to(a.dtype)
+
+
 def orthonormal_factor(a: torch.Tensor) -> torch.Tensor:
     """``U V^T`` from ``a = U S V^T``: the orthonormal matrix nearest to ``a`` (its polar factor).
 
     TSV-M and Iso-CTS "decorrelate" stacked singular vectors this way: for a matrix whose
     columns are nearly orthonormal already it moves them least.
     """
-    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    try:
+        u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    except torch.linalg.LinAlgError:  # LAPACK's divide and conquer fails on repeated singular values
+        u, _, vh = torch.linalg.svd(a.double(), full_matrices=False)  # (e.g. identical task vectors)
+        return (u @ vh).to(a.dtype)
     return u @ vh
 
 
@@ -76,7 +96,7 @@ def iso_c_delta(taus: TaskVectors) -> torch.Tensor:
     ``sum_i tau_i = U S V^T`` -> ``U (mean(S) I) V^T``: the singular vectors of the sum,
     every singular value replaced by their mean (so the merged delta has equal singular values).
     """
-    u, s, vh = torch.linalg.svd(_sum(taus), full_matrices=False)
+    u, s, vh = svd(_sum(taus))
     return u.mul_(s.mean()) @ vh
 
 
@@ -113,7 +133,7 @@ def iso_cts_delta(taus: TaskVectors, common_space_fraction: float) -> torch.Tens
     """
     total = _sum(taus)
     common, per_task = iso_cts_split(min(total.shape), len(taus), common_space_fraction)
-    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    u, s, vh = svd(total)
     del total
     u_c, s_c, vh_c = u[:, :common].clone(), s[:common], vh[:common]
     del u
@@ -121,7 +141,7 @@ def iso_cts_delta(taus: TaskVectors, common_space_fraction: float) -> torch.Tens
     for tau in taus:
         residual = tau - u_c @ (u_c.T @ tau)
         del tau
-        u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
+        u_t, s_t, vh_t = svd(residual)
         del residual
         us.append(u_t[:, :per_task].clone())  # a copy: the slice would keep all of u_t alive
         ss.append(s_t[:per_task])
@@ -157,7 +177,7 @@ def tsv_m_delta(taus: TaskVectors, rank_fraction: float) -> torch.Tensor:
             k = tsv_rank(min(tau.shape), len(taus), rank_fraction)
             if k == 0:
                 return torch.zeros_like(tau)
-        u, s, vh = torch.linalg.svd(tau, full_matrices=False)
+        u, s, vh = svd(tau)
         del tau
         us.append(u[:, :k].clone())  # a copy: the slice would keep all of u alive
         ss.append(s[:k])

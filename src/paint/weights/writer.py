@@ -18,7 +18,10 @@ import torch
 
 from paint.errors import PaintError
 from paint.utils import atomic_path
+from paint.weights.backlog import Backlog
 from paint.weights.io import _TORCH_TO_ST, DEFAULT_SHARD_BYTES, SAFE_INDEX, SAFE_WEIGHTS, TensorInfo
+
+WRITE_BEHIND_BYTES = 8 * 1024**2  # chunks queued for the writing thread at most
 
 
 def parse_size(size: int | str) -> int:
@@ -83,6 +86,19 @@ def _header_bytes(keys: Sequence[str], infos: Mapping[str, TensorInfo], metadata
     return struct.pack("<Q", len(raw)) + raw
 
 
+def all_finite_fast(t: torch.Tensor) -> bool:
+    """True when every entry of a floating-point tensor is finite, from one sum (False: look closer).
+
+    A sum that meets a NaN or an infinity is NaN or infinite (IEEE addition never turns them
+    finite), so a finite sum proves every entry finite; a non-finite one may also be an overflow
+    of finite entries, which :func:`check_finite` then tells apart exactly. One reduction reads the
+    tensor once and allocates nothing, where ``isfinite(t).all()`` makes several tensor-sized
+    temporaries (it cost more than the merge's own maths).
+    """
+    acc = torch.float32 if t.dtype.itemsize < 4 else t.dtype  # half precision would overflow at 65504
+    return bool(torch.isfinite(t.sum(dtype=acc)))
+
+
 def check_finite(key: str, t: torch.Tensor) -> None:
     """Refuse, in one line naming the tensor, a floating-point tensor that holds NaN or infinite values.
 
@@ -91,7 +107,9 @@ def check_finite(key: str, t: torch.Tensor) -> None:
     """
     if not t.is_floating_point() or t.numel() == 0:
         return
-    work = t if t.dtype != torch.float8_e4m3fn else t.float()  # torch has no isfinite for e4m3
+    work = t if t.dtype.itemsize > 1 else t.float()  # torch has no isfinite (nor sum) for e4m3
+    if all_finite_fast(work):
+        return
     finite = torch.isfinite(work)
     if not bool(finite.all()):
         bad = int(finite.numel() - int(finite.sum()))
@@ -109,9 +127,14 @@ class ShardedWriter:
 
     Each shard's header is written when the shard is opened (the layout is known up front),
     then tensor bytes are appended as they come, so nothing is buffered beyond the tensor
-    (or row chunk) being written. A chunk holding NaN or inf is refused before its bytes are
-    written (:func:`check_finite`). Use it on a temporary directory and move that into place
-    (see :func:`paint.utils.atomic_path`); :func:`save_state_dict` does both.
+    (or row chunks) being written. The bytes are written on a thread of their own, in order,
+    while the caller computes the next chunk: :meth:`write` returns once a chunk is queued (at
+    most ``behind`` bytes wait), so a chunk must not be changed in place after it is handed
+    over; :meth:`close` waits for the last byte, and a failed write (a full disk) is raised by
+    the next :meth:`write` or by :meth:`close`. A chunk holding NaN or inf is refused by
+    :meth:`write` itself, before any of its bytes are queued (:func:`check_finite`). Use it on
+    a temporary directory and move that into place (see :func:`paint.utils.atomic_path`), and
+    call :meth:`abort` when anything fails; :func:`save_state_dict` does both.
 
     Args:
         out_dir: existing directory to write into.
@@ -119,6 +142,7 @@ class ShardedWriter:
         max_shard_bytes: shard size limit (a single larger tensor gets a shard of its own).
         metadata: extra string metadata for each shard header.
         single_file: write exactly this path instead of HF-named shards in ``out_dir``.
+        behind: bytes of chunks that may wait for the writing thread (see :mod:`paint.weights.backlog`).
     """
 
     def __init__(
@@ -128,6 +152,7 @@ class ShardedWriter:
         max_shard_bytes: int = DEFAULT_SHARD_BYTES,
         metadata: Mapping[str, str] | None = None,
         single_file: str | os.PathLike | None = None,
+        behind: int = WRITE_BEHIND_BYTES,
     ):
         self.out_dir = Path(out_dir)
         self.infos = dict(infos)
@@ -141,15 +166,26 @@ class ShardedWriter:
         self._shard_keys = [set(shard) for shard in self.shards]
         self._next = 0
         self._shard = -1
-        self._file: Any = None
-        self._remaining = 0
+        self._file: Any = None  # touched by the writing thread only
+        self._backlog = Backlog("paint-write", behind)
 
     def _open_shard(self, i: int) -> None:
-        if self._file is not None:
-            self._file.close()
         self._shard = i
+        self._backlog.submit(self._start_file, i)
+
+    def _start_file(self, i: int) -> None:
+        """On the writing thread: close the previous shard, open shard ``i`` and write its header."""
+        self._close_file()
         self._file = open(self.paths[i], "wb")
         self._file.write(_header_bytes(self.shards[i], self.infos, self.metadata))
+
+    def _write_bytes(self, buf: memoryview) -> None:
+        self._file.write(buf)
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def write(self, key: str, data: torch.Tensor | Iterable[torch.Tensor]) -> None:
         """Write tensor ``key`` (the next in order) from one tensor or consecutive row chunks."""
@@ -166,9 +202,9 @@ class ShardedWriter:
                 raise ValueError(f"tensor {key!r}: got dtype {chunk.dtype}, planned {info.dtype}")
             if isinstance(data, torch.Tensor) and tuple(chunk.shape) != info.shape:
                 raise ValueError(f"tensor {key!r}: got shape {tuple(chunk.shape)}, planned {info.shape}")
-            check_finite(key, chunk)
+            check_finite(key, chunk)  # here, so that the error comes from this call and nothing of it is written
             buf = _tensor_bytes(chunk)
-            self._file.write(buf)
+            self._backlog.submit(self._write_bytes, buf, nbytes=buf.nbytes)
             written += buf.nbytes
         if written != info.nbytes:
             raise ValueError(f"tensor {key!r}: wrote {written} bytes, planned {info.nbytes}")
@@ -181,9 +217,13 @@ class ShardedWriter:
             raise ValueError(f"writer closed after {self._next} of {len(self._order)} tensors")
         while self._shard + 1 < len(self.shards):  # shards never written to (an empty state dict)
             self._open_shard(self._shard + 1)
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        try:
+            self._backlog.wait()
+        except BaseException:
+            self.abort()
+            raise
+        self._backlog.close()
+        self._close_file()  # the writing thread has ended: every byte is in the file
         if not self.shards:  # an empty state dict still gets a valid (empty) file
             self.paths[0].write_bytes(_header_bytes([], {}, self.metadata))
         files = list(self.paths)
@@ -197,9 +237,9 @@ class ShardedWriter:
         return files
 
     def abort(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Stop: drop the writes not yet done and close the open shard (the caller removes the files)."""
+        self._backlog.close()
+        self._close_file()
 
 
 def write_state_dict_into(
@@ -207,12 +247,18 @@ def write_state_dict_into(
 ) -> list[Path]:
     """Write ``sd`` as HF safetensors shards into an existing directory (not atomic by itself)."""
     writer = ShardedWriter(out_dir, {k: TensorInfo.of(v) for k, v in sd.items()}, max_shard_bytes)
+    return write_all(writer, sd)
+
+
+def write_all(writer: ShardedWriter, tensors: Mapping[str, torch.Tensor]) -> list[Path]:
+    """Write every tensor in order and close the writer (aborting it on any error); return its files."""
     try:
-        for k, v in sd.items():
+        for k, v in tensors.items():
             writer.write(k, v)
-    finally:
+        return writer.close()
+    except BaseException:
         writer.abort()
-    return writer.close()
+        raise
 
 
 def save_state_dict(
@@ -227,13 +273,7 @@ def save_state_dict(
     limit = parse_size(max_shard_bytes)
     with atomic_path(target) as tmp:
         if target.suffix == ".safetensors":
-            writer = ShardedWriter(tmp.parent, {k: TensorInfo.of(v) for k, v in sd.items()}, single_file=tmp)
-            try:
-                for k, v in sd.items():
-                    writer.write(k, v)
-            finally:
-                writer.abort()
-            writer.close()
+            write_all(ShardedWriter(tmp.parent, {k: TensorInfo.of(v) for k, v in sd.items()}, single_file=tmp), sd)
         else:
             tmp.mkdir()
             write_state_dict_into(sd, tmp, limit)
