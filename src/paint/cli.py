@@ -1,7 +1,8 @@
 """The ``paint`` command line: a thin shell over the Python API.
 
 Each sub-command lives in ``paint.commands.<name>`` with two functions,
-``register(parser)`` (arguments only, cheap imports) and ``run(args) -> int``. The table
+``register(parser)`` (its arguments) and ``run(args) -> int``; only the module of the command being run
+is imported. The table
 below is the one explicit list of commands. User errors (:class:`PaintError`) and
 operating-system errors (``OSError``: a full disk, a permission) become one line on stderr and exit code 2, with the library's API wording of a remedy
 (``set allow_extrapolation``) turned into the flag the user can pass on this command.
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from paint import __version__, runtime
 from paint.errors import PaintError
 
-# name -> (module, one-line help). Modules import heavy libraries only inside run().
+# name -> (module, one-line help). A command's module is imported only when that command runs (build_parser).
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("paint.commands.demo", "PAINT end to end on the shipped model and synthetic world, offline"),
     "patch": (
