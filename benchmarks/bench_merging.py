@@ -17,7 +17,7 @@ papers' protocol, the coefficient of highest mean validation accuracy over the N
   merges, whose papers' values are 1 or above), 0 (zero-shot) always a candidate; a lambda at an
   end of its grid is starred in the table;
 - model_stock (Jang et al.) and regmean (Jin et al., Gram matrices of 256 train images per
-  task, :func:`paint.pipeline.regmean.pool_grams`): no coefficient;
+  task, :func:`paint.pipeline.combine.pool_grams`): no coefficient;
 - per_task: one alpha per task, searched coordinate by coordinate (PAINT's parallel patching);
 - blockwise: one coefficient per task and block of the image tower (layer-wise AdaMerging's
   parametrisation, 2310.02575), projected Adam on validation cross-entropy from the best single

@@ -102,3 +102,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _own_hash_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty sha256 cache of its own (``paint merge`` writes one; never the user's)."""
+    monkeypatch.setenv("PAINT_CACHE", str(tmp_path_factory.mktemp("paint-cache")))

@@ -144,3 +144,74 @@ def test_paint_multitask_with_tsv_m_end_to_end_and_a_bad_parameter_exits_2(tiny_
     errors = [line for line in err.splitlines() if "error:" in line]
     assert len(errors) == 1 and "rank_fraction" in errors[0] and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_dare_seed_follows_the_run_seed_and_an_explicit_seed_wins(ctx, monkeypatch):
+    import paint.pipeline.combine as combine
+    from paint.pipeline.combine import CombineConfig, bound_method, combine_parallel, merge_states
+
+    thetas = _thetas(ctx)
+
+    def merged(cfg, seed):
+        method, params = bound_method(cfg, ctx.pool, ctx.theta_zs, thetas, ctx.patch, seed)
+        return params.seed, merge_states(method, params, ctx.theta_zs, thetas)
+
+    dare = CombineConfig(method="dare_task_arithmetic", parameters={"drop_rate": 0.5})
+    (s0, a), (s1, b) = merged(dare, 0), merged(dare, 1)
+    assert (s0, s1) == (0, 1) and any(not torch.equal(a[k], b[k]) for k in a)  # two run seeds, two drop masks
+    fixed = CombineConfig(method="dare_task_arithmetic", parameters={"drop_rate": 0.5, "seed": 5})
+    (f0, a), (f1, b) = merged(fixed, 0), merged(fixed, 1)
+    assert (f0, f1) == (5, 5) and all(torch.equal(a[k], b[k]) for k in a)  # an explicit seed is kept
+    # combine_parallel merges the line's end (the largest lambda) with that seed, and records it.
+    merges = []
+    monkeypatch.setattr(
+        combine, "merge_states", lambda m, params, *a: merges.append(params.seed) or merge_states(m, params, *a)
+    )
+    cfg = CombineConfig(method="dare_ties", parameters={"drop_rate": 0.5}, scalings=[0.5, 1.0])
+    for seed in (0, 3):
+        r = combine_parallel(ctx.chooser(), cfg, ctx.theta_zs, thetas, ctx.patch, seed=seed)
+        assert r.record["parameters"]["seed"] == seed and merges.pop() == seed
+    r = combine_parallel(
+        ctx.chooser(), fixed.model_copy(update={"scalings": [1.0]}), ctx.theta_zs, thetas, ctx.patch, seed=3
+    )
+    assert r.record["parameters"]["seed"] == 5 and merges == [5]
+
+
+def test_parallel_mode_passes_the_fine_tuning_seed_to_the_combine_step(ctx, monkeypatch):
+    import paint.pipeline.multitask as mt
+    from paint.pipeline.combine import CombineConfig
+
+    seen = []
+    real = mt.combine_parallel
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["seed"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mt, "combine_parallel", spy)
+    ctx.finetune = ctx.finetune.model_copy(update={"seed": 4})
+    r = mt.run_mode(ctx, "parallel", combine=CombineConfig(method="dare_ties", scalings=[1.0]))
+    assert seen == [4] and r.combine["parameters"]["seed"] == 4
+
+
+def test_paint_patch_with_several_tasks_takes_the_combine_setting(monkeypatch):
+    import paint.pipeline.multitask as mt
+    from paint.config import parse_config
+    from paint.pipeline.patch import PatchConfig, run_patch
+
+    base = {"output_dir": "unused", "patch_tasks": ["digits", "counting"], "modes": ["parallel"]}
+    cfg = parse_config(PatchConfig, {**base, "combine": {"method": "ties", "parameters": {"density": 0.3}}})
+    passed = []
+    monkeypatch.setattr(mt, "run_multitask", lambda c, resume=False: passed.append(c) or {})
+    run_patch(cfg)
+    assert passed[0].combine == cfg.combine and passed[0].combine.parameters == {"density": 0.3}
+    assert parse_config(PatchConfig, base).combine.method == "per_task"
+    cases = [
+        ({**base, "modes": ["joint"], "combine": {"method": "ties"}}, "add 'parallel' to modes"),
+        ({**base, "patch_tasks": ["digits"], "combine": {"method": "ties"}}, "several patch_tasks"),
+        ({**base, "combine": {"method": "model_stock", "parameters": {"bogus": 1}}}, "bogus: unknown field"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(PaintError, match="combine") as e:
+            parse_config(PatchConfig, raw)
+        assert message in str(e.value) and "\n" not in str(e.value)

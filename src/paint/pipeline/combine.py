@@ -22,7 +22,11 @@ merge's coefficients are chosen.
   accuracy over the merged tasks (ties to the smaller lambda). ``model_stock``, ``regmean`` and
   ``linear`` have no coefficient: their merge is taken as is unless ``scalings`` is given (then
   lambda scales the merge's task vector ``merge - theta_zs``). RegMean's Gram matrices come from
-  each fine-tune on ``n_images`` of its own task's train split (:func:`paint.pipeline.regmean.pool_grams`).
+  each fine-tune on ``n_images`` of its own task's train split (:func:`pool_grams`, in memory).
+
+A method's ``seed`` parameter (DARE's drop masks, RegMean's draw of images) follows the run's seed
+(``combine_parallel(seed=...)``: ``paint multitask`` passes ``finetune.seed``, which ``seeds`` sets per
+repetition), so that every seed of a study draws its own; a ``seed`` given in ``parameters`` wins.
 """
 
 from __future__ import annotations
@@ -32,13 +36,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import torch
 from pydantic import Field, model_validator
 
 from paint.config import StrictModel
 from paint.errors import PaintError
 from paint.pipeline.operation import Choice, choose, choose_blocks, chosen_state
 from paint.pipeline.pool import Line, TaskPool
-from paint.pipeline.regmean import pool_grams
+from paint.pipeline.regmean import TRAIN_SPLIT, gather_grams, sample_indices
 from paint.selection import SelectionConfig
 from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
@@ -46,7 +52,7 @@ from paint.types import StateDict
 from paint.weights.blocks import add_block_task_vectors, mean_alpha
 from paint.weights.methods import METHODS, MergeMethod, get_method
 from paint.weights.ops import add_task_vectors, task_vector
-from paint.weights.regmean import with_grams
+from paint.weights.regmean import RegMeanParams, with_grams
 
 PER_TASK = "per_task"
 COMBINE_METHODS: tuple[str, ...] = (PER_TASK, *METHODS)
@@ -132,6 +138,31 @@ class CombineConfig(StrictModel):
         """The lambdas tried, increasing; None: no coefficient (the merge as is) or ``per_task``."""
         grid = self.scalings if self.scalings is not None else default_scalings(self.method)
         return None if grid is None else sorted(float(s) for s in grid)
+
+    def method_parameters(self, seed: int | None = None) -> dict[str, Any]:
+        """``parameters``, with the run's ``seed`` where the method takes one and ``parameters`` gives none.
+
+        Example:
+            >>> from paint.pipeline.combine import CombineConfig
+            >>> CombineConfig(method="dare_ties").method_parameters(seed=3)
+            {'seed': 3}
+            >>> CombineConfig(method="dare_ties", parameters={"seed": 7}).method_parameters(seed=3)
+            {'seed': 7}
+        """
+        params = dict(self.parameters)
+        if seed is not None and self.method != PER_TASK and "seed" in get_method(self.method).params.model_fields:
+            params.setdefault("seed", seed)
+        return params
+
+    def check_run(self, modes: Sequence[str], n_tasks: int, parallel_sweeps: int = 1) -> None:
+        """Raise :class:`ValueError` when a run's ``modes``, patching tasks or sweeps cannot take this combine step."""
+        if self.method == PER_TASK:
+            return
+        if "parallel" not in modes:
+            raise ValueError(f"combine.method {self.method!r} is parallel mode's; add 'parallel' to modes")
+        if parallel_sweeps != 1:
+            raise ValueError("parallel_sweeps is for combine.method 'per_task' (a merge method has one lambda)")
+        self.check_tasks(n_tasks)
 
     def check_tasks(self, n_tasks: int) -> None:
         """Raise :class:`ValueError` when the method cannot merge ``n_tasks`` fine-tunes."""
@@ -244,22 +275,56 @@ def merge_states(method: MergeMethod, params: Any, theta_zs: StateDict, thetas: 
     return out
 
 
+def pool_grams(
+    pool: TaskPool, theta_zs: StateDict, thetas: Sequence[StateDict], names: Sequence[str], params: RegMeanParams
+) -> list[dict[str, torch.Tensor]]:
+    """Each in-memory fine-tune's Gram matrices on ``params.n_images`` of its own pool task's train split.
+
+    RegMean's data side for the combine step (:func:`paint.pipeline.regmean.gather_grams`): the pool's
+    model runs each state in turn (on the pool's device; ``params.device`` is ``paint merge``'s), and ends
+    at ``theta_zs``. Every fine-tune's Gram matrices stay in memory (small models; ``paint merge`` writes
+    them to disk instead, :func:`paint.pipeline.regmean.stored_grams`).
+    """
+    out = []
+    for theta, name in zip(thetas, names, strict=True):
+        t = pool.task(name)
+        if TRAIN_SPLIT not in t.images:
+            raise PaintError(f"regmean needs the train split of {name!r}, which this pool did not prepare")
+        idx = sample_indices(len(t.labels[TRAIN_SPLIT]), params.n_images, params.seed)
+        pool.load(theta)
+        images = torch.as_tensor(np.asarray(t.images[TRAIN_SPLIT][idx]))
+        out.append(gather_grams(pool.model, images, pool.spec, params.batch_size).grams)
+    pool.load(theta_zs)
+    return out
+
+
 def bound_method(
-    cfg: CombineConfig, pool: TaskPool, theta_zs: StateDict, thetas: Sequence[StateDict], names: Sequence[str]
+    cfg: CombineConfig,
+    pool: TaskPool,
+    theta_zs: StateDict,
+    thetas: Sequence[StateDict],
+    names: Sequence[str],
+    seed: int | None = None,
 ):
-    """(method, parameters) ready to merge: regmean gets each fine-tune's Gram matrices on its own task."""
+    """(method, parameters) ready to merge: the run's ``seed`` filled in (:meth:`CombineConfig.method_parameters`);
+    regmean gets each fine-tune's Gram matrices on its own task."""
     method = get_method(cfg.method)
-    params = method.parse_params(cfg.parameters)
+    params = method.parse_params(cfg.method_parameters(seed))
     if method.needs_data:
         method = with_grams(method, pool_grams(pool, theta_zs, thetas, names, params))
     return method, params
 
 
 def combine_method(
-    chooser: Chooser, cfg: CombineConfig, theta_zs: StateDict, thetas: Sequence[StateDict], names: Sequence[str]
+    chooser: Chooser,
+    cfg: CombineConfig,
+    theta_zs: StateDict,
+    thetas: Sequence[StateDict],
+    names: Sequence[str],
+    seed: int | None = None,
 ) -> Combined:
     """Merge with ``cfg.method``; choose lambda on the line theta_zs -> merge(lambda_max) with the run's selection."""
-    method, params = bound_method(cfg, chooser.pool, theta_zs, thetas, names)
+    method, params = bound_method(cfg, chooser.pool, theta_zs, thetas, names, seed)
     grid = cfg.grid()
     record: dict[str, Any] = {"method": cfg.method, "parameters": params.model_dump(mode="json"), "scalings": grid}
     if grid is None:  # no coefficient: the method's merge as is
@@ -267,7 +332,8 @@ def combine_method(
         return Combined(theta, [], [], {**record, "scaling": None})
     top = grid[-1]
     if has_scaling(method):
-        end = merge_states(method, method.parse_params({**cfg.parameters, "scaling": top}), theta_zs, thetas)
+        top_params = method.parse_params({**cfg.method_parameters(seed), "scaling": top})
+        end = merge_states(method, top_params, theta_zs, thetas)
     else:  # lambda scales the merge's task vector
         merged = merge_states(method, params, theta_zs, thetas)
         end = merged if top == 1.0 else Line.between(theta_zs, merged).at(top)
@@ -288,8 +354,13 @@ def combine_parallel(
     thetas: Sequence[StateDict],
     names: Sequence[str],
     sweeps: int = 1,
+    seed: int | None = None,
 ) -> Combined:
-    """Combine the fine-tunes ``thetas`` (of the tasks ``names``, each from ``theta_zs``) as ``cfg`` says."""
+    """Combine the fine-tunes ``thetas`` (of the tasks ``names``, each from ``theta_zs``) as ``cfg`` says.
+
+    ``seed``: the run's seed, the default of the method's own ``seed`` parameter (DARE's drop masks,
+    RegMean's images) when ``cfg.parameters`` gives none; None: the method's default (0).
+    """
     if len(thetas) != len(names):
         raise PaintError(f"{len(thetas)} fine-tunes but {len(names)} task names")
     if cfg.method == PER_TASK:
@@ -298,4 +369,4 @@ def combine_parallel(
         cfg.check_tasks(len(thetas))
     except ValueError as e:
         raise PaintError(str(e)) from None
-    return combine_method(chooser, cfg, theta_zs, thetas, names)
+    return combine_method(chooser, cfg, theta_zs, thetas, names, seed)

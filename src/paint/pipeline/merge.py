@@ -11,11 +11,15 @@ once) and the temporaries that a killed merge left beside it are removed
 RegMean (``method: regmean``) needs data: each model names its task, and before the streamed
 merge every model runs on images of its task (loaded one at a time into the base's
 architecture) to gather the Gram matrices of its image tower's linear layers
-(:mod:`paint.pipeline.regmean`); those stay in memory until the merge ends.
+(:mod:`paint.pipeline.regmean`). Each model's are written to a safetensors file as soon as its
+forward pass is done, in the output's temporary directory beside it (removed with it, whatever
+happens), and the merge reads one matrix at a time: one model's Gram matrices in memory while
+gathering, ``N`` models' worth on disk.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,10 +37,11 @@ from paint.models.heads import zeroshot_head
 from paint.pipeline.locks import output_lock
 from paint.pipeline.merge_config import CONFIG_NAME, SUMMARY_NAME, Evaluate, MergeConfig
 from paint.pipeline.merge_files import carry_files, check_carried_files, input_hashes, model_card
-from paint.pipeline.regmean import model_grams
+from paint.pipeline.regmean import stored_grams
 from paint.types import is_image_tower_key
 from paint.utils import atomic_path, write_json_atomic, write_text_atomic
 from paint.weights.blocks import block_names
+from paint.weights.hashcache import FileStamp, HashCache, default_cache_dir, stamp
 from paint.weights.io import CheckpointReader
 from paint.weights.methods import GREEDY_SOUP, METHODS, with_block_weights
 from paint.weights.regmean import with_grams
@@ -48,6 +53,8 @@ from paint.weights.stream import (
     stream_merge_into,
 )
 from paint.weights.writer import parse_size, write_state_dict_into
+
+log = logging.getLogger(__name__)
 
 
 # Files of an HF model directory that describe the model rather than hold its weights.
@@ -208,7 +215,13 @@ def _soup_into(tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], eva
 
 
 def _stream_into(
-    tmp: Path, cfg: MergeConfig, readers: list[CheckpointReader], params: Any, evaluate: Evaluate | None, progress: bool
+    tmp: Path,
+    cfg: MergeConfig,
+    readers: list[CheckpointReader],
+    params: Any,
+    evaluate: Evaluate | None,
+    progress: bool,
+    known_hashes: Mapping[Path, str],
 ) -> dict[str, Any]:
     """The streamed merge written into ``tmp``: stats, parameters, input hashes and the optional evaluation."""
     weights = [m.weight for m in cfg.models]
@@ -217,7 +230,8 @@ def _stream_into(
         method = with_block_weights(method, [m.block_weights for m in cfg.models])
     if method.needs_data:  # regmean: every model's Gram matrices on its task, models run one at a time
         models = [(r, m.task) for r, m in zip(readers[1:], cfg.models)]
-        method = with_grams(method, [g.grams for g in model_grams(cfg.base, models, p, progress)])
+        grams = tmp.parent / "regmean-grams"  # atomic_path's own directory: removed with it, whatever happens
+        method = with_grams(method, stored_grams(cfg.base, models, p, grams, progress))
     merged = stream_merge_into(
         tmp,
         readers,
@@ -229,6 +243,7 @@ def _stream_into(
         chunk_bytes=parse_size(cfg.chunk_size),
         progress=progress,
         hash_inputs=cfg.hash_inputs,
+        known_hashes=known_hashes,
     )
     evaluation = None
     if evaluate is not None:
@@ -273,20 +288,24 @@ def _merge_into(
 ) -> dict[str, Any]:
     """The merge written atomically to ``out``: weights, carried files, resolved config, model card, summary."""
     labels = ["base"] + [f"model {i}" for i in range(len(cfg.models))]
+    cache = HashCache(default_cache_dir()) if cfg.hash_inputs and cfg.hash_cache else None
+    stamps = {str(f.resolve()): stamp(f) for r in readers for f in r.files} if cache else {}  # before any read
+    known = {Path(p): h for p, h in cache.lookup(stamps.values()).items()} if cache else {}
     with atomic_path(out) as tmp:
         tmp.mkdir()
         if cfg.method == GREEDY_SOUP:
             assert evaluate is not None  # checked in validate_merge
             done = _soup_into(tmp, cfg, readers, evaluate)
         else:
-            done = _stream_into(tmp, cfg, readers, params, evaluate, progress)
+            done = _stream_into(tmp, cfg, readers, params, evaluate, progress, known)
+        hashes = input_hashes(readers, labels, {**known, **done["hashes"]}) if cfg.hash_inputs else []
         summary: dict[str, Any] = {
             "method": cfg.method,
             "parameters": done["parameters"],
             "weights": [m.weight for m in cfg.models],
             "stats": done["stats"],
             "carried_files": carry_files(Path(readers[0].path), tmp),
-            "input_hashes": input_hashes(readers, labels, done["hashes"]) if cfg.hash_inputs else [],
+            "input_hashes": [{**row, "cached": Path(row["file"]).resolve() in known} for row in hashes],
             "evaluation": done["evaluation"],
             "output": str(out),
         }
@@ -295,4 +314,17 @@ def _merge_into(
         write_text_atomic(tmp / "README.md", model_card(resolved, summary))
         summary["seconds"] = round(time.perf_counter() - t0, 3)
         write_json_atomic(tmp / SUMMARY_NAME, summary)
+    if cache is not None:
+        remember_hashes(cache, stamps, hashes)
     return summary
+
+
+def remember_hashes(cache: HashCache, stamps: Mapping[str, FileStamp], rows: list[dict[str, str]]) -> None:
+    """Store the merge's input hashes in the cache; a cache that cannot be written only costs a warning."""
+    hashed = {stamps[str(Path(r["file"]).resolve())]: r["sha256"] for r in rows}
+    try:
+        cache.store(hashed)
+    except OSError as e:
+        log.warning(
+            "the sha256 cache %s could not be written (%s); the next merge hashes its inputs again", cache.path, e
+        )

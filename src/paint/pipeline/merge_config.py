@@ -79,6 +79,11 @@ class MergeConfig(StrictModel):
         DEFAULT_CHUNK_BYTES, description="row-chunk size: larger tensors are merged in chunks"
     )
     hash_inputs: bool = Field(True, description="record sha256 of every input file in the model card")
+    hash_cache: bool = Field(
+        True,
+        description="reuse the sha256 of an input file unchanged since paint hashed it (same path, device, inode, "
+        "size, mtime, ctime); the cache is $PAINT_CACHE, else $XDG_CACHE_HOME/paint, else ~/.cache/paint",
+    )
     overwrite: bool = False
     evaluate_on: TaskSpec | None = Field(
         None, description="a task whose validation split scores the merge (required by greedy_soup); head from the base"

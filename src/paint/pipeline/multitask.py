@@ -35,7 +35,7 @@ from paint.config import first_duplicate
 from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import save_clip
-from paint.pipeline.combine import PER_TASK, Chooser, CombineConfig, combine_parallel
+from paint.pipeline.combine import Chooser, CombineConfig, combine_parallel
 from paint.pipeline.multitask_report import comparison_markdown, comparison_rows, write_seeded_multitask
 from paint.pipeline.operation import Choice, chosen_state, finetune_tower, save_heads, split_heads, start_state
 from paint.pipeline.pool import Line, TaskPool, start_pool, state_id
@@ -156,9 +156,11 @@ def patch_sequential(ctx: MultitaskRun) -> ModeResult:
 
 
 def patch_parallel(ctx: MultitaskRun, sweeps: int = 1, combine: CombineConfig | None = None) -> ModeResult:
-    """Fine-tune each task from theta_zs; combine them as ``combine`` says (:func:`paint.pipeline.combine.combine_parallel`)."""
+    """Fine-tune each task from theta_zs; combine them as ``combine`` says (:func:`paint.pipeline.combine.combine_parallel`,
+    a merge method's ``seed`` following the run's, ``finetune.seed``)."""
     thetas = [ctx.finetune_from(ctx.theta_zs, [n], f"parallel/{i}-{n}/finetune") for i, n in enumerate(ctx.patch)]
-    r = combine_parallel(ctx.chooser(), combine or CombineConfig(), ctx.theta_zs, thetas, ctx.patch, sweeps)
+    cfg = combine or CombineConfig()
+    r = combine_parallel(ctx.chooser(), cfg, ctx.theta_zs, thetas, ctx.patch, sweeps, seed=ctx.finetune.seed)
     return ModeResult("parallel", r.theta, r.alphas, r.choices, len(ctx.patch), combine=r.record)
 
 
@@ -221,12 +223,7 @@ class MultitaskConfig(ModelRunConfig, SeedsSetting):
         if self.reference is not None and self.reference not in self.modes:
             raise ValueError(f"reference {self.reference!r} is not one of the modes ({', '.join(self.modes)})")
         check_recipe_fits_selection(self.finetune, self.selection)
-        if self.combine.method != PER_TASK:
-            if "parallel" not in self.modes:
-                raise ValueError(f"combine.method {self.combine.method!r} is parallel mode's; add 'parallel' to modes")
-            if self.parallel_sweeps != 1:
-                raise ValueError("parallel_sweeps is for combine.method 'per_task' (a merge method has one lambda)")
-            self.combine.check_tasks(len(self.patch_tasks))
+        self.combine.check_run(self.modes, len(self.patch_tasks), self.parallel_sweeps)
         return self
 
 
@@ -334,6 +331,7 @@ def run_patch_multitask(cfg: Any, resume: bool) -> dict[str, Any]:
         patch_tasks=cfg.patch_tasks,
         support_tasks=cfg.support_tasks,
         modes=cfg.modes,
+        combine=cfg.combine,
         finetune=cfg.finetune,
         selection=cfg.selection,
         eval_batch_size=cfg.eval_batch_size,

@@ -27,6 +27,7 @@ from paint.data.spec import TaskSpec
 from paint.errors import PaintError
 from paint.models.clip import ClipBundle, save_clip
 from paint.models.families import family_of
+from paint.pipeline.combine import PER_TASK, CombineConfig
 from paint.pipeline.multitask import run_patch_multitask
 from paint.pipeline.operation import (
     Choice,
@@ -59,7 +60,8 @@ class PatchConfig(ModelRunConfig):
 
     One patching task: fine-tune, choose alpha on validation (``selection``), test. Several
     patching tasks: the paper's multi-task modes (``modes``: joint, sequential, parallel),
-    compared in a table (see :mod:`paint.pipeline.multitask`).
+    compared in a table, parallel mode combining its fine-tunes as ``combine`` says (see
+    :mod:`paint.pipeline.multitask`, as ``paint multitask``).
 
     Example:
         >>> from paint import PatchConfig
@@ -74,6 +76,10 @@ class PatchConfig(ModelRunConfig):
         default_factory=lambda: ["joint"], min_length=1, description="multi-task modes, used with several patch_tasks"
     )
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    combine: CombineConfig = Field(
+        default_factory=CombineConfig,
+        description="several patch_tasks: parallel mode's combine step, as in paint multitask (per_task by default)",
+    )
 
     @field_validator("modes")
     @classmethod
@@ -89,6 +95,9 @@ class PatchConfig(ModelRunConfig):
         if dup:
             raise ValueError(f"task {dup!r} is listed twice")
         check_recipe_fits_selection(self.finetune, self.selection)
+        if self.combine.method != PER_TASK and len(self.patch_tasks) == 1:
+            raise ValueError("combine merges the fine-tunes of several patch_tasks (parallel mode); this run has one")
+        self.combine.check_run(self.modes, len(self.patch_tasks))
         return self
 
 

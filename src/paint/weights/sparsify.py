@@ -183,8 +183,16 @@ class RandomDrop:
     one per chunk, in order) instead of drawing them again.
     """
 
-    def __init__(self, seed: int, keep_prob: float, scale: float = 1.0, masks: Iterable[np.ndarray] = ()):
+    def __init__(
+        self,
+        seed: int,
+        keep_prob: float,
+        scale: float = 1.0,
+        masks: Iterable[np.ndarray] = (),
+        finite: bool = False,
+    ):
         self.seed, self.keep_prob, self.scale = seed, keep_prob, scale
+        self.finite = finite  # every entry of the tensor is known to be finite: no check per chunk
         self._gen = torch.Generator().manual_seed(seed)
         self._replay = deque(masks)
 
@@ -198,15 +206,18 @@ class RandomDrop:
         return torch.rand(tau.shape, generator=self._gen) < self.keep_prob
 
     def __call__(self, tau: torch.Tensor) -> torch.Tensor:
-        masked = keep_where(self.mask(tau), tau)
-        return masked if self.scale == 1.0 else masked * self.scale
+        mask = self.mask(tau)
+        masked = (tau * mask).add_(0.0) if self.finite else keep_where(mask, tau)
+        return masked if self.scale == 1.0 else masked.mul_(self.scale)
 
 
 def random_drop(chunks: TauChunks, drop_rate: float, seed: int, rescale: Rescale) -> RandomDrop | None:
     """The DARE drop of one task vector (None: nothing is dropped).
 
     ``l1`` needs a first pass: the L1 norms before and after the mask, whose bits (one per
-    entry) are kept for the merge pass rather than drawn twice.
+    entry) are kept for the merge pass rather than drawn twice. The first norm also tells
+    whether every entry is finite (a sum of finite float32 magnitudes in float64 cannot
+    overflow), so the masks skip ``keep_where``'s check.
     """
     if drop_rate <= 0.0:
         return None
@@ -219,11 +230,13 @@ def random_drop(chunks: TauChunks, drop_rate: float, seed: int, rescale: Rescale
     for tau in chunks():
         mask = probe.mask(tau)
         masks.append(np.packbits(mask.reshape(-1).numpy()))
-        before.add(tau.abs())
-        after.add(keep_where(mask, tau.abs()))
+        mag = tau.abs()
+        before.add(mag)
+        after.add(mag.mul_(mask) if math.isfinite(before.value) else keep_where(mask, mag))  # |x| * 0 is +0
+    finite = math.isfinite(before.value)
     if before.value < _L1_EPS or after.value < _L1_EPS:
-        return RandomDrop(seed, keep, masks=masks)
-    return RandomDrop(seed, keep, before.value / after.value, masks=masks)
+        return RandomDrop(seed, keep, masks=masks, finite=finite)
+    return RandomDrop(seed, keep, before.value / after.value, masks=masks, finite=finite)
 
 
 def drop_and_rescale(tau: torch.Tensor, drop_rate: float, seed: int, rescale: Rescale = "l1") -> torch.Tensor:

@@ -234,16 +234,18 @@ def stream_merge_into(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: bool = True,
     hash_inputs: bool = False,
+    known_hashes: Mapping[Path, str] | None = None,
 ) -> MergeStats:
     """Stream a merge of opened, checked inputs (``readers[0]`` the base) into an existing directory.
 
     With ``hash_inputs`` the sha256 of every distinct input file is computed from the bytes
-    the merge reads (see :mod:`paint.weights.reads`) and returned in ``MergeStats.sha256``.
+    the merge reads (see :mod:`paint.weights.reads`) and returned in ``MergeStats.sha256``;
+    files in ``known_hashes`` (resolved path -> sha256) are not hashed again.
     """
     t0 = time.perf_counter()
     infos = readers[0].infos
     selected = key_selector(include)
-    reads = InputReads(readers, hashing=hash_inputs, unread=() if method.uses_base else (0,))
+    reads = InputReads(readers, hashing=hash_inputs, unread=() if method.uses_base else (0,), known=known_hashes)
     writer = ShardedWriter(out_dir, infos, max_shard_bytes)
     merged = copied = 0
     with kept_heap():  # the same few chunk-sized buffers, again and again
