@@ -94,6 +94,7 @@ def bench_curve(make_ev, objective: str, strategies) -> tuple[float, list[dict]]
             row[f"gap@{b}"] = gap(r.value, ref)
             row[f"alpha@{b}"] = r.alpha
             row[f"used@{b}"] = r.n_model_evals
+            row[f"path@{b}"] = [e.alpha for e in r.evaluations]  # the alphas evaluated, in order (JSON only)
         row["evals_to_0.1%"] = None
         for b in range(1 if name == "grid" else 3, (11 if name == "grid" else MAX_BUDGET) + 1):
             r = run_search(make_ev(b), cfg_of(b))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from paint.data.preprocess import ImageSpec, normalize
 from paint.data.rows import read_rows
 from paint.models.families import family_of
+from paint.selection.margins import MARGIN, encode_margins, image_margins
 from paint.stats import encode_correct
 from paint.utils import append_jsonl, json_checksum, read_jsonl_checked, write_jsonl_atomic
 
@@ -57,7 +58,11 @@ def predict(
 
 
 def metrics_from_logits(logits: torch.Tensor, labels: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, Any]:
-    """Accuracy (fraction), mean cross-entropy, count and the per-image correctness (``correct``).
+    """Accuracy (fraction), mean cross-entropy, count, per-image correctness (``correct``) and margins.
+
+    ``margin`` holds each image's true-class logit minus its best other logit (float16, base64;
+    :func:`paint.selection.margins.encode_margins`), whose sign agrees with ``correct``: what
+    ``strategy: surrogate`` interpolates along the line to predict accuracies between evaluations.
 
     Example:
         >>> import torch
@@ -68,11 +73,13 @@ def metrics_from_logits(logits: torch.Tensor, labels: Sequence[int] | np.ndarray
     """
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     hit = logits.argmax(dim=1) == y
+    ok = hit.cpu().numpy()
     return {
         "accuracy": int(hit.sum()) / max(1, len(y)),  # exact: a float32 mean puts a -1.0 point change at -1.000001
         "loss": float(F.cross_entropy(logits.float(), y)),
         "n": int(len(y)),
-        "correct": encode_correct(hit.cpu().numpy()),
+        "correct": encode_correct(ok),
+        MARGIN: encode_margins(image_margins(logits.detach().float().cpu().numpy(), y.numpy()), ok),
     }
 
 

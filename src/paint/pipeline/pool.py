@@ -28,6 +28,7 @@ from paint.models.clip import load_clip
 from paint.models.heads import build_head, zeroshot_head
 from paint.pipeline.run import finetune_configs, open_run
 from paint.progress import progress
+from paint.selection.margins import MARGIN
 from paint.selection.objectives import Measure, TaskMetrics
 from paint.selection.racing import racing_order
 from paint.stats import decode_correct
@@ -201,12 +202,20 @@ class TaskPool:
         return list(self.tasks) if names is None else [self.task(n) for n in names]
 
     def evaluate(
-        self, state: Callable[[], StateDict], key: str, alpha: float, split: str, tasks: Sequence[str] | None = None
+        self,
+        state: Callable[[], StateDict],
+        key: str,
+        alpha: float,
+        split: str,
+        tasks: Sequence[str] | None = None,
+        margins: bool = False,
     ) -> TaskMetrics:
         """Metrics of the state that ``state()`` builds (only if a result is missing) on ``split``.
 
         A task is scored with its zero-shot head, unless the state carries a learned one
-        (``head::<task>``, lp-ft) or a text tower (flyp: every head rebuilt from it).
+        (``head::<task>``, lp-ft) or a text tower (flyp: every head rebuilt from it). With
+        ``margins``, each task's per-image margins (``margin``) come too where its record has them
+        (records written before margins were kept have none and are not measured again for them).
         """
         out: TaskMetrics = {}
         heads: dict[str, torch.Tensor] | None = None
@@ -221,6 +230,8 @@ class TaskPool:
                 )
                 rec = self.store.put(rkey, metrics)
             out[t.name] = {k: rec[k] for k in ("accuracy", "loss", "n", "correct")}
+            if margins and MARGIN in rec:
+                out[t.name][MARGIN] = rec[MARGIN]
         return out
 
     def _load(self, state: StateDict) -> dict[str, torch.Tensor]:
@@ -270,10 +281,16 @@ class TaskPool:
         return read
 
     def evaluate_line(
-        self, line: Line, alpha: float, split: str, tasks: Sequence[str] | None = None, allow_extrapolation: bool = True
+        self,
+        line: Line,
+        alpha: float,
+        split: str,
+        tasks: Sequence[str] | None = None,
+        allow_extrapolation: bool = True,
+        margins: bool = False,
     ) -> TaskMetrics:
-        """Metrics at theta(alpha) on ``line``."""
-        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks)
+        """Metrics at theta(alpha) on ``line`` (with ``margins``, the per-image margins where recorded)."""
+        return self.evaluate(lambda: line.at(alpha, allow_extrapolation), line.id, alpha, split, tasks, margins)
 
     def evaluate_state(self, theta: StateDict, split: str, tasks: Sequence[str] | None = None) -> TaskMetrics:
         """Metrics of one image-tower state (keyed by its content)."""
@@ -282,13 +299,15 @@ class TaskPool:
     def measure(self, line: Line, split: str = "val") -> Measure:
         """The ``measure`` a :class:`paint.selection.Evaluator` calls: (alpha, need_derivative) -> metrics.
 
-        With a derivative, each task's loss, accuracy and exact dL/dalpha come from one forward and
-        one backward pass (:func:`paint.evaluation.line.line_derivative`) and are stored too.
+        Without a derivative, each task's metrics carry its per-image margins where its record has them
+        (what ``strategy: surrogate`` interpolates). With a derivative, each task's loss, accuracy and
+        exact dL/dalpha come from one forward and one backward pass
+        (:func:`paint.evaluation.line.line_derivative`) and are stored too.
         """
 
         def measure(alpha: float, grad: bool) -> TaskMetrics:
             if not grad:
-                return self.evaluate_line(line, alpha, split)
+                return self.evaluate_line(line, alpha, split, margins=True)
             extra = line.ft.covers[1:]
             if extra:
                 raise PaintError(

@@ -9,8 +9,9 @@
 - ``boundary`` (``constrained`` only): bisection for the largest alpha that keeps the support
   tasks within epsilon, where the constrained optimum sits when support accuracy falls with alpha.
 - ``surrogate``: a model of the curve from what every evaluation measures
-  (:mod:`paint.selection.surrogate`): cubic steps on the exact derivative (``loss_sum``), a power-law
-  root of the support drop (``constrained``), Brent's method otherwise (``mean_accuracy``).
+  (:mod:`paint.selection.surrogate`): cubic steps on the exact derivative (``loss_sum``), the accuracy
+  curve predicted from per-image margins (``constrained``, ``mean_accuracy``); without recorded
+  margins, a power-law root of the support drop (``constrained``) or Brent's method (``mean_accuracy``).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ STRATEGIES: Mapping[str, SearchFn] = {
     "quasiconvex": search_quasiconvex,  # bracket + 5th-order polynomial (REFERENCE.md, quasi-convexity)
     "derivative": search_derivative,  # exact line derivative, brentq on its sign
     "boundary": search_boundary,  # bisection on the support constraint (constrained rule only)
-    "surrogate": search_surrogate,  # model-based: cubic on the derivative, power-law support edge, else Brent
+    "surrogate": search_surrogate,  # model-based: cubic on the derivative, per-image margins, power law, Brent
 }
 # Per-block strategies (one alpha per block of the tower: "lines", LiNeS 2410.17146; "blockwise",
 # layer-wise AdaMerging 2310.02575) take a vector evaluator: see paint.selection.blockwise.

@@ -5,6 +5,11 @@ One strategy for every objective; what each evaluation measures decides the mode
 - differentiable objectives (``loss_sum``): value and exact derivative at both ends of a bracket
   define a cubic (Hermite) whose minimiser is the next point, the classic line-search
   interpolation (Nocedal & Wright 2006, sec. 3.5), safeguarded to stay inside the bracket.
+- accuracy objectives (``constrained``, ``mean_accuracy``) whose evaluations record per-image
+  margins: each image's margin interpolated along the line predicts every task's accuracy at every
+  alpha of a fine grid, hence the objective's whole curve; the search evaluates the predicted
+  optimum until it is confirmed (:mod:`paint.selection.margin_search`). Without margins (results
+  written before they were kept), the two models below:
 - ``constrained``: the optimum sits where the support margin crosses zero (patching accuracy
   rises with alpha). The support drop D(alpha) = epsilon - margin is modelled as a power law
   c * alpha^p through the last feasible and the first infeasible point (regula falsi in log-log
@@ -14,7 +19,7 @@ One strategy for every objective; what each evaluation measures decides the mode
   bound plus half an image (accuracy moves in whole images), and its root keeps a share of the
   bracket on each side, so a flat stretch never stalls it.
 - other objectives (``mean_accuracy``): Brent's method (:func:`peak_search`): no model of the
-  accuracies did better on the measured curves.
+  groups' accuracies did better on the measured curves.
 
 Every function here drives an :class:`~paint.selection.evaluator.Evaluator` and lets
 :class:`~paint.selection.evaluator.BudgetExhausted` through; the strategy wrapper in
@@ -27,6 +32,7 @@ import math
 from collections.abc import Sequence
 
 from paint.selection.evaluator import Evaluation, Evaluator
+from paint.selection.margin_search import margin_search
 from paint.selection.objectives import Constrained, TaskMetrics
 
 PRIOR_POWER = 2.0  # the support drop's exponent before the data give one (a flat start: quadratic)
@@ -190,9 +196,12 @@ def peak_search(ev: Evaluator, xtol: float, budget: int) -> None:
 
 
 def search(ev: Evaluator, xtol: float, budget: int) -> None:
-    """Dispatch on what the objective offers: a derivative, a support margin, or values only."""
+    """Dispatch on what the objective and the evaluations offer: a derivative, per-image margins
+    (:func:`~paint.selection.margin_search.margin_search`), a support margin, or values only."""
     if ev.objective.differentiable:
         line_search(ev, xtol)
+    elif margin_search(ev, xtol):
+        return
     elif isinstance(ev.objective, Constrained) and ev.objective.groups.support:
         edge_search(ev, xtol)
     else:
