@@ -5,11 +5,18 @@ Every evaluation record keeps which validation images were right (``correct`` in
 run: a candidate that reads images ``0:m`` of a task's racing order sees the same correctness as
 if it had been evaluated on just those images (the model is deterministic). For every line of every
 run found under the given directories (``paint patch`` runs, ``paint compare`` runs and their
-seeds), this script replays :func:`paint.selection.racing.race_grid` and compares its choice with the
-plain grid's (:func:`paint.selection.select_alpha` on the same records, the pipeline's own rule).
+seeds), this script replays :func:`paint.selection.racing.race_grid` (the plain race) and
+:func:`paint.selection.screening.screen_grid` (the race screened by the line's ends) and compares
+their choices with the plain grid's (:func:`paint.selection.select_alpha` on the same records, the
+pipeline's own rule), side by side in one table.
 
-Printed: cases, how many chose the grid's alpha, and the share of validation images read
-(mean, worst), per racing setting.
+Images read are counted as the pipeline reads them: the plain race, alpha 0 and every candidate's
+chunks; the screened race, alpha 0 and alpha 1 in full, every candidate's unstable images, every
+confirmation; out of what the full grid reads (every grid point, every image).
+
+Printed: cases, how many chose the grid's alpha (with the 95% Wilson interval), and the share of
+validation images read (mean, worst), per setting; for the screened race, also how many lines saw a
+stable image flip at a confirmed winner and how many needed a second confirmation.
 
     .venv/bin/python benchmarks/bench_racing.py runs/compare-recipes runs/compare-recipes-medium
 """
@@ -22,22 +29,29 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from paint.evaluation.results import ResultsStore
 from paint.selection import PAPER_GRID, select_alpha
-from paint.selection.racing import RaceSettings, race_grid, racing_order
+from paint.selection.racing import RaceResult, RaceSettings, race_grid, racing_order
+from paint.selection.screening import screen_grid
 from paint.stats import decode_correct, wilson_interval
 
 
 def run_tasks(run: Path) -> tuple[list[str], list[str]] | None:
-    """(patching, support) task names of a finished patch or compare run directory."""
-    for name in ("comparison.json", "summary.json"):
+    """(patching, support) task names of a patch or compare run directory (finished, or its config's)."""
+    for name in ("comparison.json", "summary.json", "config.yaml"):
         path = run / name
         if path.is_file():
-            s = json.loads(path.read_text())
-            if "patch_tasks" in s and "support_tasks" in s:
-                return list(s["patch_tasks"]), list(s["support_tasks"])
+            s = yaml.safe_load(path.read_text()) if name.endswith(".yaml") else json.loads(path.read_text())
+            if isinstance(s, dict) and "patch_tasks" in s and "support_tasks" in s:
+                return _names(s["patch_tasks"]), _names(s["support_tasks"])
     return None
+
+
+def _names(tasks: list) -> list[str]:
+    """Task names from a summary's list of names or a config's list of names and task settings."""
+    return [t if isinstance(t, str) else t["name"] for t in tasks]
 
 
 def cases(roots: list[Path]) -> list[dict]:
@@ -58,47 +72,100 @@ def cases(roots: list[Path]) -> list[dict]:
     return out
 
 
-def replay(case: dict, settings: RaceSettings, epsilon: float = 1.0) -> tuple[float, float, float]:
-    """(grid's alpha, race's alpha, share of images read) of one case."""
+def replay(
+    case: dict, settings: RaceSettings, objective: str = "constrained", constraint: str = "mean", epsilon: float = 1.0
+) -> tuple[float, RaceResult]:
+    """(grid's alpha, the race) of one case: the plain race, or the screened one with ``settings.screen``."""
     recs, patch, support = case["recs"], case["patch"], case["support"]
     full = {key: decode_correct(r["correct"], int(r["n"])) for key, r in recs.items()}
     # exact accuracies (records written before paint stored exact fractions hold float32 means)
     sweep = [{"alpha": a, "val": {t: float(full[(a, t)].mean()) for t in patch + support}} for a in PAPER_GRID]
-    grid = select_alpha(sweep, patch, support, "constrained", epsilon, "mean")["alpha"]
+    grid = select_alpha(sweep, patch, support, objective, epsilon, constraint)["alpha"]
+    rule = (objective, epsilon, constraint, settings)
+    if settings.screen:
+
+        def read_full(alpha: float) -> dict[str, np.ndarray]:
+            return {t: full[(round(alpha, 10), t)] for t in patch + support}
+
+        def read_rows(alpha: float, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {t: full[(round(alpha, 10), t)][r] for t, r in rows.items()}
+
+        return grid, screen_grid(PAPER_GRID, patch, support, read_full, read_rows, *rule)
     sizes = {t: int(recs[(0.0, t)]["n"]) for t in patch + support}
     orders = {t: racing_order(t, n) for t, n in sizes.items()}
 
     def read(alpha: float, task: str, start: int, stop: int) -> np.ndarray:
         return full[(round(alpha, 10), task)][orders[task][start:stop]]
 
-    race = race_grid(PAPER_GRID, sizes, patch, support, read, "constrained", epsilon, "mean", settings)
-    return grid, race.alpha, race.fraction_read
+    return grid, race_grid(PAPER_GRID, sizes, patch, support, read, *rule)
+
+
+def table_row(
+    name: str, settings: RaceSettings | None, found: list[dict], results: list[tuple[float, RaceResult]]
+) -> str:
+    """One row of the table (``settings`` None: the full grid itself)."""
+    same = sum(g == r.alpha for g, r in results)
+    w = wilson_interval(same / len(results), len(results))
+    reads = [r.fraction_read for _, r in results]
+    knobs = "- | -" if settings is None else f"{settings.first:g} | {settings.z:g}"
+    return (
+        f"| {name} | {knobs} | {same}/{len(results)} | {100 * w.low:.0f}-{100 * w.high:.0f}% | "
+        f"{100 * np.mean(reads):.0f}% | {100 * max(reads):.0f}% |"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("roots", nargs="+", type=Path)
-    ap.add_argument("--z", type=float, nargs="+", default=[2.0, 2.5, 3.0])
-    ap.add_argument("--first", type=float, nargs="+", default=[0.1, 0.2])
+    ap.add_argument("--z", type=float, nargs="+", default=[1.5, 2.0, 2.5])
+    ap.add_argument("--first", type=float, nargs="+", default=[0.1])
+    ap.add_argument("--modes", nargs="+", choices=["race", "screen"], default=["race", "screen"])
+    ap.add_argument("--objective", choices=["constrained", "mean_accuracy"], default="constrained")
+    ap.add_argument("--constraint", choices=["mean", "each"], default="mean", help="constrained: the support bound")
     args = ap.parse_args()
     found = cases(args.roots)
+    if not found:
+        raise SystemExit("no line with the full 11-point grid and per-image results on validation under these folders")
     runs = len({c["run"] for c in found})
     print(f"{len(found)} lines with the full 11-point grid on validation, from {runs} runs")
-    print("\n| first | z | same alpha as the grid | 95% Wilson interval | images read (mean) | images read (worst) |")
-    print("|---|---|---|---|---|---|")
-    for first in args.first:
-        for z in args.z:
-            results = [replay(c, RaceSettings(first=first, z=z)) for c in found]
-            same = sum(g == r for g, r, _ in results)
-            w = wilson_interval(same / len(results), len(results))
-            reads = [f for _, _, f in results]
-            print(
-                f"| {first:g} | {z:g} | {same}/{len(results)} | {100 * w.low:.0f}-{100 * w.high:.0f}% | "
-                f"{100 * np.mean(reads):.0f}% | {100 * max(reads):.0f}% |"
+    print(
+        "\n| mode | first | z | same alpha as the grid | 95% Wilson interval | images read (mean) | images read (worst) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    rule = (args.objective, args.constraint)
+    exact = [
+        (g, RaceResult(g, [], 1, 1)) for g, _ in (replay(c, RaceSettings(first=1.0), *rule) for c in found)
+    ]  # all read
+    print(table_row("full grid", None, found, exact))
+    notes = []
+    for mode in args.modes:
+        for first in args.first:
+            for z in args.z:
+                settings = RaceSettings(first=first, z=z, screen=mode == "screen")
+                results = [replay(c, settings, *rule) for c in found]
+                print(table_row("screened race" if settings.screen else "race", settings, found, results))
+                notes += [f"{mode} first={first:g} z={z:g}: " + n for n in _notes(found, results)]
+    print()
+    print("\n".join(notes))
+
+
+def _notes(found: list[dict], results: list[tuple[float, RaceResult]]) -> list[str]:
+    """The lines whose choice differs, and the screened race's flips and second confirmations."""
+    out = []
+    flipped = [
+        r for _, r in results if r.screening and any(any(f.values()) for f in r.screening["stable_flips"].values())
+    ]
+    again = [r for _, r in results if r.screening and len(r.screening["stable_flips"]) > 1]
+    if any(r.screening for _, r in results):
+        out.append(
+            f"{len(flipped)} lines saw a stable image flip at a confirmed winner; {len(again)} confirmed a second"
+        )
+    for c, (g, r) in zip(found, results):
+        if g != r.alpha:
+            out.append(
+                f"differs: {c['run']} {c['line'][:40]}: grid {g}, race {r.alpha} ({100 * r.fraction_read:.0f}% read)"
             )
-            for c, (g, r, f) in zip(found, results):
-                if g != r:
-                    print(f"  differs: {c['run']} {c['line'][:40]}: grid {g}, race {r} ({100 * f:.0f}% read)")
+    return out
 
 
 if __name__ == "__main__":

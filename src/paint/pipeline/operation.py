@@ -29,11 +29,11 @@ import torch
 from paint.errors import PaintError
 from paint.pipeline.perblock import basis_for, block_record, diagonal_sweep, search_blocks
 from paint.pipeline.pool import Line, TaskPool, state_id, sweep_point
-from paint.progress import counter, phase, ticking
+from paint.pipeline.race import choose_by_race
+from paint.progress import counter, ticking
 from paint.selection import SelectionConfig, evaluator_for, run_search, select_candidates
 from paint.selection.blockwise import is_block_choice
 from paint.selection.objectives import TaskMetrics
-from paint.selection.racing import RaceSettings, race_grid
 from paint.train.finetune import FinetuneConfig, RecipeResult, TrainingSet, finetune
 from paint.train.recipes.base import Coverage, is_text_tower_key
 from paint.train.recipes.registry import recipe_names
@@ -204,7 +204,8 @@ def choose(
             )
         return choose_blocks(pool, [line.theta_ft], line.theta_zs, cfg, patch, support, reference, line.id)
     if cfg.race is not None and reference is None:
-        return choose_by_race(pool, line, cfg, patch, support)
+        alpha, rule, candidates, sweep, search = choose_by_race(pool, line, cfg, patch, support)
+        return Choice(alpha, rule, cfg.epsilon, candidates, sweep, search, len(cfg.points()))
     measure = pool.measure(line)
     with counter(
         f"choose alpha ({cfg.strategy}, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})",
@@ -222,35 +223,6 @@ def choose(
         search = {k: v for k, v in result.to_dict().items() if k != "evaluations"}
         search["alphas_evaluated"] = [e.alpha for e in result.evaluations]
     return Choice(result.alpha, rule, cfg.epsilon, candidates, sweep, search, result.n_model_evals)
-
-
-def choose_by_race(
-    pool: TaskPool, line: Line, cfg: SelectionConfig, patch: Sequence[str], support: Sequence[str]
-) -> Choice:
-    """The grid's choice by racing (``selection.race``): candidates read growing image subsets
-    (:mod:`paint.selection.racing`); the sweep holds alpha 0 and the survivors, which read every image."""
-
-    sizes = {t: len(pool.task(t).labels["val"]) for t in (*patch, *support)}
-    settings = RaceSettings(**cfg.race.model_dump())
-    with phase(
-        f"race the grid ({len(cfg.points())} alphas, val{', ' + line.id.split('/')[0] if '/' in line.id else ''})"
-    ):
-        race = race_grid(
-            cfg.points(),
-            sizes,
-            patch,
-            support,
-            pool.race_reader(line),
-            cfg.objective,
-            cfg.epsilon,
-            cfg.constraint,
-            settings,
-        )
-    sweep = [{"alpha": a, "val": acc} for a, acc in sorted(race.accuracy.items())]
-    candidates = select_candidates(sweep, patch, support, cfg.epsilon)
-    return Choice(
-        race.alpha, f"race:grid/{cfg.rule_name}", cfg.epsilon, candidates, sweep, race.record(), len(cfg.points())
-    )
 
 
 def choose_blocks(

@@ -44,6 +44,11 @@ class RaceConfig(StrictModel):
     first: float = Field(0.1, gt=0.0, le=1.0, description="the first round's share of each task's images")
     growth: float = Field(2.0, gt=1.0, le=16.0, description="each round reads this many times more images")
     z: float = Field(2.5, gt=0.0, le=10.0, description="standard errors a difference must clear to drop a candidate")
+    screen: bool = Field(
+        False,
+        description="race on the images whose correctness differs between alpha 0 and alpha 1 only, then confirm "
+        "the winner on the rest (paint.selection.screening)",
+    )
 
 
 class SelectionConfig(StrictModel):
