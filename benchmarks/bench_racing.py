@@ -100,9 +100,7 @@ def replay(
     return grid, race_grid(PAPER_GRID, sizes, patch, support, read, *rule)
 
 
-def table_row(
-    name: str, settings: RaceSettings | None, found: list[dict], results: list[tuple[float, RaceResult]]
-) -> str:
+def table_row(name: str, settings: RaceSettings | None, results: list[tuple[float, RaceResult]]) -> str:
     """One row of the table (``settings`` None: the full grid itself)."""
     same = sum(g == r.alpha for g, r in results)
     w = wilson_interval(same / len(results), len(results))
@@ -133,17 +131,15 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     rule = (args.objective, args.constraint)
-    exact = [
-        (g, RaceResult(g, [], 1, 1)) for g, _ in (replay(c, RaceSettings(first=1.0), *rule) for c in found)
-    ]  # all read
-    print(table_row("full grid", None, found, exact))
+    grid = [replay(c, RaceSettings(), *rule)[0] for c in found]
+    print(table_row("full grid", None, [(g, RaceResult(g, [], 1, 1)) for g in grid]))  # every image read
     notes = []
     for mode in args.modes:
         for first in args.first:
             for z in args.z:
                 settings = RaceSettings(first=first, z=z, screen=mode == "screen")
                 results = [replay(c, settings, *rule) for c in found]
-                print(table_row("screened race" if settings.screen else "race", settings, found, results))
+                print(table_row("screened race" if settings.screen else "race", settings, results))
                 notes += [f"{mode} first={first:g} z={z:g}: " + n for n in _notes(found, results)]
     print()
     print("\n".join(notes))

@@ -11,7 +11,7 @@ import yaml
 from paint.cli import main
 from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
-from paint.selection import select_alpha
+from paint.selection import SelectionConfig, select_alpha
 from paint.selection.racing import RaceSettings, race_grid
 from paint.selection.screening import screen_grid, unstable_rows
 from paint.stats import decode_correct
@@ -127,7 +127,7 @@ def test_screening_settings_are_checked():
     assert unstable_rows(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool), order).tolist() == [1, 2]
 
 
-def test_a_screened_patch_run_reads_what_the_replay_says_and_records_each_read(tmp_path, monkeypatch):
+def test_a_screened_patch_run_reads_what_the_replay_says_and_records_each_read(tmp_path):
     """Live screened racing equals the screened race replayed from the full grid's per-image records."""
     base = {
         "model": "paint:tiny",
@@ -168,3 +168,10 @@ def test_a_screened_patch_run_reads_what_the_replay_says_and_records_each_read(t
     (tmp_path / "screen" / "summary.json").unlink()
     assert main(["patch", str(tmp_path / "screen.yaml"), "--resume"]) == 0  # a resumed race reads its records back
     assert len((tmp_path / "screen" / "results.jsonl").read_text().splitlines()) == n_lines
+
+
+def test_screening_refuses_alphas_off_the_segment_at_the_config_edge():
+    with pytest.raises(ValueError, match=r"race.screen races alphas in \[0, 1\] only"):
+        SelectionConfig(strategy="grid", alphas=[0.0, 0.5, 1.2], allow_extrapolation=True, race={"screen": True})
+    plain = SelectionConfig(strategy="grid", alphas=[0.0, 0.5, 1.2], allow_extrapolation=True, race={"screen": False})
+    assert plain.race is not None and plain.race.screen is False

@@ -113,6 +113,8 @@ class SelectionConfig(StrictModel):
             self.strategy != "grid" or self.objective not in ("constrained", "mean_accuracy")
         ):
             raise ValueError("race needs strategy 'grid' with objective 'constrained' or 'mean_accuracy'")
+        if self.race is not None and self.race.screen and any(not 0.0 <= a <= 1.0 for a in self.points()):
+            raise ValueError("race.screen races alphas in [0, 1] only (it screens images by the line's ends)")
         if self.race is not None and self.bound_confidence is not None:
             raise ValueError("race and bound_confidence cannot be combined (the race holds the point estimate)")
         if self.strategy != "grid" and self.budget is not None and self.budget < 3:
