@@ -55,15 +55,14 @@ def test_schedule_and_settings_are_checked():
     assert sorted(order.tolist()) == list(range(50)) and racing_order("digits", 50).tolist() == order.tolist()
 
 
-def test_a_raced_patch_run_reads_what_the_replay_says_and_records_each_chunk(tmp_path):
-    """Live racing (selection.race) equals the race replayed from the full grid's per-image records."""
+def patch_grid_and_race(tmp_path, name: str, race: dict) -> dict[str, dict]:
+    """``paint patch`` on paint:tiny (digits vs shapes and colours) twice, sharing one fine-tune: the plain grid
+    (``tmp_path/grid``) and the grid with ``selection.race: race`` (``tmp_path/<name>``); their summaries."""
     import json
 
     import yaml
 
     from paint.cli import main
-    from paint.evaluation.results import ResultsStore
-    from paint.stats import decode_correct
 
     base = {
         "model": "paint:tiny",
@@ -73,11 +72,22 @@ def test_a_raced_patch_run_reads_what_the_replay_says_and_records_each_chunk(tmp
         "threads": 1,
     }
     runs = {}
-    for name, selection in (("grid", {}), ("race", {"race": {"first": 0.1, "z": 2.5}})):
-        cfg = {**base, "output_dir": str(tmp_path / name), "selection": selection, "cache_dir": str(tmp_path / "cache")}
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        assert main(["patch", str(tmp_path / f"{name}.yaml")]) == 0
-        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    for run, selection in (("grid", {}), (name, {"race": race})):
+        cfg = {**base, "output_dir": str(tmp_path / run), "selection": selection, "cache_dir": str(tmp_path / "cache")}
+        (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["patch", str(tmp_path / f"{run}.yaml")]) == 0
+        runs[run] = json.loads((tmp_path / run / "summary.json").read_text())
+    return runs
+
+
+def test_a_raced_patch_run_reads_what_the_replay_says_and_records_each_chunk(tmp_path):
+    """Live racing (selection.race) equals the race replayed from the full grid's per-image records."""
+
+    from paint.cli import main
+    from paint.evaluation.results import ResultsStore
+    from paint.stats import decode_correct
+
+    runs = patch_grid_and_race(tmp_path, "race", {"first": 0.1, "z": 2.5})
     race = runs["race"]["selection"]["search"]
     assert runs["race"]["selection"]["rule"] == "race:grid/constrained-mean"
     # replay the race from the plain grid's full-split records (the same fine-tune: same seed, same data)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import yaml
 
 from paint.cli import main
 from paint.errors import PaintError
@@ -15,6 +12,7 @@ from paint.selection import SelectionConfig, select_alpha
 from paint.selection.racing import RaceSettings, race_grid
 from paint.selection.screening import screen_grid, unstable_rows
 from paint.stats import decode_correct
+from tests.test_racing import patch_grid_and_race
 
 GRID = [round(0.1 * i, 1) for i in range(11)]
 
@@ -129,20 +127,8 @@ def test_screening_settings_are_checked():
 
 def test_a_screened_patch_run_reads_what_the_replay_says_and_records_each_read(tmp_path):
     """Live screened racing equals the screened race replayed from the full grid's per-image records."""
-    base = {
-        "model": "paint:tiny",
-        "patch_tasks": [{"name": "digits", "val_fraction": 0.2}],
-        "support_tasks": ["shapes", "colours"],
-        "finetune": {"epochs": 2, "lr": 3e-4, "batch_size": 128, "warmup_steps": 2, "seed": 0},
-        "threads": 1,
-    }
     settings = RaceSettings(first=0.1, z=2.5, screen=True)
-    runs = {}
-    for name, selection in (("grid", {}), ("screen", {"race": {"first": 0.1, "z": 2.5, "screen": True}})):
-        cfg = {**base, "output_dir": str(tmp_path / name), "selection": selection, "cache_dir": str(tmp_path / "cache")}
-        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
-        assert main(["patch", str(tmp_path / f"{name}.yaml")]) == 0
-        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
+    runs = patch_grid_and_race(tmp_path, "screen", {"first": 0.1, "z": 2.5, "screen": True})
     live = runs["screen"]["selection"]["search"]
     assert runs["screen"]["selection"]["rule"] == "screened-race:grid/constrained-mean"
     tasks = ["digits", "shapes", "colours"]
