@@ -49,7 +49,7 @@ from paint.stats import decode_correct, paired_difference, seed_interval
 from paint.studies.demo import DEMO_SUPPORT
 from paint.weights.blocks import add_block_task_vectors, interpolate_blocks
 
-BASE = dict(objective="constrained", epsilon=1.0, constraint="mean")
+BASE = dict(objective="constrained", epsilon=1.0, constraint="mean", race=None)  # every alpha reads every image
 SINGLE = {
     "grid (one alpha)": SelectionConfig(strategy="grid", **BASE),
     "boundary (one alpha, bisection)": SelectionConfig(strategy="boundary", budget=12, **BASE),

@@ -87,7 +87,7 @@ DEFAULT_TASKS: tuple[str, ...] = (
 GRID: tuple[float, ...] = SUM_SCALINGS  # 0.1 .. 1.0: task arithmetic, DARE-TIES
 WIDE_GRID: tuple[float, ...] = WIDE_SCALINGS  # 0.2 .. 3.0: TIES and the SVD merges (their papers' lambda is >= 1)
 # The papers' protocol: the coefficient of highest mean validation accuracy over the merged tasks.
-SELECTION = SelectionConfig(strategy="grid", objective="mean_accuracy")
+SELECTION = SelectionConfig(strategy="grid", objective="mean_accuracy", race=None)  # every lambda reads every image
 # row label -> the combine step (paint.pipeline.combine) and, for the per-task rows, its selection.
 METHODS: dict[str, dict[str, Any]] = {
     "task_arithmetic": {"method": "task_arithmetic"},

@@ -57,6 +57,7 @@ VALUES: dict[str, list[str]] = {
     "--max-steps": ["3"],
     "--output": ["merged-elsewhere"],
     "--overwrite": [],
+    "--no-race": [],
     "--threads": ["2"],
 }
 

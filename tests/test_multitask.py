@@ -136,7 +136,10 @@ def test_parallel_with_one_task_equals_single_task_patching(tiny_clip_dir, tmp_p
     assert single["alpha"] > 0  # fine-tuning helped, so the equality is not the trivial alpha 0
     # The same validation accuracies along the line.
     line = multi["modes"]["parallel"]["choices"][0]["sweep"]
-    assert {p["alpha"]: p["val"]["digits"] for p in line} == {p["alpha"]: p["val"]["digits"] for p in single["sweep"]}
+    multi_val = {p["alpha"]: p["val"]["digits"] for p in line}
+    single_val = {p["alpha"]: p["val"]["digits"] for p in single["sweep"]}  # raced: the points read in full
+    assert {0.0, 1.0, single["alpha"]} <= single_val.keys() <= multi_val.keys()
+    assert all(multi_val[a] == v for a, v in single_val.items())
     a = load_file(str(tmp_path / "single" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "multi" / "parallel" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

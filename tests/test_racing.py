@@ -57,7 +57,7 @@ def test_schedule_and_settings_are_checked():
 
 def patch_grid_and_race(tmp_path, name: str, race: dict) -> dict[str, dict]:
     """``paint patch`` on paint:tiny (digits vs shapes and colours) twice, sharing one fine-tune: the plain grid
-    (``tmp_path/grid``) and the grid with ``selection.race: race`` (``tmp_path/<name>``); their summaries."""
+    (``tmp_path/grid``, ``race: null``) and the grid with ``selection.race: race`` (``tmp_path/<name>``); their summaries."""
     import json
 
     import yaml
@@ -72,7 +72,7 @@ def patch_grid_and_race(tmp_path, name: str, race: dict) -> dict[str, dict]:
         "threads": 1,
     }
     runs = {}
-    for run, selection in (("grid", {}), (name, {"race": race})):
+    for run, selection in (("grid", {"race": None}), (name, {"race": race})):
         cfg = {**base, "output_dir": str(tmp_path / run), "selection": selection, "cache_dir": str(tmp_path / "cache")}
         (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump(cfg))
         assert main(["patch", str(tmp_path / f"{run}.yaml")]) == 0

@@ -1,4 +1,5 @@
-"""The race screened by the line's ends: unstable images only, the replay equals a live run, the confirmation's fallback."""
+"""The race screened by the line's ends: only images not right at both ends race, the replay equals a live run,
+the confirmation's fallback, and the screen never underestimates a candidate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from paint.errors import PaintError
 from paint.evaluation.results import ResultsStore
 from paint.selection import SelectionConfig, select_alpha
 from paint.selection.racing import RaceSettings, race_grid
-from paint.selection.screening import screen_grid, unstable_rows
+from paint.selection.screening import screen_grid, screened_rows
 from paint.stats import decode_correct
 from tests.test_racing import patch_grid_and_race
 
@@ -44,23 +45,24 @@ def _screen(truth, settings=RaceSettings(screen=True)):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_intermediate_candidates_read_only_the_unstable_images_and_the_winner_is_confirmed(seed):
+def test_intermediate_candidates_read_only_the_screened_images_and_the_winner_is_confirmed(seed):
     truth = _world(seed)
     race, log = _screen(truth)
-    unstable = {t: set(np.flatnonzero(truth[0.0][t] != truth[1.0][t]).tolist()) for t in ("p", "s")}
-    confirmations = [(a, rows) for a, rows in log if any(not set(r.tolist()) <= unstable[t] for t, r in rows.items())]
+    screened = {t: set(np.flatnonzero(~(truth[0.0][t] & truth[1.0][t])).tolist()) for t in ("p", "s")}
+    confirmations = [(a, rows) for a, rows in log if any(not set(r.tolist()) <= screened[t] for t, r in rows.items())]
     assert all(a not in (0.0, 1.0) for a, _ in log)  # the ends are read once, in full
-    # every read but the winner's confirmation is of unstable images only; the confirmation reads the stable ones
+    # every read but the winner's confirmation is of screened images only; the confirmation reads the settled ones
     assert [a for a, _ in confirmations] == [race.alpha]
     for t, r in confirmations[0][1].items():
-        assert set(r.tolist()) == set(range(truth[0.0][t].size)) - unstable[t]
-    assert race.alpha == _grid_choice(truth) and race.screening["stable_flips"] == {f"{race.alpha:g}": {"p": 0, "s": 0}}
+        assert set(r.tolist()) == set(range(truth[0.0][t].size)) - screened[t]
+    assert race.alpha == _grid_choice(truth)
+    assert race.screening["settled_flips"] == {f"{race.alpha:g}": {"p": 0, "s": 0}}
     n = sum(v.size for v in truth[0.0].values())
     read = 2 * n + sum(r.size for _, rows in log for r in rows.values())
     assert race.images_read == read < 0.5 * race.images_full  # the ends, every candidate's reads, the confirmation
 
 
-def test_a_stable_image_that_flips_at_the_winner_is_caught_and_the_candidate_it_beat_confirmed():
+def test_a_settled_image_that_flips_at_the_winner_is_caught_and_the_candidate_it_beat_confirmed():
     truth = _world(0)
     winner = _grid_choice(truth)
     sweep_before = screen_grid(
@@ -68,50 +70,70 @@ def test_a_stable_image_that_flips_at_the_winner_is_caught_and_the_candidate_it_
     )
     assert sweep_before.alpha == winner
     # 15 support images right at both ends are wrong at the winner only: it breaks the bound (the grid moves down)
-    stable_right = np.flatnonzero(truth[0.0]["s"] & truth[1.0]["s"])[:15]
+    settled = np.flatnonzero(truth[0.0]["s"] & truth[1.0]["s"])[:15]
     truth[winner]["s"] = truth[winner]["s"].copy()
-    truth[winner]["s"][stable_right] = False
+    truth[winner]["s"][settled] = False
     race, log = _screen(truth)
     assert race.alpha == _grid_choice(truth) < winner
-    assert race.screening["stable_flips"][f"{winner:g}"]["s"] == 15
+    assert race.screening["settled_flips"][f"{winner:g}"]["s"] == 15
     assert winner in race.screening["confirmed"] and race.alpha in race.screening["confirmed"]
     # the new winner had been beaten by the old one during the race: it came back and read the rest of its images
     assert race.alpha in race.screening["revived"] and race.alpha in race.survivors
 
 
-def test_stable_images_seen_to_flip_at_the_winner_are_read_at_the_survivors_too():
-    """Five support images wrong at both ends are right at the winner and the next alpha, which then holds the bound."""
+def _gentle() -> dict[float, dict[str, np.ndarray]]:
+    """The support mean falls 2.5 points per unit of alpha: the bound of 1 point holds up to alpha 0.4."""
     rng = np.random.default_rng(1)
     u_p, u_s = rng.random(400), rng.random(1000)
-    truth = {a: {"p": u_p < 0.45 + 0.5 * a, "s": u_s < 0.96 - 0.025 * a} for a in GRID}  # a gentle support drop
+    return {a: {"p": u_p < 0.45 + 0.5 * a, "s": u_s < 0.96 - 0.025 * a} for a in GRID}
+
+
+def test_settled_images_seen_to_flip_at_the_winner_are_read_at_the_survivors_too():
+    """Five support images right at both ends are wrong at the winner: it breaks the bound, the next one down wins."""
+    truth = _gentle()
     winner = _grid_choice(truth)
-    above = round(winner + 0.1, 1)
-    stable_wrong = np.flatnonzero(~truth[0.0]["s"] & ~truth[1.0]["s"])[:5]
-    for a in (winner, above):
-        truth[a]["s"] = truth[a]["s"].copy()
-        truth[a]["s"][stable_wrong] = True
-    assert _grid_choice(truth) == above
+    settled = np.flatnonzero(truth[0.0]["s"] & truth[1.0]["s"])[:5]
+    truth[winner]["s"] = truth[winner]["s"].copy()
+    truth[winner]["s"][settled] = False
+    below = _grid_choice(truth)
+    assert below == round(winner - 0.1, 1)
     race, log = _screen(truth)
-    assert race.alpha == above and race.screening["stable_flips"][f"{winner:g}"]["s"] == 5
-    assert race.screening["confirmed"] == [0.0, winner, above, 1.0]
-    # the survivor above read exactly the flipped images before its own confirmation
-    reads_above = [rows["s"] for a, rows in log if a == above and "s" in rows]
-    assert any(sorted(r.tolist()) == sorted(stable_wrong.tolist()) for r in reads_above)
+    assert race.alpha == below and race.screening["settled_flips"][f"{winner:g}"]["s"] == 5
+    assert race.screening["confirmed"] == [0.0, below, winner, 1.0]
+    # before its own confirmation, the candidate below read the flipped images with the screened ones it had left
+    screened = set(np.flatnonzero(~(truth[0.0]["s"] & truth[1.0]["s"])).tolist())
+    reads_below = [set(rows["s"].tolist()) for a, rows in log if a == below and "s" in rows]
+    assert any(r - screened == set(settled.tolist()) for r in reads_below)
 
 
-def test_a_stable_image_that_flips_at_a_candidate_never_confirmed_goes_unseen():
-    """The heuristic's limit: a flip that would make a passed-over candidate win is not read."""
+def test_images_wrong_at_both_ends_that_an_inner_alpha_gets_right_are_raced():
+    """An interpolated model often gets right what both ends get wrong: those images are in the screen.
+
+    Here the next alpha above the winner gets every support image wrong at both ends right and so
+    holds the bound after all; the grid takes it, and so does the screened race.
+    """
     truth = _world(1)
     winner = _grid_choice(truth)
     above = round(winner + 0.1, 1)
-    # at the next alpha, enough support images wrong at both ends are right: it holds the bound after all
-    stable_wrong = np.flatnonzero(~truth[0.0]["s"] & ~truth[1.0]["s"])
+    wrong_both = np.flatnonzero(~truth[0.0]["s"] & ~truth[1.0]["s"])
     truth[above]["s"] = truth[above]["s"].copy()
-    truth[above]["s"][stable_wrong] = True
+    truth[above]["s"][wrong_both] = True
     assert _grid_choice(truth) == above
     race, _ = _screen(truth)
-    assert race.alpha == winner != _grid_choice(truth)
-    assert above not in race.screening["confirmed"]
+    assert race.alpha == above == _grid_choice(truth)
+
+
+def test_settled_images_that_flip_at_a_candidate_never_confirmed_cannot_change_the_choice():
+    """The screen bounds every candidate from above (a settled image can only go wrong), so a flip off the
+    winner only lowers a candidate that lost anyway: here half the settled support images go wrong at 0.8."""
+    truth = _world(2)
+    winner = _grid_choice(truth)
+    settled = np.flatnonzero(truth[0.0]["s"] & truth[1.0]["s"])
+    truth[0.8]["s"] = truth[0.8]["s"].copy()
+    truth[0.8]["s"][settled[::2]] = False
+    assert _grid_choice(truth) == winner != 0.8
+    race, _ = _screen(truth)
+    assert race.alpha == winner and 0.8 not in race.screening["confirmed"]
 
 
 def test_screening_settings_are_checked():
@@ -122,7 +144,8 @@ def test_screening_settings_are_checked():
     with pytest.raises(PaintError, match="z > 0"):
         RaceSettings(z=0.0)
     order = np.array([4, 0, 3, 1, 2])
-    assert unstable_rows(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool), order).tolist() == [1, 2]
+    screened = screened_rows(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 1, 0, 1], bool), order)
+    assert screened.tolist() == [3, 1, 2]  # wrong at an end, in the racing order
 
 
 def test_a_screened_patch_run_reads_what_the_replay_says_and_records_each_read(tmp_path):

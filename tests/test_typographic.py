@@ -304,8 +304,9 @@ def test_typographic_run_writes_results_config_and_plots(tmp_path, tiny_clip_dir
     assert set(summary["test"]) == {"shapes", "colours"}
     assert summary["test"]["colours"]["role"] == "transfer"
     assert summary["selection"]["patching"] == ["shapes/attacked"]
-    # Defaults: the mean clean accuracy is bounded, and fine-tuning sees each image clean and attacked.
-    assert summary["selection"]["rule"] == "constrained-mean"
+    # Defaults: the mean clean accuracy is bounded (the grid raced, screened by its ends), and fine-tuning
+    # sees each image clean and attacked.
+    assert summary["selection"]["rule"] == "screened-race:grid/constrained-mean"
     assert summary["alpha"] == summary["selection"]["candidates"]["constrained-mean"]["alpha"]
     assert summary["finetune"]["steps"] == 2 * 48 // 16
     # Held-out attacked images never choose alpha; their clean images may guard clean accuracy.

@@ -27,6 +27,16 @@ def add_set_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_race_option(p: argparse.ArgumentParser) -> None:
+    """``--no-race``: every grid alpha reads every validation image (``--set selection.race=null``)."""
+    p.add_argument(
+        "--no-race",
+        action="store_true",
+        help="evaluate every grid alpha on every validation image (selection.race: null); by default the grid is "
+        "raced on the images that change between alpha 0 and 1, the winner confirmed on all of them",
+    )
+
+
 def selection_sets(args: argparse.Namespace) -> None:
     """Turn ``--rule`` / ``--constraint`` into ``--set selection.*`` items (the case studies' flags).
 
@@ -53,10 +63,13 @@ def add_run_options(
     p.add_argument("--resume", action="store_true", help=resume_help)
     p.add_argument("--output-dir", help="override output_dir from the config")
     add_set_option(p)
+    add_race_option(p)
 
 
 def load_run_config(cls: type, path: str | None, overrides: dict[str, Any], args: argparse.Namespace) -> Any:
     """The config from an optional YAML file, flags (those not None) on top, then ``--set`` items; threads applied.
+
+    ``--no-race`` is the last ``--set`` item, ``selection.race=null``.
 
     ``--threads`` (when given) overrides the config's ``threads`` field, so the resolved config
     written beside the results records the setting the run used.
@@ -67,6 +80,8 @@ def load_run_config(cls: type, path: str | None, overrides: dict[str, Any], args
     if threads is not None and "threads" in cls.model_fields:
         given["threads"] = _threads_for(cls, threads)
     sets = list(getattr(args, "set", None) or [])
+    if getattr(args, "no_race", False):
+        sets.append("selection.race=null")
     if path:
         cfg = load_config(cls, path, given, sets)
     else:

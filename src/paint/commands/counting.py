@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from paint.commands._shared import add_set_option, load_run_config, selection_sets
+from paint.commands._shared import add_race_option, add_set_option, load_run_config, selection_sets
 from paint.commands.triage import with_epochs
 from paint.studies.counting import CountingConfig, counting_table, run_counting
 
@@ -35,6 +35,7 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     p.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
     add_set_option(p)
+    add_race_option(p)
 
 
 def config(args: argparse.Namespace) -> CountingConfig:

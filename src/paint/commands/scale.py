@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from paint.commands._shared import add_set_option, load_run_config
+from paint.commands._shared import add_race_option, add_set_option, load_run_config
 from paint.studies.scale import ScaleConfig, run_scale
 
 
@@ -23,6 +23,7 @@ def register(p: argparse.ArgumentParser) -> None:
         help="run no cell: write scale.md / scale.json / scale.png from the cells finished so far",
     )
     add_set_option(p)
+    add_race_option(p)
 
 
 def config(args: argparse.Namespace) -> ScaleConfig:

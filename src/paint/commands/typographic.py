@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from paint.commands._shared import add_set_option, load_run_config, selection_sets
+from paint.commands._shared import add_race_option, add_set_option, load_run_config, selection_sets
 from paint.commands.triage import with_epochs
 from paint.config import parse_config
 from paint.data.preprocess import preprocess_split
@@ -110,6 +110,7 @@ def register(p: argparse.ArgumentParser) -> None:
     u.add_argument("--cache-dir", help="where preprocessed images and heads are cached")
     u.add_argument("--resume", action="store_true", help="continue the run in the same output directory")
     add_set_option(u)
+    add_race_option(u)
     _style_args(u)
 
 

@@ -203,7 +203,7 @@ def choose(
                 "which paint patch and paint multitask support; this workflow takes one alpha (grid or a search)"
             )
         return choose_blocks(pool, [line.theta_ft], line.theta_zs, cfg, patch, support, reference, line.id)
-    if cfg.race is not None and reference is None:
+    if cfg.race_settings() is not None and reference is None:
         alpha, rule, candidates, sweep, search = choose_by_race(pool, line, cfg, patch, support)
         return Choice(alpha, rule, cfg.epsilon, candidates, sweep, search, len(cfg.points()))
     measure = pool.measure(line)

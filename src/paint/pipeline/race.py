@@ -35,16 +35,23 @@ def choose_by_race(
 ) -> tuple[float, str, dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """(alpha, rule, every rule's choice, sweep, search record) of the grid's choice by racing.
 
-    ``settings`` default to ``cfg.race``'s. The sweep holds what read every image: alpha 0 and the
-    survivors (plain race), or alpha 0, alpha 1 and the confirmed winners (screened race).
+    ``settings`` default to ``cfg.race_settings()``. The sweep holds what read every image: alpha 0 and
+    the survivors (plain race), or alpha 0, alpha 1 and the confirmed winners (screened race); the
+    pool's other tasks (report-only ones) are read in full at those points.
     """
     if settings is None:
-        settings = RaceSettings(**cfg.race.model_dump()) if cfg.race is not None else RaceSettings()
+        race = cfg.race_settings()
+        settings = RaceSettings(**race.model_dump()) if race is not None else RaceSettings()
     where = f", {line.id.split('/')[0]}" if "/" in line.id else ""
     kind = "race the grid, screened by its ends" if settings.screen else "race the grid"
     with phase(f"{kind} ({len(cfg.points())} alphas, val{where})"):
         race = _race(pool, line, cfg, patch, support, settings)
-    sweep = [{"alpha": a, "val": acc} for a, acc in sorted(race.accuracy.items())]
+    sweep = [{"alpha": a, "val": dict(acc)} for a, acc in sorted(race.accuracy.items())]
+    others = [t.name for t in pool.tasks if t.name not in {*patch, *support}]
+    if others:  # report-only tasks (held-out counts, say): read in full at the points the sweep holds
+        for point in sweep:
+            got = pool.evaluate_line(line, point["alpha"], "val", others)
+            point["val"].update({t: m["accuracy"] for t, m in got.items()})
     candidates = select_candidates(sweep, patch, support, cfg.epsilon)
     rule = f"{'screened-race' if settings.screen else 'race'}:grid/{cfg.rule_name}"
     return race.alpha, rule, candidates, sweep, race.record()

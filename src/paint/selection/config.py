@@ -6,13 +6,19 @@ within about one point": evaluate the 11-point grid 0, 0.1, ..., 1 and take the 
 patching accuracy whose **mean** support accuracy is within ``epsilon`` = 1 point of zero-shot.
 The mean is bounded rather than every task because the paper holds one number (ImageNet) within a
 point; bounding each task (``constraint: each``) is stricter and is always reported beside it.
+
+The grid is raced by default (``race: auto``): alpha 0 and 1 read every validation image, the
+inner alphas race on the images not right at both ends, and the winner is confirmed on every image
+(:mod:`paint.selection.screening`); it chose the full grid's alpha on every line measured, reading
+about 38% of its images. ``race: null`` (``--no-race``) reads every image at every alpha (the demo
+does, to plot the whole validation curve).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from paint.config import StrictModel
 
@@ -39,24 +45,25 @@ class BlockwiseConfig(StrictModel):
 
 class RaceConfig(StrictModel):
     """``strategy: grid`` with ``race``: candidates read a growing share of the validation images and drop out
-    once their intervals rule them out (:mod:`paint.selection.racing`); off by default (see the docs' measurement)."""
+    once their intervals rule them out (:mod:`paint.selection.racing`). ``race: auto`` (the default) is the race
+    screened by the line's ends wherever a race applies; see :meth:`SelectionConfig.race_settings`."""
 
     first: float = Field(0.1, gt=0.0, le=1.0, description="the first round's share of each task's images")
     growth: float = Field(2.0, gt=1.0, le=16.0, description="each round reads this many times more images")
     z: float = Field(2.5, gt=0.0, le=10.0, description="standard errors a difference must clear to drop a candidate")
     screen: bool = Field(
         False,
-        description="race on the images whose correctness differs between alpha 0 and alpha 1 only, then confirm "
-        "the winner on the rest (paint.selection.screening)",
+        description="race on the images not right at both alpha 0 and alpha 1 only, then confirm the winner "
+        "on the rest (paint.selection.screening); race: auto turns it on",
     )
 
 
 class SelectionConfig(StrictModel):
     """How alpha is chosen on validation. ``epsilon`` is in accuracy points (1.0 = one point).
 
-    ``strategy: grid`` evaluates every alpha of ``alphas`` (0 and 1 always added); the other
-    strategies search [0, 1] within ``budget`` model evaluations (the zero-shot reference
-    included). ``lines`` and ``blockwise`` choose one alpha per block of the image tower
+    ``strategy: grid`` chooses among the alphas of ``alphas`` (0 and 1 always added; raced by
+    default, see ``race``); the other strategies search [0, 1] within ``budget`` model evaluations
+    (the zero-shot reference included). ``lines`` and ``blockwise`` choose one alpha per block of the image tower
     (:mod:`paint.selection.blockwise`); ``entropy`` is the label-free objective they offer.
     ``objective`` is what is optimised; every rule's choice on the evaluated points is reported
     beside the configured one.
@@ -79,7 +86,12 @@ class SelectionConfig(StrictModel):
     budget: int | None = Field(None, ge=1, description="most model evaluations; default: the grid, or 11")
     xtol: float = Field(1e-3, gt=0.0, description="stop when alpha is known to within this")
     blockwise: BlockwiseConfig = Field(default_factory=BlockwiseConfig)
-    race: RaceConfig | None = Field(None, description="grid only: race the candidates over growing image subsets")
+    race: RaceConfig | Literal["auto"] | None = Field(
+        "auto",
+        description="grid only: race the candidates over growing image subsets; auto (the default): the race "
+        "screened by the line's ends wherever a race applies (objective constrained or mean_accuracy, alphas in "
+        "[0, 1], no bound_confidence), the plain grid otherwise; null or false: every alpha reads every image",
+    )
     bound_confidence: float | None = Field(
         None,
         gt=0.5,
@@ -87,6 +99,12 @@ class SelectionConfig(StrictModel):
         description="constrained: hold the support change's one-sided lower confidence bound (paired over the "
         "validation images) within epsilon, not its point estimate; e.g. 0.95 (null: the point estimate)",
     )
+
+    @field_validator("race", mode="before")
+    @classmethod
+    def _race_off(cls, value: Any) -> Any:
+        """``race: false`` is ``race: null`` (off)."""
+        return None if value is False else value
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -109,17 +127,40 @@ class SelectionConfig(StrictModel):
             raise ValueError(
                 f"bound_confidence needs per-image validation results, which strategy {self.strategy!r} does not keep"
             )
-        if self.race is not None and (
+        if isinstance(self.race, RaceConfig) and (
             self.strategy != "grid" or self.objective not in ("constrained", "mean_accuracy")
         ):
             raise ValueError("race needs strategy 'grid' with objective 'constrained' or 'mean_accuracy'")
-        if self.race is not None and self.race.screen and any(not 0.0 <= a <= 1.0 for a in self.points()):
+        if isinstance(self.race, RaceConfig) and self.race.screen and any(not 0.0 <= a <= 1.0 for a in self.points()):
             raise ValueError("race.screen races alphas in [0, 1] only (it screens images by the line's ends)")
-        if self.race is not None and self.bound_confidence is not None:
+        if isinstance(self.race, RaceConfig) and self.bound_confidence is not None:
             raise ValueError("race and bound_confidence cannot be combined (the race holds the point estimate)")
         if self.strategy != "grid" and self.budget is not None and self.budget < 3:
             raise ValueError(f"strategy {self.strategy!r} needs a budget of at least 3 evaluations")
         return self
+
+    def race_settings(self) -> RaceConfig | None:
+        """The race this selection runs, or None for the plain grid (every alpha reads every image).
+
+        ``race: auto`` (the default) is the race screened by the line's ends (``RaceConfig(screen=True)``)
+        wherever a race applies: strategy ``grid``, objective ``constrained`` or ``mean_accuracy``,
+        alphas in [0, 1], no ``bound_confidence``; the plain grid elsewhere. ``race: null`` turns it off.
+
+        Example:
+            >>> SelectionConfig().race_settings().screen, SelectionConfig(race=None).race_settings()
+            (True, None)
+            >>> SelectionConfig(objective="loss_sum").race_settings() is None  # auto: no race for this objective
+            True
+        """
+        if self.race != "auto":
+            return self.race
+        applies = (
+            self.strategy == "grid"
+            and self.objective in ("constrained", "mean_accuracy")
+            and self.bound_confidence is None
+            and all(0.0 <= a <= 1.0 for a in self.points())
+        )
+        return RaceConfig(screen=True) if applies else None
 
     def points(self) -> list[float]:
         """The grid: ``alphas`` with 0 and 1 added, sorted."""

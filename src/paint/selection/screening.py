@@ -1,29 +1,31 @@
-"""A race screened by the line's end points: the candidates read only the images that change along the line.
+"""A race screened by the line's end points: the candidates read only the images that can change along the line.
 
-The grid evaluates alpha 0 and alpha 1 on every image anyway. An image whose correctness is the
-same at both ends (*stable*) almost always keeps it at every alpha between them, and then adds
-exactly zero to a candidate's change against alpha 0. :func:`screen_grid` therefore
+The grid evaluates alpha 0 and alpha 1 on every image anyway. An image right at both ends (*settled*)
+almost always stays right at every alpha between them, and then adds exactly zero to a candidate's
+change against alpha 0. The other images are *screened*: those whose correctness differs between
+the ends, and those wrong at both (an interpolated model often gets some of these right: on the
+offline world's lines 96% of the images that changed at an inner alpha without changing between the
+ends were wrong at both ends, and only 4% right at both). :func:`screen_grid` therefore
 
 1. reads alpha 0 and alpha 1 on every image (``read_full``);
 2. races the grid with the plain race's rounds and elimination rules
-   (:func:`paint.selection.racing.race_rounds`) on each task's **unstable** images only, in the
-   task's racing order, the stable ones counted as unchanged. The estimate is post-stratified by
-   the ends (an image right at alpha 0 and wrong at alpha 1 can only get worse, the others only
-   better, and each group's size is known); its interval carries the finite-population correction
+   (:func:`paint.selection.racing.race_rounds`) on each task's **screened** images only, in the
+   task's racing order, the settled ones counted as unchanged. The estimate is post-stratified by
+   the ends (right at alpha 0 and wrong at alpha 1: can only get worse; wrong at alpha 0: can only
+   get better; each group's size is known); its interval carries the finite-population correction
    of images read without replacement (all read: no uncertainty left) and a pseudo-deviation
    against small samples that happen to agree (:class:`paint.selection.racing.Scale`);
 3. takes the grid's rule on the survivors' split accuracies so reconstructed and **confirms** the
-   winner on the rest of its split (its stable images). Where a stable image did flip, the
+   winner on the rest of its split (its settled images). Where a settled image did flip, the
    winner's measured accuracies replace the guess, the flipped images join the screen (every
    survivor reads them), the candidates it had beaten come back (reading the rest of their
-   unstable images), and the rule is taken again; a new winner is confirmed in turn, until the
+   screened images), and the rule is taken again; a new winner is confirmed in turn, until the
    winner is one whose every image was read.
 
-It is a heuristic: a stable image that flips at a candidate that is never confirmed and not at a
-confirmed one (e.g. at a candidate that broke the bound during the race) goes unseen, so the
-choice can differ from the full grid's (measured in ``docs/choosing_alpha.md``). Alphas outside
-[0, 1] are refused: off the segment nothing says a stable image stays put. Pure: the caller
-supplies the reads.
+It is a heuristic: a settled image that flips at a candidate that is never confirmed and not at a
+confirmed one goes unseen, so the choice can differ from the full grid's (measured in
+``docs/choosing_alpha.md``). Alphas outside [0, 1] are refused: off the segment nothing says a
+settled image stays put. Pure: the caller supplies the reads.
 """
 
 from __future__ import annotations
@@ -50,14 +52,14 @@ RowsReader = Callable[[float, Mapping[str, np.ndarray]], Mapping[str, np.ndarray
 ENDS = (0.0, 1.0)
 
 
-def unstable_rows(c0: np.ndarray, c1: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """The rows whose correctness differs between alpha 0 and alpha 1, in the racing ``order``.
+def screened_rows(c0: np.ndarray, c1: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """The rows that are not right at both alpha 0 and alpha 1 (they may change along the line), in the racing ``order``.
 
     Example:
-        >>> unstable_rows(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool), np.array([3, 2, 1, 0]))
-        array([2, 1])
+        >>> screened_rows(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool), np.array([3, 2, 1, 0]))
+        array([3, 2, 1])
     """
-    return order[c0[order] != c1[order]]
+    return order[~(c0[order] & c1[order])]
 
 
 def screen_grid(
@@ -72,7 +74,7 @@ def screen_grid(
     settings: RaceSettings = RaceSettings(screen=True),
     seed: int = 0,
 ) -> RaceResult:
-    """The grid's choice over ``alphas`` (0 and 1 added) by a race on the unstable images; see the module docstring.
+    """The grid's choice over ``alphas`` (0 and 1 added) by a race on the screened images; see the module docstring.
 
     ``images_read`` counts every image read: alpha 0 and alpha 1 in full, each candidate's rounds, the
     confirmations; ``images_full`` is what the plain grid reads.
@@ -84,8 +86,8 @@ def screen_grid(
         ...     return {"p": u["p"] < 0.5 + 0.4 * a, "s": u["s"] < 0.97 - (0.1 * a if a > 0.5 else 0.0)}
         >>> grid = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
         >>> r = screen_grid(grid, ["p"], ["s"], at, lambda a, rows: {t: at(a)[t][i] for t, i in rows.items()})
-        >>> r.alpha, r.screening["unstable"], round(r.fraction_read, 2)
-        (0.4, {'p': 167, 's': 83}, 0.52)
+        >>> r.alpha, r.screening["screened"], round(r.fraction_read, 2)
+        (0.4, {'p': 217, 's': 110}, 0.54)
     """
     check_objective(objective)
     grid = sorted({*ENDS, *(float(a) for a in alphas)})
@@ -94,9 +96,11 @@ def screen_grid(
     tasks = [*patch, *support]
     ends = {a: {t: np.asarray(c, dtype=bool) for t, c in read_full(a).items() if t in tasks} for a in ENDS}
     sizes = {t: ends[0.0][t].size for t in tasks}
-    rows = {t: unstable_rows(ends[0.0][t], ends[1.0][t], racing_order(t, sizes[t], seed)) for t in tasks}
-    strata = {t: ends[0.0][t][rows[t]].astype(int) for t in tasks}  # 1: right at alpha 0 and wrong at 1; 0: the reverse
-    counts = {t: {s: int((strata[t] == s).sum()) for s in (0, 1) if (strata[t] == s).any()} for t in tasks}
+    rows = {t: screened_rows(ends[0.0][t], ends[1.0][t], racing_order(t, sizes[t], seed)) for t in tasks}
+    # 1: right at alpha 0 and wrong at 1 (can only get worse); 0: wrong at 0 and right at 1; 2: wrong at both
+    strata = {t: ends[0.0][t][rows[t]] + 2 * ~(ends[0.0][t][rows[t]] | ends[1.0][t][rows[t]]) for t in tasks}
+    strata = {t: s.astype(int) for t, s in strata.items()}
+    counts = {t: {s: int((strata[t] == s).sum()) for s in (0, 1, 2) if (strata[t] == s).any()} for t in tasks}
     scale = Scale(strata, counts, sizes)
 
     def fetch(a: float, spans: Mapping[str, tuple[int, int]]) -> tuple[dict[str, np.ndarray], int]:
@@ -118,7 +122,7 @@ def screen_grid(
             known.start(a, rows, correct[a])
     beaten = {e["alpha"]: e["by"] for r in rounds for e in r["eliminated"] if "by" in e}
     pool, confirmed, flips, revived = list(alive), list(ENDS), {}, []
-    screen = {t: _mask(sizes[t], rows[t]) for t in tasks}  # unstable, then also every stable image seen to flip
+    screen = {t: _mask(sizes[t], rows[t]) for t in tasks}  # screened, then also every settled image seen to flip
     while (alpha := exact_choice(pool, known.split, patch, support, objective, epsilon, constraint)) not in confirmed:
         changed = known.read(alpha, {t: np.ones(sizes[t], bool) for t in tasks})
         flips[alpha] = {t: int(c.sum()) for t, c in changed.items()}
@@ -134,9 +138,9 @@ def screen_grid(
     full = len(grid) * sum(sizes.values())
     accuracy = {a: {t: float(known.split[a][t].mean()) for t in tasks} for a in sorted({0.0, *confirmed})}
     record = {
-        "unstable": {t: int(r.size) for t, r in rows.items()},
+        "screened": {t: int(r.size) for t, r in rows.items()},
         "confirmed": sorted(confirmed),
-        "stable_flips": {f"{a:g}": f for a, f in flips.items()},
+        "settled_flips": {f"{a:g}": f for a, f in flips.items()},
         "revived": revived,
     }
     read_total += 2 * sum(sizes.values()) + known.total  # the ends in full, the confirmations, the re-screens

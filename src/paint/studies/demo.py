@@ -26,8 +26,10 @@ def demo_config(output_dir: str | Path, quick: bool = False, model: str = DEFAUL
     finetune = FinetuneConfig(epochs=20, lr=3e-4, batch_size=128, warmup_steps=20, weight_decay=0.1, seed=0)
     # The paper keeps ImageNet, one support number, within about a point: here the mean of the
     # support tasks plays that role (the per-task bound is reported beside it). This is
-    # SelectionConfig's default, spelled out because it is the demo's claim.
-    selection = SelectionConfig(strategy="grid", objective="constrained", epsilon=1.0, constraint="mean")
+    # SelectionConfig's default rule, spelled out because it is the demo's claim. The demo reads
+    # every validation image at every alpha (race: null, not the default screened race): its
+    # trade-off plot shows the whole validation curve, and its splits are small.
+    selection = SelectionConfig(strategy="grid", objective="constrained", epsilon=1.0, constraint="mean", race=None)
     if quick:
         finetune = finetune.model_copy(update={"epochs": 1, "max_steps": 3})
         selection = selection.model_copy(update={"alphas": [0.0, 0.5, 1.0]})
