@@ -184,3 +184,51 @@ def test_screening_refuses_alphas_off_the_segment_at_the_config_edge():
         SelectionConfig(strategy="grid", alphas=[0.0, 0.5, 1.2], allow_extrapolation=True, race={"screen": True})
     plain = SelectionConfig(strategy="grid", alphas=[0.0, 0.5, 1.2], allow_extrapolation=True, race={"screen": False})
     assert plain.race is not None and plain.race.screen is False
+
+
+def _rough_world(seed: int) -> dict[float, dict[str, np.ndarray]]:
+    """No structure the screen could lean on: every image's correctness drawn afresh at every inner alpha.
+
+    An image right at both ends goes wrong with 0.5%; one right at alpha 0 only stays right with
+    1 - alpha, one right at alpha 1 only is right with alpha; one wrong at both ends is right with
+    ``bonus * sin(pi * alpha)`` (interpolation often gets these right). Two support tasks that lose
+    what fine-tuning broke, at a rate and with a bonus drawn per seed, so the grid's choice varies.
+    """
+    rng = np.random.default_rng(seed)
+    n = {"p": 300, "s1": 400, "s2": 400}
+    broken, bonus = rng.uniform(0.05, 0.2), rng.uniform(0.1, 0.6)
+    world: dict[float, dict[str, np.ndarray]] = {0.0: {}, 1.0: {}}
+    for t, k in n.items():
+        c0 = rng.random(k) < (0.4 if t == "p" else 0.9)
+        c1 = rng.random(k) < 0.9 if t == "p" else (c0 & (rng.random(k) > broken)) | (~c0 & (rng.random(k) < 0.2))
+        world[0.0][t], world[1.0][t] = c0, c1
+    for a in GRID[1:-1]:
+        world[a] = {}
+        for t in n:
+            c0, c1 = world[0.0][t], world[1.0][t]
+            p_right = np.select([c0 & c1, c0, c1], [0.995, 1 - a, a], bonus * np.sin(np.pi * a))
+            world[a][t] = rng.random(c0.size) < p_right
+    return world
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("rule", [("constrained", "mean"), ("constrained", "each"), ("mean_accuracy", "mean")])
+def test_without_the_races_intervals_the_screened_choice_is_the_full_grids(seed, rule):
+    """The screen bounds every candidate from above and the winner is confirmed: with intervals so wide that
+    only a fully read candidate can drop out, the screened race chooses exactly what the full grid does."""
+    truth = _rough_world(seed)
+    objective, constraint = rule
+    sweep = [{"alpha": a, "val": {t: float(v.mean()) for t, v in truth[a].items()}} for a in GRID]
+    grid = select_alpha(sweep, ["p"], ["s1", "s2"], objective, 1.0, constraint)["alpha"]
+    race = screen_grid(
+        GRID,
+        ["p"],
+        ["s1", "s2"],
+        lambda a: truth[round(a, 10)],
+        lambda a, rows: {t: truth[round(a, 10)][t][r] for t, r in rows.items()},
+        objective,
+        1.0,
+        constraint,
+        RaceSettings(z=1e6, screen=True),
+    )
+    assert race.alpha == grid

@@ -19,9 +19,9 @@ alpha): the race changes the answer only when an interval excluded the grid's wi
 ``z`` makes rare. Pure: the caller supplies ``read(alpha, task, start, stop)``, the correctness
 of images ``start:stop`` of the task's racing order at alpha (:func:`racing_order`).
 
-``RaceSettings(screen=True)`` races on the images whose correctness differs between the line's
-ends only (:mod:`paint.selection.screening`); :func:`race_rounds` and :func:`exact_choice` are
-the rounds and the final rule both races share.
+``RaceSettings(screen=True)`` races on the images that are not right at both of the line's ends
+only (:mod:`paint.selection.screening`; what ``selection.race: auto``, the default, runs);
+:func:`race_rounds` and :func:`exact_choice` are the rounds and the final rule both races share.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def schedule(n: int, first: float, growth: float) -> list[int]:
 class RaceSettings:
     """``first``: the first round's share of each task's images; ``growth``: each round's factor; ``z``:
     standard errors a difference must clear to remove a candidate (2.5: about 0.6% one-sided per test);
-    ``screen``: race on the images whose correctness differs between alpha 0 and alpha 1 only
+    ``screen``: race on the images not right at both alpha 0 and alpha 1 only
     (:func:`paint.selection.screening.screen_grid`)."""
 
     first: float = 0.1
@@ -129,7 +129,7 @@ class RaceResult:
     images_full: int  # what the plain grid reads: every candidate, every image
     rounds: list[dict] = field(default_factory=list)  # per round: images per task, eliminated (alpha, why)
     accuracy: dict[float, dict[str, float]] = field(default_factory=dict)  # what read every image: full-split accuracy
-    screening: dict | None = None  # screen: unstable images per task, confirmed alphas, stable images that flipped
+    screening: dict | None = None  # screen: screened images per task, confirmed alphas, settled images that flipped
 
     @property
     def fraction_read(self) -> float:
