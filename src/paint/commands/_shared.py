@@ -33,7 +33,7 @@ def add_race_option(p: argparse.ArgumentParser) -> None:
         "--no-race",
         action="store_true",
         help="evaluate every grid alpha on every validation image (selection.race: null); by default the grid is "
-        "raced on the images that change between alpha 0 and 1, the winner confirmed on all of them",
+        "raced on the images not right at both alpha 0 and 1, the winner confirmed on all of them",
     )
 
 
