@@ -37,6 +37,7 @@ def test_patch_end_to_end(tiny_clip_dir, tmp_path, capsys):
     # the default selection races the grid screened by its ends: the sweep holds what read every image
     assert summary["selection"]["rule"] == "screened-race:grid/constrained-mean"
     assert {0.0, 1.0, summary["alpha"]} <= {p["alpha"] for p in summary["sweep"]} <= {0.0, 0.5, 1.0}
+    assert "The grid was raced" in (run / "summary.md").read_text()  # the report says its sweep is partial
     assert set(summary["test"]["digits"]) == {"role", "zeroshot", "finetuned", "patched"}
     assert summary["test"]["digits"]["role"] == "patch"
     assert all(0.0 <= summary["test"]["digits"][k] <= 1.0 for k in ("zeroshot", "finetuned", "patched"))

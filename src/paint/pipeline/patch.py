@@ -239,12 +239,33 @@ def patch_markdown(summary: dict[str, Any]) -> str:
             "",
             "## Validation sweep (accuracy %)",
             "",
+            *race_note(summary["selection"]),
             sweep_table(summary["sweep"], patch + support, summary["alpha"]),
             "",
             "![trade-off](tradeoff.png)",
             "",
         ]
     )
+
+
+def race_note(selection: dict[str, Any]) -> list[str]:
+    """The lines that say a raced sweep lists only the alphas read on every image (none for a plain sweep).
+
+    Example:
+        >>> race_note({"rule": "screened-race:grid/constrained-mean", "search": {"fraction_read": 0.3512}})[0][:39]
+        'The grid was raced (35.1% of the images'
+        >>> race_note({"rule": "constrained-mean"})
+        []
+    """
+    if "race:" not in selection["rule"]:
+        return []
+    read = (selection.get("search") or {}).get("fraction_read")
+    share = f" ({100 * read:.1f}% of the images the full grid reads)" if read is not None else ""
+    return [
+        f"The grid was raced{share}: the table lists the alphas read on every image, and the other rules "
+        "above are taken on these alphas only. `--no-race` (`selection.race: null`) evaluates every alpha.",
+        "",
+    ]
 
 
 def load_finetuned(run_dir: str | Path, theta_zs: StateDict) -> dict[str, torch.Tensor]:
