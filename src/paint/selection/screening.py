@@ -22,10 +22,14 @@ ends were wrong at both ends, and only 4% right at both). :func:`screen_grid` th
    screened images), and the rule is taken again; a new winner is confirmed in turn, until the
    winner is one whose every image was read.
 
-It is a heuristic: a settled image that flips at a candidate that is never confirmed and not at a
-confirmed one goes unseen, so the choice can differ from the full grid's (measured in
-``docs/choosing_alpha.md``). Alphas outside [0, 1] are refused: off the segment nothing says a
-settled image stays put. Pure: the caller supplies the reads.
+A settled image can only go wrong between the ends, so the screen never underestimates a
+candidate: one ruled out on its screened images is ruled out in truth, a settled image that flips
+at a candidate never confirmed only lowers a candidate that lost anyway, and the confirmed winner's
+accuracies are exact. The choice can differ from the full grid's only where the race's intervals
+excluded the winner (``z``; measured in ``docs/choosing_alpha.md``; a test checks that with
+intervals too wide to exclude anything it is the grid's on rough random worlds). Alphas outside
+[0, 1] are refused: off the segment nothing says a settled image stays put. Pure: the caller
+supplies the reads.
 """
 
 from __future__ import annotations
