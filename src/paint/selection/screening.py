@@ -102,8 +102,7 @@ def screen_grid(
     sizes = {t: ends[0.0][t].size for t in tasks}
     rows = {t: screened_rows(ends[0.0][t], ends[1.0][t], racing_order(t, sizes[t], seed)) for t in tasks}
     # 1: right at alpha 0 and wrong at 1 (can only get worse); 0: wrong at 0 and right at 1; 2: wrong at both
-    strata = {t: ends[0.0][t][rows[t]] + 2 * ~(ends[0.0][t][rows[t]] | ends[1.0][t][rows[t]]) for t in tasks}
-    strata = {t: s.astype(int) for t, s in strata.items()}
+    strata = {t: np.where(ends[0.0][t][rows[t]], 1, np.where(ends[1.0][t][rows[t]], 0, 2)) for t in tasks}
     counts = {t: {s: int((strata[t] == s).sum()) for s in (0, 1, 2) if (strata[t] == s).any()} for t in tasks}
     scale = Scale(strata, counts, sizes)
 
